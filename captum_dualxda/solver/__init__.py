@@ -1,0 +1,24 @@
+"""Crammer-Singer multiclass SVM solvers that return the dual variables DualDA needs.
+
+Modules: :mod:`.problem` (validated inputs, result), :mod:`.projection` (exact per-sample
+update), :mod:`.gap` (objectives, duality gap, natural residual), :mod:`.bdcd` (PyTorch block
+backend, CPU/GPU), :mod:`.sequential` (numba sequential backend with shrinking, CPU) and
+:mod:`.fit` (the entry point).
+"""
+from .fit import ConvergenceWarning, available_backends, fit_crammer_singer
+from .gap import evaluate_optimality, primal_objective
+from .problem import CrammerSingerProblem, CrammerSingerResult, make_problem, support_mask
+from .projection import project_crammer_singer
+
+__all__ = [
+    "fit_crammer_singer",
+    "available_backends",
+    "ConvergenceWarning",
+    "CrammerSingerProblem",
+    "CrammerSingerResult",
+    "make_problem",
+    "support_mask",
+    "project_crammer_singer",
+    "evaluate_optimality",
+    "primal_objective",
+]

@@ -1,0 +1,185 @@
+"""``fit_crammer_singer``: the one entry point in front of every solver backend."""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from typing import Callable, Dict, Optional, Union
+
+import torch
+
+from .bdcd import BackendOutput, solve_bdcd
+from .gap import evaluate_optimality
+from .problem import CrammerSingerResult, make_problem
+
+__all__ = ["fit_crammer_singer", "available_backends", "clean_dust", "ConvergenceWarning"]
+
+
+class ConvergenceWarning(UserWarning):
+    """The solver stopped at ``max_iter`` before reaching ``tol``."""
+
+
+def _sequential_backend() -> Optional[Callable[..., BackendOutput]]:
+    try:
+        from .sequential import solve_sequential
+    except ImportError:  # numba missing: the PyTorch backend still works everywhere
+        return None
+    return solve_sequential
+
+
+def available_backends() -> Dict[str, Callable[..., BackendOutput]]:
+    """Backends usable here: ``"bdcd"`` (PyTorch, CPU and GPU) and, with numba, ``"sequential"``."""
+    backends: Dict[str, Callable[..., BackendOutput]] = {"bdcd": solve_bdcd}
+    sequential = _sequential_backend()
+    if sequential is not None:
+        backends["sequential"] = sequential
+    return backends
+
+
+def clean_dust(alpha: torch.Tensor, labels: torch.Tensor, C: float, threshold: float = 1e-10) -> torch.Tensor:
+    """Zero wrong-class entries with ``|alpha| < threshold * C`` and restore the row sums.
+
+    Parameters
+    ----------
+    alpha : torch.Tensor
+        ``(n, K)`` float64 feasible dual variables (modified in place and returned).
+    labels : torch.Tensor
+        ``(n,)`` int64.
+    C : float
+    threshold : float
+
+    Returns
+    -------
+    torch.Tensor
+        ``alpha`` with ``alpha[i, y_i] = -sum_{m != y_i} alpha[i, m]`` exactly.
+    """
+    rows = torch.arange(alpha.shape[0], device=alpha.device)
+    own = torch.zeros_like(alpha, dtype=torch.bool)
+    own[rows, labels] = True
+    alpha[(alpha.abs() < threshold * C) & ~own] = 0.0
+    alpha[rows, labels] = 0.0
+    alpha[rows, labels] = (-alpha.sum(1)).clamp(0.0, C)
+    return alpha
+
+
+def fit_crammer_singer(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    C: float = 1.0,
+    fit_intercept: bool = True,
+    intercept_scaling: float = 1.0,
+    tol: float = 1e-4,
+    max_iter: int = 100_000,
+    device: Optional[Union[str, torch.device]] = None,
+    seed: int = 0,
+    show_progress: bool = False,
+    *,
+    n_classes: Optional[int] = None,
+    backend: str = "auto",
+    warm_start: Optional[CrammerSingerResult] = None,
+    **backend_options,
+) -> CrammerSingerResult:
+    """Fit a Crammer-Singer multiclass linear SVM and return its dual variables.
+
+    Solves exactly the problem of scikit-learn's ``LinearSVC(multi_class="crammer_singer")``
+    (LIBLINEAR solver 4): a constant column ``intercept_scaling`` is appended when
+    ``fit_intercept`` and its weight is regularised like the others.
+
+    Parameters
+    ----------
+    features : torch.Tensor or array-like
+        ``(n, d)`` float32 or float64 features. float32 is enough: the solver state is float64.
+    labels : torch.Tensor or array-like
+        ``(n,)`` integer labels in ``0..K-1``.
+    C : float
+        Regularisation constant, ``> 0``. Smaller C gives more support vectors.
+    fit_intercept : bool
+        Fit an intercept (LIBLINEAR's regularised bias column).
+    intercept_scaling : float
+        Value ``s`` of the constant column.
+    tol : float
+        Stopping tolerance on the largest natural residual (LIBLINEAR's ``eps`` scale).
+    max_iter : int
+        Maximum passes over the data (LIBLINEAR's Crammer-Singer solver hard-codes 100000).
+    device : str or torch.device, optional
+        Where to solve. Defaults to the device of ``features``.
+    seed : int
+        Seed for the order of updates; equal seeds give equal results on the same device.
+    show_progress : bool
+        Show a tqdm bar.
+    n_classes : int, optional
+        ``K``, if some classes have no samples; defaults to ``labels.max() + 1``.
+    backend : {"auto", "sequential", "bdcd"}
+        ``"auto"``: the compiled sequential method with shrinking on CPU (if numba is
+        installed), batched block coordinate descent on accelerators.
+    warm_start : CrammerSingerResult, optional
+        A previous fit on the same features and labels (any ``C``); its ``alpha`` scaled by
+        ``C / warm_start.C`` is the (feasible) starting point.
+    **backend_options
+        Passed to the backend (e.g. ``block_size`` for ``"bdcd"``).
+
+    Returns
+    -------
+    CrammerSingerResult
+        ``alpha`` ``(n, K)``, ``weight`` ``(K, d)``, ``intercept`` ``(K,)`` (float64, on the
+        solver's device), objectives, relative ``gap`` and ``n_iter``.
+    """
+    if not math.isfinite(tol) or tol <= 0:
+        raise ValueError(f"`tol` must be a finite number > 0, got {tol!r}.")
+    if int(max_iter) < 1:
+        raise ValueError(f"`max_iter` must be >= 1, got {max_iter!r}.")
+    problem = make_problem(features, labels, C, fit_intercept, intercept_scaling, n_classes)
+    if device is not None:
+        target = torch.device(device)
+        problem.features = problem.features.to(target)
+        problem.labels = problem.labels.to(target)
+    backends = available_backends()
+    if backend == "auto":
+        on_cpu = problem.features.device.type == "cpu"
+        backend = "sequential" if on_cpu and "sequential" in backends else "bdcd"
+    if backend not in backends:
+        raise ValueError(f"`backend` must be one of {['auto', *backends]}, got {backend!r}.")
+    alpha0 = None
+    if warm_start is not None:
+        if tuple(warm_start.alpha.shape) != (problem.n_samples, problem.n_classes):
+            raise ValueError(
+                "`warm_start` was fitted on a different problem: alpha has shape "
+                f"{tuple(warm_start.alpha.shape)}, expected {(problem.n_samples, problem.n_classes)}."
+            )
+        alpha0 = warm_start.alpha.to(problem.features.device) * (problem.C / warm_start.C)
+    start = time.perf_counter()
+    out = backends[backend](
+        problem,
+        tol=float(tol),
+        max_iter=int(max_iter),
+        seed=int(seed),
+        alpha0=alpha0,
+        show_progress=show_progress,
+        **backend_options,
+    )
+    alpha = clean_dust(out.alpha, problem.labels, problem.C)
+    report = evaluate_optimality(problem, alpha)
+    elapsed = time.perf_counter() - start
+    if not out.converged:
+        warnings.warn(
+            f"The Crammer-Singer solver stopped after max_iter={max_iter} passes with residual "
+            f"{report.residual:.3g} > tol={tol:g} (relative gap {report.relative_gap:.3g}).",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    return CrammerSingerResult(
+        alpha=alpha,
+        weight=report.weight,
+        intercept=problem.intercept_scaling * report.bias_weight,
+        primal=report.primal,
+        dual=report.dual,
+        gap=report.relative_gap,
+        n_iter=out.n_iter,
+        residual=report.residual,
+        converged=out.converged,
+        backend=backend,
+        time=elapsed,
+        C=problem.C,
+        intercept_scaling=problem.intercept_scaling,
+        tol=float(tol),
+    )

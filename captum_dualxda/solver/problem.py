@@ -1,0 +1,198 @@
+"""The Crammer-Singer problem: validated inputs and the solver's result.
+
+Notation follows ``METHOD.md``: ``n`` training samples, ``d`` feature dimensions, ``K`` classes.
+The intercept is handled as LIBLINEAR does: a constant column ``s = intercept_scaling`` is
+appended to every sample and regularised like any other weight. We keep that column implicit:
+``s = 0`` is exactly the problem without intercept.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+__all__ = ["CrammerSingerProblem", "CrammerSingerResult", "make_problem"]
+
+
+@dataclass
+class CrammerSingerProblem:
+    """A validated Crammer-Singer dual problem.
+
+    Attributes
+    ----------
+    features : torch.Tensor
+        ``(n, d)`` float32 or float64 features ``phi(x_i)``, without the intercept column.
+    labels : torch.Tensor
+        ``(n,)`` int64 labels in ``0..n_classes-1``.
+    n_classes : int
+        Number of classes ``K >= 2``.
+    C : float
+        Regularisation constant, finite and ``> 0``.
+    intercept_scaling : float
+        The constant ``s`` of the implicit intercept column; ``0.0`` means no intercept.
+    """
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    n_classes: int
+    C: float
+    intercept_scaling: float
+
+    @property
+    def n_samples(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.features.shape[1]
+
+    def squared_norms(self) -> torch.Tensor:
+        """``(n,)`` float64 ``A_i = ||x_i||^2 + s^2`` (the per-sample curvature)."""
+        return _row_squared_norms(self.features) + self.intercept_scaling**2
+
+
+def _row_squared_norms(features: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    out = torch.empty(features.shape[0], dtype=torch.float64, device=features.device)
+    for start in range(0, features.shape[0], chunk):
+        block = features[start : start + chunk].double()
+        out[start : start + chunk] = (block * block).sum(1)
+    return out
+
+
+@dataclass
+class CrammerSingerResult:
+    """What :func:`fit_crammer_singer` returns.
+
+    Attributes
+    ----------
+    alpha : torch.Tensor
+        ``(n, K)`` float64 dual variables in input order, LIBLINEAR's sign convention:
+        ``0 <= alpha[i, y_i] <= C``, ``alpha[i, m] <= 0`` for ``m != y_i``, rows sum to 0.
+    weight : torch.Tensor
+        ``(K, d)`` float64 primal weights ``W = alpha.T @ features`` (the intercept column removed).
+    intercept : torch.Tensor
+        ``(K,)`` float64 ``s**2 * alpha.sum(0)`` (zeros without intercept).
+    primal : float
+        Primal objective ``P(W)``.
+    dual : float
+        Dual objective in maximisation form, ``-f(alpha)``; ``primal >= dual``.
+    gap : float
+        Relative duality gap ``(primal - dual) / |primal|`` (non-negative up to rounding).
+    n_iter : int
+        Passes (epochs) over the training set that the backend made.
+    residual : float
+        Largest natural residual ``max_i r_i`` at the returned point (compare to ``tol``).
+    converged : bool
+        Whether ``residual <= tol`` was reached within ``max_iter``.
+    backend : str
+        Name of the backend that solved the problem.
+    time : float
+        Wall-clock seconds spent in the solver.
+    """
+
+    alpha: torch.Tensor
+    weight: torch.Tensor
+    intercept: torch.Tensor
+    primal: float
+    dual: float
+    gap: float
+    n_iter: int
+    residual: float
+    converged: bool
+    backend: str
+    time: float
+    C: float = 1.0
+    intercept_scaling: float = 1.0
+    tol: float = 1e-4
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def support_indices(self) -> torch.Tensor:
+        """``(n_sv,)`` int64 indices of the rows with ``max_m |alpha_i^m| > 1e-8 * C``."""
+        return support_mask(self.alpha, self.C).nonzero().flatten()
+
+
+def support_mask(alpha: torch.Tensor, C: float, threshold: float = 1e-8) -> torch.Tensor:
+    """``(n,)`` bool mask of support vectors: ``max_m |alpha_i^m| > threshold * C``."""
+    return alpha.abs().amax(1) > threshold * C
+
+
+def make_problem(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    C: float,
+    fit_intercept: bool,
+    intercept_scaling: float,
+    n_classes: Optional[int] = None,
+) -> CrammerSingerProblem:
+    """Validate solver inputs and bundle them; every check runs before any solving.
+
+    Parameters
+    ----------
+    features : torch.Tensor or array-like
+        ``(n, d)`` floating-point features. Other float dtypes are converted to float32.
+    labels : torch.Tensor or array-like
+        ``(n,)`` integer labels in ``0..K-1``.
+    C : float
+        Finite, ``> 0``.
+    fit_intercept : bool
+        Append the implicit constant column ``intercept_scaling``.
+    intercept_scaling : float
+        Finite, ``> 0`` when ``fit_intercept``.
+    n_classes : int, optional
+        ``K``; defaults to ``labels.max() + 1``.
+
+    Returns
+    -------
+    CrammerSingerProblem
+
+    Raises
+    ------
+    ValueError, TypeError
+        With the name of the offending argument.
+    """
+    if not isinstance(C, (int, float)) or isinstance(C, bool) or not math.isfinite(C) or C <= 0:
+        raise ValueError(f"`C` must be a finite number > 0, got {C!r}.")
+    if fit_intercept:
+        if not math.isfinite(intercept_scaling) or intercept_scaling <= 0:
+            raise ValueError(
+                f"`intercept_scaling` must be a finite number > 0, got {intercept_scaling!r}."
+            )
+    features = torch.as_tensor(features)
+    labels = torch.as_tensor(labels)
+    if features.ndim != 2:
+        raise ValueError(f"`features` must be 2-D (n, d), got shape {tuple(features.shape)}.")
+    if features.shape[0] == 0:
+        raise ValueError("`features` is empty: the training set has no samples.")
+    if features.shape[1] == 0:
+        raise ValueError("`features` has no columns (d = 0).")
+    if not torch.is_floating_point(features):
+        features = features.to(torch.float32)
+    elif features.dtype not in (torch.float32, torch.float64):
+        features = features.to(torch.float32)
+    if labels.ndim != 1 or labels.shape[0] != features.shape[0]:
+        raise ValueError(
+            f"`labels` must be 1-D with one entry per sample ({features.shape[0]}), "
+            f"got shape {tuple(labels.shape)}."
+        )
+    if torch.is_floating_point(labels) or labels.dtype == torch.bool:
+        if torch.is_floating_point(labels) and not bool((labels == labels.round()).all()):
+            raise ValueError("`labels` must be integers in 0..K-1.")
+    labels = labels.to(device=features.device, dtype=torch.int64)
+    if not bool(torch.isfinite(features).all()):
+        bad = (~torch.isfinite(features)).any(1).nonzero().flatten()[:5].tolist()
+        raise ValueError(f"`features` contain NaN or inf (first bad rows: {bad}).")
+    lo, hi = int(labels.min()), int(labels.max())
+    if n_classes is None:
+        n_classes = hi + 1
+    if lo < 0 or hi >= n_classes:
+        raise ValueError(f"`labels` must lie in 0..{n_classes - 1}, found values in {lo}..{hi}.")
+    if n_classes < 2 or int(torch.unique(labels).numel()) < 2:
+        raise ValueError(
+            "`labels` must contain at least 2 distinct classes for a multiclass SVM, "
+            f"found {int(torch.unique(labels).numel())}."
+        )
+    s = float(intercept_scaling) if fit_intercept else 0.0
+    return CrammerSingerProblem(features.contiguous(), labels, int(n_classes), float(C), s)
