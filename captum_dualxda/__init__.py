@@ -1,6 +1,16 @@
-"""captum_dualxda: DualXDA data attribution for PyTorch, on Captum and Zennit."""
+"""captum_dualxda: DualXDA data attribution for PyTorch, on Captum and Zennit.
+
+- :class:`DualDA`: training-data attribution from a Crammer-Singer SVM's dual variables, a
+  Captum ``DataInfluence`` next to ``TracInCPFast``.
+- :class:`XDA` and :func:`xda_pairs`: Zennit LRP heatmaps of why a training sample matters for a
+  test prediction, in both images.
+- :func:`fit_crammer_singer`: the solver underneath (numba on CPU, PyTorch on GPU).
+- :mod:`captum_dualxda.visualization`: figures of proponents, opponents and heatmaps.
+"""
+from .dualda import DualDA
 from .solver import CrammerSingerResult, fit_crammer_singer
+from .xda import XDA, XDAPairs, xda_pairs
 
 __version__ = "0.1.0"
 
-__all__ = ["fit_crammer_singer", "CrammerSingerResult"]
+__all__ = ["DualDA", "XDA", "XDAPairs", "xda_pairs", "fit_crammer_singer", "CrammerSingerResult"]

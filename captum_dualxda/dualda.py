@@ -1,0 +1,394 @@
+"""DualDA: data attribution from the dual variables of a multiclass SVM, as a Captum DataInfluence.
+
+``DualDA(model, final_fc_layer, train_dataset, C=...)`` extracts the training features
+``phi(x_i)`` (the input of ``final_fc_layer``), fits a Crammer-Singer SVM on them and keeps its
+dual variables ``a_i^c``. The influence of training sample ``i`` on the prediction of class
+``c`` for input ``x`` is ``a_i^c * phi(x_i).phi(x)``; only support vectors score non-zero.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from captum.influence import DataInfluence
+from captum.influence._utils.common import KMostInfluentialResults
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .cache import Fingerprint, atomic_save, check_writable_dir, load_cache
+from .features import (
+    as_dataloader,
+    batch_features,
+    dataset_items,
+    extract_features,
+    iterate_batches,
+    layer_name,
+    model_device,
+    resolve_linear_layer,
+    split_batch,
+)
+from .solver import fit_crammer_singer
+from .solver.problem import support_mask
+
+__all__ = ["DualDA"]
+
+_CACHE_VERSION = 1
+
+
+class DualDA(DataInfluence):
+    r"""Sparse training-data attribution from a Crammer-Singer SVM's dual (Yolcu et al., TMLR 2025).
+
+    A drop-in next to Captum's ``TracInCPFast``: same constructor conventions
+    (``final_fc_layer``, ``train_dataset``, ``batch_size``) and the same ``influence`` /
+    ``self_influence`` calls. The fit happens in the constructor.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier ``f(x) = W_f phi(x) + b_f``; it is never modified.
+    final_fc_layer : nn.Linear or str
+        The final linear layer (or its dotted name); ``phi(x)`` is its input, flattened.
+    train_dataset : Dataset or DataLoader
+        Yields ``(x_1, ..., x_m, label)``; a Dataset is read unshuffled with ``batch_size``.
+        Index ``j`` of every result addresses ``train_dataset[j]``.
+    C : float
+        SVM regularisation, ``> 0``. Smaller C gives more support vectors (denser attributions);
+        typical values 1e-5 .. 1.
+    batch_size : int
+        Batch size for a Dataset ``train_dataset``.
+    fit_intercept : bool
+        Fit the SVM with LIBLINEAR's regularised intercept column.
+    tol : float
+        Solver tolerance on the largest natural residual (scikit-learn's default 1e-4).
+    max_iter : int
+        Maximum solver passes.
+    device : str or torch.device, optional
+        Where the solver and the scoring run (default: the model's device). Forward passes always
+        run on the model's device; tensors are moved as needed.
+    cache_dir : str, optional
+        Directory for the fit. Reloaded only when model weights, layer, training data, C and
+        solver settings are identical; anything else refits. Writes are atomic.
+    show_progress : bool
+        tqdm bars for feature extraction and the solver.
+    seed : int
+        Solver seed (results are deterministic for a seed).
+    backend : str
+        Solver backend (see :func:`~captum_dualxda.solver.fit_crammer_singer`).
+
+    Attributes
+    ----------
+    coefficients : torch.Tensor
+        ``(n_train, K)`` float32 dual variables ``a_i^c`` (CPU); zero rows off the support.
+    support_indices : torch.Tensor
+        ``(n_sv,)`` int64 training indices with a non-zero coefficient row.
+    weight : torch.Tensor
+        ``(K, d)`` float32 SVM weights, ``coefficients.T @ features``.
+    intercept : torch.Tensor
+        ``(K,)`` float32 SVM intercept (zeros without ``fit_intercept``).
+    train_labels : torch.Tensor
+        ``(n_train,)`` int64.
+    fit_stats : dict
+        ``time`` (solver seconds), ``extraction_time``, ``gap`` (relative duality gap),
+        ``n_iter``, ``n_support``, ``converged``, ``residual``, ``backend``, ``from_cache``.
+
+    Examples
+    --------
+    >>> dualda = DualDA(net, "fc", train_set, C=1e-3)
+    >>> top = dualda.influence((x_test, net(x_test).argmax(1)), k=5)   # proponents
+    >>> scores = dualda.influence((x_test, net(x_test).argmax(1)))      # (n_test, n_train)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        final_fc_layer: Union[nn.Linear, str],
+        train_dataset: Union[Dataset, DataLoader],
+        C: float = 1.0,
+        batch_size: int = 64,
+        fit_intercept: bool = True,
+        tol: float = 1e-4,
+        max_iter: int = 100_000,
+        device: Optional[Union[str, torch.device]] = None,
+        cache_dir: Optional[str] = None,
+        show_progress: bool = False,
+        seed: int = 0,
+        backend: str = "auto",
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}.")
+        if not isinstance(C, (int, float)) or isinstance(C, bool) or not math.isfinite(C) or C <= 0:
+            raise ValueError(f"`C` must be a finite number > 0, got {C!r}.")
+        if not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol <= 0:
+            raise ValueError(f"`tol` must be a finite number > 0, got {tol!r}.")
+        if not isinstance(max_iter, int) or max_iter < 1:
+            raise ValueError(f"`max_iter` must be an integer >= 1, got {max_iter!r}.")
+        self.model = model
+        self.final_fc_layer = resolve_linear_layer(model, final_fc_layer)
+        self.layer_name = layer_name(model, self.final_fc_layer)
+        self.train_dataset = train_dataset
+        self.batch_size = batch_size
+        self.train_dataloader = as_dataloader(train_dataset, batch_size)
+        self.C = float(C)
+        self.fit_intercept = bool(fit_intercept)
+        self.tol = float(tol)
+        self.max_iter = int(max_iter)
+        self.seed = int(seed)
+        self.backend = backend
+        self.device = torch.device(device) if device is not None else model_device(model)
+        self.n_classes = self.final_fc_layer.out_features
+        self.cache_dir = check_writable_dir(cache_dir, "cache_dir") if cache_dir is not None else None
+        self.cache_path: Optional[str] = None
+        if self.n_classes < 2:
+            raise ValueError(f"`final_fc_layer` has {self.n_classes} output(s); DualDA needs >= 2 classes.")
+        self._fit(show_progress)
+
+    # ------------------------------------------------------------------ fitting
+    def _fingerprint(self) -> str:
+        fp = Fingerprint().update("captum_dualxda.DualDA", _CACHE_VERSION)
+        fp.update(self.layer_name, self.C, self.fit_intercept, self.tol, self.max_iter, self.seed, self.backend)
+        fp.update_module(self.model)
+        fp.update_batches(self.train_dataloader)
+        return fp.hexdigest()
+
+    def _fit(self, show_progress: bool) -> None:
+        key = None
+        if self.cache_dir is not None:
+            key = self._fingerprint()
+            self.cache_path = os.path.join(self.cache_dir, f"dualda-{key[:32]}.pt")
+            state = load_cache(self.cache_path, key)
+            if state is not None:
+                self._load_state(state)
+                self.fit_stats["from_cache"] = True
+                return
+        start = time.perf_counter()
+        features, labels = extract_features(
+            self.model, self.final_fc_layer, self.train_dataloader, self.device, show_progress
+        )
+        extraction_time = time.perf_counter() - start
+        if features.shape[0] == 0:
+            raise ValueError("`train_dataset` is empty.")
+        if not bool(torch.isfinite(features).all()):
+            raise ValueError("The training features (input of `final_fc_layer`) contain NaN or inf.")
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= self.n_classes:
+            raise ValueError(
+                f"Training labels must lie in 0..{self.n_classes - 1} (the outputs of "
+                f"`final_fc_layer`), found values in {lo}..{hi}."
+            )
+        result = fit_crammer_singer(
+            features,
+            labels,
+            C=self.C,
+            fit_intercept=self.fit_intercept,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            seed=self.seed,
+            show_progress=show_progress,
+            n_classes=self.n_classes,
+            backend=self.backend,
+        )
+        support = support_mask(result.alpha, self.C).nonzero().flatten()
+        state = {
+            "fingerprint": key,
+            "version": _CACHE_VERSION,
+            "n_train": features.shape[0],
+            "support_indices": support.cpu(),
+            "support_coefficients": result.alpha[support].float().cpu(),
+            "support_features": features[support].cpu(),
+            "train_labels": labels.cpu(),
+            "train_squared_norms": features.double().pow(2).sum(1).float().cpu(),
+            "weight": result.weight.float().cpu(),
+            "intercept": result.intercept.float().cpu(),
+            "fit_stats": {
+                "time": result.time,
+                "extraction_time": extraction_time,
+                "gap": result.gap,
+                "residual": result.residual,
+                "n_iter": result.n_iter,
+                "n_support": int(support.numel()),
+                "converged": result.converged,
+                "backend": result.backend,
+            },
+        }
+        self._load_state(state)
+        self.fit_stats["from_cache"] = False
+        if self.cache_path is not None:
+            atomic_save(state, self.cache_path)
+
+    def _load_state(self, state: Dict[str, Any]) -> None:
+        self.n_train = int(state["n_train"])
+        self.support_indices = state["support_indices"].long()
+        self.train_labels = state["train_labels"].long()
+        self.weight = state["weight"]
+        self.intercept = state["intercept"]
+        self.fit_stats = dict(state["fit_stats"])
+        self._train_squared_norms = state["train_squared_norms"]
+        coefficients = torch.zeros(self.n_train, self.n_classes, dtype=torch.float32)
+        coefficients[self.support_indices] = state["support_coefficients"]
+        self.coefficients = coefficients
+        self._support_coefficients = state["support_coefficients"].to(self.device)
+        self._support_features = state["support_features"].to(self.device)
+        self._support_on_device = self.support_indices.to(self.device)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of training samples whose coefficient row is all zero (not support vectors)."""
+        return 1.0 - self.support_indices.numel() / self.n_train
+
+    # ------------------------------------------------------------------ scoring
+    def test_features(self, inputs: Sequence[Any]) -> torch.Tensor:
+        """``(N, d)`` features ``phi(x)`` of model inputs (eval mode, no grad), on ``self.device``."""
+        phi = batch_features(self.model, self.final_fc_layer, inputs)
+        return phi.to(self.device, self._support_features.dtype)
+
+    def _batch_support_scores(self, batch: Any) -> torch.Tensor:
+        """``(N, n_sv)`` scores ``a_j^{c_i} phi(x_j).phi(x_i)`` over the support vectors."""
+        inputs, targets = split_batch(batch)
+        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= self.n_classes):
+            raise ValueError(
+                f"`inputs` targets must lie in 0..{self.n_classes - 1}, found "
+                f"{int(targets.min())}..{int(targets.max())}."
+            )
+        phi = self.test_features(inputs)
+        if phi.shape[0] != targets.shape[0]:
+            raise ValueError(
+                f"`inputs` has {phi.shape[0]} samples but {targets.shape[0]} targets in its last element."
+            )
+        if phi.shape[1] != self._support_features.shape[1]:
+            raise ValueError(
+                f"Test features have dimension {phi.shape[1]}, the training features {self._support_features.shape[1]}."
+            )
+        targets = targets.to(self.device)
+        return (phi @ self._support_features.T) * self._support_coefficients[:, targets].T
+
+    def _validate_inputs(self, inputs: Any) -> None:
+        if not isinstance(inputs, DataLoader):
+            split_batch(inputs)
+
+    def influence(  # type: ignore[override]
+        self,
+        inputs: Union[Tuple[Any, ...], DataLoader],
+        k: Optional[int] = None,
+        proponents: bool = True,
+        show_progress: bool = False,
+    ) -> Union[torch.Tensor, KMostInfluentialResults]:
+        r"""Influence of every training sample on the given predictions.
+
+        Parameters
+        ----------
+        inputs : tuple or DataLoader
+            A batch ``(x_1, ..., x_m, targets)`` (the model is called as ``model(x_1, ..., x_m)``;
+            ``targets`` ``(n_test,)`` are the classes to explain), or a DataLoader of such
+            batches. To explain the network's own predictions pass ``(x, model(x).argmax(1))``.
+        k : int, optional
+            ``None``: return all scores. An int: return the ``k`` most influential training
+            samples per test sample (clipped to ``n_train``).
+        proponents : bool
+            With ``k``: the most positive scores (descending) if True, the most negative
+            (ascending) otherwise.
+        show_progress : bool
+            A tqdm bar over test batches.
+
+        Returns
+        -------
+        torch.Tensor or KMostInfluentialResults
+            ``k=None``: ``(n_test, n_train)`` float32, ``[i, j] = a_j^{c_i} phi(x_j).phi(x_i)``.
+            Otherwise ``KMostInfluentialResults(indices, influence_scores)``, both
+            ``(n_test, k)``; indices int64 into ``train_dataset``.
+        """
+        self._validate_inputs(inputs)
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+            raise ValueError(f"`k` must be None or an integer >= 1, got {k!r}.")
+        batches = tqdm(
+            iterate_batches(inputs), desc="DualDA influence", disable=not show_progress, leave=False,
+            total=len(inputs) if isinstance(inputs, DataLoader) else 1,
+        )
+        if k is None:
+            rows = []
+            for batch in batches:
+                scores = self._batch_support_scores(batch)
+                dense = torch.zeros(scores.shape[0], self.n_train, dtype=scores.dtype, device=self.device)
+                dense[:, self._support_on_device] = scores
+                rows.append(dense)
+            return torch.cat(rows)
+        k = min(k, self.n_train)
+        # Candidates: the support vectors plus k zero-score samples (enough to fill any top-k).
+        mask = torch.ones(self.n_train, dtype=torch.bool)
+        mask[self.support_indices] = False
+        zeros = mask.nonzero().flatten()[:k].to(self.device)
+        candidates = torch.cat([self._support_on_device, zeros])
+        indices, values = [], []
+        for batch in batches:
+            scores = self._batch_support_scores(batch)
+            padded = torch.cat([scores, scores.new_zeros(scores.shape[0], zeros.numel())], dim=1)
+            top = torch.topk(padded, k, dim=1, largest=proponents, sorted=True)
+            indices.append(candidates[top.indices])
+            values.append(top.values)
+        return KMostInfluentialResults(torch.cat(indices), torch.cat(values))
+
+    def self_influence(
+        self, inputs: Optional[Union[Tuple[Any, ...], DataLoader, Dataset]] = None, show_progress: bool = False
+    ) -> torch.Tensor:
+        r"""Self-influence ``a_i^{y_i} ||phi(x_i)||^2`` of every training sample.
+
+        Equals the diagonal of ``influence`` on the training set with its own labels. High values
+        flag samples the SVM can only fit with large dual weight, e.g. mislabelled ones.
+
+        Parameters
+        ----------
+        inputs : None, or the training set itself
+            DualDA has dual variables only for its training samples, so ``inputs`` must be
+            ``None``, ``train_dataset`` or an unshuffled DataLoader over the same dataset.
+        show_progress : bool
+            Accepted for Captum compatibility; this is a closed-form O(n_train) computation.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n_train,)`` float32 on ``self.device``.
+        """
+        if inputs is not None and not self._is_training_set(inputs):
+            raise ValueError(
+                "`inputs` of DualDA.self_influence must be None or the training set: DualDA has dual "
+                "variables only for its training samples. For other samples use `influence`."
+            )
+        own = self.coefficients.gather(1, self.train_labels[:, None]).squeeze(1)
+        return (own * self._train_squared_norms).to(self.device)
+
+    def _is_training_set(self, inputs: Any) -> bool:
+        own = self.train_dataloader.dataset
+        if inputs is self.train_dataset or inputs is own:
+            return True
+        if isinstance(inputs, DataLoader) and inputs.dataset is own:
+            return isinstance(inputs.sampler, torch.utils.data.SequentialSampler)
+        return False
+
+    # ------------------------------------------------------------------ helpers for XDA
+    def train_inputs(self, indices: Union[torch.Tensor, Sequence[int]]) -> Tuple[Any, ...]:
+        """Stacked model inputs of training samples ``indices`` (labels dropped).
+
+        Parameters
+        ----------
+        indices : LongTensor or sequence of int
+            ``(m,)`` training indices.
+
+        Returns
+        -------
+        tuple
+            Each element batched over the ``m`` samples, as ``model(*result)`` expects.
+        """
+        flat = torch.as_tensor(indices).flatten().tolist()
+        bad = [j for j in flat if not 0 <= j < self.n_train]
+        if bad:
+            raise ValueError(f"`indices` must lie in 0..{self.n_train - 1}, got {bad[:5]}.")
+        return dataset_items(self.train_dataset, flat)
+
+    def __repr__(self) -> str:
+        return (
+            f"DualDA(layer={self.layer_name!r}, C={self.C:g}, n_train={self.n_train}, "
+            f"n_support={self.support_indices.numel()}, sparsity={self.sparsity:.3f})"
+        )

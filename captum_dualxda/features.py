@@ -1,0 +1,265 @@
+"""Feature layer lookup and penultimate-feature extraction.
+
+DualDA and XDA both work on ``phi(x)``: the INPUT of the network's final ``nn.Linear``
+(Captum's ``final_fc_layer`` convention), flattened to ``(N, d)``.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.dataloader import default_collate
+from tqdm.auto import tqdm
+
+__all__ = [
+    "resolve_linear_layer",
+    "layer_name",
+    "model_device",
+    "as_dataloader",
+    "split_batch",
+    "iterate_batches",
+    "batch_features",
+    "extract_features",
+    "dataset_items",
+]
+
+Batch = Union[Tuple[Any, ...], List[Any]]
+
+
+def resolve_linear_layer(model: nn.Module, layer: Union[str, nn.Module], argument: str = "final_fc_layer") -> nn.Linear:
+    """Return the model's final linear layer given as a module or a dotted name.
+
+    Parameters
+    ----------
+    model : nn.Module
+    layer : str or nn.Module
+        e.g. ``"fc"`` or ``"classifier.3"`` or the module itself.
+    argument : str
+        Argument name used in error messages.
+
+    Returns
+    -------
+    nn.Linear
+
+    Raises
+    ------
+    ValueError
+        The name does not exist in ``model``, or the module is not part of ``model``.
+    TypeError
+        The layer is not an ``nn.Linear`` (e.g. a ReLU picked by ``list(model.children())[-1]``).
+    """
+    if isinstance(layer, str):
+        try:
+            module = functools.reduce(getattr, layer.split("."), model) if layer else None
+        except AttributeError:
+            module = None
+        if not isinstance(module, nn.Module):
+            names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+            raise ValueError(
+                f"`{argument}`={layer!r} is not a submodule of the model. "
+                f"Linear layers found: {names or 'none'}."
+            )
+    elif isinstance(layer, nn.Module):
+        module = layer
+        if not any(m is module for m in model.modules()):
+            raise ValueError(f"`{argument}` is a module that is not part of `model`.")
+    else:
+        raise TypeError(f"`{argument}` must be an nn.Linear module or its dotted name, got {type(layer).__name__}.")
+    if not isinstance(module, nn.Linear):
+        raise TypeError(
+            f"`{argument}` must be the final nn.Linear layer (its input is the feature vector), "
+            f"got {type(module).__name__}. Pass the Linear layer itself or its dotted name."
+        )
+    return module
+
+
+def layer_name(model: nn.Module, layer: nn.Module) -> str:
+    """Dotted name of ``layer`` inside ``model`` (``""`` for the model itself)."""
+    for name, module in model.named_modules():
+        if module is layer:
+            return name
+    raise ValueError("`layer` is not part of `model`.")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter or buffer (CPU for a model without any)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def as_dataloader(data: Union[Dataset, DataLoader], batch_size: int, argument: str = "train_dataset") -> DataLoader:
+    """A DataLoader as is, or an unshuffled ``DataLoader(dataset, batch_size)``.
+
+    Raises
+    ------
+    ValueError
+        ``batch_size < 1`` or an empty dataset.
+    """
+    if isinstance(data, DataLoader):
+        loader = data
+    elif isinstance(data, Dataset) or hasattr(data, "__getitem__"):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
+        loader = DataLoader(data, batch_size=batch_size, shuffle=False)
+    else:
+        raise TypeError(f"`{argument}` must be a torch Dataset or DataLoader, got {type(data).__name__}.")
+    try:
+        size = len(loader.dataset)  # type: ignore[arg-type]
+    except TypeError:
+        size = None
+    if size == 0:
+        raise ValueError(f"`{argument}` is empty.")
+    return loader
+
+
+def split_batch(batch: Any, argument: str = "inputs") -> Tuple[Tuple[Any, ...], torch.Tensor]:
+    """Split a Captum batch ``(x_1, ..., x_m, targets)`` into model inputs and targets.
+
+    Returns
+    -------
+    inputs : tuple
+        Everything but the last element, passed as ``model(*inputs)``.
+    targets : torch.Tensor
+        ``(N,)`` int64.
+    """
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise ValueError(
+            f"`{argument}` must be a tuple or list (x, ..., targets) whose last element holds the "
+            f"classes to explain, got {type(batch).__name__}"
+            + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+            + ". To explain the network's own predictions pass (x, model(x).argmax(1))."
+        )
+    targets = torch.as_tensor(batch[-1])
+    if targets.ndim == 0:
+        targets = targets.reshape(1)
+    if torch.is_floating_point(targets) or targets.ndim != 1:
+        raise ValueError(
+            f"The last element of `{argument}` must be a 1-D tensor of integer class indices, "
+            f"got dtype {targets.dtype} and shape {tuple(targets.shape)}."
+        )
+    return tuple(batch[:-1]), targets.long()
+
+
+def iterate_batches(inputs: Union[Batch, DataLoader], argument: str = "inputs") -> Iterator[Any]:
+    """Yield Captum batches from a single batch (tuple/list) or a DataLoader of batches."""
+    if isinstance(inputs, DataLoader):
+        yield from inputs
+    else:
+        split_batch(inputs, argument)  # validate before any work
+        yield inputs
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
+def batch_features(model: nn.Module, layer: nn.Linear, inputs: Sequence[Any]) -> torch.Tensor:
+    """Features ``phi`` of one batch: the flattened input of ``layer``.
+
+    The model runs in eval mode under ``no_grad`` on its own device (inputs are moved there);
+    its training mode is restored afterwards.
+
+    Parameters
+    ----------
+    model : nn.Module
+    layer : nn.Linear
+    inputs : sequence
+        Model inputs, called as ``model(*inputs)``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, d)``, dtype of the layer input, on the model's device.
+
+    Raises
+    ------
+    RuntimeError
+        The forward pass never reached ``layer``.
+    """
+    captured: List[torch.Tensor] = []
+
+    def hook(module: nn.Module, args: Tuple[Any, ...]) -> None:
+        captured.append(args[0].detach().flatten(1))
+
+    device = model_device(model)
+    was_training = model.training
+    handle = layer.register_forward_pre_hook(hook)
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*[_to_device(value, device) for value in inputs])
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if not captured:
+        raise RuntimeError("The forward pass did not reach the final linear layer; features could not be captured.")
+    return captured[0]
+
+
+def extract_features(
+    model: nn.Module,
+    layer: nn.Linear,
+    loader: DataLoader,
+    device: Optional[torch.device] = None,
+    show_progress: bool = False,
+    desc: str = "DualDA features",
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Features and labels of every batch of ``loader``, in loader order.
+
+    Parameters
+    ----------
+    model : nn.Module
+    layer : nn.Linear
+    loader : DataLoader
+        Yields batches ``(x_1, ..., x_m, labels)``.
+    device : torch.device, optional
+        Where to collect the results (default: CPU).
+    show_progress : bool
+    desc : str
+
+    Returns
+    -------
+    features : torch.Tensor
+        ``(N, d)`` float32 (float64 if the model computes in float64).
+    labels : torch.Tensor
+        ``(N,)`` int64.
+    """
+    device = torch.device("cpu") if device is None else torch.device(device)
+    feats: List[torch.Tensor] = []
+    labels: List[torch.Tensor] = []
+    try:
+        total = len(loader)
+    except TypeError:
+        total = None
+    for batch in tqdm(loader, total=total, desc=desc, disable=not show_progress, leave=False):
+        inputs, targets = split_batch(batch, "train_dataset")
+        phi = batch_features(model, layer, inputs)
+        if phi.dtype != torch.float64:
+            phi = phi.float()
+        feats.append(phi.to(device))
+        labels.append(targets.to(device))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def dataset_items(data: Union[Dataset, DataLoader], indices: Sequence[int]) -> Tuple[Any, ...]:
+    """Collate the samples ``data[j]`` for ``j`` in ``indices`` into one batch, labels dropped.
+
+    Parameters
+    ----------
+    data : Dataset or DataLoader
+        A DataLoader is read through its ``dataset`` (unshuffled order assumed).
+    indices : sequence of int
+
+    Returns
+    -------
+    tuple
+        The stacked model inputs (every element of a sample but its last, the label).
+    """
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    collate = data.collate_fn if isinstance(data, DataLoader) else default_collate
+    batch = collate([dataset[int(j)] for j in indices])
+    return tuple(batch[:-1])

@@ -1,0 +1,636 @@
+"""XDA: explain *why* a training sample is relevant for a test prediction, with LRP.
+
+DualDA (see :mod:`captum_dualxda.dualda`) scores a training sample ``x_j`` for the prediction
+of class ``c`` on a test input ``x`` with
+
+    tau = a_j^c * phi(x_j) . phi(x)
+
+where ``phi`` is the input of the network's final ``nn.Linear`` (the *feature layer*) and
+``a_j^c`` is a dual coefficient of the Crammer-Singer SVM fitted on the training features.
+XDA splits ``tau`` over the ``d`` feature neurons,
+
+    R = a_j^c * phi(x_j) * phi(x)           (elementwise, ``R.sum() == tau``)
+
+and propagates ``R`` from the feature layer down to the pixels with Layer-wise Relevance
+Propagation (LRP), once into the training image and once into the test image.  In Zennit terms
+this is an ordinary attributor call on the sub-network that produces ``phi``, whose output
+relevance is ``attr_output(phi(input)) = phi(input) * (a_j^c * phi(partner))``.
+
+:class:`XDA` is that attributor (a :class:`zennit.attribution.Attributor`);
+:func:`xda_pairs` runs it for every (test sample, training partner) pair chosen by DualDA.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+
+import torch
+from torch import nn
+from zennit.attribution import Attributor
+from zennit.core import Composite
+
+from .features import model_device, resolve_linear_layer
+
+__all__ = ["XDA", "XDAPairs", "xda_pairs"]
+
+AttrOutput = Union[None, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+
+
+class _FeaturesReached(Exception):
+    """Raised by the feature-layer pre-hook to stop the forward pass once ``phi`` is captured."""
+
+
+# --------------------------------------------------------------------------------------------
+# Model state bookkeeping: XDA must leave the model exactly as it found it.
+# --------------------------------------------------------------------------------------------
+class _ModelState:
+    """Snapshot of everything an attribution pass may disturb, restorable in place.
+
+    Records, per submodule: the training flag, the ``_parameters`` and ``_buffers`` dicts (the
+    objects themselves, not copies), and which parameter/buffer names were shadowed in the
+    instance ``__dict__``.  Restoring puts the original Parameter and buffer objects back (so
+    optimizers holding references keep working), drops entries a canonizer added (zennit 1.0's
+    batch-norm merge leaves zero ``bias`` Parameters and ``__dict__`` shadows behind) and resets
+    every module's own training flag (so a mixed train/eval model keeps its mix).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.entries: List[Tuple[nn.Module, bool, Dict[str, Any], Dict[str, Any], set]] = []
+        for module in model.modules():
+            names = set(module._parameters) | set(module._buffers)
+            shadowed = {name for name in names if name in module.__dict__}
+            self.entries.append(
+                (module, module.training, dict(module._parameters), dict(module._buffers), shadowed)
+            )
+
+    def restore(self) -> None:
+        for module, training, params, buffers, shadowed in self.entries:
+            module.training = training
+            current_names = set(module._parameters) | set(module._buffers) | set(params) | set(buffers)
+            for name in current_names:
+                if name in module.__dict__ and name not in shadowed:
+                    del module.__dict__[name]
+            if module._parameters.keys() != params.keys() or any(
+                module._parameters[k] is not v for k, v in params.items()
+            ):
+                module._parameters.clear()
+                module._parameters.update(params)
+            if module._buffers.keys() != buffers.keys() or any(
+                module._buffers[k] is not v for k, v in buffers.items()
+            ):
+                module._buffers.clear()
+                module._buffers.update(buffers)
+
+
+def _set_eval(model: nn.Module) -> Dict[nn.Module, bool]:
+    """Put every submodule in eval mode; return the previous per-module flags."""
+    flags = {module: module.training for module in model.modules()}
+    model.eval()
+    return flags
+
+
+def _restore_flags(flags: Dict[nn.Module, bool]) -> None:
+    for module, training in flags.items():
+        module.training = training
+
+
+def _registered_elsewhere(composite: Composite, model: nn.Module) -> bool:
+    """Whether ``composite`` is registered, but its rule hooks sit on modules outside ``model``.
+
+    Zennit does not record which model a composite is bound to; this looks for the composite's
+    hook objects among the forward hooks of ``model``'s modules.  A composite that only holds
+    canonizers (no rule hooks) cannot be traced and is assumed to belong to ``model``.
+    """
+    if not composite.handles:
+        return False
+    hooks = list(getattr(composite, "hook_refs", ()))
+    if not hooks:
+        return False
+    hook_ids = {id(hook) for hook in hooks}
+    for module in model.modules():
+        for registry in (module._forward_pre_hooks, module._forward_hooks):
+            for fn in registry.values():
+                owner = getattr(fn, "__self__", None)
+                if owner is not None and id(owner) in hook_ids:
+                    return False
+    return True
+
+
+def _as_attr_output_fn(attr_output: AttrOutput) -> Callable[[torch.Tensor], Any]:
+    """Zennit semantics: None -> identity, tensor -> constant, callable -> itself."""
+    if attr_output is None:
+        return lambda phi: phi
+    if callable(attr_output):
+        return attr_output
+    return lambda phi: attr_output
+
+
+# --------------------------------------------------------------------------------------------
+# The attributor
+# --------------------------------------------------------------------------------------------
+class XDA(Attributor):
+    """Zennit attributor that propagates relevance from the feature layer down to the input.
+
+    The model is run until the INPUT of ``feature_layer`` (the final ``nn.Linear``); that input,
+    flattened to ``(N, d)``, is the feature vector ``phi(input)``.  The forward pass stops there,
+    so the classification head never runs.  The output relevance ``attr_output(phi)`` is then
+    propagated to the input with the rules of ``composite`` (plain gradient when ``composite`` is
+    None, as for :class:`zennit.attribution.Gradient`).
+
+    Calling it is the ordinary Zennit call ``features, relevance = xda(input, attr_output)``.
+    Use it as a context manager (``with xda: ...``) to register the composite once for many
+    calls; a bare call registers the composite for that call only.
+
+    For XDA proper pass ``attr_output = lambda phi: phi * (a * phi_partner)`` with ``a`` the dual
+    coefficient and ``phi_partner`` the partner's features; :func:`xda_pairs` does this for you.
+    With conserving rules and biases excluded (e.g. ``EpsilonPlusFlat(zero_params="bias")``)
+    each heatmap sums to ``(attr_output(phi)).sum()`` per sample, i.e. to the DualDA score.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The classifier.  It is put in eval mode during every pass (canonizers such as
+        ``SequentialMergeBatchNorm`` need the running statistics) and left exactly as it was
+        afterwards: training flags of every submodule, Parameter objects, requires_grad flags and
+        hooks.  Only single-input models ``model(x)`` are supported.
+    feature_layer : torch.nn.Linear or str
+        The final linear layer (or its dotted name, e.g. ``"fc"`` or ``"classifier.6"``); its
+        input is ``phi``.  If the layer is called more than once in a forward pass the first call
+        is used.
+    composite : zennit.core.Composite, optional
+        LRP rules and canonizers, e.g. ``EpsilonPlusFlat(zero_params="bias",
+        canonizers=[SequentialMergeBatchNorm()])`` or
+        ``EpsilonPlusFlat(zero_params="bias", canonizers=[ResNetCanonizer()])``.  A composite binds
+        to one model at a time; one registered to another model is refused.
+    attr_output : torch.Tensor or callable, optional
+        Default output relevance at the feature layer: a tensor broadcastable to ``(N, d)`` (used
+        as a constant), a callable ``phi (N, d) -> (N, d)``, or None for the identity
+        (relevance = ``phi``).  A value passed at call time overrides it.
+
+    Attributes
+    ----------
+    feature_layer : torch.nn.Linear
+        The resolved feature layer.
+
+    Raises
+    ------
+    ValueError
+        ``feature_layer`` names no submodule of ``model``, or is a module outside ``model``.
+    TypeError
+        ``feature_layer`` is not an ``nn.Linear``.
+
+    Examples
+    --------
+    >>> from zennit.composites import EpsilonPlusFlat
+    >>> xda = XDA(model, "fc", EpsilonPlusFlat(zero_params="bias"))          # doctest: +SKIP
+    >>> phi, rel = xda(x)                      # relevance = phi itself        # doctest: +SKIP
+    >>> with xda:                              # composite registered once     # doctest: +SKIP
+    ...     for x_j, r in pairs:
+    ...         phi_j, heat = xda(x_j, lambda phi: phi * r)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        feature_layer: Union[nn.Linear, str],
+        composite: Optional[Composite] = None,
+        attr_output: AttrOutput = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+        if composite is not None and not isinstance(composite, Composite):
+            raise TypeError(
+                "`composite` must be a zennit Composite (e.g. EpsilonPlusFlat()) or None, "
+                f"got {type(composite).__name__}."
+            )
+        super().__init__(model=model, composite=composite, attr_output=attr_output)
+        self.feature_layer: nn.Linear = resolve_linear_layer(model, feature_layer, argument="feature_layer")
+        self._states: List[_ModelState] = []
+
+    # -- context management -----------------------------------------------------------------
+    def _check_composite(self) -> None:
+        if self.composite is not None and _registered_elsewhere(self.composite, self.model):
+            raise ValueError(
+                "`composite` is already registered to another model (a zennit composite binds to one "
+                "model at a time). Call `composite.remove()` or leave its `with` block first, or give "
+                "this XDA its own composite instance."
+            )
+
+    def __enter__(self) -> "XDA":
+        """Put the model in eval mode and register the composite (once for many calls).
+
+        Returns
+        -------
+        XDA
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            The composite is registered to another model.
+        """
+        self._check_composite()
+        state = _ModelState(self.model)
+        self._states.append(state)
+        try:
+            self.model.eval()
+            super().__enter__()
+        except BaseException:
+            self._states.pop()
+            if self.composite is not None:
+                self.composite.remove()
+            state.restore()
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> bool:
+        """Remove the composite and restore the model exactly as it was on entry.
+
+        Returns
+        -------
+        bool
+            False (exceptions propagate).
+        """
+        try:
+            super().__exit__(exc_type, exc_value, traceback)
+        finally:
+            if self._states:
+                self._states.pop().restore()
+        return False
+
+    def __call__(self, input: torch.Tensor, attr_output: AttrOutput = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Features and input relevance, registering the composite for this call if needed.
+
+        Parameters
+        ----------
+        input : torch.Tensor
+            ``(N, *input_shape)`` floating point model input (moved to the model's device).
+        attr_output : torch.Tensor or callable, optional
+            Output relevance at the feature layer; overrides the constructor's default.  A
+            tensor broadcastable to ``(N, d)`` or a callable ``phi (N, d) -> (N, d)``.
+
+        Returns
+        -------
+        features : torch.Tensor
+            ``(N, d)`` detached ``phi(input)``, dtype of the model.
+        relevance : torch.Tensor
+            ``(N, *input_shape)`` relevance of every input element (the modified gradient), on
+            the model's device.
+        """
+        return super().__call__(input, attr_output)
+
+    # -- the passes -----------------------------------------------------------------------------
+    def _run_to_features(self, input: torch.Tensor) -> torch.Tensor:
+        """Run the model on ``input`` until the feature layer; return phi (N, d), graph kept."""
+        captured: List[torch.Tensor] = []
+
+        def hook(module: nn.Module, args: Tuple[Any, ...]) -> None:
+            captured.append(args[0])
+            raise _FeaturesReached
+
+        # prepend=True: run before any zennit pre-hook on this layer, so phi is captured before
+        # zennit wraps it in its Identity (whose backward hook would need the layer's output
+        # gradient, which never exists because the forward stops here).
+        handle = self.feature_layer.register_forward_pre_hook(hook, prepend=True)
+        try:
+            try:
+                self.model(input)
+            except _FeaturesReached:
+                pass
+        finally:
+            handle.remove()
+        if not captured:
+            raise RuntimeError(
+                "The forward pass never reached `feature_layer` "
+                f"({type(self.feature_layer).__name__}(in_features={self.feature_layer.in_features})): "
+                "it is not used by `model.forward`, so its input (the features) cannot be captured."
+            )
+        raw = captured[0]
+        if not isinstance(raw, torch.Tensor):
+            raise TypeError(f"The input of `feature_layer` is a {type(raw).__name__}, expected a tensor.")
+        return raw.flatten(1) if raw.ndim > 1 else raw.reshape(raw.shape[0], -1)
+
+    def _prepare_input(self, input: torch.Tensor) -> torch.Tensor:
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"`input` must be a torch.Tensor, got {type(input).__name__}.")
+        if not torch.is_floating_point(input):
+            raise TypeError(f"`input` must be a floating point tensor, got dtype {input.dtype}.")
+        if input.ndim < 1 or input.shape[0] == 0:
+            raise ValueError(f"`input` must have a non-empty batch dimension, got shape {tuple(input.shape)}.")
+        return input.detach().to(model_device(self.model))
+
+    def features(self, input: torch.Tensor) -> torch.Tensor:
+        """Features ``phi(input)`` only: no relevance, no gradient, no composite registration.
+
+        If called inside ``with xda:`` the composite's canonizers are active (e.g. batch norm
+        merged into convolutions), which changes the result only by floating point rounding.
+
+        Parameters
+        ----------
+        input : torch.Tensor
+            ``(N, *input_shape)`` floating point model input.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N, d)`` features on the model's device, dtype of the model.
+        """
+        input = self._prepare_input(input)
+        flags = _set_eval(self.model)
+        try:
+            with torch.no_grad():
+                phi = self._run_to_features(input)
+        finally:
+            _restore_flags(flags)
+        return phi.detach()
+
+    def forward(
+        self, input: torch.Tensor, attr_output_fn: Callable[[torch.Tensor], Any]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One attribution pass (the composite must already be registered, or be None).
+
+        Called by ``__call__``; it does not register the composite itself.
+
+        Parameters
+        ----------
+        input : torch.Tensor
+            ``(N, *input_shape)`` floating point model input.
+        attr_output_fn : callable
+            ``phi (N, d) -> relevance (N, d)`` (or a tensor broadcastable to it).
+
+        Returns
+        -------
+        features : torch.Tensor
+            ``(N, d)`` detached features.
+        relevance : torch.Tensor
+            ``(N, *input_shape)`` input relevance.
+
+        Raises
+        ------
+        ValueError
+            The composite is registered to another model; the output relevance does not fit
+            ``(N, d)``.
+        RuntimeError
+            ``feature_layer`` is not reached, or the features do not depend on the input.
+        """
+        self._check_composite()
+        input = self._prepare_input(input)
+        flags = _set_eval(self.model)
+        try:
+            # Rules attach only when grad mode is on and the layer input requires grad: make both
+            # true even when the caller sits inside torch.no_grad().
+            with torch.enable_grad():
+                leaf = input.requires_grad_(True)
+                phi = self._run_to_features(leaf)
+                if not phi.requires_grad:
+                    raise RuntimeError(
+                        "The features at `feature_layer` do not depend on `input` (no gradient path); "
+                        "nothing can be attributed."
+                    )
+                relevance_out = attr_output_fn(phi.detach())
+                relevance_out = self._check_relevance(relevance_out, phi)
+                relevance, = torch.autograd.grad((phi,), (leaf,), grad_outputs=(relevance_out,))
+        finally:
+            _restore_flags(flags)
+        return phi.detach(), relevance.detach()
+
+    @staticmethod
+    def _check_relevance(relevance_out: Any, phi: torch.Tensor) -> torch.Tensor:
+        if not isinstance(relevance_out, torch.Tensor):
+            relevance_out = torch.as_tensor(relevance_out)
+        relevance_out = relevance_out.detach().to(device=phi.device, dtype=phi.dtype)
+        if relevance_out.shape != phi.shape:
+            try:
+                relevance_out = relevance_out.expand(phi.shape)
+            except RuntimeError:
+                raise ValueError(
+                    f"`attr_output` gave relevance of shape {tuple(relevance_out.shape)}, which does not fit "
+                    f"the features of shape {tuple(phi.shape)} (N, d) at `feature_layer`."
+                ) from None
+        return relevance_out
+
+
+# --------------------------------------------------------------------------------------------
+# Pairing with DualDA
+# --------------------------------------------------------------------------------------------
+class XDAPairs(NamedTuple):
+    """XDA explanations of DualDA pairs: test sample ``i`` and its ``k`` training partners.
+
+    All tensors are detached and on the CPU.
+
+    Attributes
+    ----------
+    scores : torch.Tensor
+        ``(n_test, k)`` DualDA scores ``tau[i, m] = a_j^{c_i} phi(x_j).phi(x_i)`` with
+        ``j = train_indices[i, m]``; dtype of the features (float32 or float64).
+    train_relevance : torch.Tensor
+        ``(n_test, k, *input_shape)`` heatmap of training image ``x_j``: why it supports
+        (positive) or opposes (negative) the prediction on ``x_i``.
+    test_relevance : torch.Tensor
+        ``(n_test, k, *input_shape)`` heatmap of test image ``x_i``: which of its parts match
+        training image ``x_j``.
+    feature_relevance : torch.Tensor
+        ``(n_test, k, d)`` relevance at the feature layer, ``a_j^{c_i} phi(x_j) * phi(x_i)``
+        (sums to ``scores`` along the last axis).
+    train_indices : torch.Tensor
+        ``(n_test, k)`` int64, the training partners.
+    targets : torch.Tensor
+        ``(n_test,)`` int64, the explained class ``c_i`` of each test sample.
+    coefficients : torch.Tensor
+        ``(n_test, k)`` the dual coefficients ``a_j^{c_i}``.
+    """
+
+    scores: torch.Tensor
+    train_relevance: torch.Tensor
+    test_relevance: torch.Tensor
+    feature_relevance: torch.Tensor
+    train_indices: torch.Tensor
+    targets: torch.Tensor
+    coefficients: torch.Tensor
+
+
+def _check_train_indices(train_indices: Any, n_test: int, n_train: int) -> torch.Tensor:
+    if hasattr(train_indices, "indices") and not isinstance(train_indices, torch.Tensor):
+        train_indices = train_indices.indices  # a KMostInfluentialResults
+    idx = torch.as_tensor(train_indices)
+    if torch.is_floating_point(idx) or idx.dtype == torch.bool or torch.is_complex(idx):
+        raise TypeError(f"`train_indices` must hold integer indices, got dtype {idx.dtype}.")
+    if idx.ndim != 2 or idx.shape[0] != n_test:
+        raise ValueError(
+            f"`train_indices` must have shape (n_test, k) = ({n_test}, k), got {tuple(idx.shape)}."
+        )
+    if idx.shape[1] == 0:
+        raise ValueError("`train_indices` has k = 0 partners per test sample; nothing to explain.")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_train):
+        raise ValueError(
+            f"`train_indices` must lie in [0, n_train) = [0, {n_train}), got values in "
+            f"[{int(idx.min())}, {int(idx.max())}]."
+        )
+    return idx.long().cpu()
+
+
+def _single_input(value: Any, argument: str) -> torch.Tensor:
+    if isinstance(value, (tuple, list)):
+        if len(value) != 1:
+            raise ValueError(
+                f"`{argument}` holds {len(value)} model inputs; XDA explains single-input models `model(x)` only."
+            )
+        value = value[0]
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"`{argument}` must be a tensor, got {type(value).__name__}.")
+    return value
+
+
+def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    flags = _set_eval(model)
+    try:
+        with torch.no_grad():
+            return model(x).argmax(dim=1)
+    finally:
+        _restore_flags(flags)
+
+
+def xda_pairs(
+    dualda: Any,
+    xda: XDA,
+    test_inputs: torch.Tensor,
+    targets: Union[None, int, torch.Tensor],
+    train_indices: Union[torch.Tensor, Any],
+    feature_batch_size: int = 256,
+) -> XDAPairs:
+    """XDA heatmaps and DualDA scores for every test sample and each of its training partners.
+
+    For test sample ``x_i`` (explained class ``c_i``) and partner ``x_j`` the relevance at the
+    feature layer is ``R = a_j^{c_i} phi(x_j) * phi(x_i)`` (``R.sum() = tau``).  It is propagated
+    into the training image (``train_relevance``) and into the test image (``test_relevance``).
+    The ``k`` partners of one test sample go through in one batched pass per side.  The
+    composite is registered once for all pairs (unless it already is).
+
+    Parameters
+    ----------
+    dualda : DualDA
+        A fitted :class:`captum_dualxda.dualda.DualDA` (uses ``model``, ``final_fc_layer``,
+        ``coefficients`` (n_train, K), ``train_inputs(indices)``, ``n_train``).
+    xda : XDA
+        Attributor on the same model and feature layer as ``dualda``.
+    test_inputs : torch.Tensor
+        ``(n_test, *input_shape)`` float (a single ``(*input_shape)`` sample is not accepted:
+        add the batch axis).
+    targets : torch.Tensor or int or None
+        ``(n_test,)`` int64 classes to explain (usually the predictions); an int is used for
+        all; None = the model's predictions.
+    train_indices : torch.Tensor or KMostInfluentialResults
+        ``(n_test, k)`` int64 training indices (e.g. ``dualda.influence((x, t), k=k).indices``).
+    feature_batch_size : int
+        Batch size of the feature-only passes over the partners.
+
+    Returns
+    -------
+    XDAPairs
+        ``scores (n_test, k)``, ``train_relevance`` and ``test_relevance``
+        ``(n_test, k, *input_shape)``, ``feature_relevance (n_test, k, d)``, plus the inputs used.
+        The scores are computed from the features directly and agree with
+        ``dualda.influence((test_inputs, targets))[i, train_indices[i]]``.
+
+    Raises
+    ------
+    ValueError
+        ``xda`` explains another model or layer than ``dualda``; ``train_indices`` has the wrong
+        shape or is out of range; ``targets`` has the wrong shape or is out of range; the
+        features of the test inputs and of the partners differ in dimension.
+    TypeError
+        ``xda`` is not an :class:`XDA`; non-integer indices or targets.
+    """
+    if not isinstance(xda, XDA):
+        raise TypeError(f"`xda` must be an XDA attributor, got {type(xda).__name__}.")
+    if xda.model is not dualda.model:
+        raise ValueError("`xda` explains a different model than `dualda` (xda.model is not dualda.model).")
+    if xda.feature_layer is not dualda.final_fc_layer:
+        raise ValueError(
+            "`xda` uses a different feature layer than `dualda` (xda.feature_layer is not dualda.final_fc_layer)."
+        )
+    x = _single_input(test_inputs, "test_inputs")
+    if x.ndim < 2:
+        raise ValueError(f"`test_inputs` must be batched, shape (n_test, *input_shape), got {tuple(x.shape)}.")
+    n_test = x.shape[0]
+    device = model_device(xda.model)
+    x = x.detach().to(device)
+
+    coefficients = torch.as_tensor(dualda.coefficients)
+    n_train, n_classes = int(dualda.n_train), coefficients.shape[1]
+    idx = _check_train_indices(train_indices, n_test, n_train)
+    k = idx.shape[1]
+
+    if targets is None:
+        targets_t = _predict(xda.model, x).cpu()
+    else:
+        targets_t = torch.as_tensor(targets)
+        if torch.is_floating_point(targets_t):
+            raise TypeError(f"`targets` must hold integer class indices, got dtype {targets_t.dtype}.")
+        if targets_t.ndim == 0:
+            targets_t = targets_t.expand(n_test)
+        if targets_t.shape != (n_test,):
+            raise ValueError(f"`targets` must have shape (n_test,) = ({n_test},), got {tuple(targets_t.shape)}.")
+        targets_t = targets_t.long().cpu()
+    if int(targets_t.min()) < 0 or int(targets_t.max()) >= n_classes:
+        raise ValueError(
+            f"`targets` must lie in [0, {n_classes}), got values in "
+            f"[{int(targets_t.min())}, {int(targets_t.max())}]."
+        )
+
+    sample = _single_input(dualda.train_inputs(idx[0, :1]), "dualda.train_inputs(...)")
+    if sample.ndim != x.ndim:
+        raise ValueError(
+            f"`test_inputs` has shape {tuple(x.shape)} but a training input has shape {tuple(sample.shape)} "
+            "(with batch axis): pass the test samples batched, (n_test, *input_shape)."
+        )
+
+    # Feature-only passes (no composite): the scores use the network's own features.
+    phi_test = xda.features(x)
+    flat = idx.reshape(-1)
+    phi_train_parts = []
+    for start in range(0, flat.numel(), feature_batch_size):
+        batch_idx = flat[start:start + feature_batch_size]
+        x_tr = _single_input(dualda.train_inputs(batch_idx), "dualda.train_inputs(...)")
+        phi_train_parts.append(xda.features(x_tr.to(device)))
+    phi_train = torch.cat(phi_train_parts).reshape(n_test, k, -1)
+    if phi_train.shape[-1] != phi_test.shape[-1]:
+        raise ValueError(
+            f"`test_inputs` give features of dimension {phi_test.shape[-1]} but their training partners give "
+            f"{phi_train.shape[-1]}: test and training inputs must have the same shape "
+            f"(test input shape {tuple(x.shape[1:])})."
+        )
+    dtype = phi_test.dtype
+    coef = coefficients[idx, targets_t[:, None]].to(device=device, dtype=dtype)  # (n_test, k)
+    feature_relevance = coef[..., None] * phi_train * phi_test[:, None, :]        # (n_test, k, d)
+    scores = feature_relevance.sum(-1)
+
+    train_heat: List[torch.Tensor] = []
+    test_heat: List[torch.Tensor] = []
+
+    def run_all() -> None:
+        for i in range(n_test):
+            a_i = coef[i][:, None]                                            # (k, 1)
+            partner_for_train = a_i * phi_test[i][None, :]                     # (k, d)
+            partner_for_test = a_i * phi_train[i]                              # (k, d)
+            x_tr = _single_input(dualda.train_inputs(idx[i]), "dualda.train_inputs(...)").to(device)
+            _, r_tr = xda(x_tr, lambda phi, p=partner_for_train: phi * p)
+            x_te = x[i:i + 1].expand(k, *x.shape[1:]).contiguous()
+            _, r_te = xda(x_te, lambda phi, p=partner_for_test: phi * p)
+            train_heat.append(r_tr.cpu())
+            test_heat.append(r_te.cpu())
+
+    if xda.composite is not None and not xda.composite.handles:
+        with xda:
+            run_all()
+    else:
+        run_all()
+
+    return XDAPairs(
+        scores=scores.cpu(),
+        train_relevance=torch.stack(train_heat),
+        test_relevance=torch.stack(test_heat),
+        feature_relevance=feature_relevance.cpu(),
+        train_indices=idx,
+        targets=targets_t,
+        coefficients=coef.cpu(),
+    )

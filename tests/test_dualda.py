@@ -1,0 +1,241 @@
+"""DualDA as a Captum DataInfluence: conventions, exact formulas, cache, errors."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from captum.influence._utils.common import KMostInfluentialResults
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import captum_dualxda.cache as cache_module
+from captum_dualxda import DualDA
+from captum_dualxda.features import batch_features
+
+
+@pytest.fixture(scope="module")
+def setup(digits, digits_cnn):
+    x, y, xt, yt = digits
+    train = TensorDataset(x[:600], y[:600])
+    dualda = DualDA(digits_cnn, "fc", train, C=0.01, batch_size=100)
+    return dualda, train, xt[:25], digits_cnn
+
+
+def test_attributes(setup):
+    dualda, train, _, net = setup
+    n, K = 600, 10
+    assert dualda.coefficients.shape == (n, K) and dualda.coefficients.dtype == torch.float32
+    assert dualda.support_indices.dtype == torch.long
+    nonzero_rows = (dualda.coefficients != 0).any(1).nonzero().flatten()
+    assert torch.equal(nonzero_rows, dualda.support_indices)
+    assert dualda.sparsity == pytest.approx(1 - len(nonzero_rows) / n)
+    assert 0 < dualda.sparsity < 1
+    stats = dualda.fit_stats
+    assert stats["n_support"] == len(nonzero_rows) and stats["converged"] and 0 <= stats["gap"] < 1e-4
+    phi = batch_features(net, net.fc, (train.tensors[0],))
+    assert torch.allclose(dualda.weight, dualda.coefficients.T @ phi, atol=1e-4, rtol=1e-4)
+    assert dualda.weight.shape == (K, 32) and dualda.intercept.shape == (K,)
+
+
+def test_scores_equal_brute_force_formula(setup):
+    dualda, train, xt, net = setup
+    pred = net(xt).argmax(1)
+    scores = dualda.influence((xt, pred))
+    assert scores.shape == (len(xt), 600)
+    phi_train = batch_features(net, net.fc, (train.tensors[0],)).double()
+    phi_test = batch_features(net, net.fc, (xt,)).double()
+    a = dualda.coefficients.double()
+    brute = torch.stack([a[:, c] * (phi_train @ phi_test[i]) for i, c in enumerate(pred.tolist())])
+    assert torch.allclose(scores.double(), brute, rtol=1e-4, atol=1e-5)
+    # Efficiency: scores over the training set sum to the surrogate logit without intercept.
+    logits = (phi_test @ dualda.weight.double().T).gather(1, pred[:, None]).squeeze(1)
+    assert torch.allclose(scores.double().sum(1), logits, rtol=1e-4, atol=1e-4)
+    # Non-support vectors score exactly zero.
+    off = torch.ones(600, dtype=torch.bool)
+    off[dualda.support_indices] = False
+    assert torch.all(scores[:, off] == 0)
+
+
+@pytest.mark.parametrize("proponents", [True, False])
+def test_k_mode_agrees_with_argsort(setup, proponents):
+    dualda, _, xt, net = setup
+    pred = net(xt).argmax(1)
+    scores = dualda.influence((xt, pred))
+    k = 7
+    top = dualda.influence((xt, pred), k=k, proponents=proponents)
+    assert isinstance(top, KMostInfluentialResults)
+    assert top.indices.shape == (len(xt), k) and top.indices.dtype == torch.long
+    expected = torch.sort(scores, dim=1, descending=proponents).values[:, :k]
+    assert torch.allclose(top.influence_scores, expected)
+    assert torch.allclose(scores.gather(1, top.indices), top.influence_scores)
+    if proponents:
+        assert torch.all(top.influence_scores[:, :-1] >= top.influence_scores[:, 1:])
+    else:
+        assert torch.all(top.influence_scores[:, :-1] <= top.influence_scores[:, 1:])
+
+
+def test_k_larger_than_train_is_clipped_and_fills_with_zeros(setup):
+    dualda, _, xt, net = setup
+    pred = net(xt[:2]).argmax(1)
+    top = dualda.influence((xt[:2], pred), k=10_000)
+    assert top.indices.shape == (2, 600)
+    assert torch.equal(top.indices.sort(1).values, torch.arange(600).expand(2, 600))
+
+
+def test_self_influence_is_the_diagonal(setup):
+    dualda, train, _, _ = setup
+    x, y = train.tensors
+    si = dualda.self_influence()
+    diag = torch.stack([dualda.influence((x[i : i + 1], y[i : i + 1]))[0, i] for i in range(0, 600, 37)])
+    assert torch.allclose(si[::37], diag, rtol=1e-4, atol=1e-6)
+    assert torch.equal(dualda.self_influence(train), si)
+    assert torch.equal(dualda.self_influence(DataLoader(train, batch_size=33)), si)
+    assert torch.all(si >= 0)
+    with pytest.raises(ValueError, match="`inputs`"):
+        dualda.self_influence(TensorDataset(x[:10], y[:10]))
+
+
+def test_dataset_and_dataloader_agree_and_progress_changes_nothing(setup, digits_cnn):
+    dualda, train, xt, net = setup
+    other = DualDA(digits_cnn, digits_cnn.fc, DataLoader(train, batch_size=17), C=0.01, show_progress=True)
+    assert torch.equal(other.coefficients, dualda.coefficients)
+    pred = net(xt).argmax(1)
+    a = dualda.influence((xt, pred))
+    b = other.influence(DataLoader(TensorDataset(xt, pred), batch_size=4), show_progress=True)
+    assert torch.allclose(a, b, atol=1e-6)
+    ka = dualda.influence((xt, pred), k=3)
+    kb = dualda.influence((xt, pred), k=3, show_progress=True)
+    assert torch.equal(ka.indices, kb.indices) and torch.equal(ka.influence_scores, kb.influence_scores)
+
+
+def test_index_addresses_train_dataset(setup):
+    dualda, train, xt, net = setup
+    pred = net(xt[:3]).argmax(1)
+    top = dualda.influence((xt[:3], pred), k=2)
+    for i in range(3):
+        for j, score in zip(top.indices[i].tolist(), top.influence_scores[i].tolist()):
+            x_j, _ = train[j]
+            (x_in,) = dualda.train_inputs([j])
+            assert torch.equal(x_in[0], x_j)
+            phi_j = batch_features(net, net.fc, (x_j[None],))[0]
+            phi_i = batch_features(net, net.fc, (xt[i : i + 1],))[0]
+            expected = dualda.coefficients[j, pred[i]] * (phi_j @ phi_i)
+            assert score == pytest.approx(float(expected), rel=1e-4, abs=1e-6)
+
+
+def test_model_mode_restored(digits, digits_cnn):
+    x, y, _, _ = digits
+    digits_cnn.train()
+    try:
+        before = {k: v.clone() for k, v in digits_cnn.state_dict().items()}
+        DualDA(digits_cnn, "fc", TensorDataset(x[:200], y[:200]), C=0.1)
+        assert digits_cnn.training
+        after = digits_cnn.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)  # BN stats untouched (eval mode)
+    finally:
+        digits_cnn.eval()
+
+
+def test_cache_round_trip_and_stale_refit(tmp_path, digits, digits_cnn, monkeypatch):
+    x, y, xt, _ = digits
+    train = TensorDataset(x[:300], y[:300])
+    first = DualDA(digits_cnn, "fc", train, C=0.02, cache_dir=str(tmp_path))
+    assert not first.fit_stats["from_cache"] and os.path.exists(first.cache_path)
+    second = DualDA(digits_cnn, "fc", train, C=0.02, cache_dir=str(tmp_path))
+    assert second.fit_stats["from_cache"]
+    assert torch.equal(second.coefficients, first.coefficients)
+    pred = digits_cnn(xt[:5]).argmax(1)
+    assert torch.equal(second.influence((xt[:5], pred)), first.influence((xt[:5], pred)))
+    # Anything different refits: C, data, labels, weights.
+    assert not DualDA(digits_cnn, "fc", train, C=0.03, cache_dir=str(tmp_path)).fit_stats["from_cache"]
+    y2 = y[:300].clone()
+    y2[0] = (y2[0] + 1) % 10
+    assert not DualDA(digits_cnn, "fc", TensorDataset(x[:300], y2), C=0.02, cache_dir=str(tmp_path)).fit_stats["from_cache"]
+    changed = DigitsCNNCopy(digits_cnn)
+    with torch.no_grad():
+        changed.fc.bias[0] += 1e-3
+    assert not DualDA(changed, "fc", train, C=0.02, cache_dir=str(tmp_path)).fit_stats["from_cache"]
+
+
+def DigitsCNNCopy(net):
+    import copy
+
+    return copy.deepcopy(net)
+
+
+def test_interrupted_cache_write_leaves_nothing_that_loads(tmp_path, digits, digits_cnn, monkeypatch):
+    x, y, _, _ = digits
+    train = TensorDataset(x[:200], y[:200])
+    real_save = torch.save
+
+    def crashing_save(obj, stream, *args, **kwargs):
+        real_save(obj, stream, *args, **kwargs)
+        stream.flush()
+        raise KeyboardInterrupt("simulated kill during write")
+
+    monkeypatch.setattr(cache_module.torch, "save", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        DualDA(digits_cnn, "fc", train, C=0.05, cache_dir=str(tmp_path))
+    monkeypatch.setattr(cache_module.torch, "save", real_save)
+    assert os.listdir(tmp_path) == []  # neither the final file nor the temporary one remains
+    fresh = DualDA(digits_cnn, "fc", train, C=0.05, cache_dir=str(tmp_path))
+    assert not fresh.fit_stats["from_cache"]
+    # A corrupt file at the final name (e.g. disk full elsewhere) is ignored with a warning.
+    with open(fresh.cache_path, "wb") as stream:
+        stream.write(b"not a torch file")
+    with pytest.warns(UserWarning, match="unreadable"):
+        again = DualDA(digits_cnn, "fc", train, C=0.05, cache_dir=str(tmp_path))
+    assert not again.fit_stats["from_cache"]
+    assert DualDA(digits_cnn, "fc", train, C=0.05, cache_dir=str(tmp_path)).fit_stats["from_cache"]
+
+
+def test_bad_inputs(setup, digits, digits_cnn, tmp_path):
+    dualda, train, xt, net = setup
+    x, y, _, _ = digits
+    small = TensorDataset(x[:50], y[:50])
+    with pytest.raises(ValueError, match="`final_fc_layer`.*not a submodule"):
+        DualDA(net, "nope", small)
+    with pytest.raises(TypeError, match="`final_fc_layer` must be the final nn.Linear"):
+        DualDA(net, "head.2", small)
+    with pytest.raises(ValueError, match="`C`"):
+        DualDA(net, "fc", small, C=0)
+    with pytest.raises(ValueError, match="`C`"):
+        DualDA(net, "fc", small, C=float("inf"))
+    with pytest.raises(ValueError, match="empty"):
+        DualDA(net, "fc", TensorDataset(x[:0], y[:0]))
+    with pytest.raises(ValueError, match="labels must lie"):
+        DualDA(net, "fc", TensorDataset(x[:50], y[:50] + 10))
+    with pytest.raises(ValueError, match="at least 2"):
+        DualDA(net, "fc", TensorDataset(x[:5], torch.zeros(5, dtype=torch.long)))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="`cache_dir`"):
+        DualDA(net, "fc", small, cache_dir=str(blocker))
+    nan_net = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Linear(8, 10))
+    with torch.no_grad():
+        nan_net[1].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        DualDA(nan_net, "2", small)
+    pred = net(xt[:4]).argmax(1)
+    with pytest.raises(ValueError, match="`inputs` must be a tuple"):
+        dualda.influence(xt[:4])
+    with pytest.raises(ValueError, match="`inputs` must be a tuple"):
+        dualda.influence((xt[:4],))
+    with pytest.raises(ValueError, match="targets must lie"):
+        dualda.influence((xt[:4], pred + 10))
+    with pytest.raises(ValueError, match="`k`"):
+        dualda.influence((xt[:4], pred), k=0)
+    with pytest.raises(ValueError, match="samples but"):
+        dualda.influence((xt[:4], pred[:2]))
+    with pytest.raises(ValueError, match="`indices`"):
+        dualda.train_inputs([600])
+
+
+def test_device_argument_moves_tensors(setup, digits_cnn, digits):
+    x, y, xt, _ = digits
+    dd = DualDA(digits_cnn, "fc", TensorDataset(x[:200], y[:200]), C=0.05, device="cpu")
+    pred = digits_cnn(xt[:3]).argmax(1)
+    # Targets on another dtype/device-like container still work (moved, not crashed).
+    assert dd.influence((xt[:3], pred.int())).shape == (3, 200)
+    assert dd.influence((xt[:3], pred.tolist())).shape == (3, 200)

@@ -1,0 +1,210 @@
+"""The Crammer-Singer solver against scikit-learn, exact formulas and its own certificates."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.svm import LinearSVC
+
+from captum_dualxda.solver import (
+    available_backends,
+    fit_crammer_singer,
+    make_problem,
+    primal_objective,
+    project_crammer_singer,
+)
+from conftest import clustered_features
+
+BACKENDS = list(available_backends())
+
+
+def sklearn_fit(x, y, C, fit_intercept, tol=1e-4):
+    model = LinearSVC(multi_class="crammer_singer", C=C, tol=tol, fit_intercept=fit_intercept,
+                      random_state=0, max_iter=100000)
+    model.fit(x.astype(np.float64), y)
+    return torch.tensor(model.coef_), torch.tensor(model.intercept_) if fit_intercept else torch.zeros(len(model.classes_), dtype=torch.float64)
+
+
+def check_feasible(alpha, y, C, rounding=0.0):
+    rows = torch.arange(len(y))
+    own = alpha[rows, y]
+    others = alpha.clone()
+    others[rows, y] = 0
+    assert float(own.min()) >= -rounding * C and float(own.max()) <= C * (1 + 1e-12)
+    assert float(others.max()) <= 0.0
+    assert float(alpha.sum(1).abs().max()) <= 1e-12 * max(C, 1.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed,C,fit_intercept", [(0, 0.01, True), (1, 0.3, True), (2, 0.1, False), (3, 1.0, True)])
+def test_matches_sklearn_linear_svc(backend, seed, C, fit_intercept):
+    # BDCD has no shrinking and is slow on CPU: give it the smaller problem.
+    x, y = clustered_features(n=500 if backend == "sequential" else 250, d=20, k=4, seed=seed)
+    res = fit_crammer_singer(torch.tensor(x), torch.tensor(y), C=C, fit_intercept=fit_intercept, backend=backend)
+    w_sk, b_sk = sklearn_fit(x, y, C, fit_intercept)
+    problem = make_problem(torch.tensor(x), torch.tensor(y), C, fit_intercept, 1.0)
+    # Rigorous (SOLVER.md 1.5): ||W - W_sk|| <= sqrt(2 gap_ours) + sqrt(2 (P(W_sk) - D(alpha_ours))).
+    w_ours = torch.cat([res.weight, res.intercept[:, None]], 1)
+    w_ref = torch.cat([w_sk, b_sk[:, None]], 1)
+    gap_abs = res.primal - res.dual
+    p_sk = primal_objective(problem, w_sk, b_sk)
+    bound = math.sqrt(2 * max(gap_abs, 0)) + math.sqrt(2 * max(p_sk - res.dual, 0))
+    diff = float((w_ours - w_ref).norm())
+    assert diff <= bound * (1 + 1e-9) + 1e-12
+    # Practical: at tol 1e-4 both are within ~1e-3 relative of the unique optimum.
+    assert diff / float(w_ref.norm()) < 2e-3
+    # Training predictions agree (ties make 100% unsafe).
+    pred = (torch.tensor(x).double() @ res.weight.T + res.intercept).argmax(1)
+    pred_sk = (torch.tensor(x).double() @ w_sk.T + b_sk).argmax(1)
+    assert float((pred == pred_sk).double().mean()) >= 0.99
+    assert res.converged and res.residual <= 1e-4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_result_contract(backend):
+    x, y = clustered_features(n=400, d=16, k=5, seed=4)
+    C = 0.05
+    res = fit_crammer_singer(x, y, C=C, backend=backend)
+    xt, yt = torch.tensor(x, dtype=torch.float64), torch.tensor(y)
+    assert res.alpha.shape == (400, 5) and res.weight.shape == (5, 16) and res.intercept.shape == (5,)
+    check_feasible(res.alpha, yt, C)
+    assert torch.allclose(res.weight, res.alpha.T @ xt, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(res.intercept, res.alpha.sum(0), rtol=1e-10, atol=1e-14)  # s = 1
+    assert 0.0 <= res.gap < 1e-4
+    assert res.primal >= res.dual
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deterministic_for_a_seed(backend):
+    x, y = clustered_features(n=300, d=12, k=3, seed=5)
+    a = fit_crammer_singer(x, y, C=0.05, seed=7, backend=backend)
+    b = fit_crammer_singer(x, y, C=0.05, seed=7, backend=backend)
+    assert torch.equal(a.alpha, b.alpha)
+    c = fit_crammer_singer(x, y, C=0.05, seed=8, backend=backend)
+    assert float((a.weight - c.weight).norm() / a.weight.norm()) < 2e-3
+
+
+def test_backends_reach_the_same_tight_alpha():
+    # Features in general position: the optimal alpha is unique, so tight solves must agree entry-wise.
+    x, y = clustered_features(n=100, d=10, k=3, seed=6)
+    C = 0.05
+    a = fit_crammer_singer(x, y, C=C, tol=1e-8, backend="bdcd", block_size=8)
+    b = fit_crammer_singer(x, y, C=C, tol=1e-8, backend="bdcd", block_size=32, seed=3)
+    assert float((a.alpha - b.alpha).abs().max()) <= 1e-4 * C
+    assert a.gap < 1e-8 and b.gap < 1e-8
+    if "sequential" in BACKENDS:
+        c = fit_crammer_singer(x, y, C=C, tol=1e-10, backend="sequential")
+        assert float((a.alpha - c.alpha).abs().max()) <= 1e-4 * C
+
+
+def literal_sub_problem(A, B, C_y, y, active):
+    """Transcription of LIBLINEAR's closed form (SOLVER.md 2.2 step 6) with a python loop."""
+    D = list(B)
+    if active[y]:
+        D[y] += A * C_y
+    D = sorted([D[m] for m in range(len(B)) if active[m]], reverse=True)
+    beta = D[0] - A * C_y
+    r = 1
+    while r < len(D) and beta < r * D[r]:
+        beta += D[r]
+        r += 1
+    beta /= r
+    bounds = [C_y if m == y else 0.0 for m in range(len(B))]
+    return [min(bounds[m], (beta - B[m]) / A) for m in range(len(B))]
+
+
+def test_projection_equals_liblinear_subproblem():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        k = int(rng.integers(2, 13))
+        A = float(rng.uniform(0.1, 5))
+        C = float(rng.uniform(0.01, 3))
+        y = int(rng.integers(0, k))
+        B = rng.normal(size=k) * 2
+        ref = literal_sub_problem(A, B, C, y, [True] * k)
+        # Our projection of v = alpha - G/A with B = G - A alpha is the same point: v = -B/A.
+        out = project_crammer_singer(torch.tensor(-B / A)[None], torch.tensor([y]), C)[0]
+        assert np.allclose(out.numpy(), ref, atol=1e-12, rtol=0)
+        assert abs(float(out.sum())) < 1e-12 and float(out[y]) <= C + 1e-15
+
+
+def test_projection_properties():
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(200, 7, dtype=torch.float64, generator=g) * 3
+    y = torch.randint(0, 7, (200,), generator=g)
+    p = project_crammer_singer(v, y, 0.7)
+    check_feasible(p, y, 0.7, rounding=1e-14)  # the raw projection is feasible up to rounding
+    assert torch.allclose(project_crammer_singer(p.clone(), y, 0.7), p, atol=1e-13)  # idempotent
+    # Obtuse angle: <v - p, q - p> <= 0 for any feasible q.
+    q = project_crammer_singer(torch.randn(200, 7, dtype=torch.float64, generator=g), y, 0.7)
+    assert float(((v - p) * (q - p)).sum(1).max()) <= 1e-10
+
+
+def test_cnn_features_match_sklearn(digits, digits_cnn):
+    from captum_dualxda.features import batch_features
+
+    x, y, _, _ = digits
+    phi = batch_features(digits_cnn, digits_cnn.fc, (x[:800],))
+    yy = y[:800]
+    C = 0.01
+    res = fit_crammer_singer(phi, yy, C=C)
+    w_sk, b_sk = sklearn_fit(phi.numpy(), yy.numpy(), C, True)
+    rel = float((res.weight - w_sk).norm() / w_sk.norm())
+    assert rel < 2e-3
+    assert float((res.intercept - b_sk).abs().max()) < 2e-3 * float(w_sk.abs().max()) + 1e-4
+    check_feasible(res.alpha, yy, C)
+    assert 0 <= res.gap < 1e-4
+
+
+def test_no_intercept_has_zero_intercept():
+    x, y = clustered_features(n=200, d=8, k=3, seed=9)
+    res = fit_crammer_singer(x, y, C=0.1, fit_intercept=False)
+    assert torch.equal(res.intercept, torch.zeros(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(C=0.0), "`C`"),
+        (dict(C=float("nan")), "`C`"),
+        (dict(C=-1.0), "`C`"),
+        (dict(tol=0.0), "`tol`"),
+        (dict(max_iter=0), "`max_iter`"),
+        (dict(intercept_scaling=0.0), "`intercept_scaling`"),
+        (dict(backend="magic"), "`backend`"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    x, y = clustered_features(n=50, d=4, k=3)
+    with pytest.raises(ValueError, match=match):
+        fit_crammer_singer(x, y, **kwargs)
+
+
+def test_bad_data():
+    x, y = clustered_features(n=50, d=4, k=3)
+    with pytest.raises(ValueError, match="`labels`"):
+        fit_crammer_singer(x, np.zeros(50, dtype=np.int64))
+    with pytest.raises(ValueError, match="`labels`"):
+        fit_crammer_singer(x, y - 1)
+    with pytest.raises(ValueError, match="`labels`"):
+        fit_crammer_singer(x, y, n_classes=2)
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        fit_crammer_singer(bad, y)
+    with pytest.raises(ValueError, match="empty"):
+        fit_crammer_singer(np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="`labels`"):
+        fit_crammer_singer(x, y[:10])
+
+
+def test_warm_start_reaches_the_same_optimum():
+    x, y = clustered_features(n=200, d=12, k=3, seed=11)
+    first = fit_crammer_singer(x, y, C=0.01, backend="bdcd")
+    warm = fit_crammer_singer(x, y, C=0.05, backend="bdcd", warm_start=first)
+    cold = fit_crammer_singer(x, y, C=0.05, backend="bdcd")
+    assert float((warm.weight - cold.weight).norm() / cold.weight.norm()) < 2e-3
+    with pytest.raises(ValueError, match="`warm_start`"):
+        fit_crammer_singer(x[:100], y[:100], C=0.1, warm_start=first)
