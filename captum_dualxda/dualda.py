@@ -36,7 +36,21 @@ from .solver.problem import support_mask
 
 __all__ = ["DualDA"]
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
+
+
+def _hinge_loss(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, intercept: torch.Tensor) -> torch.Tensor:
+    """``(n,)`` float64 per-sample Crammer-Singer hinge loss of the fitted surrogate."""
+    out = torch.empty(features.shape[0], dtype=torch.float64, device=features.device)
+    weight, intercept = weight.to(features.device), intercept.to(features.device)
+    for start in range(0, features.shape[0], 16384):
+        y = labels[start : start + 16384]
+        scores = features[start : start + 16384].double() @ weight.T + intercept
+        own = scores.gather(1, y[:, None]).squeeze(1)
+        margins = scores + 1.0
+        margins[torch.arange(y.shape[0], device=y.device), y] -= 1.0
+        out[start : start + 16384] = (margins.amax(1) - own).clamp_min(0.0)  # >= 0 up to rounding
+    return out
 
 
 class DualDA(DataInfluence):
@@ -91,6 +105,10 @@ class DualDA(DataInfluence):
         ``(K,)`` float32 SVM intercept (zeros without ``fit_intercept``).
     train_labels : torch.Tensor
         ``(n_train,)`` int64.
+    train_hinge_loss : torch.Tensor
+        ``(n_train,)`` float32 Crammer-Singer hinge loss (slack) of each training sample under
+        the fitted surrogate, ``max_m (1 - [m == y_i] + s_m(x_i)) - s_{y_i}(x_i)`` with
+        ``s = weight @ phi + intercept``; a by-product of the fit.
     fit_stats : dict
         ``time`` (solver seconds), ``extraction_time``, ``gap`` (relative duality gap),
         ``n_iter``, ``n_support``, ``converged``, ``residual``, ``backend``, ``from_cache``.
@@ -192,6 +210,7 @@ class DualDA(DataInfluence):
             backend=self.backend,
         )
         support = support_mask(result.alpha, self.C).nonzero().flatten()
+        hinge = _hinge_loss(features, labels, result.weight, result.intercept)
         state = {
             "fingerprint": key,
             "version": _CACHE_VERSION,
@@ -201,6 +220,7 @@ class DualDA(DataInfluence):
             "support_features": features[support].cpu(),
             "train_labels": labels.cpu(),
             "train_squared_norms": features.double().pow(2).sum(1).float().cpu(),
+            "train_hinge_loss": hinge.float().cpu(),
             "weight": result.weight.float().cpu(),
             "intercept": result.intercept.float().cpu(),
             "fit_stats": {
@@ -227,6 +247,7 @@ class DualDA(DataInfluence):
         self.intercept = state["intercept"]
         self.fit_stats = dict(state["fit_stats"])
         self._train_squared_norms = state["train_squared_norms"]
+        self.train_hinge_loss = state["train_hinge_loss"]
         coefficients = torch.zeros(self.n_train, self.n_classes, dtype=torch.float32)
         coefficients[self.support_indices] = state["support_coefficients"]
         self.coefficients = coefficients

@@ -36,6 +36,12 @@ def test_attributes(setup):
     phi = batch_features(net, net.fc, (train.tensors[0],))
     assert torch.allclose(dualda.weight, dualda.coefficients.T @ phi, atol=1e-4, rtol=1e-4)
     assert dualda.weight.shape == (K, 32) and dualda.intercept.shape == (K,)
+    # Hinge loss by brute force; samples with zero loss and zero margin slack are non-SVs or free.
+    scores = phi.double() @ dualda.weight.double().T + dualda.intercept.double()
+    y = train.tensors[1]
+    brute = torch.stack([max(1 - float(m == y[i]) + scores[i, m] for m in range(K)) - scores[i, y[i]] for i in range(n)])
+    assert torch.allclose(dualda.train_hinge_loss.double(), brute, atol=1e-4)
+    assert float(dualda.train_hinge_loss.min()) >= 0
 
 
 def test_scores_equal_brute_force_formula(setup):
