@@ -20,7 +20,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .cache import Fingerprint, atomic_save, check_writable_dir, load_cache
+from .distributed import all_reduce_sum, broadcast_object, is_distributed, merge_topk, rank_and_world_size
 from .features import (
+    all_finite,
     as_dataloader,
     batch_features,
     dataset_items,
@@ -92,6 +94,17 @@ class DualDA(DataInfluence):
         Solver seed (results are deterministic for a seed).
     backend : str
         Solver backend (see :func:`~captum_dualxda.solver.fit_crammer_singer`).
+    distributed : bool, optional
+        Scale out over an initialised ``torch.distributed`` process group (default: whenever one
+        with more than one process is initialised). Every rank extracts the features of its
+        strided shard of ``train_dataset``, rank 0 solves and broadcasts the fit, and every rank
+        keeps and scores a strided shard of the support vectors; ``influence`` and
+        ``self_influence`` are collective calls (all ranks, same inputs) and return identical
+        results on every rank, equal to a single-process run. See ``docs/scaling.md``.
+    memory_budget : int, optional
+        Bytes the training features may occupy in memory. Above it (``4 * n_train * d``), they
+        are written to a memory-mapped file in ``cache_dir`` (required then) and the solver
+        streams them; after the fit only the support vectors' features stay in memory.
 
     Attributes
     ----------
@@ -135,6 +148,8 @@ class DualDA(DataInfluence):
         show_progress: bool = False,
         seed: int = 0,
         backend: str = "auto",
+        distributed: Optional[bool] = None,
+        memory_budget: Optional[int] = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}.")
@@ -160,6 +175,12 @@ class DualDA(DataInfluence):
         self.n_classes = self.final_fc_layer.out_features
         self.cache_dir = check_writable_dir(cache_dir, "cache_dir") if cache_dir is not None else None
         self.cache_path: Optional[str] = None
+        self.distributed = is_distributed() if distributed is None else bool(distributed)
+        if memory_budget is not None and (not isinstance(memory_budget, int) or memory_budget < 0):
+            raise ValueError(f"`memory_budget` must be None or a number of bytes >= 0, got {memory_budget!r}.")
+        self.memory_budget = memory_budget
+        if memory_budget is not None and self.cache_dir is None:
+            raise ValueError("`memory_budget` needs `cache_dir`: out-of-core features are memory-mapped there.")
         if self.n_classes < 2:
             raise ValueError(f"`final_fc_layer` has {self.n_classes} output(s); DualDA needs >= 2 classes.")
         self._fit(show_progress)
@@ -172,7 +193,21 @@ class DualDA(DataInfluence):
         fp.update_batches(self.train_dataloader)
         return fp.hexdigest()
 
+    def _out_of_core_path(self, key: Optional[str]) -> Optional[str]:
+        """Memory-map file for the training features when they exceed ``memory_budget``."""
+        if self.memory_budget is None:
+            return None
+        try:
+            n = len(self.train_dataloader.dataset)  # type: ignore[arg-type]
+        except TypeError:
+            raise ValueError("`memory_budget` needs a `train_dataset` with a length.") from None
+        if 4 * n * self.final_fc_layer.in_features <= self.memory_budget:
+            return None
+        tag = key[:32] if key is not None else f"{os.getpid()}-{id(self)}"
+        return os.path.join(self.cache_dir, f"features-{tag}.npy")  # type: ignore[arg-type]
+
     def _fit(self, show_progress: bool) -> None:
+        rank, _ = rank_and_world_size() if self.distributed else (0, 1)
         key = None
         if self.cache_dir is not None:
             key = self._fingerprint()
@@ -183,13 +218,43 @@ class DualDA(DataInfluence):
                 self.fit_stats["from_cache"] = True
                 return
         start = time.perf_counter()
+        mmap_path = self._out_of_core_path(key)
         features, labels = extract_features(
-            self.model, self.final_fc_layer, self.train_dataloader, self.device, show_progress
+            self.model,
+            self.final_fc_layer,
+            self.train_dataloader,
+            self.device if mmap_path is None else torch.device("cpu"),
+            show_progress and rank == 0,
+            distributed=self.distributed,
+            out_path=mmap_path,
         )
         extraction_time = time.perf_counter() - start
+        state = self._solve(features, labels, key, extraction_time, show_progress) if rank == 0 else None
+        del features
+        if mmap_path is not None and rank == 0:
+            os.unlink(mmap_path)
+        if self.distributed:
+            state = broadcast_object(state)
+        if isinstance(state, Exception):
+            raise state
+        self._load_state(state)
+        self.fit_stats["from_cache"] = False
+        if self.cache_path is not None and rank == 0:
+            atomic_save(state, self.cache_path)
+
+    def _solve(self, features: torch.Tensor, labels: torch.Tensor, key: Optional[str], extraction_time: float, show_progress: bool) -> Any:
+        """Fit the SVM on rank 0 and return the state dict (or, distributed, the error to re-raise)."""
+        try:
+            return self._solve_state(features, labels, key, extraction_time, show_progress)
+        except Exception as error:  # make every rank raise instead of hanging in the broadcast
+            if self.distributed:
+                return error
+            raise
+
+    def _solve_state(self, features: torch.Tensor, labels: torch.Tensor, key: Optional[str], extraction_time: float, show_progress: bool) -> Dict[str, Any]:
         if features.shape[0] == 0:
             raise ValueError("`train_dataset` is empty.")
-        if not bool(torch.isfinite(features).all()):
+        if not all_finite(features):
             raise ValueError("The training features (input of `final_fc_layer`) contain NaN or inf.")
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= self.n_classes:
@@ -208,18 +273,20 @@ class DualDA(DataInfluence):
             show_progress=show_progress,
             n_classes=self.n_classes,
             backend=self.backend,
+            device=self.device,
         )
         support = support_mask(result.alpha, self.C).nonzero().flatten()
         hinge = _hinge_loss(features, labels, result.weight, result.intercept)
-        state = {
+        squared_norms = torch.cat([block.double().pow(2).sum(1) for block in features.split(65536)])
+        return {
             "fingerprint": key,
             "version": _CACHE_VERSION,
             "n_train": features.shape[0],
             "support_indices": support.cpu(),
             "support_coefficients": result.alpha[support].float().cpu(),
-            "support_features": features[support].cpu(),
+            "support_features": features[support.to(features.device)].float().cpu(),
             "train_labels": labels.cpu(),
-            "train_squared_norms": features.double().pow(2).sum(1).float().cpu(),
+            "train_squared_norms": squared_norms.float().cpu(),
             "train_hinge_loss": hinge.float().cpu(),
             "weight": result.weight.float().cpu(),
             "intercept": result.intercept.float().cpu(),
@@ -234,10 +301,6 @@ class DualDA(DataInfluence):
                 "backend": result.backend,
             },
         }
-        self._load_state(state)
-        self.fit_stats["from_cache"] = False
-        if self.cache_path is not None:
-            atomic_save(state, self.cache_path)
 
     def _load_state(self, state: Dict[str, Any]) -> None:
         self.n_train = int(state["n_train"])
@@ -251,9 +314,14 @@ class DualDA(DataInfluence):
         coefficients = torch.zeros(self.n_train, self.n_classes, dtype=torch.float32)
         coefficients[self.support_indices] = state["support_coefficients"]
         self.coefficients = coefficients
-        self._support_coefficients = state["support_coefficients"].to(self.device)
-        self._support_features = state["support_features"].to(self.device)
-        self._support_on_device = self.support_indices.to(self.device)
+        # Distributed: each rank keeps (and scores) the strided shard rank, rank + W, ... of the
+        # support vectors; results are merged exactly in `influence`.
+        rank, world = rank_and_world_size() if self.distributed else (0, 1)
+        self._rank = rank
+        local = slice(rank, None, world)
+        self._support_coefficients = state["support_coefficients"][local].to(self.device)
+        self._support_features = state["support_features"][local].to(self.device)
+        self._support_on_device = self.support_indices[local].to(self.device)
 
     @property
     def sparsity(self) -> float:
@@ -334,21 +402,26 @@ class DualDA(DataInfluence):
                 scores = self._batch_support_scores(batch)
                 dense = torch.zeros(scores.shape[0], self.n_train, dtype=scores.dtype, device=self.device)
                 dense[:, self._support_on_device] = scores
-                rows.append(dense)
+                rows.append(all_reduce_sum(dense) if self.distributed else dense)  # disjoint shards
             return torch.cat(rows)
         k = min(k, self.n_train)
-        # Candidates: the support vectors plus k zero-score samples (enough to fill any top-k).
+        # Candidates: the support vectors plus k zero-score samples (enough to fill any top-k);
+        # distributed, each rank holds a shard of the support vectors and rank 0 the zeros.
         mask = torch.ones(self.n_train, dtype=torch.bool)
         mask[self.support_indices] = False
-        zeros = mask.nonzero().flatten()[:k].to(self.device)
+        zeros = mask.nonzero().flatten()[: k if self._rank == 0 else 0].to(self.device)
         candidates = torch.cat([self._support_on_device, zeros])
+        k_local = min(k, candidates.numel())
         indices, values = [], []
         for batch in batches:
             scores = self._batch_support_scores(batch)
             padded = torch.cat([scores, scores.new_zeros(scores.shape[0], zeros.numel())], dim=1)
-            top = torch.topk(padded, k, dim=1, largest=proponents, sorted=True)
-            indices.append(candidates[top.indices])
-            values.append(top.values)
+            top = torch.topk(padded, k_local, dim=1, largest=proponents, sorted=True)
+            top_values, top_indices = top.values, candidates[top.indices]
+            if self.distributed:
+                top_values, top_indices = merge_topk(top_values, top_indices, k, largest=proponents)
+            indices.append(top_indices)
+            values.append(top_values)
         return KMostInfluentialResults(torch.cat(indices), torch.cat(values))
 
     def self_influence(

@@ -8,11 +8,14 @@ from __future__ import annotations
 import functools
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from torch.utils.data.dataloader import default_collate
 from tqdm.auto import tqdm
+
+from .distributed import gather_strided, rank_and_world_size, shard_indices
 
 __all__ = [
     "resolve_linear_layer",
@@ -23,6 +26,7 @@ __all__ = [
     "iterate_batches",
     "batch_features",
     "extract_features",
+    "all_finite",
     "dataset_items",
 ]
 
@@ -200,6 +204,31 @@ def batch_features(model: nn.Module, layer: nn.Linear, inputs: Sequence[Any]) ->
     return captured[0]
 
 
+def all_finite(features: torch.Tensor, chunk: int = 65536) -> bool:
+    """Whether every entry of ``(n, d)`` ``features`` is finite, checked in row chunks."""
+    return all(bool(torch.isfinite(features[i : i + chunk]).all()) for i in range(0, features.shape[0], chunk))
+
+
+def _shard_loader(loader: DataLoader, rank: int, world_size: int) -> Tuple[DataLoader, int]:
+    dataset = loader.dataset
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+        raise ValueError(
+            "`train_dataset` must be a map-style Dataset with a length for distributed feature "
+            "extraction (an IterableDataset cannot be sharded deterministically)."
+        )
+    n = len(dataset)
+    shard = Subset(dataset, list(shard_indices(n, rank, world_size)))
+    sharded = DataLoader(
+        shard,
+        batch_size=loader.batch_size or 1,
+        shuffle=False,
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
+    )
+    return sharded, n
+
+
 def extract_features(
     model: nn.Module,
     layer: nn.Linear,
@@ -207,6 +236,8 @@ def extract_features(
     device: Optional[torch.device] = None,
     show_progress: bool = False,
     desc: str = "DualDA features",
+    distributed: bool = False,
+    out_path: Optional[str] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Features and labels of every batch of ``loader``, in loader order.
 
@@ -215,22 +246,45 @@ def extract_features(
     model : nn.Module
     layer : nn.Linear
     loader : DataLoader
-        Yields batches ``(x_1, ..., x_m, labels)``.
+        Yields batches ``(x_1, ..., x_m, labels)``, unshuffled.
     device : torch.device, optional
-        Where to collect the results (default: CPU).
+        Where to collect in-memory results (default: CPU).
     show_progress : bool
     desc : str
+    distributed : bool
+        Each rank of the initialised process group extracts the strided shard
+        ``rank, rank + W, ...`` of ``loader.dataset``; the shards are reassembled in the original
+        order (identical to a single-process run). A no-op without a process group.
+    out_path : str, optional
+        Write float32 features to a memory-mapped file at this path instead of holding them in
+        memory (out-of-core). With ``distributed``, every rank writes its rows into the same file
+        (shared filesystem required).
 
     Returns
     -------
     features : torch.Tensor
-        ``(N, d)`` float32 (float64 if the model computes in float64).
+        ``(N, d)`` float32 (float64 if the model computes in float64 and ``out_path`` is None);
+        backed by the memory-mapped file when ``out_path`` is given.
     labels : torch.Tensor
-        ``(N,)`` int64.
+        ``(N,)`` int64 on ``device``.
     """
     device = torch.device("cpu") if device is None else torch.device(device)
+    rank, world = rank_and_world_size() if distributed else (0, 1)
+    n_total: Optional[int] = None
+    positions: Optional[List[int]] = None
+    if world > 1:
+        loader, n_total = _shard_loader(loader, rank, world)
+        positions = list(shard_indices(n_total, rank, world))
+    mapped = None
+    if out_path is not None:
+        n_rows = n_total if n_total is not None else len(loader.dataset)  # type: ignore[arg-type]
+        if rank == 0:
+            np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float32, shape=(n_rows, layer.in_features)).flush()
+        _barrier(world)
+        mapped = np.load(out_path, mmap_mode="r+")
     feats: List[torch.Tensor] = []
     labels: List[torch.Tensor] = []
+    written = 0
     try:
         total = len(loader)
     except TypeError:
@@ -240,9 +294,30 @@ def extract_features(
         phi = batch_features(model, layer, inputs)
         if phi.dtype != torch.float64:
             phi = phi.float()
-        feats.append(phi.to(device))
+        if mapped is not None:
+            rows = positions[written : written + phi.shape[0]] if positions is not None else slice(written, written + phi.shape[0])
+            mapped[rows] = phi.float().cpu().numpy()
+        else:
+            feats.append(phi.to(device))
         labels.append(targets.to(device))
-    return torch.cat(feats), torch.cat(labels)
+        written += phi.shape[0]
+    label_tensor = torch.cat(labels)
+    if world > 1:
+        label_tensor = gather_strided(label_tensor, n_total)  # type: ignore[arg-type]
+    if mapped is not None:
+        mapped.flush()
+        _barrier(world)
+        del mapped
+        return torch.from_numpy(np.load(out_path, mmap_mode="r+")), label_tensor
+    features = torch.cat(feats)
+    if world > 1:
+        features = gather_strided(features, n_total)  # type: ignore[arg-type]
+    return features, label_tensor
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
 
 
 def dataset_items(data: Union[Dataset, DataLoader], indices: Sequence[int]) -> Tuple[Any, ...]:

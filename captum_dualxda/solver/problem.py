@@ -181,9 +181,11 @@ def make_problem(
         if torch.is_floating_point(labels) and not bool((labels == labels.round()).all()):
             raise ValueError("`labels` must be integers in 0..K-1.")
     labels = labels.to(device=features.device, dtype=torch.int64)
-    if not bool(torch.isfinite(features).all()):
-        bad = (~torch.isfinite(features)).any(1).nonzero().flatten()[:5].tolist()
-        raise ValueError(f"`features` contain NaN or inf (first bad rows: {bad}).")
+    for start in range(0, features.shape[0], 65536):  # chunked: features may be memory-mapped
+        block = features[start : start + 65536]
+        if not bool(torch.isfinite(block).all()):
+            bad = ((~torch.isfinite(block)).any(1).nonzero().flatten()[:5] + start).tolist()
+            raise ValueError(f"`features` contain NaN or inf (first bad rows: {bad}).")
     lo, hi = int(labels.min()), int(labels.max())
     if n_classes is None:
         n_classes = hi + 1
