@@ -34,7 +34,7 @@ from .features import (
     split_batch,
 )
 from .solver import fit_crammer_singer
-from .solver.problem import support_mask
+from .solver.problem import row_chunk, row_squared_norms, support_mask
 
 __all__ = ["DualDA"]
 
@@ -45,13 +45,14 @@ def _hinge_loss(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tens
     """``(n,)`` float64 per-sample Crammer-Singer hinge loss of the fitted surrogate."""
     out = torch.empty(features.shape[0], dtype=torch.float64, device=features.device)
     weight, intercept = weight.to(features.device), intercept.to(features.device)
-    for start in range(0, features.shape[0], 16384):
-        y = labels[start : start + 16384]
-        scores = features[start : start + 16384].double() @ weight.T + intercept
+    chunk = row_chunk(features.shape[1] + weight.shape[0])
+    for start in range(0, features.shape[0], chunk):
+        y = labels[start : start + chunk]
+        scores = features[start : start + chunk].double() @ weight.T + intercept
         own = scores.gather(1, y[:, None]).squeeze(1)
         margins = scores + 1.0
         margins[torch.arange(y.shape[0], device=y.device), y] -= 1.0
-        out[start : start + 16384] = (margins.amax(1) - own).clamp_min(0.0)  # >= 0 up to rounding
+        out[start : start + chunk] = (margins.amax(1) - own).clamp_min(0.0)  # >= 0 up to rounding
     return out
 
 
@@ -277,7 +278,7 @@ class DualDA(DataInfluence):
         )
         support = support_mask(result.alpha, self.C).nonzero().flatten()
         hinge = _hinge_loss(features, labels, result.weight, result.intercept)
-        squared_norms = torch.cat([block.double().pow(2).sum(1) for block in features.split(65536)])
+        squared_norms = row_squared_norms(features)
         return {
             "fingerprint": key,
             "version": _CACHE_VERSION,

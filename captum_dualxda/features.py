@@ -204,8 +204,9 @@ def batch_features(model: nn.Module, layer: nn.Linear, inputs: Sequence[Any]) ->
     return captured[0]
 
 
-def all_finite(features: torch.Tensor, chunk: int = 65536) -> bool:
-    """Whether every entry of ``(n, d)`` ``features`` is finite, checked in row chunks."""
+def all_finite(features: torch.Tensor) -> bool:
+    """Whether every entry of ``(n, d)`` ``features`` is finite, checked in row chunks of 32 MiB."""
+    chunk = max(1, (1 << 25) // (4 * max(1, features.shape[1])))
     return all(bool(torch.isfinite(features[i : i + chunk]).all()) for i in range(0, features.shape[0], chunk))
 
 
@@ -285,6 +286,12 @@ def extract_features(
     feats: List[torch.Tensor] = []
     labels: List[torch.Tensor] = []
     written = 0
+    # Known length: fill one preallocated tensor (peak 4nd bytes, not 8nd for list + cat).
+    try:
+        n_local: Optional[int] = len(loader.dataset)  # type: ignore[arg-type]
+    except TypeError:
+        n_local = None
+    filled: Optional[torch.Tensor] = None
     try:
         total = len(loader)
     except TypeError:
@@ -297,6 +304,10 @@ def extract_features(
         if mapped is not None:
             rows = positions[written : written + phi.shape[0]] if positions is not None else slice(written, written + phi.shape[0])
             mapped[rows] = phi.float().cpu().numpy()
+        elif n_local is not None:
+            if filled is None:
+                filled = torch.empty((n_local, phi.shape[1]), dtype=phi.dtype, device=device)
+            filled[written : written + phi.shape[0]] = phi
         else:
             feats.append(phi.to(device))
         labels.append(targets.to(device))
@@ -309,7 +320,12 @@ def extract_features(
         _barrier(world)
         del mapped
         return torch.from_numpy(np.load(out_path, mmap_mode="r+")), label_tensor
-    features = torch.cat(feats)
+    if filled is not None:
+        features = filled[:written]
+    elif feats:
+        features = torch.cat(feats)
+    else:  # an empty shard (more ranks than samples)
+        features = torch.empty((0, layer.in_features), device=device)
     if world > 1:
         features = gather_strided(features, n_total)  # type: ignore[arg-type]
     return features, label_tensor

@@ -91,11 +91,11 @@ def test_backends_reach_the_same_tight_alpha():
     x, y = clustered_features(n=100, d=10, k=3, seed=6)
     C = 0.05
     a = fit_crammer_singer(x, y, C=C, tol=1e-8, backend="bdcd", block_size=8)
-    b = fit_crammer_singer(x, y, C=C, tol=1e-8, backend="bdcd", block_size=32, seed=3)
+    b = fit_crammer_singer(x, y, C=C, tol=1e-8, backend="bdcd", block_size=16, seed=3)
     assert float((a.alpha - b.alpha).abs().max()) <= 1e-4 * C
     assert a.gap < 1e-8 and b.gap < 1e-8
     if "sequential" in BACKENDS:
-        c = fit_crammer_singer(x, y, C=C, tol=1e-10, backend="sequential")
+        c = fit_crammer_singer(x, y, C=C, tol=1e-9, backend="sequential")
         assert float((a.alpha - c.alpha).abs().max()) <= 1e-4 * C
 
 

@@ -1,7 +1,7 @@
 """Solver-independent optimality measures: objectives, duality gap and natural residual.
 
 All quantities are computed in float64 from ``alpha`` alone (``W`` is rebuilt as
-``alpha.T @ X``), in row chunks so memory stays ``O(chunk * (d + K))``. See ``SOLVER.md`` 1.5:
+``alpha.T @ X``), in row chunks so temporaries stay within 32 MiB (:func:`.problem.row_chunk`). See ``SOLVER.md`` 1.5:
 for feasible ``alpha`` the gap ``P(W(alpha)) + f(alpha)`` is ``>= 0`` and bounds
 ``||W - W*||_F <= sqrt(2 gap)``.
 """
@@ -12,7 +12,7 @@ from typing import Tuple
 
 import torch
 
-from .problem import CrammerSingerProblem
+from .problem import CrammerSingerProblem, row_chunk
 from .projection import project_crammer_singer
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "primal_objective",
 ]
 
-_CHUNK = 16384
 
 
 @dataclass
@@ -67,8 +66,9 @@ def primal_weights(problem: CrammerSingerProblem, alpha: torch.Tensor) -> Tuple[
     """
     x = problem.features
     weight = torch.zeros(problem.n_classes, x.shape[1], dtype=torch.float64, device=x.device)
-    for start in range(0, x.shape[0], _CHUNK):
-        weight += alpha[start : start + _CHUNK].T @ x[start : start + _CHUNK].double()
+    chunk = row_chunk(x.shape[1])
+    for start in range(0, x.shape[0], chunk):
+        weight += alpha[start : start + chunk].T @ x[start : start + chunk].double()
     bias_weight = problem.intercept_scaling * alpha.sum(0)
     return weight, bias_weight
 
@@ -108,9 +108,10 @@ def primal_objective(
     bias_weight = bias_weight.to(problem.features.device, torch.float64)
     s = problem.intercept_scaling
     loss = 0.0
-    for start in range(0, problem.n_samples, _CHUNK):
-        y = problem.labels[start : start + _CHUNK]
-        grad = _margin_matrix(class_scores(problem.features[start : start + _CHUNK], weight, bias_weight, s), y)
+    chunk = row_chunk(problem.n_features + problem.n_classes)
+    for start in range(0, problem.n_samples, chunk):
+        y = problem.labels[start : start + chunk]
+        grad = _margin_matrix(class_scores(problem.features[start : start + chunk], weight, bias_weight, s), y)
         own = grad.gather(1, y[:, None]).squeeze(1)
         loss += float((grad.amax(1) - own).sum())
     reg = 0.5 * (float((weight * weight).sum()) + (float((bias_weight * bias_weight).sum()) if s else 0.0))
@@ -135,8 +136,9 @@ def evaluate_optimality(problem: CrammerSingerProblem, alpha: torch.Tensor) -> O
     sq_norms = problem.squared_norms()
     loss = 0.0
     residual = 0.0
-    for start in range(0, problem.n_samples, _CHUNK):
-        stop = start + _CHUNK
+    chunk = row_chunk(problem.n_features + problem.n_classes)
+    for start in range(0, problem.n_samples, chunk):
+        stop = start + chunk
         y = problem.labels[start:stop]
         grad = _margin_matrix(class_scores(problem.features[start:stop], weight, bias_weight, s), y)
         own = grad.gather(1, y[:, None]).squeeze(1)

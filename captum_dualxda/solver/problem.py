@@ -50,11 +50,19 @@ class CrammerSingerProblem:
 
     def squared_norms(self) -> torch.Tensor:
         """``(n,)`` float64 ``A_i = ||x_i||^2 + s^2`` (the per-sample curvature)."""
-        return _row_squared_norms(self.features) + self.intercept_scaling**2
+        return row_squared_norms(self.features) + self.intercept_scaling**2
 
 
-def _row_squared_norms(features: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+def row_chunk(n_columns: int, budget_bytes: int = 1 << 25) -> int:
+    """Rows per chunk so that one float64 copy of a ``(rows, n_columns)`` block stays within
+    ``budget_bytes`` (32 MiB): the bound on temporaries of every chunked pass over features."""
+    return max(1, budget_bytes // (8 * max(1, n_columns)))
+
+
+def row_squared_norms(features: torch.Tensor) -> torch.Tensor:
+    """``(n,)`` float64 squared row norms of ``(n, d)`` features, in bounded-memory chunks."""
     out = torch.empty(features.shape[0], dtype=torch.float64, device=features.device)
+    chunk = row_chunk(features.shape[1])
     for start in range(0, features.shape[0], chunk):
         block = features[start : start + chunk].double()
         out[start : start + chunk] = (block * block).sum(1)
@@ -181,8 +189,9 @@ def make_problem(
         if torch.is_floating_point(labels) and not bool((labels == labels.round()).all()):
             raise ValueError("`labels` must be integers in 0..K-1.")
     labels = labels.to(device=features.device, dtype=torch.int64)
-    for start in range(0, features.shape[0], 65536):  # chunked: features may be memory-mapped
-        block = features[start : start + 65536]
+    chunk = row_chunk(features.shape[1])
+    for start in range(0, features.shape[0], chunk):  # chunked: features may be memory-mapped
+        block = features[start : start + chunk]
         if not bool(torch.isfinite(block).all()):
             bad = ((~torch.isfinite(block)).any(1).nonzero().flatten()[:5] + start).tolist()
             raise ValueError(f"`features` contain NaN or inf (first bad rows: {bad}).")
