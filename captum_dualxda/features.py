@@ -312,7 +312,7 @@ def extract_features(
             feats.append(phi.to(device))
         labels.append(targets.to(device))
         written += phi.shape[0]
-    label_tensor = torch.cat(labels)
+    label_tensor = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=device)
     if world > 1:
         label_tensor = gather_strided(label_tensor, n_total)  # type: ignore[arg-type]
     if mapped is not None:

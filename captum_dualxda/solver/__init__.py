@@ -5,13 +5,14 @@ update), :mod:`.gap` (objectives, duality gap, natural residual), :mod:`.bdcd` (
 backend, CPU/GPU), :mod:`.sequential` (numba sequential backend with shrinking, CPU) and
 :mod:`.fit` (the entry point).
 """
-from .fit import ConvergenceWarning, available_backends, fit_crammer_singer
+from .fit import ConvergenceWarning, available_backends, fit_crammer_singer, fit_crammer_singer_path
 from .gap import evaluate_optimality, primal_objective
 from .problem import CrammerSingerProblem, CrammerSingerResult, make_problem, support_mask
 from .projection import project_crammer_singer
 
 __all__ = [
     "fit_crammer_singer",
+    "fit_crammer_singer_path",
     "available_backends",
     "ConvergenceWarning",
     "CrammerSingerProblem",
