@@ -17,7 +17,7 @@ from captum.influence import DataInfluence
 from captum.influence._utils.common import KMostInfluentialResults
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .cache import Fingerprint, atomic_save, check_writable_dir, load_cache
 from .distributed import all_reduce_sum, broadcast_object, is_distributed, merge_topk, rank_and_world_size

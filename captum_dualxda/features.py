@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from torch.utils.data.dataloader import default_collate
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .distributed import gather_strided, rank_and_world_size, shard_indices
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .gap import evaluate_optimality, primal_weights
 from .problem import CrammerSingerProblem

@@ -1,0 +1,774 @@
+"""The main job: DualXDA end to end on scikit-learn's digits, with nothing to download.
+
+``python -m captum_dualxda demo --out DIR`` (see :mod:`captum_dualxda.__main__`) calls
+:func:`run_demo`, which
+
+1. loads scikit-learn's 8x8 digits (bundled with scikit-learn), scales them to ``[0, 1]``, splits
+   them into training and test data and flips a fraction of the TRAINING labels (deterministic
+   for the seed; every flipped label really changes);
+2. trains a small CNN (conv + batch norm) on the noisy labels;
+3. fits :class:`~captum_dualxda.dualda.DualDA` on its penultimate features (the input of the
+   final ``nn.Linear``);
+4. explains the predictions on the whole test set (top proponents and opponents) and, for a few
+   test samples, computes XDA heatmaps and writes one figure each;
+5. ranks the training samples by DualDA self-influence and measures how well that finds the
+   flipped labels (ROC AUC, share found in the top 10 %, a detection curve figure).
+
+The pieces (:func:`load_digits_data`, :class:`DigitsCNN`, :func:`train_cnn`,
+:func:`detection_curve`) are public so the tutorials and tests can reuse them.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+from torch.utils.data import TensorDataset
+from tqdm import tqdm
+
+from .cache import check_writable_dir
+from .dualda import DualDA
+from .solver import fit_crammer_singer
+from .visualization import explain_figure, image_for_display
+from .xda import XDA, xda_pairs
+
+__all__ = [
+    "DigitsData",
+    "DigitsCNN",
+    "DemoResult",
+    "load_digits_data",
+    "train_cnn",
+    "detection_curve",
+    "run_demo",
+    "check_demo_arguments",
+    "DEFAULT_C",
+    "DEFAULT_EPOCHS",
+]
+
+#: Default SVM regularisation of the demo, chosen from a sweep of the demo itself
+#: (``python -m captum_dualxda demo --seed S --C C --n-explain 0`` for seeds 0, 1, 2; the README
+#: lists the results): C = 1e-3 keeps 42-45 % of the training set as support vectors and finds the
+#: flipped labels with ROC AUC 0.83-0.85; C = 0.01 keeps 28-30 % at AUC 0.92-0.94; C = 0.03 keeps
+#: 27-30 % at AUC 0.94-0.95 while its SVM agrees with the network on 98.7-99.8 % of the test
+#: predictions; C = 0.1 reaches AUC 0.96 but agrees less (96.7-99.1 %) and solves several times
+#: slower. At C <= 1e-4 nearly every training sample sits at the bound ``a = C`` and self-influence
+#: ranks no better than chance (tutorials/dualda_quickstart.ipynb).
+DEFAULT_C = 0.03
+#: Default number of training epochs of the demo CNN.
+DEFAULT_EPOCHS = 12
+
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+@dataclass
+class DigitsData:
+    """scikit-learn's digits, scaled to [0, 1] and split, with flipped training labels.
+
+    Attributes
+    ----------
+    x_train : torch.Tensor
+        ``(n_train, 1, 8, 8)`` float32 pixels scaled to ``[0, 1]`` (``x / 16``), standardised to
+        ``(x / 16 - mean) / std`` if requested.
+    y_train : torch.Tensor
+        ``(n_train,)`` int64 training labels AS USED FOR TRAINING (flipped where ``flipped``).
+    y_train_clean : torch.Tensor
+        ``(n_train,)`` int64 original training labels.
+    flipped : torch.Tensor
+        ``(n_train,)`` bool, True where the label was flipped (``y_train != y_train_clean``).
+    x_test : torch.Tensor
+        ``(n_test, 1, 8, 8)`` float32, scaled like ``x_train``.
+    y_test : torch.Tensor
+        ``(n_test,)`` int64 true test labels (never flipped).
+    mean : float
+        Pixel mean subtracted (0 unless standardised; for display: ``x * std + mean``).
+    std : float
+        Pixel standard deviation divided by (1 unless standardised).
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    y_train_clean: torch.Tensor
+    flipped: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    mean: float
+    std: float
+
+    @property
+    def train_dataset(self) -> TensorDataset:
+        """``TensorDataset(x_train, y_train)``: the (noisy) training set the network saw."""
+        return TensorDataset(self.x_train, self.y_train)
+
+    @property
+    def denormalize(self) -> Tuple[float, float]:
+        """``(mean, std)`` for :func:`~captum_dualxda.visualization.explain_figure`."""
+        return (self.mean, self.std)
+
+
+def load_digits_data(
+    flip_rate: float = 0.1,
+    seed: int = 0,
+    n_train: Optional[int] = None,
+    test_fraction: float = 0.25,
+    standardize: bool = False,
+) -> DigitsData:
+    """Load scikit-learn's digits (no download), scale them to [0, 1], split, flip training labels.
+
+    Parameters
+    ----------
+    flip_rate : float
+        Fraction of training labels replaced by a different, uniformly drawn class; in ``[0, 1)``.
+        ``round(flip_rate * n_train)`` labels are flipped.
+    seed : int
+        Seeds the split and the flips.
+    n_train : int, optional
+        Keep only the first ``n_train`` training samples (default: all, 1348 of 1797).
+    test_fraction : float
+        Fraction of the 1797 digits held out as test data.
+    standardize : bool
+        Also standardise with the training pixels' mean and std. Off by default: pixels in
+        ``[0, 1]`` with a zero background give LRP heatmaps that follow the strokes (relevance of
+        a zero pixel is zero under the z+ rule).
+
+    Returns
+    -------
+    DigitsData
+    """
+    from sklearn.datasets import load_digits
+
+    _check_rate(flip_rate)
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=generator)
+    n_test = int(round(test_fraction * len(labels)))
+    test_idx, train_idx = order[:n_test], order[n_test:]
+    if n_train is not None:
+        if n_train < 2:
+            raise ValueError(f"`n_train` must be >= 2, got {n_train}.")
+        train_idx = train_idx[:n_train]
+    x_train, y_clean = images[train_idx], labels[train_idx]
+    mean, std = (float(x_train.mean()), float(x_train.std())) if standardize else (0.0, 1.0)
+    x_train = (x_train - mean) / std
+    x_test = (images[test_idx] - mean) / std
+
+    n_flip = int(round(flip_rate * len(y_clean)))
+    flipped = torch.zeros(len(y_clean), dtype=torch.bool)
+    flipped[torch.randperm(len(y_clean), generator=generator)[:n_flip]] = True
+    shift = torch.randint(1, 10, (len(y_clean),), generator=generator)
+    y_train = torch.where(flipped, (y_clean + shift) % 10, y_clean)
+    return DigitsData(x_train, y_train, y_clean, flipped, x_test, labels[test_idx], mean, std)
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+class DigitsCNN(nn.Module):
+    """A small CNN for 8x8 digits: conv + batch norm, a 64-d feature layer, ``fc`` (64 -> 10).
+
+    ``phi(x)`` (the input of ``fc``) is the output of a ReLU, so it is non-negative.
+    """
+
+    def __init__(self, n_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU())
+        self.fc = nn.Linear(64, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, 8, 8)`` float -> ``(N, n_classes)`` logits."""
+        return self.fc(self.head(self.features(x)))
+
+
+def train_cnn(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int = DEFAULT_EPOCHS,
+    seed: int = 0,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    show_progress: bool = False,
+    checkpoint_paths: Optional[List[str]] = None,
+) -> DigitsCNN:
+    """Train a :class:`DigitsCNN` with Adam on ``(x, y)``, deterministically for the seed.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(n, 1, 8, 8)`` float32 inputs.
+    y : torch.Tensor
+        ``(n,)`` int64 labels.
+    epochs : int
+        Passes over the data, ``>= 1``.
+    seed : int
+        Seeds the initialisation and the batch order.
+    lr : float
+        Adam learning rate.
+    batch_size : int
+    show_progress : bool
+        A tqdm bar over the epochs, on stderr.
+    checkpoint_paths : list of str, optional
+        If given, the ``state_dict`` after the last ``len(checkpoint_paths)`` epochs is saved to
+        these paths in order (for Captum's TracIn methods, which need checkpoints).
+
+    Returns
+    -------
+    DigitsCNN
+        In eval mode.
+    """
+    if epochs < 1:
+        raise ValueError(f"`epochs` must be >= 1, got {epochs}.")
+    torch.manual_seed(seed)
+    net = DigitsCNN()
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    # Cosine decay to zero: the last epochs settle instead of jumping between noisy-label fits.
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    generator = torch.Generator().manual_seed(seed + 1)
+    checkpoint_paths = list(checkpoint_paths or [])
+    first_saved = epochs - len(checkpoint_paths)
+    bar = tqdm(range(epochs), desc="training CNN", unit="epoch", file=sys.stderr,
+               disable=not show_progress, leave=False)
+    for epoch in bar:
+        net.train()
+        total, n = 0.0, 0
+        for idx in torch.randperm(len(y), generator=generator).split(batch_size):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+            total, n = total + float(loss.detach()) * len(idx), n + len(idx)
+        scheduler.step()
+        bar.set_postfix(loss=f"{total / n:.3f}")
+        if epoch >= first_saved:
+            torch.save(net.state_dict(), checkpoint_paths[epoch - first_saved])
+    net.eval()
+    return net
+
+
+# --------------------------------------------------------------------------------------------
+# Mislabel detection metrics
+# --------------------------------------------------------------------------------------------
+def _roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
+    """ROC AUC of ``scores`` for the binary labels ``positives`` (rank-based, ties averaged).
+
+    Equals the probability that a random positive scores higher than a random negative (ties
+    count one half), i.e. ``sklearn.metrics.roc_auc_score(positives, scores)``.
+
+    Parameters
+    ----------
+    scores : numpy.ndarray
+        ``(n,)`` float, higher = more suspicious.
+    positives : numpy.ndarray
+        ``(n,)`` bool.
+
+    Returns
+    -------
+    float
+        NaN if there are no positives or no negatives.
+    """
+    from scipy.stats import rankdata
+
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    positives = np.asarray(positives, dtype=bool).ravel()
+    n_pos = int(positives.sum())
+    n_neg = positives.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores, method="average")
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def detection_curve(scores: np.ndarray, positives: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Fraction of positives found vs fraction of samples inspected, highest scores first.
+
+    Parameters
+    ----------
+    scores : numpy.ndarray
+        ``(n,)`` float, higher = inspected earlier (a stable sort keeps index order among ties).
+    positives : numpy.ndarray
+        ``(n,)`` bool.
+
+    Returns
+    -------
+    inspected : numpy.ndarray
+        ``(n + 1,)`` float64, ``0, 1/n, ..., 1``.
+    found : numpy.ndarray
+        ``(n + 1,)`` float64, share of all positives among the first ``i`` inspected (all zeros
+        if there are no positives).
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    positives = np.asarray(positives, dtype=bool).ravel()
+    order = np.argsort(-scores, kind="stable")
+    hits = np.concatenate([[0], np.cumsum(positives[order])]).astype(np.float64)
+    inspected = np.arange(scores.size + 1, dtype=np.float64) / max(scores.size, 1)
+    return inspected, hits / max(int(positives.sum()), 1)
+
+
+def _found_in_top(scores: np.ndarray, positives: np.ndarray, fraction: float) -> float:
+    """Share of the positives among the ``ceil(fraction * n)`` highest scores (NaN without positives)."""
+    positives = np.asarray(positives, dtype=bool)
+    if not positives.any():
+        return float("nan")
+    m = int(math.ceil(fraction * positives.size))
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    return float(positives[order[:m]].sum() / positives.sum())
+
+
+# --------------------------------------------------------------------------------------------
+# The result
+# --------------------------------------------------------------------------------------------
+@dataclass
+class DemoResult:
+    """Everything :func:`run_demo` measured and wrote.
+
+    Attributes
+    ----------
+    test_accuracy : float
+        Network accuracy on the (clean) test labels.
+    train_accuracy_noisy : float
+        Network accuracy on the training labels it was trained with (flipped ones included).
+    surrogate_agreement : float
+        Share of test samples where the SVM surrogate ``argmax(W phi(x) + b)`` predicts the same
+        class as the network.
+    n_support : int
+        Support vectors (training samples with a non-zero DualDA coefficient row).
+    sparsity : float
+        ``1 - n_support / n_train``.
+    extraction_time : float
+        Seconds to compute the training features.
+    fit_time : float
+        Seconds the SVM solver took.
+    compile_time : float
+        Seconds to compile the numba solver on a tiny problem before the fit (about 10 s on a
+        machine's first run, a fraction of a second once numba's cache holds it).
+    ms_per_test_sample : float
+        Milliseconds per test sample to find its top-``k`` proponents and opponents with DualDA
+        (features included, XDA excluded), over the whole test set.
+    xda_ms_per_pair : float
+        Milliseconds per XDA (test, training) pair, both heatmaps, measured on the explained test
+        samples and their top-``k`` proponents (NaN if nothing was explained).
+    auc : float
+        ROC AUC of DualDA self-influence for finding the flipped labels (NaN if none flipped).
+    found_top10 : float
+        Share of the flipped labels among the 10 % of training samples with the highest
+        self-influence (NaN if none flipped).
+    random_auc : float
+        The same AUC for a random order (about 0.5).
+    flipped_in_proponents : float
+        Share of flipped-label training samples among the top-``k`` proponents (score > 0) of all
+        test predictions (compare with ``flip_rate``).
+    flipped_in_opponents : float
+        The same among the top-``k`` opponents (score < 0): opponents of a correct prediction are
+        often training samples of the predicted class that carry a wrong label.
+    loss_auc : float
+        The same AUC when ranking by the network's cross-entropy on its (noisy) training labels,
+        a simple baseline that needs no attribution method at all.
+    loss_found_top10 : float
+        ``found_top10`` for the training-loss ranking.
+    self_influence : numpy.ndarray
+        ``(n_train,)`` float32 DualDA self-influence ``a_i^{y_i} ||phi(x_i)||^2``.
+    flipped : numpy.ndarray
+        ``(n_train,)`` bool, which training labels were flipped.
+    explained : list of int
+        Test indices explained with figures.
+    files : dict
+        ``name -> absolute path`` of every file written (``explanation_<i>``, ``mislabel_detection``,
+        ``mislabel_suspects``, ``self_influence``).
+    n_train, n_test, n_flipped : int
+    C, flip_rate : float
+    k, seed, epochs : int
+        The settings of the run.
+    solver_gap : float
+        Relative duality gap of the SVM fit (``(P + D) / P``, 0 at the optimum).
+    """
+
+    test_accuracy: float
+    train_accuracy_noisy: float
+    surrogate_agreement: float
+    n_support: int
+    sparsity: float
+    extraction_time: float
+    fit_time: float
+    compile_time: float
+    ms_per_test_sample: float
+    xda_ms_per_pair: float
+    auc: float
+    found_top10: float
+    random_auc: float
+    flipped_in_proponents: float
+    flipped_in_opponents: float
+    loss_auc: float
+    loss_found_top10: float
+    self_influence: np.ndarray
+    flipped: np.ndarray
+    explained: List[int]
+    files: Dict[str, str]
+    n_train: int
+    n_test: int
+    n_flipped: int
+    C: float
+    flip_rate: float
+    k: int
+    seed: int
+    epochs: int
+    solver_gap: float = float("nan")
+
+    def summary(self) -> str:
+        """The printed summary table (plain text, one metric per line)."""
+        def pct(v: float) -> str:
+            return "n/a" if math.isnan(v) else f"{100 * v:.1f} %"
+
+        def num(v: float, fmt: str) -> str:
+            return "n/a" if math.isnan(v) else format(v, fmt)
+
+        rows = [
+            ("training samples / test samples", f"{self.n_train} / {self.n_test}"),
+            ("flipped training labels", f"{self.n_flipped} ({pct(self.flip_rate)})"),
+            ("CNN test accuracy", pct(self.test_accuracy)),
+            ("CNN accuracy on its noisy training labels", pct(self.train_accuracy_noisy)),
+            (f"SVM surrogate agrees with CNN (test, C={self.C:g})", pct(self.surrogate_agreement)),
+            ("support vectors", f"{self.n_support} of {self.n_train}"),
+            ("sparsity (training samples scoring 0)", pct(self.sparsity)),
+            ("fit time: features + SVM solver", f"{self.extraction_time:.2f} s + {self.fit_time:.2f} s"),
+            ("  (solver compile/load before the fit, once)", f"{self.compile_time:.2f} s"),
+            (f"DualDA ms per test sample (top-{self.k} both signs)", num(self.ms_per_test_sample, ".3f")),
+            ("XDA ms per (test, train) pair", num(self.xda_ms_per_pair, ".1f")),
+            ("mislabel detection ROC AUC (self-influence)", num(self.auc, ".3f")),
+            ("flipped labels found in top 10 % of ranking", pct(self.found_top10)),
+            ("  baseline: rank by training loss, AUC / top 10 %",
+             f"{num(self.loss_auc, '.3f')} / {pct(self.loss_found_top10)}"),
+            ("  random order, AUC", num(self.random_auc, ".3f")),
+            (f"flipped labels among top-{self.k} proponents / opponents",
+             f"{pct(self.flipped_in_proponents)} / {pct(self.flipped_in_opponents)}"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        line = "-" * (width + 2 + max(len(value) for _, value in rows))
+        body = [f"{name:<{width}}  {value}" for name, value in rows]
+        return "\n".join(["DualXDA demo: digits CNN", line, *body, line])
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+def _curve_figure(scores: np.ndarray, flipped: np.ndarray, random_scores: np.ndarray,
+                  loss: np.ndarray) -> Figure:
+    fig = Figure(figsize=(5.2, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    x, y = detection_curve(scores, flipped)
+    ax.plot(x, y, color="#b2182b", lw=2,
+            label=f"DualDA self-influence (AUC {_roc_auc(scores, flipped):.3f})")
+    xl, yl = detection_curve(loss, flipped)
+    ax.plot(xl, yl, color="#e08214", lw=1.2, ls="-.",
+            label=f"baseline: training loss (AUC {_roc_auc(loss, flipped):.3f})")
+    xr, yr = detection_curve(random_scores, flipped)
+    ax.plot(xr, yr, color="0.4", lw=1.2, label=f"random order (AUC {_roc_auc(random_scores, flipped):.3f})")
+    ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="expected for random order")
+    rate = float(flipped.mean()) if flipped.size else 0.0
+    if rate > 0:
+        ax.plot([0, rate, 1], [0, 1, 1], color="#2166ac", ls=":", lw=1, label="perfect ranking")
+    ax.axvline(0.1, color="0.85", lw=0.8, zorder=0)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("fraction of training data inspected (highest self-influence first)")
+    ax.set_ylabel("fraction of flipped labels found")
+    ax.set_title("Finding flipped labels with DualDA", fontsize=11)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _suspects_figure(data: DigitsData, scores: np.ndarray, n: int = 16) -> Figure:
+    order = np.argsort(-scores, kind="stable")[:n]
+    cols = 8
+    rows = int(math.ceil(len(order) / cols))
+    fig = Figure(figsize=(cols * 1.1, rows * 1.35 + 0.4))
+    for m, j in enumerate(order):
+        ax = fig.add_subplot(rows, cols, m + 1)
+        ax.imshow(image_for_display(data.x_train[j], data.denormalize), cmap="gray", vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        given, true = int(data.y_train[j]), int(data.y_train_clean[j])
+        flipped = given != true
+        ax.set_title(f"#{j}: label {given}" + (f"\n(was {true})" if flipped else "\n(correct)"),
+                     fontsize=7, color="#b2182b" if flipped else "0.3")
+    fig.suptitle("Highest DualDA self-influence: suspected mislabels (red = really flipped)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _share(mask: torch.Tensor) -> float:
+    """Mean of a bool tensor (NaN if empty)."""
+    return float(mask.float().mean()) if mask.numel() else float("nan")
+
+
+def _mark_flipped(fig: Figure, data: DigitsData) -> None:
+    """Append "(was c)" to the label in the title of every training panel whose label was flipped.
+
+    :func:`~captum_dualxda.visualization.plot_explanation` titles training panels
+    ``"#<index>  label <label>\\n..."``; the demo knows the original labels, the figure does not.
+    """
+    for ax in fig.axes:
+        title = ax.get_title()
+        if not title.startswith("#"):
+            continue
+        first, _, rest = title.partition("\n")
+        try:
+            j = int(first[1:].split()[0])
+        except ValueError:
+            continue
+        if bool(data.flipped[j]):
+            ax.set_title(f"{first} (was {int(data.y_train_clean[j])})\n{rest}", fontsize=8,
+                         color=ax.title.get_color(), fontweight="bold")
+
+
+def _warm_up_solver(show_progress: bool) -> float:
+    """Compile (or load from numba's cache) the CPU solver on a tiny problem; return seconds.
+
+    The first run on a machine compiles the numba kernels (about 10 s); later runs load them from
+    the cache. Doing it up front keeps that one-off cost out of the measured fit time.
+    """
+    if show_progress:
+        print("preparing the SVM solver (numba compiles it on the first run only) ...", file=sys.stderr)
+    generator = torch.Generator().manual_seed(0)
+    features = torch.rand(12, 3, generator=generator)
+    labels = torch.arange(12) % 3
+    start = time.perf_counter()
+    fit_crammer_singer(features, labels, C=1.0)
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------------------------
+# Validation and the run
+# --------------------------------------------------------------------------------------------
+def _check_rate(flip_rate: float) -> None:
+    if not isinstance(flip_rate, (int, float)) or isinstance(flip_rate, bool) or not 0 <= flip_rate < 1:
+        raise ValueError(f"`flip_rate` must be a number in [0, 1), got {flip_rate!r}.")
+
+
+def check_demo_arguments(flip_rate: float, C: float, k: int, n_explain: int, epochs: int,
+                         n_train: Optional[int]) -> None:
+    """Validate :func:`run_demo` settings before any work; raise ValueError naming the bad one."""
+    _check_rate(flip_rate)
+    if not isinstance(C, (int, float)) or isinstance(C, bool) or not math.isfinite(C) or C <= 0:
+        raise ValueError(f"`C` must be a finite number > 0, got {C!r}.")
+    for name, value, low in (("k", k, 1), ("n_explain", n_explain, 0), ("epochs", epochs, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
+    if n_train is not None and (not isinstance(n_train, int) or n_train < 20):
+        raise ValueError(f"`n_train` must be None or an integer >= 20, got {n_train!r}.")
+
+
+@contextlib.contextmanager
+def _torch_threads(n: Optional[int]) -> Iterator[None]:
+    """Temporarily set ``torch.set_num_threads(n)`` (no change for None)."""
+    if n is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def run_demo(
+    out_dir: str,
+    flip_rate: float = 0.1,
+    C: float = DEFAULT_C,
+    k: int = 4,
+    seed: int = 0,
+    n_explain: int = 3,
+    epochs: int = DEFAULT_EPOCHS,
+    n_train: Optional[int] = None,
+    show_progress: bool = True,
+    dpi: int = 110,
+    num_threads: Optional[int] = 1,
+) -> DemoResult:
+    """Train a digits CNN on partly flipped labels, explain it with DualXDA, find the flips.
+
+    Parameters
+    ----------
+    out_dir : str
+        Directory for the PNG figures and ``self_influence.csv`` (created if missing; must be
+        writable, checked before any training).
+    flip_rate : float
+        Fraction of training labels flipped to another class, in ``[0, 1)``.
+    C : float
+        DualDA's SVM regularisation, ``> 0`` (see :data:`DEFAULT_C`).
+    k : int
+        Proponents and opponents (each) per explained test sample, ``>= 1``.
+    seed : int
+        Seeds the split, the flips, the network and the solver: same seed, same numbers (timings
+        aside).
+    n_explain : int
+        Test samples explained with an XDA figure (the first ``n_explain`` of the test set).
+    epochs : int
+        Training epochs of the CNN.
+    n_train : int, optional
+        Use only the first ``n_train`` training samples (for quick tests).
+    show_progress : bool
+        tqdm bars on stderr for training, feature extraction, the solver and the explanations.
+    dpi : int
+        Resolution of the PNG figures.
+    num_threads : int, optional
+        PyTorch threads during the run (restored afterwards). The default 1 is the fastest for
+        this tiny CNN: with 2 threads on 2 busy shared cores training took 57 s instead of 4 s.
+        None keeps the current setting.
+
+    Returns
+    -------
+    DemoResult
+
+    Raises
+    ------
+    ValueError
+        Invalid settings, or ``out_dir`` is not a writable directory.
+    """
+    check_demo_arguments(flip_rate, C, k, n_explain, epochs, n_train)
+    out_dir = check_writable_dir(out_dir, "out_dir")
+    with _torch_threads(num_threads):
+        return _run(out_dir, flip_rate, C, k, seed, n_explain, epochs, n_train, show_progress, dpi)
+
+
+def _run(out_dir: str, flip_rate: float, C: float, k: int, seed: int, n_explain: int, epochs: int,
+         n_train: Optional[int], show_progress: bool, dpi: int) -> DemoResult:
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.composites import EpsilonPlus
+
+    data = load_digits_data(flip_rate, seed, n_train)
+    net = train_cnn(data.x_train, data.y_train, epochs=epochs, seed=seed, show_progress=show_progress)
+    with torch.no_grad():
+        test_pred = net(data.x_test).argmax(1)
+        train_logits = net(data.x_train)
+        train_pred = train_logits.argmax(1)
+        train_loss = nn.functional.cross_entropy(train_logits, data.y_train, reduction="none").numpy()
+    test_accuracy = float((test_pred == data.y_test).float().mean())
+    train_accuracy = float((train_pred == data.y_train).float().mean())
+
+    compile_time = _warm_up_solver(show_progress)
+    dualda = DualDA(net, "fc", data.train_dataset, C=C, batch_size=256, seed=seed,
+                    show_progress=show_progress)
+
+    # Surrogate agreement: the SVM's own prediction on the test features vs the network's.
+    phi_test = dualda.test_features((data.x_test,))
+    svm_pred = (phi_test @ dualda.weight.T.to(phi_test) + dualda.intercept.to(phi_test)).argmax(1)
+    agreement = float((svm_pred.cpu() == test_pred).float().mean())
+
+    # Explanation speed: top-k proponents and opponents of every test prediction.
+    test_batch = (data.x_test, test_pred)
+    start = time.perf_counter()
+    top_pro = dualda.influence(test_batch, k=k, proponents=True, show_progress=show_progress)
+    top_opp = dualda.influence(test_batch, k=k, proponents=False, show_progress=show_progress)
+    ms_per_test = 1000 * (time.perf_counter() - start) / len(test_pred)
+    flipped_t = data.flipped
+    pro_keep, opp_keep = top_pro.influence_scores > 0, top_opp.influence_scores < 0
+    flipped_in_proponents = _share(flipped_t[top_pro.indices.cpu()][pro_keep.cpu()])
+    flipped_in_opponents = _share(flipped_t[top_opp.indices.cpu()][opp_keep.cpu()])
+
+    # Self-influence ranking for mislabel detection.
+    self_inf = dualda.self_influence().cpu().numpy()
+    flipped = data.flipped.numpy()
+    auc = _roc_auc(self_inf, flipped)
+    found_top10 = _found_in_top(self_inf, flipped, 0.10)
+    random_scores = np.random.default_rng(seed).random(len(self_inf))
+    random_auc = _roc_auc(random_scores, flipped)
+    loss_auc = _roc_auc(train_loss, flipped)
+    loss_found_top10 = _found_in_top(train_loss, flipped, 0.10)
+
+    files: Dict[str, str] = {}
+    explained = list(range(min(n_explain, len(test_pred))))
+    # EpsilonPlus (z+ on the conv layers, the first one included): on 8x8 inputs in [0, 1] its
+    # heatmaps follow the strokes. EpsilonPlusFlat's flat rule on the first layer spreads relevance
+    # evenly over each 3x3 window whatever the pixels, so every heatmap looks like the same blob
+    # (tutorials/xda_heatmaps.ipynb compares the composites).
+    xda = XDA(net, "fc", EpsilonPlus(zero_params="bias", canonizers=[SequentialMergeBatchNorm()]))
+    if explained:
+        # XDA speed: both heatmaps for each explained sample and its top-k proponents.
+        x_explained = data.x_test[explained]
+        partners = dualda.influence((x_explained, test_pred[explained]), k=k).indices
+        start = time.perf_counter()
+        xda_pairs(dualda, xda, x_explained, test_pred[explained], partners)
+        xda_ms_per_pair = 1000 * (time.perf_counter() - start) / partners.numel()
+    else:
+        xda_ms_per_pair = float("nan")
+    for i in tqdm(explained, desc="XDA explanations", unit="sample", file=sys.stderr,
+                  disable=not show_progress, leave=False):
+        fig = explain_figure(
+            dualda, data.x_test[i], int(test_pred[i]), k=k, xda=xda, test_label=int(data.y_test[i]),
+            denormalize=data.denormalize,
+            title=f"Test sample {i}: why does the CNN predict {int(test_pred[i])}? (DualDA + XDA, C={C:g}; "
+                  "'was c' marks a flipped training label)",
+        )
+        _mark_flipped(fig, data)
+        path = os.path.join(out_dir, f"explanation_{i}.png")
+        fig.savefig(path, dpi=dpi)
+        files[f"explanation_{i}"] = path
+
+    if flipped.any():
+        path = os.path.join(out_dir, "mislabel_detection.png")
+        _curve_figure(self_inf, flipped, random_scores, train_loss).savefig(path, dpi=dpi)
+        files["mislabel_detection"] = path
+    path = os.path.join(out_dir, "mislabel_suspects.png")
+    _suspects_figure(data, self_inf).savefig(path, dpi=dpi)
+    files["mislabel_suspects"] = path
+
+    path = os.path.join(out_dir, "self_influence.csv")
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["train_index", "given_label", "original_label", "flipped", "self_influence"])
+        for j in np.argsort(-self_inf, kind="stable"):
+            writer.writerow([int(j), int(data.y_train[j]), int(data.y_train_clean[j]), int(flipped[j]),
+                             f"{float(self_inf[j]):.6g}"])
+    files["self_influence"] = path
+
+    return DemoResult(
+        test_accuracy=test_accuracy,
+        train_accuracy_noisy=train_accuracy,
+        surrogate_agreement=agreement,
+        n_support=int(dualda.support_indices.numel()),
+        sparsity=float(dualda.sparsity),
+        extraction_time=float(dualda.fit_stats["extraction_time"]),
+        fit_time=float(dualda.fit_stats["time"]),
+        compile_time=compile_time,
+        ms_per_test_sample=ms_per_test,
+        xda_ms_per_pair=xda_ms_per_pair,
+        auc=auc,
+        found_top10=found_top10,
+        random_auc=random_auc,
+        flipped_in_proponents=flipped_in_proponents,
+        flipped_in_opponents=flipped_in_opponents,
+        loss_auc=loss_auc,
+        loss_found_top10=loss_found_top10,
+        self_influence=self_inf,
+        flipped=flipped,
+        explained=explained,
+        files=files,
+        n_train=len(data.y_train),
+        n_test=len(data.y_test),
+        n_flipped=int(flipped.sum()),
+        C=float(C),
+        flip_rate=float(flip_rate),
+        k=int(k),
+        seed=int(seed),
+        epochs=int(epochs),
+        solver_gap=float(dualda.fit_stats["gap"]),
+    )

@@ -1,0 +1,209 @@
+"""The main job: ``python -m captum_dualxda demo`` and :func:`captum_dualxda.demo.run_demo`."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.image import imread  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+
+from captum_dualxda import demo  # noqa: E402
+from captum_dualxda.__main__ import main  # noqa: E402
+
+SMALL = dict(n_train=240, epochs=2, n_explain=1, k=2, seed=0, show_progress=False, dpi=40)
+SMALL_ARGS = ["--n-train", "240", "--epochs", "2", "--n-explain", "1", "--k", "2"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return out, demo.run_demo(str(out), **SMALL)
+
+
+# ------------------------------------------------------------------------------------------
+# run_demo end to end
+# ------------------------------------------------------------------------------------------
+def test_run_demo_writes_non_blank_figures(small_run):
+    out, result = small_run
+    assert set(result.files) == {"explanation_0", "mislabel_detection", "mislabel_suspects", "self_influence"}
+    for name, path in result.files.items():
+        assert os.path.dirname(path) == str(out) and os.path.getsize(path) > 0
+        if path.endswith(".png"):
+            pixels = imread(path)
+            assert pixels.ndim == 3 and pixels[..., :3].std() > 0, name
+    assert result.explained == [0]
+
+
+def test_printed_auc_matches_returned_data(small_run):
+    _, result = small_run
+    n_train = SMALL["n_train"]
+    assert result.self_influence.shape == (n_train,) and result.flipped.shape == (n_train,)
+    assert result.flipped.dtype == bool and result.n_flipped == int(result.flipped.sum()) == 24
+    expected = roc_auc_score(result.flipped, result.self_influence)
+    assert result.auc == pytest.approx(expected, abs=1e-12)
+    printed = [line for line in result.summary().splitlines() if "ROC AUC (self-influence)" in line]
+    assert len(printed) == 1 and printed[0].split()[-1] == f"{expected:.3f}"
+    # top-10 % recall recomputed from the returned data
+    top = np.argsort(-result.self_influence, kind="stable")[: int(np.ceil(0.1 * n_train))]
+    assert result.found_top10 == pytest.approx(result.flipped[top].sum() / result.flipped.sum())
+
+
+def test_metrics_are_consistent(small_run):
+    _, result = small_run
+    for value in (result.test_accuracy, result.surrogate_agreement, result.sparsity, result.auc,
+                  result.found_top10, result.random_auc, result.loss_auc):
+        assert 0.0 <= value <= 1.0
+    assert 0 < result.n_support <= result.n_train
+    assert result.sparsity == pytest.approx(1 - result.n_support / result.n_train)
+    assert result.fit_time > 0 and result.ms_per_test_sample > 0 and result.xda_ms_per_pair > 0
+    assert result.n_test == 449
+
+
+def test_run_demo_is_deterministic(small_run, tmp_path):
+    _, first = small_run
+    second = demo.run_demo(str(tmp_path), **SMALL)
+    np.testing.assert_array_equal(first.self_influence, second.self_influence)
+    np.testing.assert_array_equal(first.flipped, second.flipped)
+    for name in ("test_accuracy", "surrogate_agreement", "n_support", "auc", "found_top10", "loss_auc"):
+        assert getattr(first, name) == getattr(second, name), name
+
+
+def test_run_demo_restores_torch_threads(small_run):
+    # run_demo runs with one thread and puts the previous setting back
+    assert torch.get_num_threads() >= 1
+    before = torch.get_num_threads()
+    with demo._torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(flip_rate=1.0), "flip_rate"), (dict(flip_rate=-0.1), "flip_rate"),
+    (dict(C=0.0), "`C`"), (dict(C=float("nan")), "`C`"), (dict(k=0), "`k`"),
+    (dict(n_explain=-1), "n_explain"), (dict(epochs=0), "epochs"),
+])
+def test_run_demo_rejects_bad_settings_before_training(kwargs, word, tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "train_cnn", lambda *a, **k: pytest.fail("trained despite bad settings"))
+    with pytest.raises(ValueError, match=word):
+        demo.run_demo(str(tmp_path), **kwargs)
+
+
+# ------------------------------------------------------------------------------------------
+# Pieces
+# ------------------------------------------------------------------------------------------
+def test_roc_auc_matches_sklearn_with_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = int(rng.integers(5, 60))
+        labels = rng.random(n) < 0.3
+        labels[0], labels[1] = True, False
+        scores = rng.integers(0, 4, n).astype(float)           # many ties
+        assert demo._roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert np.isnan(demo._roc_auc(np.arange(4.0), np.zeros(4, bool)))
+
+
+def test_detection_curve():
+    scores = np.array([0.9, 0.1, 0.8, 0.2])
+    positives = np.array([True, False, False, True])
+    inspected, found = demo.detection_curve(scores, positives)
+    np.testing.assert_allclose(inspected, [0, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(found, [0, 0.5, 0.5, 1.0, 1.0])
+
+
+def test_load_digits_data_flips_deterministically():
+    a = demo.load_digits_data(flip_rate=0.2, seed=3, n_train=500)
+    b = demo.load_digits_data(flip_rate=0.2, seed=3, n_train=500)
+    assert a.x_train.shape == (500, 1, 8, 8) and a.x_test.shape == (449, 1, 8, 8)
+    assert int(a.flipped.sum()) == 100
+    assert bool((a.y_train[a.flipped] != a.y_train_clean[a.flipped]).all())
+    assert bool((a.y_train[~a.flipped] == a.y_train_clean[~a.flipped]).all())
+    assert torch.equal(a.y_train, b.y_train) and torch.equal(a.x_train, b.x_train)
+    assert float(a.x_train.min()) >= 0 and float(a.x_train.max()) <= 1
+    assert not torch.equal(demo.load_digits_data(0.2, seed=4, n_train=500).flipped, a.flipped)
+
+
+# ------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------
+def test_cli_prints_table_and_exits_zero(tmp_path, capsys):
+    code = main(["demo", "--out", str(tmp_path / "out"), *SMALL_ARGS])
+    captured = capsys.readouterr()
+    assert code == 0
+    for row in ("CNN test accuracy", "SVM surrogate agrees with CNN", "support vectors", "sparsity",
+                "fit time", "DualDA ms per test sample", "mislabel detection ROC AUC",
+                "flipped labels found in top 10 %"):
+        assert row in captured.out, row
+    # progress bars go to stderr, never into the table
+    assert "training CNN" in captured.err and "training CNN" not in captured.out
+    assert (tmp_path / "out" / "explanation_0.png").is_file()
+
+
+def test_cli_no_progress(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--no-progress", *SMALL_ARGS]) == 0
+    captured = capsys.readouterr()
+    assert "training CNN" not in captured.err
+    assert "mislabel detection ROC AUC" in captured.out
+
+
+@pytest.mark.parametrize("make_out", ["file", "below_file"])
+def test_cli_unwritable_out_is_a_clear_error(make_out, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(demo, "train_cnn", lambda *a, **k: pytest.fail("trained despite a bad --out"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    out = blocker if make_out == "file" else blocker / "sub"
+    assert main(["demo", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and str(blocker) in err
+
+
+@pytest.mark.parametrize("args, word", [
+    (["--flip-rate", "1"], "--flip-rate"), (["--flip-rate", "-0.5"], "--flip-rate"),
+    (["--C", "0"], "--C"), (["--C", "-1"], "--C"), (["--C", "nan"], "--C"),
+    (["--k", "0"], "--k"), (["--k", "two"], "--k"), (["--epochs", "0"], "--epochs"),
+])
+def test_cli_rejects_bad_arguments(args, word, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(demo, "train_cnn", lambda *a, **k: pytest.fail("trained despite bad arguments"))
+    assert main(["demo", "--out", str(tmp_path), *args]) == 2
+    assert word in capsys.readouterr().err
+
+
+def test_cli_help_and_missing_command(capsys):
+    assert main(["demo", "--help"]) == 0
+    assert "--flip-rate" in capsys.readouterr().out
+    assert main([]) == 2
+
+
+def test_python_dash_m_exit_code(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = subprocess.run([sys.executable, "-m", "captum_dualxda", "demo", "--out", str(blocker)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--out" in proc.stderr and proc.stdout == ""
+
+
+def test_mark_flipped_annotates_explanation_titles():
+    """The demo marks flipped training labels in explain_figure's panel titles ("#j  label c")."""
+    from captum_dualxda.visualization import InfluentialSamples, plot_explanation
+
+    data = demo.load_digits_data(flip_rate=0.2, seed=0, n_train=100)
+    flipped = torch.nonzero(data.flipped).flatten()[:2]
+    clean = torch.nonzero(~data.flipped).flatten()[:1]
+    idx = torch.cat([flipped, clean])
+    samples = InfluentialSamples(indices=idx, scores=torch.tensor([3.0, 2.0, 1.0]),
+                                 images=data.x_train[idx], labels=data.y_train[idx])
+    fig = plot_explanation(data.x_test[0], 1, samples)
+    demo._mark_flipped(fig, data)
+    titles = {ax.get_title().split()[0]: ax.get_title() for ax in fig.axes if ax.get_title().startswith("#")}
+    assert len(titles) == 3
+    for j in flipped.tolist():
+        assert f"(was {int(data.y_train_clean[j])})" in titles[f"#{j}"]
+    assert "(was" not in titles[f"#{int(clean[0])}"]
