@@ -1,0 +1,218 @@
+"""captum_dualxda.metrics: hand-computed examples, sklearn agreement, DualDA consistency."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from captum_dualxda import DualDA
+from captum_dualxda.features import batch_features
+from captum_dualxda.metrics import (
+    SweepRow,
+    class_detection,
+    class_detection_from_indices,
+    format_markdown,
+    hoyer_sparsity,
+    logit_fidelity,
+    mislabel_auc,
+    mislabel_detection_curve,
+    mislabel_scores,
+    random_class_detection,
+    surrogate_fidelity,
+    sweep_C,
+    training_loss,
+    zero_fraction,
+)
+
+
+# ---------------------------------------------------------------------------- mislabel detection
+def test_mislabel_auc_hand_computed():
+    # flipped: 0.9 and 0.4; clean: 0.1, 0.4, 0.8.
+    # Pairs (flipped > clean): 0.9 beats all three (3), 0.4 beats 0.1 (1), ties 0.4 (0.5) -> 4.5 / 6.
+    scores = [0.9, 0.1, 0.4, 0.4, 0.8]
+    flipped = [True, False, True, False, False]
+    assert mislabel_auc(scores, flipped) == pytest.approx(0.75)
+    # indices instead of a mask, tensors instead of lists
+    assert mislabel_auc(torch.tensor(scores), np.array([0, 2])) == pytest.approx(0.75)
+    assert mislabel_auc([3.0, 2.0, 1.0], [True, False, False]) == 1.0
+    assert mislabel_auc([1.0, 2.0, 3.0], [True, False, False]) == 0.0
+    assert mislabel_auc([1.0, 1.0, 1.0], [True, False, False]) == 0.5
+
+
+def test_mislabel_auc_matches_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        n = int(rng.integers(5, 300))
+        scores = rng.integers(0, 6, n).astype(float) if trial % 2 else rng.normal(size=n)
+        flipped = rng.random(n) < 0.2
+        flipped[0], flipped[1] = True, False
+        assert mislabel_auc(scores, flipped) == pytest.approx(roc_auc_score(flipped, scores), abs=1e-12)
+
+
+def test_mislabel_auc_errors():
+    with pytest.raises(ValueError, match="at least one flipped"):
+        mislabel_auc([1.0, 2.0], [False, False])
+    with pytest.raises(ValueError, match="NaN"):
+        mislabel_auc([1.0, float("nan")], [True, False])
+    with pytest.raises(ValueError, match="entries"):
+        mislabel_auc([1.0, 2.0], [True])
+
+
+def test_mislabel_detection_curve_hand_computed():
+    # decreasing score: 0.9 (i0, flipped), 0.8 (i4), 0.4 (i2, flipped; ties -> lower index first), 0.4 (i3), 0.1 (i1)
+    inspected, found = mislabel_detection_curve([0.9, 0.1, 0.4, 0.4, 0.8], [True, False, True, False, False])
+    np.testing.assert_allclose(inspected, [0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    np.testing.assert_allclose(found, [0, 0.5, 0.5, 1.0, 1.0, 1.0])
+
+
+# ---------------------------------------------------------------------------- class detection
+def test_class_detection_hand_computed():
+    train_labels = [0, 1, 1, 0]
+    scores = torch.tensor([[0.1, 0.5, 0.3, 0.9], [0.7, -1.0, 0.2, 0.6]])
+    classes = [1, 0]
+    # row 0: top-2 = {3 (label 0), 1 (label 1)} -> 1/2 of class 1; row 1: {0, 3}, both label 0 -> 1.
+    assert class_detection(scores, train_labels, classes, k=2) == pytest.approx(0.75)
+    np.testing.assert_allclose(class_detection(scores, train_labels, classes, k=2, reduction="none"), [0.5, 1.0])
+    assert class_detection(scores, train_labels, classes, k=1) == pytest.approx(0.5)  # 3 (0) vs 1; 0 (0) vs 0
+    assert class_detection(scores, train_labels, classes, k=10) == pytest.approx(0.5)  # k clipped to all 4
+    # ties go to the lower index: all-zero row -> indices 0, 1
+    assert class_detection(np.zeros((1, 4)), train_labels, [0], k=2) == pytest.approx(0.5)
+    assert class_detection_from_indices([[3, 1], [0, 3]], train_labels, classes) == pytest.approx(0.75)
+    assert class_detection_from_indices(torch.tensor([[3, 1], [0, 3]]), train_labels, classes) == pytest.approx(0.75)
+
+
+def test_class_detection_accepts_captum_topk(digits_cnn, digits):
+    x, y, xt, _ = digits
+    dualda = DualDA(digits_cnn, "fc", TensorDataset(x[:300], y[:300]), C=0.01, batch_size=100)
+    pred = digits_cnn(xt[:20]).argmax(1)
+    top = dualda.influence((xt[:20], pred), k=5)
+    scores = dualda.influence((xt[:20], pred))
+    assert class_detection_from_indices(top, y[:300], pred) == pytest.approx(class_detection(scores, y[:300], pred, k=5))
+
+
+def test_random_class_detection_is_the_class_frequency():
+    assert random_class_detection([0, 0, 0, 1], [0, 1]) == pytest.approx((0.75 + 0.25) / 2)
+    np.testing.assert_allclose(random_class_detection([0, 0, 0, 1], [1, 1], reduction="none"), [0.25, 0.25])
+
+
+# ---------------------------------------------------------------------------- sparsity
+def test_zero_fraction_and_hoyer_hand_computed():
+    scores = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [3.0, -4.0, 0.0, 0.0]])
+    np.testing.assert_allclose(zero_fraction(scores), [0.75, 1.0, 0.0, 0.5])
+    # n = 4, sqrt(n) = 2: one spike -> (2 - 1)/1 = 1; all-zero -> 1 by convention;
+    # constant -> (2 - 4/2)/1 = 0; (3, -4, 0, 0): |t|_1 = 7, |t|_2 = 5 -> (2 - 1.4)/1 = 0.6
+    np.testing.assert_allclose(hoyer_sparsity(scores), [1.0, 1.0, 0.0, 0.6], atol=1e-12)
+    np.testing.assert_allclose(hoyer_sparsity(np.array([[5.0], [0.0]])), [1.0, 1.0])  # n = 1
+    # scale invariance
+    np.testing.assert_allclose(hoyer_sparsity(scores * 1e-7), hoyer_sparsity(scores), atol=1e-9)
+
+
+# ---------------------------------------------------------------------------- fidelity
+def test_logit_fidelity_hand_computed():
+    net = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]
+    sur = [[2.0, 0.0], [1.0, 0.0], [1.0, 1.0]]
+    fid = logit_fidelity(torch.tensor(net), np.array(sur))
+    # argmax: net (0, 1, 0 [tie -> lower]), surrogate (0, 0, 0): 2 of 3 agree.
+    assert fid.agreement == pytest.approx(2 / 3)
+    np.testing.assert_allclose(fid.per_sample_cosine, [1.0, 0.0, 1.0])
+    assert fid.cosine == pytest.approx(2 / 3) and fid.n == 3
+    assert logit_fidelity([[0.0, 0.0]], [[1.0, 0.0]]).cosine == 0.0
+    with pytest.raises(ValueError, match="shapes"):
+        logit_fidelity([[1.0, 0.0]], [[1.0, 0.0, 0.0]])
+
+
+@pytest.fixture(scope="module")
+def flipped_setup(digits, digits_cnn):
+    x, y, xt, _ = digits
+    n = 500
+    g = torch.Generator().manual_seed(3)
+    noisy = y[:n].clone()
+    flip = torch.rand(n, generator=g) < 0.1
+    noisy[flip] = (noisy[flip] + torch.randint(1, 10, (int(flip.sum()),), generator=g)) % 10
+    train = TensorDataset(x[:n], noisy)
+    return train, flip, xt[:60]
+
+
+def test_surrogate_fidelity_matches_manual(flipped_setup, digits_cnn):
+    train, _, xt = flipped_setup
+    dualda = DualDA(digits_cnn, "fc", train, C=0.01, batch_size=100)
+    fid = surrogate_fidelity(dualda, xt, batch_size=25)
+    phi = batch_features(digits_cnn, digits_cnn.fc, (xt,)).double()
+    manual = logit_fidelity(digits_cnn(xt).detach(), phi @ dualda.weight.double().T + dualda.intercept.double())
+    assert fid.agreement == pytest.approx(manual.agreement)
+    assert fid.cosine == pytest.approx(manual.cosine, abs=1e-6)
+    assert 0.5 < fid.agreement <= 1.0
+    # a tuple of model inputs and a DataLoader of Captum batches give the same
+    assert surrogate_fidelity(dualda, (xt,)).agreement == fid.agreement
+    loader = torch.utils.data.DataLoader(TensorDataset(xt, torch.zeros(len(xt), dtype=torch.long)), batch_size=16)
+    assert surrogate_fidelity(dualda, loader).cosine == pytest.approx(fid.cosine, abs=1e-6)
+
+
+def test_mislabel_scores_and_training_loss(flipped_setup, digits_cnn):
+    train, flip, _ = flipped_setup
+    dualda = DualDA(digits_cnn, "fc", train, C=0.01, batch_size=100)
+    assert torch.equal(mislabel_scores(dualda), dualda.self_influence().cpu())
+    assert torch.equal(mislabel_scores(dualda, "hinge_loss"), dualda.train_hinge_loss)
+    with pytest.raises(ValueError, match="kind"):
+        mislabel_scores(dualda, "loss")
+    x, labels = train.tensors
+    loss = training_loss(digits_cnn, train, batch_size=128)
+    expected = nn.functional.cross_entropy(digits_cnn(x), labels, reduction="none").detach()
+    assert torch.allclose(loss, expected, atol=1e-5)
+    assert digits_cnn.training is False
+
+
+# ---------------------------------------------------------------------------- sweep
+def test_sweep_C_matches_dualda_per_C(flipped_setup, digits_cnn):
+    train, flip, xt = flipped_setup
+    Cs = [0.1, 1e-3, 1e-2]
+    rows = sweep_C(digits_cnn, "fc", train, Cs, test_inputs=xt, flipped=flip, batch_size=100)
+    assert [r.method for r in rows] == ["DualDA C=0.001", "DualDA C=0.01", "DualDA C=0.1", "random order", "network loss"]
+    pred = digits_cnn(xt).argmax(1)
+    for row in rows[:3]:
+        dualda = DualDA(digits_cnn, "fc", train, C=row.C, batch_size=100)
+        assert abs(row.n_support - dualda.support_indices.numel()) <= 2  # same optimum, solver path differs
+        assert row.sparsity == pytest.approx(dualda.sparsity, abs=3 / 500)
+        assert row.auc_self_influence == pytest.approx(mislabel_auc(dualda.self_influence(), flip), abs=2e-3)
+        assert row.auc_hinge_loss == pytest.approx(mislabel_auc(dualda.train_hinge_loss, flip), abs=2e-3)
+        scores = dualda.influence((xt, pred))
+        assert row.zero_fraction == pytest.approx(zero_fraction(scores).mean(), abs=5e-3)
+        assert row.class_detection == pytest.approx(class_detection(scores, train.tensors[1], pred), abs=0.02)
+        assert row.agreement == pytest.approx(surrogate_fidelity(dualda, xt).agreement, abs=0.02)
+        assert row.fit_time >= 0 and row.gap < 1e-3
+    # smaller C -> more support vectors
+    assert rows[0].n_support >= rows[1].n_support >= rows[2].n_support
+    assert rows[3].auc == 0.5 and rows[3].class_detection == pytest.approx(
+        random_class_detection(train.tensors[1], pred)
+    )
+    loss = training_loss(digits_cnn, train)
+    assert rows[4].auc == pytest.approx(mislabel_auc(loss, flip), abs=1e-6)
+    table = format_markdown(rows)
+    lines = table.splitlines()
+    assert len(lines) == 2 + len(rows) and lines[0].startswith("| method |")
+    assert "mislabel AUC self-inf." in lines[0] and "–" in lines[-1]
+
+
+def test_sweep_C_without_test_inputs_or_flips(flipped_setup, digits_cnn):
+    train, _, _ = flipped_setup
+    rows = sweep_C(digits_cnn, "fc", train, [1e-2], batch_size=100)
+    assert len(rows) == 1 and rows[0].agreement is None and rows[0].auc_self_influence is None
+    assert rows[0].train_agreement is not None
+
+
+def test_format_markdown_cells():
+    table = format_markdown([{"a": 1234, "b": 0.5, "c": None, "d": 1e-5}, {"a": 1, "b": math.nan, "c": "x", "d": True}])
+    assert table.splitlines() == [
+        "| a | b | c | d |",
+        "| --- | ---: | ---: | ---: |",
+        "| 1,234 | 0.500 | – | 1.0e-05 |",
+        "| 1 | – | x | yes |",
+    ]
+    assert format_markdown([]) == ""
+    assert "support vectors" in format_markdown([SweepRow("x", n_support=3)])

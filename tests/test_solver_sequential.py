@@ -1,0 +1,314 @@
+"""Tests of the compiled sequential backend (numba) and of ``fit_crammer_singer_path``."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("numba")
+
+from captum_dualxda.solver import (  # noqa: E402
+    ConvergenceWarning,
+    evaluate_optimality,
+    fit_crammer_singer,
+    fit_crammer_singer_path,
+    make_problem,
+    primal_objective,
+    project_crammer_singer,
+)
+from captum_dualxda.solver.sequential import (  # noqa: E402
+    evaluate_optimality_compiled,
+    solve_sequential,
+    solve_subproblem,
+)
+
+
+def make_data(n: int, d: int, k: int, seed: int, mean_sq_norm: float = 1.0, dtype=np.float32):
+    """ReLU-of-Gaussian class clusters with 5 % label noise (non-SVs, bounded and free SVs)."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(k, 16)) * 0.8
+    labels = rng.integers(0, k, size=n)
+    z = means[labels] + rng.normal(size=(n, 16))
+    x = np.maximum(z @ (rng.normal(size=(16, d)) / 4.0) + 0.5, 0.0)
+    x *= np.sqrt(mean_sq_norm / np.mean((x * x).sum(1)))
+    flip = rng.random(n) < 0.05
+    labels[flip] = rng.integers(0, k, size=int(flip.sum()))
+    return torch.from_numpy(x.astype(dtype)), torch.from_numpy(labels)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """The PyTorch backend on tiny blocks is fastest (and robust to busy CPUs) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def full_weight(result) -> torch.Tensor:
+    """``(K, d + 1)`` weights including the intercept column's weight ``intercept / s``."""
+    s = result.intercept_scaling
+    bias = result.intercept / s if s else torch.zeros_like(result.intercept)
+    return torch.cat([result.weight, bias[:, None]], 1)
+
+
+def absolute_gap(result) -> float:
+    return max(result.primal - result.dual, 0.0)
+
+
+def rigorous_distance_bound(a, b) -> float:
+    """``||W_a - W_b||_F <= sqrt(2 gap_a) + sqrt(2 gap_b)`` (P is 1-strongly convex, SOLVER.md 1.5)."""
+    return math.sqrt(2 * absolute_gap(a)) + math.sqrt(2 * absolute_gap(b))
+
+
+def attributions(result, x_train, x_test) -> torch.Tensor:
+    """``(n_test, n)`` DualDA attributions ``alpha_i^m <x_i, x>`` for the predicted class ``m``."""
+    scores = x_test.double() @ result.weight.T + result.intercept
+    predicted = scores.argmax(1)
+    kernel = x_test.double() @ x_train.double().T
+    return kernel * result.alpha.T[predicted]
+
+
+def assert_same_optimum(a, b, x, rel_w: float = 2e-3, min_corr: float = 0.999, top_k: int = 10):
+    wa, wb = full_weight(a), full_weight(b)
+    dist = float((wa - wb).norm())
+    assert dist <= rigorous_distance_bound(a, b) + 1e-12
+    assert dist / float(wb.norm()) <= rel_w
+    x_test = x[:20] * 1.1 + 0.01
+    att_a, att_b = attributions(a, x, x_test), attributions(b, x, x_test)
+    for row_a, row_b in zip(att_a, att_b):
+        corr = float(torch.corrcoef(torch.stack([row_a, row_b]))[0, 1])
+        assert corr >= min_corr
+        top_a = set(row_a.topk(top_k).indices.tolist())
+        top_b = set(row_b.topk(top_k).indices.tolist())
+        assert len(top_a & top_b) >= top_k - 1  # one borderline swap allowed
+
+
+def check_contract(result, n: int, k: int, C: float):
+    alpha = result.alpha
+    assert alpha.dtype == torch.float64 and alpha.shape == (n, k) and alpha.device.type == "cpu"
+    assert float(alpha.sum(1).abs().max()) <= 1e-12 * C * k
+    assert float(alpha.max()) <= C * (1 + 1e-12)
+
+
+# (a) both backends reach the same optimum -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "n, d, k, seed, C, fit_intercept",
+    [(400, 24, 4, 0, 0.1, True), (500, 16, 3, 2, 0.3, False), (600, 40, 6, 3, 0.05, True)],
+)
+def test_backends_reach_the_same_optimum(one_torch_thread, n, d, k, seed, C, fit_intercept):
+    x, y = make_data(n, d, k, seed)
+    seq = fit_crammer_singer(x, y, C=C, fit_intercept=fit_intercept, backend="sequential")
+    blk = fit_crammer_singer(x, y, C=C, fit_intercept=fit_intercept, backend="bdcd")
+    for result in (seq, blk):
+        assert result.converged and result.residual <= 1e-4
+        check_contract(result, n, k, C)
+    assert seq.backend == "sequential" and blk.backend == "bdcd"
+    assert seq.gap <= 1e-4
+    assert_same_optimum(seq, blk, x)
+
+
+def test_auto_backend_on_cpu_is_sequential():
+    x, y = make_data(200, 8, 3, 0)
+    assert fit_crammer_singer(x, y, C=0.1).backend == "sequential"
+
+
+# (b) compiled subproblem == literal LIBLINEAR solve_sub_problem --------------------------------
+
+
+def liblinear_solve_sub_problem(A_i, yi, C_yi, active_i, B):
+    """A literal pure-Python transcription of LIBLINEAR's ``solve_sub_problem`` (SOLVER.md 2.2.6)."""
+    D = [B[r] for r in range(active_i)]
+    if yi < active_i:
+        D[yi] += A_i * C_yi
+    D.sort(reverse=True)
+    beta = D[0] - A_i * C_yi
+    r = 1
+    while r < active_i and beta < r * D[r]:
+        beta += D[r]
+        r += 1
+    beta /= r
+    alpha_new = [0.0] * active_i
+    for r in range(active_i):
+        if r == yi:
+            alpha_new[r] = min(C_yi, (beta - B[r]) / A_i)
+        else:
+            alpha_new[r] = min(0.0, (beta - B[r]) / A_i)
+    return alpha_new
+
+
+def test_subproblem_matches_liblinear_transcription():
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for case in range(3000):
+        size = int(rng.integers(2, 13))
+        curvature = float(10 ** rng.uniform(-3, 3))
+        C = float(10 ** rng.uniform(-5, 2))
+        shrunk = case % 3 == 0
+        y_pos = size + int(rng.integers(0, 3)) if shrunk else int(rng.integers(0, size))
+        scale = curvature * C if case % 2 else 1.0
+        b = rng.normal(size=size) * scale
+        if case % 5 == 0:
+            b[: size // 2] = b[0]  # ties
+        expected = np.array(liblinear_solve_sub_problem(curvature, y_pos, C, size, list(b)))
+        got = solve_subproblem(b, curvature, y_pos, C)
+        err = float(np.abs(got - expected).max()) / max(C, float(np.abs(expected).max()))
+        worst = max(worst, err)
+        assert err <= 1e-12, (case, got, expected)
+        # feasibility of the result
+        target_sum = -C if shrunk else 0.0
+        assert abs(got.sum() - target_sum) <= 1e-12 * size * max(C, float(np.abs(b).max()) / curvature)
+    assert worst <= 1e-12
+
+
+def test_subproblem_is_the_projection_when_the_true_class_is_active():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        k = int(rng.integers(2, 13))
+        curvature, C = float(rng.uniform(0.1, 10)), float(rng.uniform(0.01, 2))
+        y = int(rng.integers(0, k))
+        alpha = torch.from_numpy(project_crammer_singer(torch.randn(1, k, dtype=torch.float64), torch.tensor([y]), C).numpy()[0])
+        grad = rng.normal(size=k)
+        b = grad - curvature * alpha.numpy()
+        target = project_crammer_singer(
+            (alpha - torch.from_numpy(grad) / curvature)[None], torch.tensor([y]), C
+        )[0].numpy()
+        np.testing.assert_allclose(solve_subproblem(b, curvature, y, C), target, atol=1e-12 * max(1, C))
+
+
+# (c) warm starts --------------------------------------------------------------------------------
+
+
+def test_warm_start_reaches_the_cold_optimum():
+    x, y = make_data(1500, 32, 5, 4)
+    cold = fit_crammer_singer(x, y, C=0.5)
+    previous = fit_crammer_singer(x, y, C=0.05)
+    warm = fit_crammer_singer(x, y, C=0.5, warm_start=previous)
+    assert warm.converged and cold.converged
+    assert_same_optimum(warm, cold, x)
+    path = fit_crammer_singer_path(x, y, [0.005, 0.05, 0.5])
+    assert [r.C for r in path] == [0.005, 0.05, 0.5]
+    assert_same_optimum(path[-1], cold, x)
+    print(f"passes at C=0.5: cold {cold.n_iter}, warm from C=0.05 {warm.n_iter}, path {path[-1].n_iter}")
+
+
+def test_warm_start_from_alpha0_is_used_exactly():
+    x, y = make_data(300, 12, 3, 5)
+    done = fit_crammer_singer(x, y, C=0.2, tol=1e-8)
+    problem = make_problem(x, y, 0.2, True, 1.0)
+    out = solve_sequential(problem, tol=1e-4, max_iter=100, seed=0, alpha0=done.alpha.clone())
+    assert out.converged and out.n_iter <= 5  # already optimal: a few passes of the schedule
+    assert torch.allclose(out.alpha, done.alpha, atol=1e-9 * 0.2)
+
+
+# (d) determinism --------------------------------------------------------------------------------
+
+
+def test_same_seed_is_bitwise_reproducible_and_other_seeds_agree():
+    x, y = make_data(1200, 24, 4, 6)
+    a = fit_crammer_singer(x, y, C=0.3, seed=7)
+    b = fit_crammer_singer(x, y, C=0.3, seed=7)
+    c = fit_crammer_singer(x, y, C=0.3, seed=8)
+    assert torch.equal(a.alpha, b.alpha) and a.n_iter == b.n_iter
+    assert not torch.equal(a.alpha, c.alpha)
+    assert_same_optimum(a, c, x)
+
+
+# (e) agreement with scikit-learn ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed, C, fit_intercept", [(0, 0.1, True), (1, 1.0, True), (2, 0.3, False)])
+def test_agrees_with_sklearn(seed, C, fit_intercept):
+    svm = pytest.importorskip("sklearn.svm")
+    x, y = make_data(2000, 32, 5, 10 + seed)
+    ours = fit_crammer_singer(x, y, C=C, fit_intercept=fit_intercept)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sk = svm.LinearSVC(
+            multi_class="crammer_singer", C=C, tol=1e-4, max_iter=100000, random_state=0,
+            fit_intercept=fit_intercept,
+        ).fit(x.numpy(), y.numpy())
+    problem = make_problem(x, y, C, fit_intercept, 1.0)
+    w_sk = torch.from_numpy(sk.coef_)
+    b_sk = torch.from_numpy(sk.intercept_) if fit_intercept else torch.zeros(w_sk.shape[0], dtype=torch.float64)
+    p_sk = primal_objective(problem, w_sk, b_sk)
+    # our primal is at least as good as sklearn's (up to the tolerance)
+    assert ours.primal <= p_sk + 1e-5 * abs(p_sk)
+    w_ours = full_weight(ours)
+    w_sklearn = torch.cat([w_sk, b_sk[:, None]], 1)
+    dist = float((w_ours - w_sklearn).norm())
+    bound = math.sqrt(2 * absolute_gap(ours)) + math.sqrt(2 * max(p_sk - ours.dual, 0.0))
+    assert dist <= bound
+    assert dist / float(w_sklearn.norm()) <= 1e-3
+    agree = (ours.weight @ x.double().T + ours.intercept[:, None]).argmax(0) == torch.from_numpy(
+        sk.predict(x.numpy())
+    )
+    assert float(agree.double().mean()) >= 0.995
+
+
+# (f) fit_crammer_singer_path validation ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("Cs", [[], (), [0.1, 0.0], [-1.0], [float("nan")], [float("inf")], ["1"], [True], None, 0.1])
+def test_path_rejects_bad_Cs(Cs):
+    x, y = make_data(50, 4, 3, 0)
+    with pytest.raises(ValueError, match="Cs"):
+        fit_crammer_singer_path(x, y, Cs)
+
+
+@pytest.mark.parametrize("key", ["C", "warm_start"])
+def test_path_rejects_reserved_keywords(key):
+    x, y = make_data(50, 4, 3, 0)
+    with pytest.raises(TypeError, match=key):
+        fit_crammer_singer_path(x, y, [0.1], **{key: None})
+
+
+def test_path_accepts_numpy_scalars_and_keeps_order():
+    x, y = make_data(200, 8, 3, 1)
+    results = fit_crammer_singer_path(x, y, np.array([0.5, 0.01]), tol=1e-3)
+    assert [r.C for r in results] == [0.5, 0.01]
+    assert all(r.converged for r in results)
+
+
+# contract details -------------------------------------------------------------------------------
+
+
+def test_max_iter_progress_and_dtypes(capsys):
+    x, y = make_data(500, 16, 4, 3, mean_sq_norm=50.0)
+    with pytest.warns(ConvergenceWarning):
+        capped = fit_crammer_singer(x, y, C=1.0, max_iter=3)
+    assert capped.n_iter == 3 and not capped.converged
+    assert capsys.readouterr().out == ""
+    res64 = fit_crammer_singer(x.double(), y, C=0.1, show_progress=True)
+    res32 = fit_crammer_singer(x, y, C=0.1)
+    assert res64.converged and res32.converged
+    assert float((res64.weight - res32.weight).norm() / res32.weight.norm()) <= 1e-3
+    assert capsys.readouterr().out == ""
+
+
+def test_zero_rows_without_intercept_and_two_classes():
+    x, y = make_data(300, 10, 2, 8)
+    x[:5] = 0.0
+    result = fit_crammer_singer(x, y, C=0.5, fit_intercept=False)
+    assert result.converged
+    assert float(result.alpha[:5].abs().max()) == 0.0
+    check_contract(result, 300, 2, 0.5)
+
+
+def test_compiled_certificate_equals_gap_module():
+    x, y = make_data(700, 20, 4, 9)
+    for fit_intercept in (True, False):
+        result = fit_crammer_singer(x, y, C=0.2, fit_intercept=fit_intercept)
+        problem = make_problem(x, y, 0.2, fit_intercept, 1.0)
+        ref = evaluate_optimality(problem, result.alpha)
+        got = evaluate_optimality_compiled(problem, result.alpha)
+        assert torch.allclose(got.weight, ref.weight, rtol=0, atol=1e-12)
+        assert torch.allclose(got.bias_weight, ref.bias_weight, rtol=0, atol=1e-12)
+        for name in ("primal", "dual", "residual"):
+            assert math.isclose(getattr(got, name), getattr(ref, name), rel_tol=1e-10, abs_tol=1e-12)
+        assert math.isclose(got.gap, ref.gap, rel_tol=1e-6, abs_tol=1e-12)
