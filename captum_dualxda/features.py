@@ -25,6 +25,7 @@ __all__ = [
     "split_batch",
     "iterate_batches",
     "batch_features",
+    "batch_features_and_output",
     "extract_features",
     "all_finite",
     "dataset_items",
@@ -161,6 +162,39 @@ def _to_device(value: Any, device: torch.device) -> Any:
     return value.to(device) if isinstance(value, torch.Tensor) else value
 
 
+def batch_features_and_output(model: nn.Module, layer: nn.Linear, inputs: Sequence[Any]) -> Tuple[torch.Tensor, Any]:
+    """Features ``phi`` of one batch and the model's output, from one forward pass.
+
+    Same as :func:`batch_features` (eval mode, no grad, mode restored), also returning what
+    ``model(*inputs)`` returned (e.g. ``(N, K)`` logits).
+
+    Returns
+    -------
+    features : torch.Tensor
+        ``(N, d)`` on the model's device.
+    output : Any
+        The model output.
+    """
+    captured: List[torch.Tensor] = []
+
+    def hook(module: nn.Module, args: Tuple[Any, ...]) -> None:
+        captured.append(args[0].detach().flatten(1))
+
+    device = model_device(model)
+    was_training = model.training
+    handle = layer.register_forward_pre_hook(hook)
+    try:
+        model.eval()
+        with torch.no_grad():
+            output = model(*[_to_device(value, device) for value in inputs])
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if not captured:
+        raise RuntimeError("The forward pass did not reach the final linear layer; features could not be captured.")
+    return captured[0], output
+
+
 def batch_features(model: nn.Module, layer: nn.Linear, inputs: Sequence[Any]) -> torch.Tensor:
     """Features ``phi`` of one batch: the flattened input of ``layer``.
 
@@ -184,24 +218,7 @@ def batch_features(model: nn.Module, layer: nn.Linear, inputs: Sequence[Any]) ->
     RuntimeError
         The forward pass never reached ``layer``.
     """
-    captured: List[torch.Tensor] = []
-
-    def hook(module: nn.Module, args: Tuple[Any, ...]) -> None:
-        captured.append(args[0].detach().flatten(1))
-
-    device = model_device(model)
-    was_training = model.training
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*[_to_device(value, device) for value in inputs])
-    finally:
-        handle.remove()
-        model.train(was_training)
-    if not captured:
-        raise RuntimeError("The forward pass did not reach the final linear layer; features could not be captured.")
-    return captured[0]
+    return batch_features_and_output(model, layer, inputs)[0]
 
 
 def all_finite(features: torch.Tensor) -> bool:

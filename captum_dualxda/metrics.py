@@ -461,26 +461,10 @@ def logit_fidelity(network_logits: ArrayLike, surrogate_logits: ArrayLike) -> Fi
 
 def _features_and_logits(model: nn.Module, layer: nn.Linear, inputs: Sequence[Any]) -> Tuple[torch.Tensor, torch.Tensor]:
     """One eval-mode, no-grad forward pass: ``(phi, logits)`` of one batch of model inputs."""
-    from .features import model_device
+    from .features import batch_features_and_output
 
-    captured: List[torch.Tensor] = []
-
-    def hook(module: nn.Module, args: Tuple[Any, ...]) -> None:
-        captured.append(args[0].detach().flatten(1))
-
-    device = model_device(model)
-    was_training = model.training
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        model.eval()
-        with torch.no_grad():
-            logits = model(*[v.to(device) if isinstance(v, torch.Tensor) else v for v in inputs])
-    finally:
-        handle.remove()
-        model.train(was_training)
-    if not captured:
-        raise RuntimeError("The forward pass did not reach the final linear layer.")
-    return captured[0], logits.detach()
+    phi, logits = batch_features_and_output(model, layer, inputs)
+    return phi, logits.detach()
 
 
 def _model_input_batches(inputs: Any, batch_size: int):
