@@ -38,6 +38,7 @@ from tqdm import tqdm
 from .cache import check_writable_dir
 from .dualda import DualDA
 from .solver import fit_crammer_singer
+from .solver.problem import check_positive_number
 from .visualization import explain_figure, image_for_display
 from .xda import XDA, xda_pairs
 
@@ -567,8 +568,7 @@ def check_demo_arguments(flip_rate: float, C: float, k: int, n_explain: int, epo
                          n_train: Optional[int]) -> None:
     """Validate :func:`run_demo` settings before any work; raise ValueError naming the bad one."""
     _check_rate(flip_rate)
-    if not isinstance(C, (int, float)) or isinstance(C, bool) or not math.isfinite(C) or C <= 0:
-        raise ValueError(f"`C` must be a finite number > 0, got {C!r}.")
+    check_positive_number(C, "C")
     for name, value, low in (("k", k, 1), ("n_explain", n_explain, 0), ("epochs", epochs, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")

@@ -34,7 +34,7 @@ from .features import (
     split_batch,
 )
 from .solver import fit_crammer_singer
-from .solver.problem import row_chunk, row_squared_norms, support_mask
+from .solver.problem import check_positive_number, row_chunk, row_squared_norms, support_mask
 
 __all__ = ["DualDA"]
 
@@ -154,10 +154,8 @@ class DualDA(DataInfluence):
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}.")
-        if not isinstance(C, (int, float)) or isinstance(C, bool) or not math.isfinite(C) or C <= 0:
-            raise ValueError(f"`C` must be a finite number > 0, got {C!r}.")
-        if not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol <= 0:
-            raise ValueError(f"`tol` must be a finite number > 0, got {tol!r}.")
+        check_positive_number(C, "C")
+        check_positive_number(tol, "tol")
         if not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"`max_iter` must be an integer >= 1, got {max_iter!r}.")
         self.model = model

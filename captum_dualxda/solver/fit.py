@@ -11,7 +11,7 @@ import torch
 
 from .bdcd import BackendOutput, solve_bdcd
 from .gap import evaluate_optimality
-from .problem import CrammerSingerResult, make_problem
+from .problem import CrammerSingerResult, check_positive_number, make_problem
 
 __all__ = [
     "fit_crammer_singer",
@@ -148,8 +148,7 @@ def fit_crammer_singer(
         ``alpha`` ``(n, K)``, ``weight`` ``(K, d)``, ``intercept`` ``(K,)`` (float64, on the
         solver's device), objectives, relative ``gap`` and ``n_iter``.
     """
-    if not math.isfinite(tol) or tol <= 0:
-        raise ValueError(f"`tol` must be a finite number > 0, got {tol!r}.")
+    check_positive_number(tol, "tol")
     if int(max_iter) < 1:
         raise ValueError(f"`max_iter` must be >= 1, got {max_iter!r}.")
     problem = make_problem(features, labels, C, fit_intercept, intercept_scaling, n_classes)

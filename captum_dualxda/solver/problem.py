@@ -13,7 +13,25 @@ from typing import Optional
 
 import torch
 
-__all__ = ["CrammerSingerProblem", "CrammerSingerResult", "make_problem"]
+__all__ = ["CrammerSingerProblem", "CrammerSingerResult", "make_problem", "check_positive_number"]
+
+
+def check_positive_number(value: object, name: str) -> float:
+    """Return ``value`` as a float if it is a finite real number ``> 0``.
+
+    Raises
+    ------
+    ValueError
+        Naming the argument ``name`` otherwise (booleans are rejected too).
+    """
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
+    return float(value)
 
 
 @dataclass
@@ -161,8 +179,7 @@ def make_problem(
     ValueError, TypeError
         With the name of the offending argument.
     """
-    if not isinstance(C, (int, float)) or isinstance(C, bool) or not math.isfinite(C) or C <= 0:
-        raise ValueError(f"`C` must be a finite number > 0, got {C!r}.")
+    check_positive_number(C, "C")
     if fit_intercept:
         if not math.isfinite(intercept_scaling) or intercept_scaling <= 0:
             raise ValueError(
