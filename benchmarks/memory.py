@@ -11,6 +11,10 @@ Usage::
 
     python benchmarks/memory.py                 # grid of n, d; both paths
     python benchmarks/memory.py --epoch-time    # seconds per pass at n=200,000, d=512, K=100
+    python benchmarks/memory.py --solver-scale  # the block (GPU) solver at n=1,000,000, d=2048,
+                                                # K=1000 on this CPU: peak memory, time per pass
+    python benchmarks/memory.py --solver-scale --n 50000 --dense   # same, dense alpha
+    python benchmarks/memory.py --solver-scale --device cuda        # the big case on a GPU
     python benchmarks/memory.py --quick         # small smoke run
 """
 from __future__ import annotations
@@ -28,7 +32,7 @@ import warnings
 
 import numpy as np
 
-PREDICT_DOC = "4nd (features, float32) + 16nK (alpha float64 + class index) + 4nK (coefficients) + 4 n_sv d"
+PREDICT_DOC = "4nd (features, float32) + 12nK (alpha float64 + int32 class index) + 4 n_sv d (support features)"
 
 
 def _status_kb(field: str) -> int:
@@ -107,7 +111,7 @@ def child(n: int, d: int, k: int, out_of_core: bool, data_path: str) -> dict:
     sampler.stop.set()
     sampler.join()
     n_sv = int(dualda.support_indices.numel())
-    predicted = 4 * n * d * (0 if out_of_core else 1) + 16 * n * k + 4 * n * k + 4 * n_sv * d
+    predicted = 4 * n * d * (0 if out_of_core else 1) + 12 * n * k + 4 * n_sv * d
     return {
         "n": n, "d": d, "K": k, "out_of_core": out_of_core, "n_sv": n_sv,
         "peak_anon_mb": (sampler.anon - base) / 1024, "peak_file_mb": sampler.file / 1024,
@@ -143,14 +147,91 @@ def epoch_time(n: int, d: int, k: int) -> None:
         print(f"| {backend} | {passes} | {wall:.1f} | {wall / passes:.1f} |")
 
 
+def solver_scale(n: int, d: int, k: int, passes: int, sparse: bool, device: str = "cpu") -> dict:
+    """One ``"bdcd"`` solve of ``passes`` passes on generated features held in memory.
+
+    Features: ``relu(z M + 0.5)``, ``z = mu_y + N(0, I_64)``, rescaled to mean ``||x||^2 = 100``
+    (as ``benchmarks/solver.py``), generated in chunks straight into one float32 tensor. The peak
+    is anonymous memory above the baseline taken after the features exist, i.e. what the solver
+    adds to the features. On a CUDA ``device`` the features are generated on the CPU, moved
+    there, and the peak is ``torch.cuda.max_memory_allocated`` above the features.
+    """
+    import torch
+
+    from captum_dualxda.solver import fit_crammer_singer
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, k, (n,), generator=g)
+    centres = torch.randn(k, 64, generator=g)
+    mix = torch.randn(64, d, generator=g) / 8
+    x = torch.empty(n, d)
+    for start in range(0, n, 20000):
+        block = y[start : start + 20000]
+        x[start : start + 20000] = ((centres[block] + torch.randn(len(block), 64, generator=g)) @ mix + 0.5).clamp_min(0)
+    scale = float(torch.cat([x[i : i + 20000].pow(2).sum(1) for i in range(0, n, 20000)]).mean()) ** 0.5 / 10
+    for start in range(0, n, 20000):
+        x[start : start + 20000] /= scale
+    x, y = x.to(device), y.to(device)
+    cuda = x.device.type == "cuda"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit_crammer_singer(torch.rand(50, d, device=device), torch.arange(50, device=device) % k, C=1e-3, backend="bdcd", max_iter=1)  # warm-up
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_cuda = torch.cuda.memory_allocated()
+    base = _status_kb("RssAnon")
+    sampler = PeakSampler()
+    sampler.start()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = time.perf_counter()
+        res = fit_crammer_singer(x, y, C=1e-3, backend="bdcd", max_iter=passes, sparse_alpha=sparse)
+        if cuda:
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+    sampler.stop.set()
+    sampler.join()
+    peak = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20 if cuda else (sampler.anon - base) / 1024
+    capacity = getattr(res.alpha, "capacity", None)
+    alpha_bytes = 12 * n * capacity if sparse else 8 * n * k
+    return {
+        "n": n, "d": d, "K": k, "passes": passes, "sparse": sparse, "capacity": capacity,
+        "wall_s": elapsed, "solver_s": res.time, "gap": res.gap,
+        "features_mb": 4 * n * d / 2**20, "peak_anon_mb": peak, "device": str(x.device),
+        "alpha_mb": alpha_bytes / 2**20, "n_sv": int(res.support_indices.numel()),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--epoch-time", action="store_true")
+    parser.add_argument("--solver-scale", action="store_true")
+    parser.add_argument("--n", type=int, default=1_000_000, help="--solver-scale: samples")
+    parser.add_argument("--d", type=int, default=2048, help="--solver-scale: feature dimension")
+    parser.add_argument("--k", type=int, default=1000, help="--solver-scale: classes")
+    parser.add_argument("--passes", type=int, default=1, help="--solver-scale: solver passes")
+    parser.add_argument("--dense", action="store_true", help="--solver-scale: dense alpha")
+    parser.add_argument("--device", default="cpu", help="--solver-scale: where to solve (e.g. cuda)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(**json.loads(args.child))))
+        return
+    if args.solver_scale:
+        import torch
+
+        r = solver_scale(args.n, args.d, args.k, args.passes, not args.dense, args.device)
+        where = r["device"] if r["device"] != "cpu" else f"{torch.get_num_threads()} CPU threads"
+        print(f"# bdcd (the GPU backend) on {where}, C=1e-3, "
+              f"{time.strftime('%Y-%m-%d')}; wall time includes input checks and the final exact certificate")
+        memory = "peak CUDA memory above features MB" if r["device"] != "cpu" else "peak anon above features MB"
+        print(f"| n | d | K | alpha | passes | wall s | features MB | alpha MB | {memory} | relative gap |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        layout = f"row-sparse, {r['capacity']} slots" if r["sparse"] else "dense"
+        print(f"| {r['n']:,} | {r['d']} | {r['K']} | {layout} | {r['passes']} | {r['wall_s']:.1f} | "
+              f"{r['features_mb']:.0f} | {r['alpha_mb']:.0f} | {r['peak_anon_mb']:.0f} | {r['gap']:.3g} |")
         return
     if args.epoch_time:
         epoch_time(20_000 if args.quick else 200_000, 512, 100)

@@ -14,8 +14,11 @@
 5. ranks the training samples by DualDA self-influence and measures how well that finds the
    flipped labels (ROC AUC, share found in the top 10 %, a detection curve figure).
 
-The pieces (:func:`load_digits_data`, :class:`DigitsCNN`, :func:`train_cnn`,
-:func:`detection_curve`) are public so the tutorials and tests can reuse them.
+The pieces (:func:`load_digits_data`, :class:`DigitsCNN`, :func:`train_cnn`) are public so the
+tutorials and tests can reuse them; the mislabel metrics are :mod:`captum_dualxda.metrics`'
+:func:`~captum_dualxda.metrics.mislabel_auc` and
+:func:`~captum_dualxda.metrics.mislabel_detection_curve`. With ``flip_rate=0`` nothing is
+flipped: the mislabel rows of the summary read "n/a" and no detection curve is drawn.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from tqdm import tqdm
 
 from .cache import check_writable_dir
 from .dualda import DualDA
+from .metrics import mislabel_auc, mislabel_detection_curve
 from .solver import fit_crammer_singer
 from .solver.problem import check_positive_number
 from .visualization import explain_figure, image_for_display
@@ -48,7 +52,6 @@ __all__ = [
     "DemoResult",
     "load_digits_data",
     "train_cnn",
-    "detection_curve",
     "run_demo",
     "check_demo_arguments",
     "DEFAULT_C",
@@ -263,72 +266,27 @@ def train_cnn(
 
 
 # --------------------------------------------------------------------------------------------
-# Mislabel detection metrics
+# Mislabel detection: captum_dualxda.metrics, with "undefined" as NaN ("n/a" in the summary)
 # --------------------------------------------------------------------------------------------
-def _roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
-    """ROC AUC of ``scores`` for the binary labels ``positives`` (rank-based, ties averaged).
+def _auc_or_nan(scores: np.ndarray, flipped: np.ndarray) -> float:
+    """:func:`~captum_dualxda.metrics.mislabel_auc`, or NaN where no label or every label is flipped.
 
-    Equals the probability that a random positive scores higher than a random negative (ties
-    count one half), i.e. ``sklearn.metrics.roc_auc_score(positives, scores)``.
-
-    Parameters
-    ----------
-    scores : numpy.ndarray
-        ``(n,)`` float, higher = more suspicious.
-    positives : numpy.ndarray
-        ``(n,)`` bool.
-
-    Returns
-    -------
-    float
-        NaN if there are no positives or no negatives.
+    The AUC is undefined then (``mislabel_auc`` raises); the demo reports it as "n/a".
     """
-    from scipy.stats import rankdata
-
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    positives = np.asarray(positives, dtype=bool).ravel()
-    n_pos = int(positives.sum())
-    n_neg = positives.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if not flipped.any() or flipped.all():
         return float("nan")
-    ranks = rankdata(scores, method="average")
-    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return mislabel_auc(scores, flipped)
 
 
-def detection_curve(scores: np.ndarray, positives: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Fraction of positives found vs fraction of samples inspected, highest scores first.
+def _found_in_top(scores: np.ndarray, flipped: np.ndarray, fraction: float) -> float:
+    """Share of the flipped labels among the ``ceil(fraction * n)`` highest scores (NaN if none flipped).
 
-    Parameters
-    ----------
-    scores : numpy.ndarray
-        ``(n,)`` float, higher = inspected earlier (a stable sort keeps index order among ties).
-    positives : numpy.ndarray
-        ``(n,)`` bool.
-
-    Returns
-    -------
-    inspected : numpy.ndarray
-        ``(n + 1,)`` float64, ``0, 1/n, ..., 1``.
-    found : numpy.ndarray
-        ``(n + 1,)`` float64, share of all positives among the first ``i`` inspected (all zeros
-        if there are no positives).
+    The point ``ceil(fraction * n) / n`` of :func:`~captum_dualxda.metrics.mislabel_detection_curve`.
     """
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    positives = np.asarray(positives, dtype=bool).ravel()
-    order = np.argsort(-scores, kind="stable")
-    hits = np.concatenate([[0], np.cumsum(positives[order])]).astype(np.float64)
-    inspected = np.arange(scores.size + 1, dtype=np.float64) / max(scores.size, 1)
-    return inspected, hits / max(int(positives.sum()), 1)
-
-
-def _found_in_top(scores: np.ndarray, positives: np.ndarray, fraction: float) -> float:
-    """Share of the positives among the ``ceil(fraction * n)`` highest scores (NaN without positives)."""
-    positives = np.asarray(positives, dtype=bool)
-    if not positives.any():
+    if not flipped.any():
         return float("nan")
-    m = int(math.ceil(fraction * positives.size))
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    return float(positives[order[:m]].sum() / positives.sum())
+    _, found = mislabel_detection_curve(scores, flipped)
+    return float(found[int(math.ceil(fraction * flipped.size))])
 
 
 # --------------------------------------------------------------------------------------------
@@ -467,22 +425,17 @@ class DemoResult:
 # --------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------
-def _curve_figure(scores: np.ndarray, flipped: np.ndarray, random_scores: np.ndarray,
-                  loss: np.ndarray) -> Figure:
+def _curve_figure(flipped: np.ndarray,
+                  rankings: List[Tuple[str, np.ndarray, float, Dict[str, object]]]) -> Figure:
+    """Detection curves of ``(name, scores, auc, plot style)`` rankings; needs a flipped label."""
     fig = Figure(figsize=(5.2, 4.2))
     ax = fig.add_subplot(1, 1, 1)
-    x, y = detection_curve(scores, flipped)
-    ax.plot(x, y, color="#b2182b", lw=2,
-            label=f"DualDA self-influence (AUC {_roc_auc(scores, flipped):.3f})")
-    xl, yl = detection_curve(loss, flipped)
-    ax.plot(xl, yl, color="#e08214", lw=1.2, ls="-.",
-            label=f"baseline: training loss (AUC {_roc_auc(loss, flipped):.3f})")
-    xr, yr = detection_curve(random_scores, flipped)
-    ax.plot(xr, yr, color="0.4", lw=1.2, label=f"random order (AUC {_roc_auc(random_scores, flipped):.3f})")
+    for name, scores, auc, style in rankings:
+        ax.plot(*mislabel_detection_curve(scores, flipped), **style,
+                label=f"{name} (AUC {'n/a' if math.isnan(auc) else format(auc, '.3f')})")
     ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="expected for random order")
-    rate = float(flipped.mean()) if flipped.size else 0.0
-    if rate > 0:
-        ax.plot([0, rate, 1], [0, 1, 1], color="#2166ac", ls=":", lw=1, label="perfect ranking")
+    rate = float(flipped.mean())
+    ax.plot([0, rate, 1], [0, 1, 1], color="#2166ac", ls=":", lw=1, label="perfect ranking")
     ax.axvline(0.1, color="0.85", lw=0.8, zorder=0)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
@@ -687,11 +640,11 @@ def _run(out_dir: str, flip_rate: float, C: float, k: int, seed: int, n_explain:
     # Self-influence ranking for mislabel detection.
     self_inf = dualda.self_influence().cpu().numpy()
     flipped = data.flipped.numpy()
-    auc = _roc_auc(self_inf, flipped)
+    auc = _auc_or_nan(self_inf, flipped)
     found_top10 = _found_in_top(self_inf, flipped, 0.10)
     random_scores = np.random.default_rng(seed).random(len(self_inf))
-    random_auc = _roc_auc(random_scores, flipped)
-    loss_auc = _roc_auc(train_loss, flipped)
+    random_auc = _auc_or_nan(random_scores, flipped)
+    loss_auc = _auc_or_nan(train_loss, flipped)
     loss_found_top10 = _found_in_top(train_loss, flipped, 0.10)
 
     files: Dict[str, str] = {}
@@ -723,9 +676,13 @@ def _run(out_dir: str, flip_rate: float, C: float, k: int, seed: int, n_explain:
         fig.savefig(path, dpi=dpi)
         files[f"explanation_{i}"] = path
 
-    if flipped.any():
+    if flipped.any():  # flip_rate=0: nothing to detect, no curve
         path = os.path.join(out_dir, "mislabel_detection.png")
-        _curve_figure(self_inf, flipped, random_scores, train_loss).savefig(path, dpi=dpi)
+        _curve_figure(flipped, [
+            ("DualDA self-influence", self_inf, auc, dict(color="#b2182b", lw=2)),
+            ("baseline: training loss", train_loss, loss_auc, dict(color="#e08214", lw=1.2, ls="-.")),
+            ("random order", random_scores, random_auc, dict(color="0.4", lw=1.2)),
+        ]).savefig(path, dpi=dpi)
         files["mislabel_detection"] = path
     path = os.path.join(out_dir, "mislabel_suspects.png")
     _suspects_figure(data, self_inf).savefig(path, dpi=dpi)

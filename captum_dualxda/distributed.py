@@ -7,8 +7,10 @@ duplicates no sample for any world size, including sizes that do not divide ``n`
 """
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+import math
+from typing import Any, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -17,6 +19,7 @@ __all__ = [
     "rank_and_world_size",
     "shard_indices",
     "gather_strided",
+    "assemble_strided",
     "all_reduce_sum",
     "merge_topk",
     "broadcast_object",
@@ -80,6 +83,122 @@ def gather_strided(local: torch.Tensor, n: int) -> torch.Tensor:
         count = len(range(r, n, world))
         out[r::world] = part[:count].to(local.device)
     return out
+
+
+# Bytes ``dst`` receives per round of :func:`assemble_strided` (all ranks' chunks together).
+_ASSEMBLE_ROUND_BYTES = 1 << 26
+
+
+def _put_rows(out: Union[torch.Tensor, np.ndarray], start: int, step: int, rows: torch.Tensor) -> None:
+    """Write ``rows`` ``(m, ...)`` to ``out[start], out[start + step], ...`` (tensor or memmap)."""
+    m = rows.shape[0]
+    if m == 0:
+        return
+    where = slice(start, start + step * (m - 1) + 1, step)
+    if isinstance(out, np.ndarray):
+        out[where] = rows.cpu().numpy()
+    else:
+        out[where] = rows.to(out.device)
+
+
+def assemble_strided(
+    local: Optional[torch.Tensor],
+    n: int,
+    out: Optional[Union[torch.Tensor, np.ndarray]] = None,
+    dst: int = 0,
+    chunk_rows: Optional[int] = None,
+) -> Optional[Union[torch.Tensor, np.ndarray]]:
+    """Assemble rows sharded with :func:`shard_indices` on ONE rank, in original order, streaming.
+
+    Unlike :func:`gather_strided` no rank but ``dst`` ever holds more than its own shard, and
+    ``dst`` never holds a second copy: the rows arrive in rounds of at most ``chunk_rows`` rows
+    per rank (every rank contributes its next chunk to one ``torch.distributed.gather``; ``dst``
+    writes them into place in ``out``). Works with gloo and NCCL (chunks travel on
+    :func:`communication_device`). Collective: call it on every rank.
+
+    Parameters
+    ----------
+    local : torch.Tensor or None
+        ``(len(shard_indices(n, rank, W)), *row_shape)`` this rank's rows in shard order (rank
+        ``r`` holds global rows ``r, r + W, ...``), on any device, possibly memory-mapped.
+        On ``dst`` only, ``None`` means its own rows are already in place in ``out``
+        (e.g. written there during extraction); then ``out`` fixes the row shape and dtype.
+        Row shape and dtype must be the same on every rank.
+    n : int
+        Total number of rows over all ranks.
+    out : torch.Tensor or numpy.ndarray, optional
+        ``(n, *row_shape)`` destination on ``dst`` (a tensor on any device, or a
+        ``numpy.memmap``; numpy casts to its dtype). ``None`` on ``dst``: a new tensor on
+        ``local``'s device. Ignored on the other ranks.
+    dst : int
+        The rank that receives everything.
+    chunk_rows : int, optional
+        Rows each rank sends per round; must be the same on every rank. Default: ``dst``
+        receives about 64 MiB per round (``W * chunk_rows`` rows), at least one row.
+
+    Returns
+    -------
+    torch.Tensor or numpy.ndarray or None
+        On ``dst``: ``out`` with row ``j`` taken from rank ``j % W``. ``None`` on the other ranks.
+        In one process: ``local`` (or ``out`` filled with it).
+
+    Raises
+    ------
+    ValueError
+        ``local`` does not hold exactly this rank's shard, ``out`` has the wrong shape, ``dst``
+        is not a rank, or ``chunk_rows < 1``.
+    """
+    rank, world = rank_and_world_size()
+    if not 0 <= dst < world:
+        raise ValueError(f"`dst` must lie in 0..{world - 1}, got {dst}.")
+    if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
+        raise ValueError(f"`chunk_rows` must be None or an integer >= 1, got {chunk_rows!r}.")
+    expected = len(shard_indices(n, rank, world))
+    if local is None:
+        if rank != dst or out is None:
+            raise ValueError("`local` may be None only on `dst`, with its rows already in `out`.")
+        row_shape = tuple(out.shape[1:])
+        dtype = out.dtype if isinstance(out, torch.Tensor) else torch.from_numpy(np.empty(0, dtype=out.dtype)).dtype
+    else:
+        if local.shape[0] != expected:
+            raise ValueError(
+                f"`local` must hold this rank's {expected} rows (shard_indices(n={n}, rank={rank}, "
+                f"world_size={world})), got {local.shape[0]}."
+            )
+        row_shape, dtype = tuple(local.shape[1:]), local.dtype
+    if rank == dst:
+        if out is None:
+            if world == 1:
+                return local
+            out = torch.empty((n, *row_shape), dtype=dtype, device=local.device)  # type: ignore[union-attr]
+        elif tuple(out.shape) != (n, *row_shape):
+            raise ValueError(f"`out` must have shape {(n, *row_shape)}, got {tuple(out.shape)}.")
+    if world == 1:
+        if local is not None and out is not local:
+            _put_rows(out, 0, 1, local)  # type: ignore[arg-type]
+        return out
+    row_bytes = max(1, math.prod(row_shape)) * torch.empty(0, dtype=dtype).element_size()
+    if chunk_rows is None:
+        chunk_rows = max(1, _ASSEMBLE_ROUND_BYTES // (world * row_bytes))
+    comm = communication_device()
+    send = torch.zeros((chunk_rows, *row_shape), dtype=dtype, device=comm)
+    receive = [torch.empty_like(send) for _ in range(world)] if rank == dst else None
+    counts = [len(shard_indices(n, r, world)) for r in range(world)]
+    for first in range(0, -(-n // world), chunk_rows):  # same rounds on every rank
+        mine = min(chunk_rows, max(0, counts[rank] - first))
+        if local is not None and mine:
+            send[:mine] = local[first : first + mine].to(comm)
+        dist.gather(send, gather_list=receive, dst=dst)
+        if receive is None:
+            continue
+        for r, part in enumerate(receive):
+            if r == dst and local is None:
+                continue
+            count = min(chunk_rows, max(0, counts[r] - first))
+            _put_rows(out, r + world * first, world, part[:count])  # type: ignore[arg-type]
+    if isinstance(out, np.memmap):
+        out.flush()
+    return out if rank == dst else None
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

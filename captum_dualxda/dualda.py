@@ -31,10 +31,12 @@ from .features import (
     layer_name,
     model_device,
     resolve_linear_layer,
+    shard_path,
     split_batch,
 )
 from .solver import fit_crammer_singer
 from .solver.problem import check_positive_number, row_chunk, row_squared_norms, support_mask
+from .solver.sparse_dual import dual_rows
 
 __all__ = ["DualDA"]
 
@@ -54,6 +56,13 @@ def _hinge_loss(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tens
         margins[torch.arange(y.shape[0], device=y.device), y] -= 1.0
         out[start : start + chunk] = (margins.amax(1) - own).clamp_min(0.0)  # >= 0 up to rounding
     return out
+
+
+def _without_support_features(state: Any) -> Any:
+    """The fit state minus its ``(n_sv, d)`` support features (an error or None unchanged)."""
+    if not isinstance(state, dict):
+        return state
+    return {name: value for name, value in state.items() if name != "support_features"}
 
 
 class DualDA(DataInfluence):
@@ -97,20 +106,28 @@ class DualDA(DataInfluence):
         Solver backend (see :func:`~captum_dualxda.solver.fit_crammer_singer`).
     distributed : bool, optional
         Scale out over an initialised ``torch.distributed`` process group (default: whenever one
-        with more than one process is initialised). Every rank extracts the features of its
-        strided shard of ``train_dataset``, rank 0 solves and broadcasts the fit, and every rank
-        keeps and scores a strided shard of the support vectors; ``influence`` and
+        with more than one process is initialised). Rank ``r`` of ``W`` extracts the features of
+        its strided shard ``r, r + W, ...`` of ``train_dataset`` and keeps them; rank 0 alone
+        receives all of them (in bounded chunks), solves, and broadcasts the small fit state
+        (support indices and coefficients, weight, intercept, labels, norms, hinge loss, stats).
+        Rank ``r`` then keeps and scores the support vectors ``j`` with ``j % W == r``, whose
+        features it extracted itself. With ``cache_dir``, rank 0 decides whether the cache hits
+        (the directories may differ per rank) and sends a hit to every rank. ``influence`` and
         ``self_influence`` are collective calls (all ranks, same inputs) and return identical
         results on every rank, equal to a single-process run. See ``docs/scaling.md``.
     memory_budget : int, optional
         Bytes the training features may occupy in memory. Above it (``4 * n_train * d``), they
         are written to a memory-mapped file in ``cache_dir`` (required then) and the solver
         streams them; after the fit only the support vectors' features stay in memory.
+        Distributed, rank 0 maps the full ``(n_train, d)`` file and rank ``r > 0`` a file of its
+        shard only (``<name>.rank<r>.npy``); no file is shared, so ``cache_dir`` may be
+        node-local scratch. The files are deleted after the fit.
 
     Attributes
     ----------
     coefficients : torch.Tensor
-        ``(n_train, K)`` float32 dual variables ``a_i^c`` (CPU); zero rows off the support.
+        ``(n_train, K)`` float32 dual variables ``a_i^c`` (CPU); zero rows off the support. Built
+        on first access; scoring uses only the support vectors' rows.
     support_indices : torch.Tensor
         ``(n_sv,)`` int64 training indices with a non-zero coefficient row.
     weight : torch.Tensor
@@ -208,35 +225,49 @@ class DualDA(DataInfluence):
     def _fit(self, show_progress: bool) -> None:
         rank, _ = rank_and_world_size() if self.distributed else (0, 1)
         key = None
+        state: Any = None
         if self.cache_dir is not None:
             key = self._fingerprint()
             self.cache_path = os.path.join(self.cache_dir, f"dualda-{key[:32]}.pt")
-            state = load_cache(self.cache_path, key)
-            if state is not None:
-                self._load_state(state)
-                self.fit_stats["from_cache"] = True
-                return
+            if rank == 0:
+                state = load_cache(self.cache_path, key)
+        if self.distributed:
+            # Rank 0 alone decides whether the cache hits: cache directories may be node-local and
+            # hold different files on different ranks, and ranks that disagreed would enter
+            # different collectives. A hit sends the whole cached state (support features
+            # included; nobody extracts); a miss sends None.
+            state = broadcast_object(state)
+        if state is not None:
+            self._load_state(state)
+            self.fit_stats["from_cache"] = True
+            return
         start = time.perf_counter()
         mmap_path = self._out_of_core_path(key)
-        features, labels = extract_features(
-            self.model,
-            self.final_fc_layer,
-            self.train_dataloader,
-            self.device if mmap_path is None else torch.device("cpu"),
-            show_progress and rank == 0,
-            distributed=self.distributed,
-            out_path=mmap_path,
-        )
-        extraction_time = time.perf_counter() - start
-        state = self._solve(features, labels, key, extraction_time, show_progress) if rank == 0 else None
-        del features
-        if mmap_path is not None and rank == 0:
-            os.unlink(mmap_path)
-        if self.distributed:
-            state = broadcast_object(state)
-        if isinstance(state, Exception):
-            raise state
-        self._load_state(state)
+        # The memory-map file this rank writes: rank 0 the full matrix, rank r > 0 its shard.
+        local_path = None if mmap_path is None else (mmap_path if rank == 0 else shard_path(mmap_path, rank))
+        try:
+            features, labels = extract_features(
+                self.model,
+                self.final_fc_layer,
+                self.train_dataloader,
+                self.device if mmap_path is None else torch.device("cpu"),
+                show_progress and rank == 0,
+                distributed=self.distributed,
+                out_path=mmap_path,
+            )
+            extraction_time = time.perf_counter() - start
+            state = self._solve(features, labels, key, extraction_time, show_progress) if rank == 0 else None
+            # Distributed, only the small state travels (support indices and coefficients, weight,
+            # intercept, labels, norms, hinge loss, statistics): every rank takes its support
+            # vectors' features from the rows it extracted itself.
+            shared = broadcast_object(_without_support_features(state)) if self.distributed else state
+            if isinstance(shared, Exception):
+                raise shared
+            self._load_state(shared, features)
+            del features
+        finally:
+            if local_path is not None and os.path.exists(local_path):
+                os.unlink(local_path)
         self.fit_stats["from_cache"] = False
         if self.cache_path is not None and rank == 0:
             atomic_save(state, self.cache_path)
@@ -275,6 +306,12 @@ class DualDA(DataInfluence):
             device=self.device,
         )
         support = support_mask(result.alpha, self.C).nonzero().flatten()
+        # float32 rows of the support vectors, built in 32 MiB chunks (no float64 (n_sv, K) copy)
+        support_coefficients = torch.empty(support.numel(), self.n_classes, dtype=torch.float32)
+        chunk = row_chunk(self.n_classes)
+        for start in range(0, support.numel(), chunk):
+            rows = dual_rows(result.alpha, support[start : start + chunk])
+            support_coefficients[start : start + chunk] = rows.float().cpu()
         hinge = _hinge_loss(features, labels, result.weight, result.intercept)
         squared_norms = row_squared_norms(features)
         return {
@@ -282,7 +319,7 @@ class DualDA(DataInfluence):
             "version": _CACHE_VERSION,
             "n_train": features.shape[0],
             "support_indices": support.cpu(),
-            "support_coefficients": result.alpha[support].float().cpu(),
+            "support_coefficients": support_coefficients,
             "support_features": features[support.to(features.device)].float().cpu(),
             "train_labels": labels.cpu(),
             "train_squared_norms": squared_norms.float().cpu(),
@@ -301,7 +338,18 @@ class DualDA(DataInfluence):
             },
         }
 
-    def _load_state(self, state: Dict[str, Any]) -> None:
+    def _load_state(self, state: Dict[str, Any], local_features: Optional[torch.Tensor] = None) -> None:
+        """Set the fitted attributes from a state dict (a fresh fit, a cache, or rank 0's broadcast).
+
+        Parameters
+        ----------
+        state : dict
+            As built by ``_solve_state``; ``support_features`` ``(n_sv, d)`` may be absent after a
+            distributed fit, then ``local_features`` supplies this rank's support rows.
+        local_features : torch.Tensor, optional
+            The features this rank extracted: ``(n_train, d)`` on rank 0 (or in one process),
+            ``(len(shard_indices(n_train, r, W)), d)`` on rank ``r > 0``.
+        """
         self.n_train = int(state["n_train"])
         self.support_indices = state["support_indices"].long()
         self.train_labels = state["train_labels"].long()
@@ -310,17 +358,46 @@ class DualDA(DataInfluence):
         self.fit_stats = dict(state["fit_stats"])
         self._train_squared_norms = state["train_squared_norms"]
         self.train_hinge_loss = state["train_hinge_loss"]
-        coefficients = torch.zeros(self.n_train, self.n_classes, dtype=torch.float32)
-        coefficients[self.support_indices] = state["support_coefficients"]
-        self.coefficients = coefficients
-        # Distributed: each rank keeps (and scores) the strided shard rank, rank + W, ... of the
-        # support vectors; results are merged exactly in `influence`.
+        own = state["support_coefficients"].gather(1, self.train_labels[self.support_indices][:, None])
+        self._own_coefficients = torch.zeros(self.n_train, dtype=torch.float32)
+        self._own_coefficients[self.support_indices] = own.squeeze(1)
+        self._all_support_coefficients = state["support_coefficients"]
+        self._coefficients: Optional[torch.Tensor] = None
+        # Distributed: rank r keeps (and scores) the support vectors j with j % W == r, those whose
+        # features it extracted itself; `influence` merges the disjoint per-rank results exactly.
         rank, world = rank_and_world_size() if self.distributed else (0, 1)
         self._rank = rank
-        local = slice(rank, None, world)
-        self._support_coefficients = state["support_coefficients"][local].to(self.device)
-        self._support_features = state["support_features"][local].to(self.device)
-        self._support_on_device = self.support_indices[local].to(self.device)
+        support_coefficients = state["support_coefficients"]
+        local_indices = self.support_indices
+        owned = None
+        if world > 1:
+            owned = (self.support_indices % world == rank).nonzero().flatten()
+            local_indices = self.support_indices[owned]
+            support_coefficients = support_coefficients[owned]
+        if "support_features" in state:  # one process, or a cache hit broadcast by rank 0
+            support_features = state["support_features"] if owned is None else state["support_features"][owned]
+        elif local_features is not None:
+            # Rank 0 extracted all n rows; rank r > 0 only its shard, whose row i is sample r + i W.
+            rows = local_indices if rank == 0 else torch.div(local_indices - rank, world, rounding_mode="floor")
+            support_features = local_features[rows.to(local_features.device)].float()
+        else:
+            raise RuntimeError("The fit state holds no support features and no local features were given.")
+        self._support_coefficients = support_coefficients.to(self.device)
+        self._support_features = support_features.to(self.device)
+        self._support_on_device = local_indices.to(self.device)
+
+    @property
+    def coefficients(self) -> torch.Tensor:
+        """``(n_train, K)`` float32 dual variables ``a_i^c`` (CPU); zero rows off the support.
+
+        Built on first access (``4 n_train K`` bytes) from the support vectors' rows, which are
+        all that scoring needs.
+        """
+        if self._coefficients is None:
+            dense = torch.zeros(self.n_train, self.n_classes, dtype=torch.float32)
+            dense[self.support_indices] = self._all_support_coefficients
+            self._coefficients = dense
+        return self._coefficients
 
     @property
     def sparsity(self) -> float:
@@ -449,8 +526,7 @@ class DualDA(DataInfluence):
                 "`inputs` of DualDA.self_influence must be None or the training set: DualDA has dual "
                 "variables only for its training samples. For other samples use `influence`."
             )
-        own = self.coefficients.gather(1, self.train_labels[:, None]).squeeze(1)
-        return (own * self._train_squared_norms).to(self.device)
+        return (self._own_coefficients * self._train_squared_norms).to(self.device)
 
     def _is_training_set(self, inputs: Any) -> bool:
         own = self.train_dataloader.dataset

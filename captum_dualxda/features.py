@@ -6,6 +6,7 @@ DualDA and XDA both work on ``phi(x)``: the INPUT of the network's final ``nn.Li
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -15,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from torch.utils.data.dataloader import default_collate
 from tqdm import tqdm
 
-from .distributed import gather_strided, rank_and_world_size, shard_indices
+from .distributed import assemble_strided, gather_strided, rank_and_world_size, shard_indices
 
 __all__ = [
     "resolve_linear_layer",
@@ -27,6 +28,7 @@ __all__ = [
     "batch_features",
     "batch_features_and_output",
     "extract_features",
+    "shard_path",
     "all_finite",
     "dataset_items",
 ]
@@ -247,6 +249,31 @@ def _shard_loader(loader: DataLoader, rank: int, world_size: int) -> Tuple[DataL
     return sharded, n
 
 
+def shard_path(out_path: str, rank: int) -> str:
+    """Rank-local memory-map file of rank ``rank > 0`` next to ``out_path``: ``<stem>.rank<r>.npy``.
+
+    Distinct per rank, so ranks never write the same file even when ``out_path`` lies on a
+    filesystem they share.
+    """
+    root, ext = os.path.splitext(out_path)
+    return f"{root}.rank{rank}{ext or '.npy'}"
+
+
+def _feature_dtype(layer: nn.Linear) -> torch.dtype:
+    """dtype extracted features are kept in: float64 for a float64 layer, float32 otherwise."""
+    return torch.float64 if layer.weight.dtype == torch.float64 else torch.float32
+
+
+def _put(target: Union[torch.Tensor, np.ndarray], start: int, step: int, rows: torch.Tensor) -> None:
+    """Write ``rows`` ``(m, d)`` to ``target[start], target[start + step], ...``."""
+    m = rows.shape[0]
+    where = slice(start, start + step * (m - 1) + 1, step)
+    if isinstance(target, np.ndarray):
+        target[where] = rows.float().cpu().numpy()
+    else:
+        target[where] = rows
+
+
 def extract_features(
     model: nn.Module,
     layer: nn.Linear,
@@ -270,45 +297,67 @@ def extract_features(
     show_progress : bool
     desc : str
     distributed : bool
-        Each rank of the initialised process group extracts the strided shard
-        ``rank, rank + W, ...`` of ``loader.dataset``; the shards are reassembled in the original
-        order (identical to a single-process run). A no-op without a process group.
+        Each rank ``r`` of the initialised process group (``W`` ranks) extracts the strided shard
+        ``r, r + W, ...`` of ``loader.dataset`` (a map-style Dataset) and keeps it locally; rank
+        0 then receives the other shards in bounded chunks
+        (:func:`~captum_dualxda.distributed.assemble_strided`). No rank but 0 ever holds more
+        than its own shard, and nothing is written to a file two ranks share. Collective: call
+        it on every rank. A no-op without a process group.
     out_path : str, optional
-        Write float32 features to a memory-mapped file at this path instead of holding them in
-        memory (out-of-core). With ``distributed``, every rank writes its rows into the same file
-        (shared filesystem required).
+        Write float32 features to a memory-mapped ``.npy`` file instead of holding them in
+        memory (out-of-core). With ``distributed``, only rank 0 opens ``out_path`` (``(N, d)``,
+        filled in original order); rank ``r > 0`` writes its shard to its own file
+        :func:`shard_path` ``(out_path, r)`` next to it (in memory if its shard is empty). The
+        directory need not be shared between ranks (node-local scratch works); the caller
+        deletes the files.
 
     Returns
     -------
     features : torch.Tensor
         ``(N, d)`` float32 (float64 if the model computes in float64 and ``out_path`` is None);
-        backed by the memory-mapped file when ``out_path`` is given.
+        backed by the memory-mapped file when ``out_path`` is given. With ``distributed``,
+        rank 0 gets all ``N`` rows (bitwise those of a single-process run); rank ``r > 0`` only
+        its shard, ``(len(shard_indices(N, r, W)), d)``, whose row ``i`` is training sample
+        ``r + i * W``.
     labels : torch.Tensor
-        ``(N,)`` int64 on ``device``.
+        ``(N,)`` int64 on ``device``, all ``N`` labels on every rank.
+
+    Raises
+    ------
+    ValueError
+        ``distributed`` with an IterableDataset or a dataset without a length.
     """
     device = torch.device("cpu") if device is None else torch.device(device)
     rank, world = rank_and_world_size() if distributed else (0, 1)
     n_total: Optional[int] = None
-    positions: Optional[List[int]] = None
     if world > 1:
         loader, n_total = _shard_loader(loader, rank, world)
-        positions = list(shard_indices(n_total, rank, world))
-    mapped = None
-    if out_path is not None:
-        n_rows = n_total if n_total is not None else len(loader.dataset)  # type: ignore[arg-type]
-        if rank == 0:
-            np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float32, shape=(n_rows, layer.in_features)).flush()
-        _barrier(world)
-        mapped = np.load(out_path, mmap_mode="r+")
-    feats: List[torch.Tensor] = []
-    labels: List[torch.Tensor] = []
-    written = 0
-    # Known length: fill one preallocated tensor (peak 4nd bytes, not 8nd for list + cat).
     try:
         n_local: Optional[int] = len(loader.dataset)  # type: ignore[arg-type]
     except TypeError:
         n_local = None
-    filled: Optional[torch.Tensor] = None
+    d = layer.in_features
+    # Where this process's rows go: row i of its stream lands at target[i * step].
+    # Single process: (N, d), in order. Distributed rank 0: the full (N, d) result, its own
+    # rows at 0, W, 2W, ... (written in place, so it never holds its shard twice). Rank r > 0:
+    # its shard only, in order. Out of core, rank r > 0 writes a rank-suffixed file rather than
+    # keeping its shard in memory, so `memory_budget` holds on every rank (a shard is N / W of
+    # the features, still 4 N d / W bytes) and no file is shared: the directory may be
+    # node-local.
+    step = world if rank == 0 else 1
+    target: Optional[Union[torch.Tensor, np.ndarray]] = None
+    target_path: Optional[str] = None
+    if out_path is not None:
+        rows_here = n_total if (world > 1 and rank == 0) else n_local
+        if rows_here is None:
+            rows_here = len(loader.dataset)  # type: ignore[arg-type]  (raises for unsized data)
+        if rows_here > 0:
+            target_path = out_path if rank == 0 else shard_path(out_path, rank)
+            target = np.lib.format.open_memmap(target_path, mode="w+", dtype=np.float32, shape=(rows_here, d))
+    rows_in_memory = n_total if (world > 1 and rank == 0) else n_local
+    feats: List[torch.Tensor] = []
+    labels: List[torch.Tensor] = []
+    written = 0
     try:
         total = len(loader)
     except TypeError:
@@ -318,39 +367,43 @@ def extract_features(
         phi = batch_features(model, layer, inputs)
         if phi.dtype != torch.float64:
             phi = phi.float()
-        if mapped is not None:
-            rows = positions[written : written + phi.shape[0]] if positions is not None else slice(written, written + phi.shape[0])
-            mapped[rows] = phi.float().cpu().numpy()
-        elif n_local is not None:
-            if filled is None:
-                filled = torch.empty((n_local, phi.shape[1]), dtype=phi.dtype, device=device)
-            filled[written : written + phi.shape[0]] = phi
+        if target is None and out_path is None and rows_in_memory is not None:
+            # Known length: fill one preallocated tensor (peak 4nd bytes, not 8nd for list + cat).
+            # Distributed, every rank uses the layer's dtype, so the assembled chunks agree.
+            dtype = _feature_dtype(layer) if world > 1 else phi.dtype
+            target = torch.empty((rows_in_memory, phi.shape[1]), dtype=dtype, device=device)
+        if target is not None:
+            _put(target, written * step, step, phi)
         else:
             feats.append(phi.to(device))
         labels.append(targets.to(device))
         written += phi.shape[0]
     label_tensor = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=device)
-    if world > 1:
-        label_tensor = gather_strided(label_tensor, n_total)  # type: ignore[arg-type]
-    if mapped is not None:
-        mapped.flush()
-        _barrier(world)
-        del mapped
-        return torch.from_numpy(np.load(out_path, mmap_mode="r+")), label_tensor
-    if filled is not None:
-        features = filled[:written]
-    elif feats:
-        features = torch.cat(feats)
-    else:  # an empty shard (more ranks than samples)
-        features = torch.empty((0, layer.in_features), device=device)
-    if world > 1:
-        features = gather_strided(features, n_total)  # type: ignore[arg-type]
-    return features, label_tensor
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        torch.distributed.barrier()
+    if world == 1:
+        if isinstance(target, np.ndarray):
+            target.flush()
+            del target
+            return torch.from_numpy(np.load(target_path, mmap_mode="r+")), label_tensor
+        if target is not None:
+            features = target[:written]
+        elif feats:
+            features = torch.cat(feats)
+        else:
+            features = torch.empty((0, d), device=device)
+        return features, label_tensor
+    label_tensor = gather_strided(label_tensor, n_total)  # type: ignore[arg-type]
+    # Chunks travel in the dtype rank 0 assembles into: float32 out of core (`out_path` is given
+    # on every rank or on none), the layer's dtype in memory.
+    wire = torch.float32 if out_path is not None else _feature_dtype(layer)
+    if target is None:  # an empty shard (more ranks than samples)
+        target = torch.empty((0, d), dtype=wire, device=device)
+    local = torch.from_numpy(target) if isinstance(target, np.ndarray) else target
+    assemble_strided(None if rank == 0 else local.to(wire), n_total, out=target if rank == 0 else None)  # type: ignore[arg-type]
+    if isinstance(target, np.ndarray):
+        target.flush()
+        del local, target
+        return torch.from_numpy(np.load(target_path, mmap_mode="r+")), label_tensor
+    return target, label_tensor
 
 
 def dataset_items(data: Union[Dataset, DataLoader], indices: Sequence[int]) -> Tuple[Any, ...]:

@@ -162,6 +162,11 @@ def mislabel_detection_curve(scores: ArrayLike, flipped: ArrayLike) -> Tuple[np.
         ``(n_train + 1,)`` float64, ``0, 1/n, ..., 1``.
     found : np.ndarray
         ``(n_train + 1,)`` float64, non-decreasing from 0 to 1.
+
+    Raises
+    ------
+    ValueError
+        If no sample is flipped (the fraction found is undefined), or on mismatched shapes.
     """
     values = _numpy(scores, "scores", 1).astype(np.float64)
     mask = _flags(flipped, values.shape[0])
@@ -623,6 +628,7 @@ def sweep_C(
     from .features import as_dataloader, extract_features, model_device, resolve_linear_layer
     from .solver import fit_crammer_singer_path
     from .solver.problem import support_mask
+    from .solver.sparse_dual import dual_to_dense
     from .dualda import _hinge_loss
 
     layer = resolve_linear_layer(model, final_fc_layer)
@@ -653,7 +659,7 @@ def sweep_C(
     rows: List[SweepRow] = []
     for C, result in zip(values, results):
         support = support_mask(result.alpha, C).cpu()
-        alpha = result.alpha.cpu()
+        alpha = dual_to_dense(result.alpha).cpu()
         weight, intercept = result.weight.double().cpu(), result.intercept.double().cpu()
         row = SweepRow(
             method=f"DualDA C={C:g}",

@@ -99,23 +99,28 @@ def test_run_demo_rejects_bad_settings_before_training(kwargs, word, tmp_path, m
 # ------------------------------------------------------------------------------------------
 # Pieces
 # ------------------------------------------------------------------------------------------
-def test_roc_auc_matches_sklearn_with_ties():
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        n = int(rng.integers(5, 60))
-        labels = rng.random(n) < 0.3
-        labels[0], labels[1] = True, False
-        scores = rng.integers(0, 4, n).astype(float)           # many ties
-        assert demo._roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
-    assert np.isnan(demo._roc_auc(np.arange(4.0), np.zeros(4, bool)))
+def test_flip_rate_zero_reports_na_instead_of_crashing(tmp_path):
+    """Nothing flipped: metrics.mislabel_auc / mislabel_detection_curve would raise; the demo says n/a."""
+    result = demo.run_demo(str(tmp_path), **{**SMALL, "flip_rate": 0.0, "n_explain": 0})
+    assert result.n_flipped == 0 and not result.flipped.any()
+    for name in ("auc", "found_top10", "random_auc", "loss_auc", "loss_found_top10"):
+        assert np.isnan(getattr(result, name)), name
+    assert set(result.files) == {"mislabel_suspects", "self_influence"}   # no detection curve
+    summary = result.summary()
+    for row in ("mislabel detection ROC AUC (self-influence)", "flipped labels found in top 10 % of ranking"):
+        line = [line for line in summary.splitlines() if line.startswith(row)]
+        assert len(line) == 1 and line[0].split()[-1] == "n/a", row
+    assert "n/a / n/a" in summary and "0 (0.0 %)" in summary
 
 
-def test_detection_curve():
+def test_undefined_auc_and_recall_are_nan():
     scores = np.array([0.9, 0.1, 0.8, 0.2])
+    assert np.isnan(demo._auc_or_nan(scores, np.zeros(4, bool)))
+    assert np.isnan(demo._auc_or_nan(scores, np.ones(4, bool)))      # no clean sample either
+    assert np.isnan(demo._found_in_top(scores, np.zeros(4, bool), 0.5))
     positives = np.array([True, False, False, True])
-    inspected, found = demo.detection_curve(scores, positives)
-    np.testing.assert_allclose(inspected, [0, 0.25, 0.5, 0.75, 1.0])
-    np.testing.assert_allclose(found, [0, 0.5, 0.5, 1.0, 1.0])
+    assert demo._auc_or_nan(scores, positives) == pytest.approx(roc_auc_score(positives, scores))
+    assert demo._found_in_top(scores, positives, 0.5) == 0.5           # top 2: indices 0 and 2
 
 
 def test_load_digits_data_flips_deterministically():

@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from captum_dualxda import DualDA
-from captum_dualxda.distributed import shard_indices
-from captum_dualxda.features import extract_features
+from captum_dualxda.distributed import assemble_strided, shard_indices
+from captum_dualxda.features import extract_features, shard_path
 
 WORLD = 2
 N_TRAIN = 301  # odd: the shards are uneven
@@ -42,7 +42,32 @@ def run_all(net, train, x_test, **kwargs):
         "self_influence": dualda.self_influence(),
         "n_local_support": dualda._support_features.shape[0],
         "n_support": dualda.support_indices.numel(),
+        "from_cache": dualda.fit_stats["from_cache"],
+        "fit_stats": dualda.fit_stats,
     }
+
+
+def assemble_cases(rank, out_dir):
+    """assemble_strided on uneven sizes (n=301; n=1: rank 1's shard is empty), tensor and memmap."""
+    results = {}
+    for n in (301, 1):
+        full = torch.arange(n * 3, dtype=torch.float32).reshape(n, 3)
+        local = full[rank::WORLD]
+        for chunk_rows in (None, 7):
+            results[(n, chunk_rows, "tensor")] = assemble_strided(local, n, chunk_rows=chunk_rows)
+            mapped = None
+            if rank == 0:
+                mapped = np.lib.format.open_memmap(
+                    os.path.join(out_dir, f"assembled{n}-{chunk_rows}.npy"), mode="w+", dtype=np.float32, shape=(n, 3)
+                )
+            got = assemble_strided(local, n, out=mapped, chunk_rows=chunk_rows)
+            results[(n, chunk_rows, "memmap")] = None if got is None else torch.from_numpy(np.array(got))
+        # To rank 1, whose own rows are already in place in `out`.
+        out = full.clone() if rank == 1 else None
+        if out is not None:
+            out[0::WORLD] = -1.0
+        results[(n, "dst1")] = assemble_strided(None if rank == 1 else local, n, out=out, dst=1, chunk_rows=5)
+    return results
 
 
 def worker(rank, init_file, out_dir):
@@ -50,9 +75,28 @@ def worker(rank, init_file, out_dir):
     try:
         net, train, x_test = make_problem()
         result = run_all(net, train, x_test)  # distributed=None: automatic
-        result["out_of_core"] = run_all(
-            net, train, x_test, distributed=True, cache_dir=os.path.join(out_dir, "cache"), memory_budget=0
-        )["scores"]
+        # Sharded extraction: rank 0 gets every row, rank r > 0 only its shard; in memory and
+        # memory-mapped into a rank-local directory (no shared file).
+        local_dir = os.path.join(out_dir, f"scratch{rank}")
+        os.makedirs(local_dir)
+        loader = DataLoader(train, batch_size=32)
+        result["sharded"] = extract_features(net, net[2], loader, distributed=True)
+        mapped, labels = extract_features(net, net[2], loader, distributed=True, out_path=os.path.join(local_dir, "f.npy"))
+        result["sharded_mapped"] = (mapped.clone(), labels)
+        result["scratch_files"] = sorted(os.listdir(local_dir))
+        del mapped
+        result["assemble"] = assemble_cases(rank, local_dir)
+        # Out of core with a different cache_dir per rank (node-local scratch, nothing shared).
+        cache = os.path.join(out_dir, f"cache{rank}")
+        out_of_core = run_all(net, train, x_test, distributed=True, cache_dir=cache, memory_budget=0)
+        result["out_of_core"] = {key: out_of_core[key] for key in ("scores", "proponents", "opponents", "from_cache")}
+        result["cache_files"] = sorted(os.listdir(cache))
+        # Rank 0 hits its cache, rank 1's directory is empty: rank 0's decision holds for both.
+        hit = run_all(net, train, x_test, distributed=True, cache_dir=cache)
+        # Only rank 1 finds a cache file (rank 0's directory is empty): everyone refits.
+        miss = run_all(net, train, x_test, distributed=True, cache_dir=os.path.join(out_dir, "cache0" if rank else "empty0"))
+        for name, run in (("cache_hit", hit), ("cache_miss", miss)):
+            result[name] = {key: run[key] for key in ("scores", "proponents", "from_cache", "fit_stats", "n_local_support")}
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -108,9 +152,71 @@ def test_distributed_topk_equals_single_process(distributed_results, single_resu
         assert len(set(indices[0].tolist())) == indices.shape[1]
 
 
-def test_out_of_core_equals_in_memory(distributed_results, single_results, tmp_path):
+def test_sharded_extraction_keeps_shards_local(distributed_results, single_results):
+    features, labels = single_results["features"], single_results["labels"]
+    for rank, result in enumerate(distributed_results):
+        for key in ("sharded", "sharded_mapped"):
+            local, local_labels = result[key]
+            assert torch.equal(local_labels, labels)  # all labels on every rank
+            if rank == 0:
+                assert torch.equal(local, features)  # bitwise the single-process matrix
+            else:
+                assert local.shape[0] == len(shard_indices(N_TRAIN, rank, WORLD))
+                assert torch.equal(local, features[rank::WORLD])
+    # Rank 0 maps the full file; rank 1 only its own, rank-suffixed one.
+    assert distributed_results[0]["scratch_files"] == ["f.npy"]
+    assert distributed_results[1]["scratch_files"] == [os.path.basename(shard_path("f.npy", 1))]
+
+
+@pytest.mark.parametrize("n", [301, 1])
+def test_assemble_strided_restores_order_on_one_rank(distributed_results, n):
+    full = torch.arange(n * 3, dtype=torch.float32).reshape(n, 3)
+    root, other = (result["assemble"] for result in distributed_results)
+    for chunk_rows in (None, 7):
+        for out in ("tensor", "memmap"):
+            assert torch.equal(root[(n, chunk_rows, out)], full)
+            assert other[(n, chunk_rows, out)] is None
+    assert torch.equal(other[(n, "dst1")], full) and root[(n, "dst1")] is None
+
+
+def test_assemble_strided_single_process_and_errors(tmp_path):
+    local = torch.randn(5, 2)
+    assert assemble_strided(local, 5) is local
+    out = np.lib.format.open_memmap(str(tmp_path / "a.npy"), mode="w+", dtype=np.float32, shape=(5, 2))
+    assert torch.equal(torch.from_numpy(np.array(assemble_strided(local, 5, out=out))), local)
+    with pytest.raises(ValueError, match="`local`"):
+        assemble_strided(local, 6)
+    with pytest.raises(ValueError, match="`out`"):
+        assemble_strided(local, 5, out=torch.empty(4, 2))
+    with pytest.raises(ValueError, match="`chunk_rows`"):
+        assemble_strided(local, 5, chunk_rows=0)
+
+
+def test_out_of_core_with_rank_local_cache_dirs(distributed_results, single_results):
     for result in distributed_results:
-        assert torch.allclose(result["out_of_core"], single_results["scores"], atol=1e-6, rtol=0)
+        out_of_core = result["out_of_core"]
+        assert not out_of_core["from_cache"]
+        assert torch.allclose(out_of_core["scores"], single_results["scores"], atol=1e-6, rtol=0)
+        for key in ("proponents", "opponents"):
+            assert torch.allclose(out_of_core[key][1], single_results[key][1], atol=1e-6, rtol=0)
+    # Rank 0 wrote the fit; no feature file is left on any rank.
+    assert [f.startswith("dualda-") for f in distributed_results[0]["cache_files"]] == [True]
+    assert distributed_results[1]["cache_files"] == []
+
+
+@pytest.mark.parametrize("case,from_cache", [("cache_hit", True), ("cache_miss", False)])
+def test_rank0_decides_cache_hits(distributed_results, single_results, case, from_cache):
+    runs = [result[case] for result in distributed_results]
+    assert [run["from_cache"] for run in runs] == [from_cache] * WORLD
+    assert runs[0]["fit_stats"] == runs[1]["fit_stats"]
+    assert sum(run["n_local_support"] for run in runs) == single_results["n_support"]
+    for run in runs:
+        assert torch.equal(run["scores"], runs[0]["scores"])
+        assert torch.equal(run["proponents"][0], runs[0]["proponents"][0])
+        assert torch.allclose(run["scores"], single_results["scores"], atol=1e-6, rtol=0)
+
+
+def test_out_of_core_equals_in_memory(distributed_results, single_results, tmp_path):
     net, train, x_test = make_problem()
     pred = net(x_test).argmax(1)
     mapped = DualDA(net, "2", train, C=0.05, cache_dir=str(tmp_path), memory_budget=1000)

@@ -71,6 +71,17 @@ def test_mislabel_detection_curve_hand_computed():
     np.testing.assert_allclose(found, [0, 0.5, 0.5, 1.0, 1.0, 1.0])
 
 
+def test_mislabel_detection_curve_errors():
+    # no flipped sample: "fraction found" is undefined (the demo reports n/a at flip rate 0)
+    with pytest.raises(ValueError, match="marks no sample"):
+        mislabel_detection_curve([0.9, 0.1, 0.4], [False, False, False])
+    with pytest.raises(ValueError, match="entries"):
+        mislabel_detection_curve([0.9, 0.1, 0.4], [True, False])
+    # every sample flipped is fine for the curve (unlike the AUC): the diagonal
+    inspected, found = mislabel_detection_curve([0.9, 0.1], np.array([0, 1]))
+    np.testing.assert_allclose(found, inspected)
+
+
 # ---------------------------------------------------------------------------- class detection
 def test_class_detection_hand_computed():
     train_labels = [0, 1, 1, 0]

@@ -2,13 +2,15 @@
 
 Modules: :mod:`.problem` (validated inputs, result), :mod:`.projection` (exact per-sample
 update), :mod:`.gap` (objectives, duality gap, natural residual), :mod:`.bdcd` (PyTorch block
-backend, CPU/GPU), :mod:`.sequential` (numba sequential backend with shrinking, CPU) and
-:mod:`.fit` (the entry point).
+backend, CPU/GPU), :mod:`.sparse_dual` (row-sparse dual variables for large ``n K``),
+:mod:`.sequential` (numba sequential backend with shrinking, CPU) and :mod:`.fit` (the entry
+point).
 """
 from .fit import ConvergenceWarning, available_backends, fit_crammer_singer, fit_crammer_singer_path
 from .gap import evaluate_optimality, primal_objective
 from .problem import CrammerSingerProblem, CrammerSingerResult, make_problem, support_mask
 from .projection import project_crammer_singer
+from .sparse_dual import RowSparseDual, dual_rows, dual_to_dense
 
 __all__ = [
     "fit_crammer_singer",
@@ -20,6 +22,9 @@ __all__ = [
     "make_problem",
     "support_mask",
     "project_crammer_singer",
+    "RowSparseDual",
+    "dual_rows",
+    "dual_to_dense",
     "evaluate_optimality",
     "primal_objective",
 ]

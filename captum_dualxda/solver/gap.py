@@ -14,6 +14,7 @@ import torch
 
 from .problem import CrammerSingerProblem, row_chunk
 from .projection import project_crammer_singer
+from .sparse_dual import DualVariables, dual_rows
 
 __all__ = [
     "OptimalityReport",
@@ -48,13 +49,13 @@ class OptimalityReport:
     residual: float
 
 
-def primal_weights(problem: CrammerSingerProblem, alpha: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def primal_weights(problem: CrammerSingerProblem, alpha: DualVariables) -> Tuple[torch.Tensor, torch.Tensor]:
     """Rebuild the primal weights from the dual variables.
 
     Parameters
     ----------
     problem : CrammerSingerProblem
-    alpha : torch.Tensor
+    alpha : torch.Tensor or RowSparseDual
         ``(n, K)`` float64.
 
     Returns
@@ -66,11 +67,14 @@ def primal_weights(problem: CrammerSingerProblem, alpha: torch.Tensor) -> Tuple[
     """
     x = problem.features
     weight = torch.zeros(problem.n_classes, x.shape[1], dtype=torch.float64, device=x.device)
-    chunk = row_chunk(x.shape[1])
+    column_sums = torch.zeros(problem.n_classes, dtype=torch.float64, device=x.device)
+    chunk = row_chunk(x.shape[1] + problem.n_classes)
     for start in range(0, x.shape[0], chunk):
-        weight += alpha[start : start + chunk].T @ x[start : start + chunk].double()
-    bias_weight = problem.intercept_scaling * alpha.sum(0)
-    return weight, bias_weight
+        rows = slice(start, start + chunk)
+        a = dual_rows(alpha, rows)
+        weight += a.T @ x[rows].double()
+        column_sums += a.sum(0)
+    return weight, problem.intercept_scaling * column_sums
 
 
 def class_scores(
@@ -118,13 +122,13 @@ def primal_objective(
     return reg + problem.C * loss
 
 
-def evaluate_optimality(problem: CrammerSingerProblem, alpha: torch.Tensor) -> OptimalityReport:
+def evaluate_optimality(problem: CrammerSingerProblem, alpha: DualVariables) -> OptimalityReport:
     """Primal, dual, duality gap and largest natural residual of a feasible ``alpha``.
 
     Parameters
     ----------
     problem : CrammerSingerProblem
-    alpha : torch.Tensor
+    alpha : torch.Tensor or RowSparseDual
         ``(n, K)`` float64 feasible dual variables.
 
     Returns
@@ -136,6 +140,7 @@ def evaluate_optimality(problem: CrammerSingerProblem, alpha: torch.Tensor) -> O
     sq_norms = problem.squared_norms()
     loss = 0.0
     residual = 0.0
+    true_class = 0.0
     chunk = row_chunk(problem.n_features + problem.n_classes)
     for start in range(0, problem.n_samples, chunk):
         stop = start + chunk
@@ -143,7 +148,8 @@ def evaluate_optimality(problem: CrammerSingerProblem, alpha: torch.Tensor) -> O
         grad = _margin_matrix(class_scores(problem.features[start:stop], weight, bias_weight, s), y)
         own = grad.gather(1, y[:, None]).squeeze(1)
         loss += float((grad.amax(1) - own).sum())
-        a = alpha[start:stop]
+        a = dual_rows(alpha, slice(start, stop))
+        true_class += float(a.gather(1, y[:, None]).sum())
         curv = sq_norms[start:stop]
         ok = curv > 0
         if bool(ok.any()):
@@ -153,8 +159,7 @@ def evaluate_optimality(problem: CrammerSingerProblem, alpha: torch.Tensor) -> O
             residual = max(residual, float(r.max()))
     sq_w = float((weight * weight).sum()) + float((bias_weight * bias_weight).sum())
     primal = 0.5 * sq_w + problem.C * loss
-    true_class = alpha.gather(1, problem.labels[:, None]).sum()
-    dual = -0.5 * sq_w + float(true_class)
+    dual = -0.5 * sq_w + true_class
     gap = primal - dual
     return OptimalityReport(
         weight=weight,

@@ -13,6 +13,8 @@ from typing import Optional
 
 import torch
 
+from .sparse_dual import DualVariables, RowSparseDual, dual_row_slices
+
 __all__ = ["CrammerSingerProblem", "CrammerSingerResult", "make_problem", "check_positive_number"]
 
 
@@ -93,9 +95,12 @@ class CrammerSingerResult:
 
     Attributes
     ----------
-    alpha : torch.Tensor
+    alpha : torch.Tensor or RowSparseDual
         ``(n, K)`` float64 dual variables in input order, LIBLINEAR's sign convention:
         ``0 <= alpha[i, y_i] <= C``, ``alpha[i, m] <= 0`` for ``m != y_i``, rows sum to 0.
+        A dense tensor, or (``sparse_alpha``, by default for ``n K > 2**27`` on the ``"bdcd"``
+        backend) a :class:`~captum_dualxda.solver.sparse_dual.RowSparseDual`; read rows of
+        either with :func:`~captum_dualxda.solver.sparse_dual.dual_rows`.
     weight : torch.Tensor
         ``(K, d)`` float64 primal weights ``W = alpha.T @ features`` (the intercept column removed).
     intercept : torch.Tensor
@@ -118,7 +123,7 @@ class CrammerSingerResult:
         Wall-clock seconds spent in the solver.
     """
 
-    alpha: torch.Tensor
+    alpha: DualVariables
     weight: torch.Tensor
     intercept: torch.Tensor
     primal: float
@@ -140,9 +145,18 @@ class CrammerSingerResult:
         return support_mask(self.alpha, self.C).nonzero().flatten()
 
 
-def support_mask(alpha: torch.Tensor, C: float, threshold: float = 1e-8) -> torch.Tensor:
-    """``(n,)`` bool mask of support vectors: ``max_m |alpha_i^m| > threshold * C``."""
-    return alpha.abs().amax(1) > threshold * C
+def support_mask(alpha: DualVariables, C: float, threshold: float = 1e-8) -> torch.Tensor:
+    """``(n,)`` bool mask of support vectors: ``max_m |alpha_i^m| > threshold * C``.
+
+    ``alpha`` is a dense ``(n, K)`` tensor (read in 32 MiB row chunks) or a
+    :class:`~captum_dualxda.solver.sparse_dual.RowSparseDual`.
+    """
+    if isinstance(alpha, RowSparseDual):
+        return alpha.values.abs().amax(1) > threshold * C
+    mask = torch.empty(alpha.shape[0], dtype=torch.bool, device=alpha.device)
+    for rows in dual_row_slices(alpha):
+        mask[rows] = alpha[rows].abs().amax(1) > threshold * C
+    return mask
 
 
 def make_problem(

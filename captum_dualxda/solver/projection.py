@@ -8,7 +8,7 @@ Duchi et al. 2008). This is what LIBLINEAR's ``solve_sub_problem`` computes, vec
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
 import torch
 
@@ -16,7 +16,10 @@ __all__ = ["project_crammer_singer"]
 
 
 def project_crammer_singer(
-    values: torch.Tensor, labels: torch.Tensor, C: Union[float, torch.Tensor]
+    values: torch.Tensor,
+    labels: torch.Tensor,
+    C: Union[float, torch.Tensor],
+    allowed: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Project each row onto the Crammer-Singer feasible set.
 
@@ -28,18 +31,27 @@ def project_crammer_singer(
         ``(b,)`` int64 true class of each row.
     C : float or torch.Tensor
         Upper bound of the true-class entry; scalar or ``(b,)``.
+    allowed : torch.Tensor, optional
+        ``(b, K)`` bool: project onto the face where the other entries are 0 (the subproblem
+        restricted to these classes, as LIBLINEAR's class shrinking does). Must include each
+        row's label.
 
     Returns
     -------
     torch.Tensor
         ``(b, K)``, same dtype as ``values``: the rows ``a`` closest to ``v`` with
-        ``a[y] in [0, C]``, ``a[m] <= 0`` otherwise and ``sum(a) == 0`` (up to rounding).
+        ``a[y] in [0, C]``, ``a[m] <= 0`` otherwise and ``sum(a) == 0`` (up to rounding),
+        and ``a[m] == 0`` where ``allowed`` is False.
     """
     b, k = values.shape
     rows = torch.arange(b, device=values.device)
     c = torch.as_tensor(C, dtype=values.dtype, device=values.device).expand(b)
     z = -values
     z[rows, labels] += c
+    if allowed is not None:
+        # gamma_m = max(z_m - theta, 0) and theta >= max(z) - C, so z_m < max(z) - C keeps m at 0
+        top = torch.where(allowed, z, torch.full_like(z, -torch.inf)).amax(1, keepdim=True)
+        z = torch.where(allowed, z, top - c[:, None] - 1.0)
     u = torch.sort(z, dim=1, descending=True).values
     partial = torch.cumsum(u, dim=1) - c[:, None]
     ranks = torch.arange(1, k + 1, device=values.device, dtype=values.dtype)
