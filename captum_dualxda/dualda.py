@@ -36,11 +36,11 @@ from .features import (
 )
 from .solver import fit_crammer_singer
 from .solver.problem import check_positive_number, row_chunk, row_squared_norms, support_mask
-from .solver.sparse_dual import dual_rows
+from .solver.sparse_dual import RowSparseDual, dual_rows
 
 __all__ = ["DualDA"]
 
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 
 
 def _hinge_loss(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, intercept: torch.Tensor) -> torch.Tensor:
@@ -306,12 +306,12 @@ class DualDA(DataInfluence):
             device=self.device,
         )
         support = support_mask(result.alpha, self.C).nonzero().flatten()
-        # float32 rows of the support vectors, built in 32 MiB chunks (no float64 (n_sv, K) copy)
-        support_coefficients = torch.empty(support.numel(), self.n_classes, dtype=torch.float32)
+        # The support vectors' coefficient rows, row-sparse (a sample is a support vector for
+        # few classes): built in 32 MiB chunks, never as a dense (n_sv, K) float64 matrix.
+        rows = RowSparseDual(support.numel(), self.n_classes, capacity=1, device=support.device)
         chunk = row_chunk(self.n_classes)
         for start in range(0, support.numel(), chunk):
-            rows = dual_rows(result.alpha, support[start : start + chunk])
-            support_coefficients[start : start + chunk] = rows.float().cpu()
+            rows.set_rows(slice(start, start + chunk), dual_rows(result.alpha, support[start : start + chunk]))
         hinge = _hinge_loss(features, labels, result.weight, result.intercept)
         squared_norms = row_squared_norms(features)
         return {
@@ -319,7 +319,8 @@ class DualDA(DataInfluence):
             "version": _CACHE_VERSION,
             "n_train": features.shape[0],
             "support_indices": support.cpu(),
-            "support_coefficients": support_coefficients,
+            "support_coefficient_values": rows.values.float().cpu(),
+            "support_coefficient_classes": rows.classes.cpu(),
             "support_features": features[support.to(features.device)].float().cpu(),
             "train_labels": labels.cpu(),
             "train_squared_norms": squared_norms.float().cpu(),
@@ -358,22 +359,25 @@ class DualDA(DataInfluence):
         self.fit_stats = dict(state["fit_stats"])
         self._train_squared_norms = state["train_squared_norms"]
         self.train_hinge_loss = state["train_hinge_loss"]
-        own = state["support_coefficients"].gather(1, self.train_labels[self.support_indices][:, None])
+        # Coefficients a_j^c of the support vectors, row-sparse: (n_sv, m) float32 values and
+        # int32 classes; a slot with value 0 is unused.
+        values, classes = state["support_coefficient_values"], state["support_coefficient_classes"].long()
+        own_class = classes == self.train_labels[self.support_indices][:, None]
         self._own_coefficients = torch.zeros(self.n_train, dtype=torch.float32)
-        self._own_coefficients[self.support_indices] = own.squeeze(1)
-        self._all_support_coefficients = state["support_coefficients"]
+        self._own_coefficients[self.support_indices] = (values * own_class).sum(1)
+        self._coefficient_rows = (values, classes)
         self._coefficients: Optional[torch.Tensor] = None
         # Distributed: rank r keeps (and scores) the support vectors j with j % W == r, those whose
         # features it extracted itself; `influence` merges the disjoint per-rank results exactly.
         rank, world = rank_and_world_size() if self.distributed else (0, 1)
         self._rank = rank
-        support_coefficients = state["support_coefficients"]
+        local_values, local_classes = values, classes
         local_indices = self.support_indices
         owned = None
         if world > 1:
             owned = (self.support_indices % world == rank).nonzero().flatten()
             local_indices = self.support_indices[owned]
-            support_coefficients = support_coefficients[owned]
+            local_values, local_classes = values[owned], classes[owned]
         if "support_features" in state:  # one process, or a cache hit broadcast by rank 0
             support_features = state["support_features"] if owned is None else state["support_features"][owned]
         elif local_features is not None:
@@ -382,7 +386,8 @@ class DualDA(DataInfluence):
             support_features = local_features[rows.to(local_features.device)].float()
         else:
             raise RuntimeError("The fit state holds no support features and no local features were given.")
-        self._support_coefficients = support_coefficients.to(self.device)
+        self._support_values = local_values.to(self.device)
+        self._support_classes = local_classes.to(self.device)
         self._support_features = support_features.to(self.device)
         self._support_on_device = local_indices.to(self.device)
 
@@ -394,8 +399,9 @@ class DualDA(DataInfluence):
         all that scoring needs.
         """
         if self._coefficients is None:
+            values, classes = self._coefficient_rows
             dense = torch.zeros(self.n_train, self.n_classes, dtype=torch.float32)
-            dense[self.support_indices] = self._all_support_coefficients
+            dense[self.support_indices] = torch.zeros(values.shape[0], self.n_classes).scatter_add_(1, classes, values)
             self._coefficients = dense
         return self._coefficients
 
@@ -428,7 +434,17 @@ class DualDA(DataInfluence):
                 f"Test features have dimension {phi.shape[1]}, the training features {self._support_features.shape[1]}."
             )
         targets = targets.to(self.device)
-        return (phi @ self._support_features.T) * self._support_coefficients[:, targets].T
+        return (phi @ self._support_features.T) * self._target_coefficients(targets).T
+
+    def _target_coefficients(self, targets: torch.Tensor) -> torch.Tensor:
+        """``(n_sv_local, N)`` coefficients ``a_j^{c_i}`` of this rank's support vectors ``j`` for
+        the target classes ``c_i`` (from the row-sparse storage, ``O(n_sv (m + N))``)."""
+        unique, inverse = torch.unique(targets, return_inverse=True)
+        column = torch.full((self.n_classes,), unique.numel(), dtype=torch.long, device=self.device)
+        column[unique] = torch.arange(unique.numel(), device=self.device)  # other classes -> sink
+        per_class = torch.zeros(self._support_values.shape[0], unique.numel() + 1, dtype=self._support_values.dtype, device=self.device)
+        per_class.scatter_add_(1, column[self._support_classes], self._support_values)
+        return per_class[:, inverse]
 
     def _validate_inputs(self, inputs: Any) -> None:
         if not isinstance(inputs, DataLoader):

@@ -63,6 +63,21 @@ def test_scores_equal_brute_force_formula(setup):
     assert torch.all(scores[:, off] == 0)
 
 
+def test_coefficients_are_the_solver_dual_and_every_target_class_scores(setup):
+    dualda, train, xt, net = setup
+    from captum_dualxda.solver import fit_crammer_singer
+
+    phi = batch_features(net, net.fc, (train.tensors[0],))
+    alpha = fit_crammer_singer(phi, train.tensors[1], C=0.01, n_classes=10).alpha
+    assert torch.allclose(dualda.coefficients, alpha.float(), atol=1e-7)
+    # Every class as target (incl. classes a support vector has no coefficient for), repeated.
+    targets = torch.arange(25) % 10
+    scores = dualda.influence((xt, targets))
+    phi_test = batch_features(net, net.fc, (xt,)).double()
+    brute = (phi_test @ phi.double().T) * alpha.T[targets]
+    assert torch.allclose(scores.double(), brute, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("proponents", [True, False])
 def test_k_mode_agrees_with_argsort(setup, proponents):
     dualda, _, xt, net = setup
