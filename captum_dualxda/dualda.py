@@ -405,6 +405,39 @@ class DualDA(DataInfluence):
             self._coefficients = dense
         return self._coefficients
 
+    def coefficients_at(self, indices: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Dual coefficients ``a_j^c`` of training samples ``indices`` for classes ``classes``.
+
+        The same numbers as ``coefficients[indices, classes]`` without building the dense
+        ``(n_train, K)`` matrix (read from the support vectors' row-sparse storage).
+
+        Parameters
+        ----------
+        indices : torch.Tensor
+            int64 training indices in ``0..n_train-1``, any shape.
+        classes : torch.Tensor
+            int64 classes in ``0..K-1``, broadcastable with ``indices``.
+
+        Returns
+        -------
+        torch.Tensor
+            float32 on the CPU, the broadcast shape of ``indices`` and ``classes``.
+        """
+        indices, classes = torch.broadcast_tensors(torch.as_tensor(indices).long().cpu(), torch.as_tensor(classes).long().cpu())
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.n_train):
+            raise ValueError(f"`indices` must lie in 0..{self.n_train - 1}.")
+        if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= self.n_classes):
+            raise ValueError(f"`classes` must lie in 0..{self.n_classes - 1}.")
+        values, slot_classes = self._coefficient_rows
+        position = torch.full((self.n_train,), -1, dtype=torch.long)
+        position[self.support_indices] = torch.arange(self.support_indices.numel())
+        rows = position[indices.flatten()]
+        found = rows >= 0
+        out = torch.zeros(indices.numel(), dtype=torch.float32)
+        match = slot_classes[rows[found]] == classes.flatten()[found][:, None]
+        out[found] = (values[rows[found]] * match).sum(1)
+        return out.reshape(indices.shape)
+
     @property
     def sparsity(self) -> float:
         """Fraction of training samples whose coefficient row is all zero (not support vectors)."""

@@ -509,7 +509,8 @@ def xda_pairs(
     ----------
     dualda : DualDA
         A fitted :class:`captum_dualxda.dualda.DualDA` (uses ``model``, ``final_fc_layer``,
-        ``coefficients`` (n_train, K), ``train_inputs(indices)``, ``n_train``).
+        ``coefficients_at(indices, classes)``, ``n_classes``, ``train_inputs(indices)``,
+        ``n_train``).
     xda : XDA
         Attributor on the same model and feature layer as ``dualda``.
     test_inputs : torch.Tensor
@@ -555,8 +556,7 @@ def xda_pairs(
     device = model_device(xda.model)
     x = x.detach().to(device)
 
-    coefficients = torch.as_tensor(dualda.coefficients)
-    n_train, n_classes = int(dualda.n_train), coefficients.shape[1]
+    n_train, n_classes = int(dualda.n_train), int(dualda.n_classes)
     idx = _check_train_indices(train_indices, n_test, n_train)
     k = idx.shape[1]
 
@@ -600,7 +600,7 @@ def xda_pairs(
             f"(test input shape {tuple(x.shape[1:])})."
         )
     dtype = phi_test.dtype
-    coef = coefficients[idx, targets_t[:, None]].to(device=device, dtype=dtype)  # (n_test, k)
+    coef = dualda.coefficients_at(idx, targets_t[:, None]).to(device=device, dtype=dtype)  # (n_test, k)
     feature_relevance = coef[..., None] * phi_train * phi_test[:, None, :]        # (n_test, k, d)
     scores = feature_relevance.sum(-1)
 

@@ -76,6 +76,13 @@ def test_coefficients_are_the_solver_dual_and_every_target_class_scores(setup):
     phi_test = batch_features(net, net.fc, (xt,)).double()
     brute = (phi_test @ phi.double().T) * alpha.T[targets]
     assert torch.allclose(scores.double(), brute, rtol=1e-4, atol=1e-6)
+    # Pair lookup without the dense matrix: support and non-support rows, every class.
+    rows = torch.cat([dualda.support_indices[:20], torch.arange(600)[:20]])[:, None]
+    assert torch.equal(dualda.coefficients_at(rows, torch.arange(10)), dualda.coefficients[rows, torch.arange(10)])
+    with pytest.raises(ValueError, match="`indices`"):
+        dualda.coefficients_at(torch.tensor([600]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="`classes`"):
+        dualda.coefficients_at(torch.tensor([0]), torch.tensor([10]))
 
 
 @pytest.mark.parametrize("proponents", [True, False])
