@@ -20,6 +20,7 @@ __all__ = [
     "shard_indices",
     "gather_strided",
     "assemble_strided",
+    "write_strided_rows",
     "all_reduce_sum",
     "merge_topk",
     "broadcast_object",
@@ -89,8 +90,12 @@ def gather_strided(local: torch.Tensor, n: int) -> torch.Tensor:
 _ASSEMBLE_ROUND_BYTES = 1 << 26
 
 
-def _put_rows(out: Union[torch.Tensor, np.ndarray], start: int, step: int, rows: torch.Tensor) -> None:
-    """Write ``rows`` ``(m, ...)`` to ``out[start], out[start + step], ...`` (tensor or memmap)."""
+def write_strided_rows(out: Union[torch.Tensor, np.ndarray], start: int, step: int, rows: torch.Tensor) -> None:
+    """Write ``rows`` ``(m, ...)`` to ``out[start], out[start + step], ...``.
+
+    ``out`` is a tensor (rows are moved to its device) or a numpy array / memmap (rows are
+    copied to the CPU; numpy casts to its dtype). ``m = 0`` writes nothing.
+    """
     m = rows.shape[0]
     if m == 0:
         return
@@ -175,7 +180,7 @@ def assemble_strided(
             raise ValueError(f"`out` must have shape {(n, *row_shape)}, got {tuple(out.shape)}.")
     if world == 1:
         if local is not None and out is not local:
-            _put_rows(out, 0, 1, local)  # type: ignore[arg-type]
+            write_strided_rows(out, 0, 1, local)  # type: ignore[arg-type]
         return out
     row_bytes = max(1, math.prod(row_shape)) * torch.empty(0, dtype=dtype).element_size()
     if chunk_rows is None:
@@ -195,7 +200,7 @@ def assemble_strided(
             if r == dst and local is None:
                 continue
             count = min(chunk_rows, max(0, counts[r] - first))
-            _put_rows(out, r + world * first, world, part[:count])  # type: ignore[arg-type]
+            write_strided_rows(out, r + world * first, world, part[:count])  # type: ignore[arg-type]
     if isinstance(out, np.memmap):
         out.flush()
     return out if rank == dst else None

@@ -362,11 +362,9 @@ class DualDA(DataInfluence):
         # Coefficients a_j^c of the support vectors, row-sparse: (n_sv, m) float32 values and
         # int32 classes; a slot with value 0 is unused.
         values, classes = state["support_coefficient_values"], state["support_coefficient_classes"].long()
-        own_class = classes == self.train_labels[self.support_indices][:, None]
-        self._own_coefficients = torch.zeros(self.n_train, dtype=torch.float32)
-        self._own_coefficients[self.support_indices] = (values * own_class).sum(1)
         self._coefficient_rows = (values, classes)
         self._coefficients: Optional[torch.Tensor] = None
+        self._own_coefficients = self.coefficients_at(torch.arange(self.n_train), self.train_labels)
         # Distributed: rank r keeps (and scores) the support vectors j with j % W == r, those whose
         # features it extracted itself; `influence` merges the disjoint per-rank results exactly.
         rank, world = rank_and_world_size() if self.distributed else (0, 1)

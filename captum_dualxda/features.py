@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from torch.utils.data.dataloader import default_collate
 from tqdm import tqdm
 
-from .distributed import assemble_strided, gather_strided, rank_and_world_size, shard_indices
+from .distributed import assemble_strided, gather_strided, rank_and_world_size, shard_indices, write_strided_rows
 
 __all__ = [
     "resolve_linear_layer",
@@ -264,16 +264,6 @@ def _feature_dtype(layer: nn.Linear) -> torch.dtype:
     return torch.float64 if layer.weight.dtype == torch.float64 else torch.float32
 
 
-def _put(target: Union[torch.Tensor, np.ndarray], start: int, step: int, rows: torch.Tensor) -> None:
-    """Write ``rows`` ``(m, d)`` to ``target[start], target[start + step], ...``."""
-    m = rows.shape[0]
-    where = slice(start, start + step * (m - 1) + 1, step)
-    if isinstance(target, np.ndarray):
-        target[where] = rows.float().cpu().numpy()
-    else:
-        target[where] = rows
-
-
 def extract_features(
     model: nn.Module,
     layer: nn.Linear,
@@ -373,7 +363,7 @@ def extract_features(
             dtype = _feature_dtype(layer) if world > 1 else phi.dtype
             target = torch.empty((rows_in_memory, phi.shape[1]), dtype=dtype, device=device)
         if target is not None:
-            _put(target, written * step, step, phi)
+            write_strided_rows(target, written * step, step, phi)
         else:
             feats.append(phi.to(device))
         labels.append(targets.to(device))

@@ -142,16 +142,16 @@ class RowSparseDual:
         device = torch.device(device)
         if device == self.device:
             return self
-        out = RowSparseDual.__new__(RowSparseDual)
-        out.n_classes = self.n_classes
-        out.values, out.classes = self.values.to(device), self.classes.to(device)
-        return out
+        return self._with_arrays(self.values.to(device), self.classes.to(device))
 
     def scaled(self, factor: float) -> "RowSparseDual":
         """A copy with every entry multiplied by ``factor`` (e.g. a warm start for a new ``C``)."""
+        return self._with_arrays(self.values * float(factor), self.classes.clone())
+
+    def _with_arrays(self, values: torch.Tensor, classes: torch.Tensor) -> "RowSparseDual":
+        """A RowSparseDual with this ``K`` holding the given ``(n, m)`` arrays (not copied)."""
         out = RowSparseDual.__new__(RowSparseDual)
-        out.n_classes = self.n_classes
-        out.values, out.classes = self.values * float(factor), self.classes.clone()
+        out.n_classes, out.values, out.classes = self.n_classes, values, classes
         return out
 
     def cpu(self) -> "RowSparseDual":
