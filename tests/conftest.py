@@ -21,6 +21,21 @@ def clustered_features(n=600, d=24, k=4, noise=0.05, seed=0, dtype=np.float32):
     return x.astype(dtype), y.astype(np.int64)
 
 
+def train_classifier(net, x, y, epochs, lr, batch_size, generator=None):
+    """Train ``net`` with Adam and cross-entropy on shuffled mini-batches; return it in eval mode.
+
+    The shuffles draw from ``generator`` (the global RNG if None), so seeding before the call
+    makes the result reproducible.
+    """
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y), generator=generator).split(batch_size):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
+            opt.step()
+    return net.eval()
+
+
 class DigitsCNN(nn.Module):
     """A small CNN for 8x8 digits; ``fc`` is the final linear layer, its input 32-d."""
 
@@ -55,12 +70,4 @@ def digits_cnn(digits):
     x, y, _, _ = digits
     torch.manual_seed(0)
     net = DigitsCNN()
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(1)
-    for _ in range(4):
-        for idx in torch.randperm(len(y), generator=g).split(64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
-            opt.step()
-    net.eval()
-    return net
+    return train_classifier(net, x, y, epochs=4, lr=3e-3, batch_size=64, generator=torch.Generator().manual_seed(1))

@@ -29,6 +29,7 @@ from captum_dualxda.visualization import (  # noqa: E402
     to_captum_image,
 )
 from captum_dualxda.xda import XDA  # noqa: E402
+from conftest import train_classifier  # noqa: E402
 
 DPI = 50
 
@@ -235,14 +236,7 @@ def digit_dualda(digits):
     x_train, y_train, x_test, y_test = digits
     x_train, y_train = x_train[:250], y_train[:250]
     torch.manual_seed(1)
-    net = SmallDigitNet()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(3):
-        for idx in torch.randperm(250).split(50):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(x_train[idx]), y_train[idx]).backward()
-            opt.step()
-    net.eval()
+    net = train_classifier(SmallDigitNet(), x_train, y_train, epochs=3, lr=1e-2, batch_size=50)
     return DualDA(net, "fc", TensorDataset(x_train, y_train), C=1e-2), x_test[:2], y_test[:2]
 
 

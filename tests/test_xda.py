@@ -20,6 +20,7 @@ from zennit.composites import COMPOSITES, EpsilonGammaBox, EpsilonPlus, EpsilonP
 
 from captum_dualxda.dualda import DualDA
 from captum_dualxda.xda import XDA, XDAPairs, xda_pairs
+from conftest import train_classifier
 
 RTOL = 1e-3
 
@@ -376,14 +377,7 @@ def dual_setup(digits):
     x_train, y_train, x_test, _ = digits
     x_train, y_train = x_train[:300], y_train[:300]
     torch.manual_seed(0)
-    net = TinyDigitNet()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(3):
-        for idx in torch.randperm(300).split(50):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(x_train[idx]), y_train[idx]).backward()
-            opt.step()
-    net.eval()
+    net = train_classifier(TinyDigitNet(), x_train, y_train, epochs=3, lr=1e-2, batch_size=50)
     dualda = DualDA(net, "fc", TensorDataset(x_train, y_train), C=1e-2)
     x = x_test[:3]
     with torch.no_grad():
