@@ -54,7 +54,16 @@ class Fingerprint:
         return self
 
     def update_module(self, model: nn.Module) -> "Fingerprint":
-        """Mix in every parameter and buffer of ``model`` by name."""
+        """Mix in the architecture and every parameter and buffer of ``model``.
+
+        The architecture is each submodule's dotted name, class (module and qualified name)
+        and ``extra_repr()`` (kernel sizes, strides, ...): a changed module tree with equal
+        weights gives another fingerprint. Code inside ``forward`` that no module records
+        cannot be seen.
+        """
+        for name, module in model.named_modules():
+            kind = type(module)
+            self.update(name, f"{kind.__module__}.{kind.__qualname__}", module.extra_repr())
         for name, tensor in model.state_dict().items():
             self.update(name, tensor)
         return self

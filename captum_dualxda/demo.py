@@ -11,8 +11,9 @@
    final ``nn.Linear``);
 4. explains the predictions on the whole test set (top proponents and opponents) and, for a few
    test samples, computes XDA heatmaps and writes one figure each;
-5. ranks the training samples by DualDA self-influence and measures how well that finds the
-   flipped labels (ROC AUC, share found in the top 10 %, a detection curve figure).
+5. ranks the training samples by DualDA self-influence (the paper's choice) and by the SVM
+   surrogate's hinge loss, and measures how well each finds the flipped labels (ROC AUC, share
+   found in the top 10 %, a detection curve figure).
 
 The pieces (:func:`load_digits_data`, :class:`DigitsCNN`, :func:`train_cnn`) are public so the
 tutorials and tests can reuse them; the mislabel metrics are :mod:`captum_dualxda.metrics`'
@@ -28,6 +29,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -39,8 +41,8 @@ from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
 from .cache import check_writable_dir
-from .dualda import DualDA
-from .metrics import mislabel_auc, mislabel_detection_curve
+from .dualda import DEFAULT_C, DualDA
+from .metrics import mislabel_auc, mislabel_detection_curve, mislabel_scores
 from .solver import fit_crammer_singer
 from .solver.problem import check_positive_number
 from .visualization import explain_figure, image_for_display
@@ -58,15 +60,6 @@ __all__ = [
     "DEFAULT_EPOCHS",
 ]
 
-#: Default SVM regularisation of the demo, chosen from a sweep of the demo itself
-#: (``python -m captum_dualxda demo --seed S --C C --n-explain 0`` for seeds 0, 1, 2; the README
-#: lists the results): C = 1e-3 keeps 42-45 % of the training set as support vectors and finds the
-#: flipped labels with ROC AUC 0.83-0.85; C = 0.01 keeps 28-30 % at AUC 0.92-0.94; C = 0.03 keeps
-#: 27-30 % at AUC 0.94-0.95 while its SVM agrees with the network on 98.7-99.8 % of the test
-#: predictions; C = 0.1 reaches AUC 0.96 but agrees less (96.7-99.1 %) and solves several times
-#: slower. At C <= 1e-4 nearly every training sample sits at the bound ``a = C`` and self-influence
-#: ranks no better than chance (tutorials/dualda_quickstart.ipynb).
-DEFAULT_C = 0.03
 #: Default number of training epochs of the demo CNN.
 DEFAULT_EPOCHS = 12
 
@@ -162,6 +155,13 @@ def load_digits_data(
     if n_train is not None:
         if n_train < 2:
             raise ValueError(f"`n_train` must be >= 2, got {n_train}.")
+        if n_train > len(train_idx):
+            warnings.warn(
+                f"`n_train`={n_train} exceeds the {len(train_idx)} training samples available; using all "
+                f"{len(train_idx)}.",
+                UserWarning,
+                stacklevel=2,
+            )
         train_idx = train_idx[:n_train]
     x_train, y_clean = images[train_idx], labels[train_idx]
     mean, std = (float(x_train.mean()), float(x_train.std())) if standardize else (0.0, 1.0)
@@ -335,6 +335,12 @@ class DemoResult:
     flipped_in_opponents : float
         The same among the top-``k`` opponents (score < 0): opponents of a correct prediction are
         often training samples of the predicted class that carry a wrong label.
+    hinge_auc : float
+        The same AUC when ranking by the SVM surrogate's hinge loss on each training sample
+        (``DualDA.train_hinge_loss``, :func:`~captum_dualxda.metrics.mislabel_scores` with
+        ``kind="hinge_loss"``).
+    hinge_found_top10 : float
+        ``found_top10`` for the hinge-loss ranking.
     loss_auc : float
         The same AUC when ranking by the network's cross-entropy on its (noisy) training labels,
         a simple baseline that needs no attribution method at all.
@@ -372,6 +378,8 @@ class DemoResult:
     random_auc: float
     flipped_in_proponents: float
     flipped_in_opponents: float
+    hinge_auc: float
+    hinge_found_top10: float
     loss_auc: float
     loss_found_top10: float
     self_influence: np.ndarray
@@ -410,6 +418,8 @@ class DemoResult:
             ("XDA ms per (test, train) pair", num(self.xda_ms_per_pair, ".1f")),
             ("mislabel detection ROC AUC (self-influence)", num(self.auc, ".3f")),
             ("flipped labels found in top 10 % of ranking", pct(self.found_top10)),
+            ("  DualDA surrogate hinge loss, AUC / top 10 %",
+             f"{num(self.hinge_auc, '.3f')} / {pct(self.hinge_found_top10)}"),
             ("  baseline: rank by training loss, AUC / top 10 %",
              f"{num(self.loss_auc, '.3f')} / {pct(self.loss_found_top10)}"),
             ("  random order, AUC", num(self.random_auc, ".3f")),
@@ -439,7 +449,7 @@ def _curve_figure(flipped: np.ndarray,
     ax.axvline(0.1, color="0.85", lw=0.8, zorder=0)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("fraction of training data inspected (highest self-influence first)")
+    ax.set_xlabel("fraction of training data inspected (highest score first)")
     ax.set_ylabel("fraction of flipped labels found")
     ax.set_title("Finding flipped labels with DualDA", fontsize=11)
     ax.legend(loc="lower right", fontsize=8)
@@ -566,7 +576,7 @@ def run_demo(
     flip_rate : float
         Fraction of training labels flipped to another class, in ``[0, 1)``.
     C : float
-        DualDA's SVM regularisation, ``> 0`` (see :data:`DEFAULT_C`).
+        DualDA's SVM regularisation, ``> 0`` (default: DualDA's own default, 1e-3).
     k : int
         Proponents and opponents (each) per explained test sample, ``>= 1``.
     seed : int
@@ -644,6 +654,9 @@ def _run(out_dir: str, flip_rate: float, C: float, k: int, seed: int, n_explain:
     found_top10 = _found_in_top(self_inf, flipped, 0.10)
     random_scores = np.random.default_rng(seed).random(len(self_inf))
     random_auc = _auc_or_nan(random_scores, flipped)
+    hinge = mislabel_scores(dualda, "hinge_loss").numpy()
+    hinge_auc = _auc_or_nan(hinge, flipped)
+    hinge_found_top10 = _found_in_top(hinge, flipped, 0.10)
     loss_auc = _auc_or_nan(train_loss, flipped)
     loss_found_top10 = _found_in_top(train_loss, flipped, 0.10)
 
@@ -680,6 +693,7 @@ def _run(out_dir: str, flip_rate: float, C: float, k: int, seed: int, n_explain:
         path = os.path.join(out_dir, "mislabel_detection.png")
         _curve_figure(flipped, [
             ("DualDA self-influence", self_inf, auc, dict(color="#b2182b", lw=2)),
+            ("DualDA surrogate hinge loss", hinge, hinge_auc, dict(color="#762a83", lw=1.5, ls="--")),
             ("baseline: training loss", train_loss, loss_auc, dict(color="#e08214", lw=1.2, ls="-.")),
             ("random order", random_scores, random_auc, dict(color="0.4", lw=1.2)),
         ]).savefig(path, dpi=dpi)
@@ -713,6 +727,8 @@ def _run(out_dir: str, flip_rate: float, C: float, k: int, seed: int, n_explain:
         random_auc=random_auc,
         flipped_in_proponents=flipped_in_proponents,
         flipped_in_opponents=flipped_in_opponents,
+        hinge_auc=hinge_auc,
+        hinge_found_top10=hinge_found_top10,
         loss_auc=loss_auc,
         loss_found_top10=loss_found_top10,
         self_influence=self_inf,

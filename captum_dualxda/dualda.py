@@ -8,13 +8,17 @@ dual variables ``a_i^c``. The influence of training sample ``i`` on the predicti
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
+import uuid
+import warnings
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from captum.influence import DataInfluence
 from captum.influence._utils.common import KMostInfluentialResults
+from filelock import FileLock, Timeout
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -34,23 +38,30 @@ from .features import (
     shard_path,
     split_batch,
 )
-from .solver import fit_crammer_singer
-from .solver.problem import check_positive_number, row_chunk, row_squared_norms, support_mask
+from .solver import ConvergenceWarning, fit_crammer_singer
+from .solver.fit import CONVERGENCE_ADVICE
+from .solver.problem import DEFAULT_C, check_positive_number, row_chunk, row_squared_norms, support_mask
 from .solver.sparse_dual import RowSparseDual, dual_rows
 
 __all__ = ["DualDA"]
 
-_CACHE_VERSION = 3
+_CACHE_VERSION = 4
 
 
 def _hinge_loss(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, intercept: torch.Tensor) -> torch.Tensor:
-    """``(n,)`` float64 per-sample Crammer-Singer hinge loss of the fitted surrogate."""
+    """``(n,)`` float64 per-sample Crammer-Singer hinge loss of the fitted surrogate.
+
+    Classes without a training sample take no part in the SVM problem (their weight rows are
+    zero), so they are left out of the maximum.
+    """
     out = torch.empty(features.shape[0], dtype=torch.float64, device=features.device)
     weight, intercept = weight.to(features.device), intercept.to(features.device)
+    absent = torch.bincount(labels, minlength=weight.shape[0]).to(features.device) == 0
     chunk = row_chunk(features.shape[1] + weight.shape[0])
     for start in range(0, features.shape[0], chunk):
         y = labels[start : start + chunk]
         scores = features[start : start + chunk].double() @ weight.T + intercept
+        scores[:, absent] = -math.inf
         own = scores.gather(1, y[:, None]).squeeze(1)
         margins = scores + 1.0
         margins[torch.arange(y.shape[0], device=y.device), y] -= 1.0
@@ -79,11 +90,15 @@ class DualDA(DataInfluence):
     final_fc_layer : nn.Linear or str
         The final linear layer (or its dotted name); ``phi(x)`` is its input, flattened.
     train_dataset : Dataset or DataLoader
-        Yields ``(x_1, ..., x_m, label)``; a Dataset is read unshuffled with ``batch_size``.
-        Index ``j`` of every result addresses ``train_dataset[j]``.
+        Yields ``(x_1, ..., x_m, label)``. Always read in dataset order, each sample once, so
+        index ``j`` of every result addresses ``dataset[j]``: a Dataset with ``batch_size``; a
+        DataLoader's dataset with its ``collate_fn``, ``num_workers`` and ``pin_memory`` even
+        when it shuffles or drops its last batch (a loader whose sampler leaves samples out or
+        repeats them is refused; an ``IterableDataset`` is read in iteration order).
     C : float
-        SVM regularisation, ``> 0``. Smaller C gives more support vectors (denser attributions);
-        typical values 1e-5 .. 1.
+        SVM regularisation, ``> 0`` (default ``1e-3``). Smaller C gives more support vectors
+        (denser attributions) and converges in fewer passes; typical values 1e-5 .. 1. The
+        README's "Choosing C" section has the measurements behind the default.
     batch_size : int
         Batch size for a Dataset ``train_dataset``.
     fit_intercept : bool
@@ -96,8 +111,11 @@ class DualDA(DataInfluence):
         Where the solver and the scoring run (default: the model's device). Forward passes always
         run on the model's device; tensors are moved as needed.
     cache_dir : str, optional
-        Directory for the fit. Reloaded only when model weights, layer, training data, C and
-        solver settings are identical; anything else refits. Writes are atomic.
+        Directory for the fit. Reloaded only when the model (its class, module structure,
+        weights and buffers), layer, training data, C and solver settings are identical;
+        anything else refits. Writes are atomic, and processes that fit the same configuration
+        at the same time take turns (a file lock): the first fits and saves, the others load
+        its result. A cached fit that did not converge warns again when loaded.
     show_progress : bool
         tqdm bars for feature extraction and the solver.
     seed : int
@@ -136,6 +154,10 @@ class DualDA(DataInfluence):
         ``(K,)`` float32 SVM intercept (zeros without ``fit_intercept``).
     train_labels : torch.Tensor
         ``(n_train,)`` int64.
+    absent_classes : torch.Tensor
+        int64 classes of ``final_fc_layer`` without a training sample. The SVM is fitted on the
+        classes present (scikit-learn's problem); absent classes have zero coefficients, weight
+        and intercept, and explaining them returns zeros with a warning.
     train_hinge_loss : torch.Tensor
         ``(n_train,)`` float32 Crammer-Singer hinge loss (slack) of each training sample under
         the fitted surrogate, ``max_m (1 - [m == y_i] + s_m(x_i)) - s_{y_i}(x_i)`` with
@@ -156,7 +178,7 @@ class DualDA(DataInfluence):
         model: nn.Module,
         final_fc_layer: Union[nn.Linear, str],
         train_dataset: Union[Dataset, DataLoader],
-        C: float = 1.0,
+        C: float = DEFAULT_C,
         batch_size: int = 64,
         fit_intercept: bool = True,
         tol: float = 1e-4,
@@ -199,7 +221,11 @@ class DualDA(DataInfluence):
             raise ValueError("`memory_budget` needs `cache_dir`: out-of-core features are memory-mapped there.")
         if self.n_classes < 2:
             raise ValueError(f"`final_fc_layer` has {self.n_classes} output(s); DualDA needs >= 2 classes.")
-        self._fit(show_progress)
+        rank = rank_and_world_size()[0] if self.distributed else 0
+        if self.cache_dir is not None:
+            self._fit_with_cache(show_progress, rank)
+        else:
+            self._fit(show_progress, None, rank)
 
     # ------------------------------------------------------------------ fitting
     def _fingerprint(self) -> str:
@@ -208,6 +234,30 @@ class DualDA(DataInfluence):
         fp.update_module(self.model)
         fp.update_batches(self.train_dataloader)
         return fp.hexdigest()
+
+    def _fit_with_cache(self, show_progress: bool, rank: int) -> None:
+        """Fit or load from ``cache_dir``; rank 0 holds a file lock on the entry meanwhile.
+
+        Processes fitting the same configuration into one ``cache_dir`` (a job array, two
+        notebooks) thus take turns: the first fits and publishes atomically, the next find the
+        entry and load it. The lock is released if the process dies.
+        """
+        key = self._fingerprint()
+        self.cache_path = os.path.join(self.cache_dir, f"dualda-{key[:32]}.pt")  # type: ignore[arg-type]
+        if rank != 0:
+            self._fit(show_progress, key, rank)
+            return
+        lock = FileLock(self.cache_path + ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if show_progress:
+                tqdm.write(f"DualDA: another process is fitting this configuration into {self.cache_dir!r}; waiting for it.")
+            lock.acquire()
+        try:
+            self._fit(show_progress, key, rank)
+        finally:
+            lock.release()
 
     def _out_of_core_path(self, key: Optional[str]) -> Optional[str]:
         """Memory-map file for the training features when they exceed ``memory_budget``."""
@@ -219,18 +269,15 @@ class DualDA(DataInfluence):
             raise ValueError("`memory_budget` needs a `train_dataset` with a length.") from None
         if 4 * n * self.final_fc_layer.in_features <= self.memory_budget:
             return None
-        tag = key[:32] if key is not None else f"{os.getpid()}-{id(self)}"
-        return os.path.join(self.cache_dir, f"features-{tag}.npy")  # type: ignore[arg-type]
+        # Scratch, never shared: a name of this process alone (two processes fitting the same
+        # configuration must not write or truncate each other's file).
+        tag = f"{key[:16] if key else 'nocache'}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        return os.path.join(self.cache_dir, f".features-{tag}.npy")  # type: ignore[arg-type]
 
-    def _fit(self, show_progress: bool) -> None:
-        rank, _ = rank_and_world_size() if self.distributed else (0, 1)
-        key = None
+    def _fit(self, show_progress: bool, key: Optional[str], rank: int) -> None:
         state: Any = None
-        if self.cache_dir is not None:
-            key = self._fingerprint()
-            self.cache_path = os.path.join(self.cache_dir, f"dualda-{key[:32]}.pt")
-            if rank == 0:
-                state = load_cache(self.cache_path, key)
+        if self.cache_path is not None and rank == 0:
+            state = load_cache(self.cache_path, key)  # type: ignore[arg-type]
         if self.distributed:
             # Rank 0 alone decides whether the cache hits: cache directories may be node-local and
             # hold different files on different ranks, and ranks that disagreed would enter
@@ -240,6 +287,14 @@ class DualDA(DataInfluence):
         if state is not None:
             self._load_state(state)
             self.fit_stats["from_cache"] = True
+            if not self.fit_stats["converged"]:
+                warnings.warn(
+                    f"The cached DualDA fit {self.cache_path!r} stopped at max_iter={self.max_iter} before "
+                    f"reaching tol={self.tol:g} (residual {self.fit_stats['residual']:.3g}): its dual "
+                    f"variables are not optimal. {CONVERGENCE_ADVICE}",
+                    ConvergenceWarning,
+                    stacklevel=4,
+                )
             return
         start = time.perf_counter()
         mmap_path = self._out_of_core_path(key)
@@ -358,6 +413,7 @@ class DualDA(DataInfluence):
         self.intercept = state["intercept"]
         self.fit_stats = dict(state["fit_stats"])
         self._train_squared_norms = state["train_squared_norms"]
+        self.absent_classes = (torch.bincount(self.train_labels, minlength=self.n_classes) == 0).nonzero().flatten()
         self.train_hinge_loss = state["train_hinge_loss"]
         # Coefficients a_j^c of the support vectors, row-sparse: (n_sv, m) float32 values and
         # int32 classes; a slot with value 0 is unused.
@@ -426,6 +482,7 @@ class DualDA(DataInfluence):
             raise ValueError(f"`indices` must lie in 0..{self.n_train - 1}.")
         if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= self.n_classes):
             raise ValueError(f"`classes` must lie in 0..{self.n_classes - 1}.")
+        self._warn_absent(classes)
         values, slot_classes = self._coefficient_rows
         position = torch.full((self.n_train,), -1, dtype=torch.long)
         position[self.support_indices] = torch.arange(self.support_indices.numel())
@@ -435,6 +492,20 @@ class DualDA(DataInfluence):
         match = slot_classes[rows[found]] == classes.flatten()[found][:, None]
         out[found] = (values[rows[found]] * match).sum(1)
         return out.reshape(indices.shape)
+
+    def _warn_absent(self, classes: torch.Tensor) -> None:
+        """Warn when asked about classes without a training sample (their scores are all zero)."""
+        if self.absent_classes.numel() == 0 or classes.numel() == 0:
+            return
+        asked = torch.isin(self.absent_classes, classes.detach().flatten().to(self.absent_classes.device))
+        if bool(asked.any()):
+            warnings.warn(
+                f"Class(es) {self.absent_classes[asked].tolist()} have no training sample: the SVM is fitted on "
+                "the classes present in the training data (as scikit-learn does), so DualDA has no dual "
+                "variables for them and every score for them is 0.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     @property
     def sparsity(self) -> float:
@@ -464,6 +535,7 @@ class DualDA(DataInfluence):
             raise ValueError(
                 f"Test features have dimension {phi.shape[1]}, the training features {self._support_features.shape[1]}."
             )
+        self._warn_absent(targets)
         targets = targets.to(self.device)
         return (phi @ self._support_features.T) * self._target_coefficients(targets).T
 
@@ -513,8 +585,9 @@ class DualDA(DataInfluence):
             ``(n_test, k)``; indices int64 into ``train_dataset``.
         """
         self._validate_inputs(inputs)
-        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+        if k is not None and (not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1):
             raise ValueError(f"`k` must be None or an integer >= 1, got {k!r}.")
+        k = None if k is None else int(k)
         batches = tqdm(
             iterate_batches(inputs), desc="DualDA influence", disable=not show_progress, leave=False,
             total=len(inputs) if isinstance(inputs, DataLoader) else 1,

@@ -6,16 +6,30 @@ DualDA and XDA both work on ``phi(x)``: the INPUT of the network's final ``nn.Li
 from __future__ import annotations
 
 import functools
+import numbers
 import os
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+import random
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+    SubsetRandomSampler,
+    WeightedRandomSampler,
+)
 from torch.utils.data.dataloader import default_collate
 from tqdm import tqdm
 
+from .probe import ModelProbe
 from .distributed import assemble_strided, gather_strided, rank_and_world_size, shard_indices, write_strided_rows
 
 __all__ = [
@@ -98,29 +112,135 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _sampler_order(loader: DataLoader, n: int) -> Optional[str]:
+    """Why ``loader`` cannot be read in dataset order, or None when it visits each sample once.
+
+    Known samplers are judged by their attributes; any other sampler is iterated once (indices
+    only, no data) with the global random states of ``random``, NumPy and torch restored.
+    """
+    batches = loader.batch_sampler
+    # A BatchSampler is judged by the sampler it batches (a dropped last batch is undone anyway);
+    # a custom batch sampler by the indices of all its batches.
+    sampler = batches.sampler if isinstance(batches, BatchSampler) else (loader.sampler if batches is None else batches)
+    if isinstance(sampler, (SequentialSampler, DistributedSampler)):
+        return None
+    if isinstance(sampler, RandomSampler):
+        if sampler.replacement or sampler.num_samples != n:
+            return f"its RandomSampler draws {sampler.num_samples} samples" + (" with replacement" if sampler.replacement else "")
+        return None
+    if isinstance(sampler, WeightedRandomSampler):
+        return "its WeightedRandomSampler draws samples with weights and replacement"
+    if isinstance(sampler, SubsetRandomSampler):
+        indices = [int(i) for i in sampler.indices]
+    else:
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            try:
+                indices = [int(i) for item in sampler for i in (item if isinstance(item, (list, tuple)) else [item])]
+            except Exception as error:  # a sampler that cannot be iterated here
+                return f"its sampler ({type(sampler).__name__}) could not be enumerated ({error})"
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
+    if len(indices) == n and sorted(indices) == list(range(n)):
+        return None
+    return (
+        f"its {type(sampler).__name__} visits {len(set(indices))} distinct samples of the {n} in its "
+        f"dataset ({len(indices)} draws)"
+    )
+
+
 def as_dataloader(data: Union[Dataset, DataLoader], batch_size: int, argument: str = "train_dataset") -> DataLoader:
-    """A DataLoader as is, or an unshuffled ``DataLoader(dataset, batch_size)``.
+    """A DataLoader that reads ``data`` in dataset order, every sample exactly once.
+
+    Index ``j`` of every result of this package addresses ``dataset[j]``, so training data is
+    always read in dataset order, whatever loader the user passes:
+
+    - a Dataset: ``DataLoader(data, batch_size, shuffle=False)``;
+    - a DataLoader over a map-style dataset whose sampler visits each sample once in any order
+      (``shuffle=True``, ``RandomSampler``, ``DistributedSampler``, a custom permutation) or
+      that drops its last batch (``drop_last=True``): a new DataLoader over the same dataset in
+      dataset order with the loader's batch size (``batch_size`` if it has none),
+      ``collate_fn``, ``num_workers``, ``pin_memory`` and worker settings. An unshuffled loader
+      is used as is;
+    - a DataLoader over an ``IterableDataset``: read in iteration order (it has no other order),
+      without dropping a last partial batch.
+
+    Parameters
+    ----------
+    data : Dataset or DataLoader
+        Yields Captum batches ``(x_1, ..., x_m, label)``.
+    batch_size : int
+        Batch size for a Dataset (and for a loader built on a custom ``batch_sampler``).
+    argument : str
+        Argument name used in error messages.
+
+    Returns
+    -------
+    DataLoader
 
     Raises
     ------
     ValueError
-        ``batch_size < 1`` or an empty dataset.
+        ``batch_size < 1``, an empty dataset, or a loader whose sampler leaves samples out or
+        draws some several times (``SubsetRandomSampler`` of a part, ``WeightedRandomSampler``,
+        sampling with replacement): the model's training set is then not the loader's dataset.
+    TypeError
+        ``data`` is neither a Dataset nor a DataLoader.
     """
     if isinstance(data, DataLoader):
         loader = data
     elif isinstance(data, Dataset) or hasattr(data, "__getitem__"):
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
-        loader = DataLoader(data, batch_size=batch_size, shuffle=False)
+        loader = DataLoader(data, batch_size=int(batch_size), shuffle=False)
     else:
         raise TypeError(f"`{argument}` must be a torch Dataset or DataLoader, got {type(data).__name__}.")
+    dataset = loader.dataset
     try:
-        size = len(loader.dataset)  # type: ignore[arg-type]
+        size: Optional[int] = len(dataset)  # type: ignore[arg-type]
     except TypeError:
         size = None
     if size == 0:
         raise ValueError(f"`{argument}` is empty.")
+    if loader is data:
+        iterable = isinstance(dataset, IterableDataset)
+        if not iterable and size is not None:
+            reason = _sampler_order(loader, size)
+            if reason is not None:
+                raise ValueError(
+                    f"`{argument}` is a DataLoader, but {reason}: DualXDA needs every training sample "
+                    "exactly once, and index j of every result addresses `dataset[j]`. Pass the dataset "
+                    "the model was trained on (wrap a part of it in `torch.utils.data.Subset`), or a "
+                    "DataLoader over it that visits each sample once."
+                )
+        batches = loader.batch_sampler
+        sequential = isinstance(batches, BatchSampler) and isinstance(batches.sampler, SequentialSampler)
+        if batches is None:
+            sequential = isinstance(loader.sampler, SequentialSampler)
+        if not (iterable or size is None or sequential) or getattr(batches, "drop_last", loader.drop_last):
+            loader = _reordered(loader, batch_size)
     return loader
+
+
+def _reordered(loader: DataLoader, batch_size: int, dataset: Optional[Dataset] = None) -> DataLoader:
+    """``loader``'s collate function and worker settings over ``dataset`` (default: its own) in
+    dataset order, no sample dropped; ``batch_size`` when the loader has no batch size."""
+    options: Dict[str, Any] = dict(
+        batch_size=loader.batch_size or getattr(loader.batch_sampler, "batch_size", None) or batch_size,
+        shuffle=False,
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
+        drop_last=False,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        persistent_workers=loader.persistent_workers,
+    )
+    if loader.num_workers > 0:
+        options["prefetch_factor"] = loader.prefetch_factor
+    return DataLoader(loader.dataset if dataset is None else dataset, **options)
 
 
 def split_batch(batch: Any, argument: str = "inputs") -> Tuple[Tuple[Any, ...], torch.Tensor]:
@@ -167,8 +287,9 @@ def _to_device(value: Any, device: torch.device) -> Any:
 def batch_features_and_output(model: nn.Module, layer: nn.Linear, inputs: Sequence[Any]) -> Tuple[torch.Tensor, Any]:
     """Features ``phi`` of one batch and the model's output, from one forward pass.
 
-    Same as :func:`batch_features` (eval mode, no grad, mode restored), also returning what
-    ``model(*inputs)`` returned (e.g. ``(N, K)`` logits).
+    Same as :func:`batch_features` (a :class:`~captum_dualxda.probe.ModelProbe`: eval mode, no
+    grad, the model left as found), also returning what ``model(*inputs)`` returned (e.g.
+    ``(N, K)`` logits).
 
     Returns
     -------
@@ -177,31 +298,19 @@ def batch_features_and_output(model: nn.Module, layer: nn.Linear, inputs: Sequen
     output : Any
         The model output.
     """
-    captured: List[torch.Tensor] = []
-
-    def hook(module: nn.Module, args: Tuple[Any, ...]) -> None:
-        captured.append(args[0].detach().flatten(1))
-
     device = model_device(model)
-    was_training = model.training
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        model.eval()
-        with torch.no_grad():
-            output = model(*[_to_device(value, device) for value in inputs])
-    finally:
-        handle.remove()
-        model.train(was_training)
-    if not captured:
-        raise RuntimeError("The forward pass did not reach the final linear layer; features could not be captured.")
-    return captured[0], output
+    with ModelProbe(model, layer) as probe, torch.no_grad():
+        output = probe.run(*[_to_device(value, device) for value in inputs])
+        return probe.features(), output
 
 
 def batch_features(model: nn.Module, layer: nn.Linear, inputs: Sequence[Any]) -> torch.Tensor:
     """Features ``phi`` of one batch: the flattened input of ``layer``.
 
-    The model runs in eval mode under ``no_grad`` on its own device (inputs are moved there);
-    its training mode is restored afterwards.
+    The model runs in eval mode under ``no_grad`` on its own device (inputs are moved there),
+    through a :class:`~captum_dualxda.probe.ModelProbe`: every submodule's training flag and
+    every parameter's ``requires_grad`` are restored afterwards, and concurrent calls from
+    several threads never mix their features.
 
     Parameters
     ----------
@@ -237,16 +346,7 @@ def _shard_loader(loader: DataLoader, rank: int, world_size: int) -> Tuple[DataL
             "extraction (an IterableDataset cannot be sharded deterministically)."
         )
     n = len(dataset)
-    shard = Subset(dataset, list(shard_indices(n, rank, world_size)))
-    sharded = DataLoader(
-        shard,
-        batch_size=loader.batch_size or 1,
-        shuffle=False,
-        collate_fn=loader.collate_fn,
-        num_workers=loader.num_workers,
-        pin_memory=loader.pin_memory,
-    )
-    return sharded, n
+    return _reordered(loader, 1, Subset(dataset, list(shard_indices(n, rank, world_size)))), n
 
 
 def shard_path(out_path: str, rank: int) -> str:

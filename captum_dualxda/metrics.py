@@ -209,19 +209,16 @@ def mislabel_scores(dualda: Any, kind: str = "self_influence") -> torch.Tensor:
 def _forward_batches(model: nn.Module, data: Union[Dataset, DataLoader], batch_size: int):
     """Yield ``(logits, labels)`` of every Captum batch ``(x_1, ..., x_m, labels)``."""
     from .features import as_dataloader, model_device, split_batch
+    from .probe import ModelProbe
 
     loader = as_dataloader(data, batch_size, "data")
     device = model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                inputs, labels = split_batch(batch, "data")
-                inputs = [v.to(device) if isinstance(v, torch.Tensor) else v for v in inputs]
-                yield model(*inputs), labels.to(device)
-    finally:
-        model.train(was_training)
+    for batch in loader:
+        inputs, labels = split_batch(batch, "data")
+        inputs = [v.to(device) if isinstance(v, torch.Tensor) else v for v in inputs]
+        with ModelProbe(model), torch.no_grad():
+            logits = model(*inputs)
+        yield logits, labels.to(device)
 
 
 def training_loss(model: nn.Module, train_dataset: Union[Dataset, DataLoader], batch_size: int = 256) -> torch.Tensor:

@@ -54,7 +54,7 @@ except ImportError as error:  # pragma: no cover - exercised in the main test en
 import torch
 from torch import nn
 
-from .dualda import DualDA
+from .dualda import DEFAULT_C, DualDA
 from .metrics import mislabel_scores
 
 __all__ = ["DualDAExplainer"]
@@ -117,7 +117,7 @@ class DualDAExplainer(Explainer):
         model: nn.Module,
         train_dataset: torch.utils.data.Dataset,
         final_fc_layer: Union[nn.Linear, str],
-        C: float = 1e-3,
+        C: float = DEFAULT_C,
         task: str = "image_classification",
         checkpoints: Optional[Union[str, List[str]]] = None,
         checkpoints_load_func: Optional[Any] = None,

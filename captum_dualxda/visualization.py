@@ -24,6 +24,9 @@ from matplotlib.figure import Figure
 from matplotlib.gridspec import GridSpec
 from zennit.image import palette as zennit_palette
 
+from .features import model_device
+from .probe import ModelProbe
+
 __all__ = [
     "to_captum_image",
     "heatmap_rgb",
@@ -138,9 +141,11 @@ def heatmap_rgb(
     Raises
     ------
     ValueError
-        Wrong number of axes, or ``vmax <= 0``.
+        Wrong number of axes, non-finite relevance, or ``vmax <= 0``.
     """
     array = _to_numpy(relevance, "relevance").astype(np.float64)
+    if not np.isfinite(array).all():
+        raise ValueError("`relevance` contains NaN or inf; a heatmap with non-finite relevance cannot be coloured.")
     if array.ndim == 2:
         maps, batched = array[None], False
     elif array.ndim == 3:
@@ -267,6 +272,11 @@ class InfluentialSamples:
                 raise ValueError(
                     f"`{argument}.{name}` must have the shape of `{argument}.images` {tuple(images.shape)}, "
                     f"got {tuple(torch.as_tensor(value).shape)}."
+                )
+            if value is not None and not bool(torch.isfinite(torch.as_tensor(value)).all()):
+                raise ValueError(
+                    f"`{argument}.{name}` contains NaN or inf: a heatmap with non-finite relevance "
+                    "cannot be drawn (the LRP rules used do not cover the model)."
                 )
 
     @property
@@ -550,17 +560,11 @@ def explain_figure(
         raise ValueError(
             f"`test_input` must be one sample, (C, H, W) or (1, C, H, W), got shape {tuple(x.shape)}."
         )
-    x = x.to(dualda.device)
     model = dualda.model
+    x = x.to(model_device(model))
     if target is None:
-        flags = {module: module.training for module in model.modules()}
-        model.eval()
-        try:
-            with torch.no_grad():
-                target = int(model(x).argmax(1)[0])
-        finally:
-            for module, training in flags.items():
-                module.training = training
+        with ModelProbe(model), torch.no_grad():
+            target = int(model(x).argmax(1)[0])
     target_t = torch.tensor([int(target)], device=x.device)
 
     groups = {}

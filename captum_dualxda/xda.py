@@ -21,7 +21,8 @@ relevance is ``attr_output(phi(input)) = phi(input) * (a_j^c * phi(partner))``.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+import warnings
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -29,68 +30,112 @@ from zennit.attribution import Attributor
 from zennit.core import Composite
 
 from .features import model_device, resolve_linear_layer
+from .probe import ModelProbe
 
-__all__ = ["XDA", "XDAPairs", "xda_pairs"]
+__all__ = ["XDA", "XDAPairs", "xda_pairs", "UnsupportedModelError", "unsupported_layers", "missing_canonizer"]
 
 AttrOutput = Union[None, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
 
-class _FeaturesReached(Exception):
-    """Raised by the feature-layer pre-hook to stop the forward pass once ``phi`` is captured."""
+class UnsupportedModelError(RuntimeError):
+    """The composite's rules cannot propagate relevance through some layers of the model."""
 
 
-# --------------------------------------------------------------------------------------------
-# Model state bookkeeping: XDA must leave the model exactly as it found it.
-# --------------------------------------------------------------------------------------------
-class _ModelState:
-    """Snapshot of everything an attribution pass may disturb, restorable in place.
+#: Layer types that Zennit's built-in rules do not propagate relevance through: attention and
+#: normalisation by statistics of the input (a product of activations), smooth activations.
+_UNSUPPORTED_TYPES: Tuple[type, ...] = (
+    nn.MultiheadAttention, nn.LayerNorm, nn.GroupNorm, nn.Softmax, nn.GELU, nn.SiLU, nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+)
+_UNSUPPORTED_NAMES = ("Attention", "LayerNorm", "RMSNorm", "Softmax")
 
-    Records, per submodule: the training flag, the ``_parameters`` and ``_buffers`` dicts (the
-    objects themselves, not copies), and which parameter/buffer names were shadowed in the
-    instance ``__dict__``.  Restoring puts the original Parameter and buffer objects back (so
-    optimizers holding references keep working), drops entries a canonizer added (zennit 1.0's
-    batch-norm merge leaves zero ``bias`` Parameters and ``__dict__`` shadows behind) and resets
-    every module's own training flag (so a mixed train/eval model keeps its mix).
+
+def unsupported_layers(model: nn.Module) -> List[Tuple[str, str]]:
+    """Layers of ``model`` that Zennit's built-in rules do not cover (attention, LayerNorm, ...).
+
+    Parameters
+    ----------
+    model : nn.Module
+
+    Returns
+    -------
+    list of (str, str)
+        ``(dotted name, class name)`` of each such layer, outermost first (the submodules of a
+        reported attention block are not listed again).
     """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.entries: List[Tuple[nn.Module, bool, Dict[str, Any], Dict[str, Any], set]] = []
-        for module in model.modules():
-            names = set(module._parameters) | set(module._buffers)
-            shadowed = {name for name in names if name in module.__dict__}
-            self.entries.append(
-                (module, module.training, dict(module._parameters), dict(module._buffers), shadowed)
-            )
-
-    def restore(self) -> None:
-        for module, training, params, buffers, shadowed in self.entries:
-            module.training = training
-            current_names = set(module._parameters) | set(module._buffers) | set(params) | set(buffers)
-            for name in current_names:
-                if name in module.__dict__ and name not in shadowed:
-                    del module.__dict__[name]
-            if module._parameters.keys() != params.keys() or any(
-                module._parameters[k] is not v for k, v in params.items()
-            ):
-                module._parameters.clear()
-                module._parameters.update(params)
-            if module._buffers.keys() != buffers.keys() or any(
-                module._buffers[k] is not v for k, v in buffers.items()
-            ):
-                module._buffers.clear()
-                module._buffers.update(buffers)
+    found: List[Tuple[str, str]] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(parent + ".") for parent, _ in found):
+            continue
+        kind = type(module).__name__
+        if isinstance(module, _UNSUPPORTED_TYPES) or any(part in kind for part in _UNSUPPORTED_NAMES):
+            found.append((name, kind))
+    return found
 
 
-def _set_eval(model: nn.Module) -> Dict[nn.Module, bool]:
-    """Put every submodule in eval mode; return the previous per-module flags."""
-    flags = {module: module.training for module in model.modules()}
-    model.eval()
-    return flags
+def _unsupported_message(model: nn.Module, composite: Composite, what: str) -> str:
+    layers = unsupported_layers(model)
+    listed = ", ".join(f"{name} ({kind})" for name, kind in layers[:6]) + (f" and {len(layers) - 6} more" if len(layers) > 6 else "")
+    reason = (
+        f"its rules do not cover these layers of the model: {listed}. Zennit's composites handle "
+        "convolutional and fully connected networks (Linear, Conv, BatchNorm merged by a canonizer, "
+        "pooling, ReLU); attention, LayerNorm and softmax need rules of their own"
+        if layers else "no layer known to be unsupported was found: check the composite's rules and epsilon"
+    )
+    return (
+        f"XDA with composite {type(composite).__name__} failed: {what}; {reason}. For a model that these "
+        "rules do not cover, pass `composite=None` (plain gradients at the input, still finite and "
+        "summing to the DualDA score for piecewise-linear networks only)."
+    )
 
 
-def _restore_flags(flags: Dict[nn.Module, bool]) -> None:
-    for module, training in flags.items():
-        module.training = training
+def _flat_canonizers(canonizers: Any) -> List[Any]:
+    out: List[Any] = []
+    for canonizer in canonizers or ():
+        out.append(canonizer)
+        out.extend(_flat_canonizers(getattr(canonizer, "canonizers", None)))
+    return out
+
+
+def missing_canonizer(model: nn.Module, composite: Optional[Composite]) -> Optional[str]:
+    """Why ``composite`` will not conserve relevance on ``model`` for lack of a canonizer, or None.
+
+    A BatchNorm layer needs a canonizer that merges it into the layer before it
+    (``SequentialMergeBatchNorm``); torchvision's ResNet blocks need
+    ``zennit.torchvision.ResNetCanonizer`` (their residual additions are invisible to rules
+    otherwise). Without them heatmaps do not sum to the DualDA score, by orders of magnitude.
+
+    Parameters
+    ----------
+    model : nn.Module
+    composite : zennit.core.Composite or None
+
+    Returns
+    -------
+    str or None
+        A sentence naming the layers and the canonizer to add; None when nothing is missing.
+    """
+    if composite is None:
+        return None
+    canonizers = _flat_canonizers(getattr(composite, "canonizers", None))
+    blocks = [name for name, m in model.named_modules() if type(m).__name__ in ("BasicBlock", "Bottleneck")
+              and type(m).__module__.startswith("torchvision.")]
+    resnet_kinds = ("ResNetBasicBlockCanonizer", "ResNetBottleneckCanonizer")
+    if blocks and not any(type(c).__name__ in resnet_kinds for c in canonizers):
+        return (
+            f"The model has torchvision ResNet blocks ({', '.join(blocks[:3])}{', ...' if len(blocks) > 3 else ''}) "
+            "but the composite has no ResNet canonizer: heatmaps will not sum to the DualDA score. Pass "
+            "`canonizers=[zennit.torchvision.ResNetCanonizer()]` to the composite."
+        )
+    norms = [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if norms and not canonizers:
+        return (
+            f"The model has BatchNorm layers ({', '.join(norms[:3])}{', ...' if len(norms) > 3 else ''}) but "
+            "the composite has no canonizer: heatmaps will not sum to the DualDA score. Pass "
+            "`canonizers=[zennit.canonizers.SequentialMergeBatchNorm()]` (or "
+            "`zennit.torchvision.ResNetCanonizer()` for a torchvision ResNet) to the composite."
+        )
+    return None
 
 
 def _registered_elsewhere(composite: Composite, model: nn.Module) -> bool:
@@ -113,15 +158,6 @@ def _registered_elsewhere(composite: Composite, model: nn.Module) -> bool:
                 if owner is not None and id(owner) in hook_ids:
                     return False
     return True
-
-
-def _as_attr_output_fn(attr_output: AttrOutput) -> Callable[[torch.Tensor], Any]:
-    """Zennit semantics: None -> identity, tensor -> constant, callable -> itself."""
-    if attr_output is None:
-        return lambda phi: phi
-    if callable(attr_output):
-        return attr_output
-    return lambda phi: attr_output
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,7 +240,10 @@ class XDA(Attributor):
             )
         super().__init__(model=model, composite=composite, attr_output=attr_output)
         self.feature_layer: nn.Linear = resolve_linear_layer(model, feature_layer, argument="feature_layer")
-        self._states: List[_ModelState] = []
+        advice = missing_canonizer(model, composite)
+        if advice is not None:
+            warnings.warn(advice, UserWarning, stacklevel=2)
+        self._probes: List[ModelProbe] = []
 
     # -- context management -----------------------------------------------------------------
     def _check_composite(self) -> None:
@@ -229,16 +268,20 @@ class XDA(Attributor):
             The composite is registered to another model.
         """
         self._check_composite()
-        state = _ModelState(self.model)
-        self._states.append(state)
+        # The probe holds the model's lock for the whole block (other threads' passes through
+        # this model wait instead of running through the composite's hooks), puts the model in
+        # eval mode and records what the canonizers replace.
+        probe = ModelProbe(self.model, objects=True).__enter__()
+        self._probes.append(probe)
         try:
-            self.model.eval()
             super().__enter__()
         except BaseException:
-            self._states.pop()
-            if self.composite is not None:
-                self.composite.remove()
-            state.restore()
+            self._probes.pop()
+            try:
+                if self.composite is not None:
+                    self.composite.remove()
+            finally:
+                probe.__exit__(None, None, None)
             raise
         return self
 
@@ -253,8 +296,8 @@ class XDA(Attributor):
         try:
             super().__exit__(exc_type, exc_value, traceback)
         finally:
-            if self._states:
-                self._states.pop().restore()
+            if self._probes:
+                self._probes.pop().__exit__(exc_type, exc_value, traceback)
         return False
 
     def __call__(self, input: torch.Tensor, attr_output: AttrOutput = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -279,35 +322,14 @@ class XDA(Attributor):
         return super().__call__(input, attr_output)
 
     # -- the passes -----------------------------------------------------------------------------
-    def _run_to_features(self, input: torch.Tensor) -> torch.Tensor:
-        """Run the model on ``input`` until the feature layer; return phi (N, d), graph kept."""
-        captured: List[torch.Tensor] = []
+    def _probe(self, detach: bool) -> ModelProbe:
+        """A probe that stops the forward pass at the feature layer and captures ``phi``.
 
-        def hook(module: nn.Module, args: Tuple[Any, ...]) -> None:
-            captured.append(args[0])
-            raise _FeaturesReached
-
-        # prepend=True: run before any zennit pre-hook on this layer, so phi is captured before
-        # zennit wraps it in its Identity (whose backward hook would need the layer's output
-        # gradient, which never exists because the forward stops here).
-        handle = self.feature_layer.register_forward_pre_hook(hook, prepend=True)
-        try:
-            try:
-                self.model(input)
-            except _FeaturesReached:
-                pass
-        finally:
-            handle.remove()
-        if not captured:
-            raise RuntimeError(
-                "The forward pass never reached `feature_layer` "
-                f"({type(self.feature_layer).__name__}(in_features={self.feature_layer.in_features})): "
-                "it is not used by `model.forward`, so its input (the features) cannot be captured."
-            )
-        raw = captured[0]
-        if not isinstance(raw, torch.Tensor):
-            raise TypeError(f"The input of `feature_layer` is a {type(raw).__name__}, expected a tensor.")
-        return raw.flatten(1) if raw.ndim > 1 else raw.reshape(raw.shape[0], -1)
+        ``prepend``: the capture runs before any zennit pre-hook on this layer, so phi is taken
+        before zennit wraps it in its Identity (whose backward hook would need the layer's output
+        gradient, which never exists because the forward stops here).
+        """
+        return ModelProbe(self.model, self.feature_layer, stop=True, prepend=True, detach=detach, argument="feature_layer")
 
     def _prepare_input(self, input: torch.Tensor) -> torch.Tensor:
         if not isinstance(input, torch.Tensor):
@@ -335,13 +357,9 @@ class XDA(Attributor):
             ``(N, d)`` features on the model's device, dtype of the model.
         """
         input = self._prepare_input(input)
-        flags = _set_eval(self.model)
-        try:
-            with torch.no_grad():
-                phi = self._run_to_features(input)
-        finally:
-            _restore_flags(flags)
-        return phi.detach()
+        with self._probe(detach=True) as probe, torch.no_grad():
+            probe.run(input)
+            return probe.features()
 
     def forward(
         self, input: torch.Tensor, attr_output_fn: Callable[[torch.Tensor], Any]
@@ -371,26 +389,34 @@ class XDA(Attributor):
             ``(N, d)``.
         RuntimeError
             ``feature_layer`` is not reached, or the features do not depend on the input.
+        UnsupportedModelError
+            The composite's rules fail on a layer of the model (a backward hook error) or give
+            non-finite relevance; the message names the layers they do not cover (attention,
+            LayerNorm, softmax, ...).
         """
         self._check_composite()
         input = self._prepare_input(input)
-        flags = _set_eval(self.model)
-        try:
-            # Rules attach only when grad mode is on and the layer input requires grad: make both
-            # true even when the caller sits inside torch.no_grad().
-            with torch.enable_grad():
-                leaf = input.requires_grad_(True)
-                phi = self._run_to_features(leaf)
-                if not phi.requires_grad:
-                    raise RuntimeError(
-                        "The features at `feature_layer` do not depend on `input` (no gradient path); "
-                        "nothing can be attributed."
-                    )
-                relevance_out = attr_output_fn(phi.detach())
-                relevance_out = self._check_relevance(relevance_out, phi)
+        # Rules attach only when grad mode is on and the layer input requires grad: make both
+        # true even when the caller sits inside torch.no_grad().
+        with self._probe(detach=False) as probe, torch.enable_grad():
+            leaf = input.requires_grad_(True)
+            probe.run(leaf)
+            phi = probe.features()
+            if not phi.requires_grad:
+                raise RuntimeError(
+                    "The features at `feature_layer` do not depend on `input` (no gradient path); "
+                    "nothing can be attributed."
+                )
+            relevance_out = attr_output_fn(phi.detach())
+            relevance_out = self._check_relevance(relevance_out, phi)
+            try:
                 relevance, = torch.autograd.grad((phi,), (leaf,), grad_outputs=(relevance_out,))
-        finally:
-            _restore_flags(flags)
+            except RuntimeError as error:
+                if self.composite is None or "hook" not in str(error):
+                    raise
+                raise UnsupportedModelError(_unsupported_message(self.model, self.composite, str(error))) from error
+        if self.composite is not None and not bool(torch.isfinite(relevance).all()):
+            raise UnsupportedModelError(_unsupported_message(self.model, self.composite, "non-finite relevance (NaN or inf)"))
         return phi.detach(), relevance.detach()
 
     @staticmethod
@@ -481,12 +507,9 @@ def _single_input(value: Any, argument: str) -> torch.Tensor:
 
 
 def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    flags = _set_eval(model)
-    try:
-        with torch.no_grad():
-            return model(x).argmax(dim=1)
-    finally:
-        _restore_flags(flags)
+    """``(N,)`` the model's predicted classes (eval mode, no grad, the model left as found)."""
+    with ModelProbe(model), torch.no_grad():
+        return model(x).argmax(dim=1)
 
 
 def xda_pairs(

@@ -58,13 +58,17 @@ def test_printed_auc_matches_returned_data(small_run):
 
 def test_metrics_are_consistent(small_run):
     _, result = small_run
-    for value in (result.test_accuracy, result.surrogate_agreement, result.sparsity, result.auc,
-                  result.found_top10, result.random_auc, result.loss_auc):
-        assert 0.0 <= value <= 1.0
-    assert 0 < result.n_support <= result.n_train
+    n_train = SMALL["n_train"]
     assert result.sparsity == pytest.approx(1 - result.n_support / result.n_train)
+    assert 0 < result.n_support <= result.n_train == n_train and result.n_test == 449
+    # Recomputed from what the run returns: the random baseline and the default settings.
+    random_scores = np.random.default_rng(SMALL["seed"]).random(n_train)
+    assert result.random_auc == pytest.approx(roc_auc_score(result.flipped, random_scores), abs=1e-12)
+    assert result.C == 1e-3 and result.flip_rate == 0.1
+    assert result.solver_gap < 1e-3 and np.isfinite(result.hinge_auc)
+    printed = [line for line in result.summary().splitlines() if "surrogate hinge loss, AUC" in line]
+    assert len(printed) == 1 and printed[0].split()[-4] == f"{result.hinge_auc:.3f}"
     assert result.fit_time > 0 and result.ms_per_test_sample > 0 and result.xda_ms_per_pair > 0
-    assert result.n_test == 449
 
 
 def test_run_demo_is_deterministic(small_run, tmp_path):
@@ -76,13 +80,23 @@ def test_run_demo_is_deterministic(small_run, tmp_path):
         assert getattr(first, name) == getattr(second, name), name
 
 
-def test_run_demo_restores_torch_threads(small_run):
-    # run_demo runs with one thread and puts the previous setting back
-    assert torch.get_num_threads() >= 1
+def test_run_demo_runs_on_one_thread_and_restores_the_setting(tmp_path, monkeypatch):
+    seen = []
+    real_train = demo.train_cnn
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(demo, "train_cnn", spy)
     before = torch.get_num_threads()
-    with demo._torch_threads(1):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
+    torch.set_num_threads(2)
+    try:
+        demo.run_demo(str(tmp_path), **{**SMALL, "n_explain": 0, "epochs": 1})
+        assert seen == [1]  # the run itself used one thread
+        assert torch.get_num_threads() == 2  # and put the caller's setting back
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("kwargs, word", [

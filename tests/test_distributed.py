@@ -75,6 +75,9 @@ def worker(rank, init_file, out_dir):
     try:
         net, train, x_test = make_problem()
         result = run_all(net, train, x_test)  # distributed=None: automatic
+        # A shuffling loader that drops its last batch: every rank reads the dataset in order.
+        shuffled = DualDA(net, "2", DataLoader(train, batch_size=32, shuffle=True, drop_last=True), C=0.05)
+        result["shuffled"] = (shuffled.n_train, shuffled.influence((x_test, net(x_test).argmax(1))))
         # Sharded extraction: rank 0 gets every row, rank r > 0 only its shard; in memory and
         # memory-mapped into a rank-local directory (no shared file).
         local_dir = os.path.join(out_dir, f"scratch{rank}")
@@ -128,6 +131,13 @@ def test_sharded_extraction_equals_single_process(distributed_results, single_re
     for result in distributed_results:
         assert torch.equal(result["features"], single_results["features"])
         assert torch.equal(result["labels"], single_results["labels"])
+
+
+def test_distributed_fit_with_a_shuffling_loader_reads_dataset_order(distributed_results, single_results):
+    for result in distributed_results:
+        n_train, scores = result["shuffled"]
+        assert n_train == N_TRAIN
+        assert torch.allclose(scores, single_results["scores"], atol=1e-6, rtol=0)
 
 
 def test_distributed_fit_and_scores_equal_single_process(distributed_results, single_results):
@@ -200,7 +210,9 @@ def test_out_of_core_with_rank_local_cache_dirs(distributed_results, single_resu
         for key in ("proponents", "opponents"):
             assert torch.allclose(out_of_core[key][1], single_results[key][1], atol=1e-6, rtol=0)
     # Rank 0 wrote the fit; no feature file is left on any rank.
-    assert [f.startswith("dualda-") for f in distributed_results[0]["cache_files"]] == [True]
+    fits = [f for f in distributed_results[0]["cache_files"] if not f.endswith(".lock")]
+    assert len(fits) == 1 and fits[0].startswith("dualda-") and fits[0].endswith(".pt")
+    assert all(f.startswith("dualda-") for f in distributed_results[0]["cache_files"])
     assert distributed_results[1]["cache_files"] == []
 
 

@@ -63,13 +63,19 @@ def test_scores_equal_brute_force_formula(setup):
     assert torch.all(scores[:, off] == 0)
 
 
-def test_coefficients_are_the_solver_dual_and_every_target_class_scores(setup):
+def test_coefficients_give_scikit_learns_svm_and_every_target_class_scores(setup):
     dualda, train, xt, net = setup
-    from captum_dualxda.solver import fit_crammer_singer
+    from sklearn.svm import LinearSVC
 
     phi = batch_features(net, net.fc, (train.tensors[0],))
-    alpha = fit_crammer_singer(phi, train.tensors[1], C=0.01, n_classes=10).alpha
-    assert torch.allclose(dualda.coefficients, alpha.float(), atol=1e-7)
+    alpha = dualda.coefficients.double()
+    # An independent reference: scikit-learn's LIBLINEAR solves the same primal; W = alpha^T phi
+    # and the intercept (s = 1) = alpha.sum(0) must match its coef_ and intercept_.
+    sk = LinearSVC(C=0.01, multi_class="crammer_singer", tol=1e-8, max_iter=1_000_000).fit(phi.double().numpy(), train.tensors[1].numpy())
+    coef, scale = torch.from_numpy(sk.coef_), float(abs(sk.coef_).max())
+    assert float((alpha.T @ phi.double() - coef).abs().max()) <= 2e-3 * scale
+    assert float((alpha.sum(0) - torch.from_numpy(sk.intercept_)).abs().max()) <= 2e-3 * scale
+    assert float((dualda.weight.double() - coef).abs().max()) <= 2e-3 * scale
     # Every class as target (incl. classes a support vector has no coefficient for), repeated.
     targets = torch.arange(25) % 10
     scores = dualda.influence((xt, targets))
@@ -153,12 +159,16 @@ def test_index_addresses_train_dataset(setup):
 
 
 def test_model_mode_restored(digits, digits_cnn):
-    x, y, _, _ = digits
+    x, y, xt, _ = digits
     digits_cnn.train()
+    digits_cnn.features[1].eval()  # a frozen BatchNorm inside a model in train mode
     try:
+        flags = [m.training for m in digits_cnn.modules()]
         before = {k: v.clone() for k, v in digits_cnn.state_dict().items()}
-        DualDA(digits_cnn, "fc", TensorDataset(x[:200], y[:200]), C=0.1)
-        assert digits_cnn.training
+        dualda = DualDA(digits_cnn, "fc", TensorDataset(x[:200], y[:200]), C=0.1)
+        dualda.influence((xt[:4], torch.zeros(4, dtype=torch.long)), k=3)
+        assert [m.training for m in digits_cnn.modules()] == flags
+        assert digits_cnn.training and not digits_cnn.features[1].training
         after = digits_cnn.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before)  # BN stats untouched (eval mode)
     finally:
@@ -206,7 +216,10 @@ def test_interrupted_cache_write_leaves_nothing_that_loads(tmp_path, digits, dig
     with pytest.raises(KeyboardInterrupt):
         DualDA(digits_cnn, "fc", train, C=0.05, cache_dir=str(tmp_path))
     monkeypatch.setattr(cache_module.torch, "save", real_save)
-    assert os.listdir(tmp_path) == []  # neither the final file nor the temporary one remains
+    # Neither the final file nor the temporary one remains; only the (empty) lock file of the entry.
+    left = os.listdir(tmp_path)
+    assert all(name.endswith(".pt.lock") for name in left) and len(left) <= 1
+    assert all(os.path.getsize(tmp_path / name) == 0 for name in left)
     fresh = DualDA(digits_cnn, "fc", train, C=0.05, cache_dir=str(tmp_path))
     assert not fresh.fit_stats["from_cache"]
     # A corrupt file at the final name (e.g. disk full elsewhere) is ignored with a warning.
@@ -260,10 +273,19 @@ def test_bad_inputs(setup, digits, digits_cnn, tmp_path):
         dualda.train_inputs([600])
 
 
-def test_device_argument_moves_tensors(setup, digits_cnn, digits):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no GPU"))])
+def test_device_argument_moves_tensors(device, digits_cnn, digits):
     x, y, xt, _ = digits
-    dd = DualDA(digits_cnn, "fc", TensorDataset(x[:200], y[:200]), C=0.05, device="cpu")
+    train = TensorDataset(x[:200], y[:200])
+    dd = DualDA(digits_cnn, "fc", train, C=0.05, device=device)
+    default = DualDA(digits_cnn, "fc", train, C=0.05)
+    assert dd.device == torch.device(device)
+    assert dd.self_influence().device.type == device
     pred = digits_cnn(xt[:3]).argmax(1)
-    # Targets on another dtype/device-like container still work (moved, not crashed).
-    assert dd.influence((xt[:3], pred.int())).shape == (3, 200)
-    assert dd.influence((xt[:3], pred.tolist())).shape == (3, 200)
+    scores = dd.influence((xt[:3], pred))
+    assert scores.device.type == device and dd.influence((xt[:3], pred), k=2).indices.device.type == device
+    assert torch.allclose(scores.cpu(), default.influence((xt[:3], pred)), atol=1e-5)
+    # Targets as int32 or a list are accepted and give the same scores.
+    assert torch.equal(dd.influence((xt[:3], pred.int())), scores)
+    assert torch.equal(dd.influence((xt[:3], pred.tolist())), scores)

@@ -168,15 +168,29 @@ def test_surrogate_fidelity_matches_manual(flipped_setup, digits_cnn):
 def test_mislabel_scores_and_training_loss(flipped_setup, digits_cnn):
     train, flip, _ = flipped_setup
     dualda = DualDA(digits_cnn, "fc", train, C=0.01, batch_size=100)
-    assert torch.equal(mislabel_scores(dualda), dualda.self_influence().cpu())
-    assert torch.equal(mislabel_scores(dualda, "hinge_loss"), dualda.train_hinge_loss)
+    x, labels = train.tensors
+    # Independent formulas: a_i^{y_i} ||phi_i||^2, and the Crammer-Singer slack of W phi + b.
+    phi = batch_features(digits_cnn, digits_cnn.fc, (x,)).double()
+    own = dualda.coefficients.double()[torch.arange(len(labels)), labels]
+    assert torch.allclose(mislabel_scores(dualda).double(), own * phi.pow(2).sum(1), rtol=1e-5, atol=1e-7)
+    scores = phi @ dualda.weight.double().T + dualda.intercept.double()
+    margins = scores + 1.0
+    margins[torch.arange(len(labels)), labels] -= 1.0
+    slack = margins.amax(1) - scores[torch.arange(len(labels)), labels]
+    assert torch.allclose(mislabel_scores(dualda, "hinge_loss").double(), slack, atol=1e-4)
+    assert float(mislabel_auc(mislabel_scores(dualda, "hinge_loss"), flip)) > 0.9  # finds the flips
     with pytest.raises(ValueError, match="kind"):
         mislabel_scores(dualda, "loss")
-    x, labels = train.tensors
-    loss = training_loss(digits_cnn, train, batch_size=128)
-    expected = nn.functional.cross_entropy(digits_cnn(x), labels, reduction="none").detach()
-    assert torch.allclose(loss, expected, atol=1e-5)
-    assert digits_cnn.training is False
+    expected = nn.functional.cross_entropy(digits_cnn(x), labels, reduction="none").detach()  # eval mode
+    digits_cnn.train()  # BatchNorm in train mode: the loss must still use its running statistics
+    digits_cnn.head.eval()  # and a frozen part must stay frozen
+    try:
+        flags = [m.training for m in digits_cnn.modules()]
+        loss = training_loss(digits_cnn, train, batch_size=128)
+        assert [m.training for m in digits_cnn.modules()] == flags  # every submodule as found
+    finally:
+        digits_cnn.eval()
+    assert torch.allclose(loss, expected, atol=1e-5)  # computed in eval mode (Dropout, BN statistics)
 
 
 # ---------------------------------------------------------------------------- sweep

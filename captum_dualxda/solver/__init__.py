@@ -8,7 +8,7 @@ point).
 """
 from .fit import ConvergenceWarning, available_backends, fit_crammer_singer, fit_crammer_singer_path
 from .gap import evaluate_optimality, primal_objective
-from .problem import CrammerSingerProblem, CrammerSingerResult, make_problem, support_mask
+from .problem import DEFAULT_C, CrammerSingerProblem, CrammerSingerResult, make_problem, support_mask
 from .projection import project_crammer_singer
 from .sparse_dual import RowSparseDual, dual_rows, dual_to_dense
 
@@ -17,6 +17,7 @@ __all__ = [
     "fit_crammer_singer_path",
     "available_backends",
     "ConvergenceWarning",
+    "DEFAULT_C",
     "CrammerSingerProblem",
     "CrammerSingerResult",
     "make_problem",

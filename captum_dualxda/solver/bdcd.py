@@ -184,6 +184,8 @@ def solve_bdcd(
                 weight, bias_weight = report.weight, report.bias_weight
                 if report.residual <= tol:
                     converged = True
+                    bar.total = bar.n  # converged: the bar ends full, not at n_iter / max_iter
+                    bar.set_postfix(residual=f"{report.residual:.2e}", converged=True)
                     break
             elif epoch % refresh_every == 0:
                 weight, bias_weight = primal_weights(problem, alpha)

@@ -1,6 +1,7 @@
 """``fit_crammer_singer``: the one entry point in front of every solver backend."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import time
@@ -11,7 +12,7 @@ import torch
 
 from .bdcd import BackendOutput, solve_bdcd
 from .gap import evaluate_optimality
-from .problem import CrammerSingerResult, check_positive_number, make_problem
+from .problem import DEFAULT_C, CrammerSingerResult, check_positive_number, make_problem
 from .sparse_dual import DualVariables, RowSparseDual, dual_row_slices, dual_rows, dual_to_dense, set_dual_rows
 
 __all__ = [
@@ -29,6 +30,14 @@ SPARSE_ALPHA_ENTRIES = 2**27
 
 class ConvergenceWarning(UserWarning):
     """The solver stopped at ``max_iter`` before reaching ``tol``."""
+
+
+CONVERGENCE_ADVICE = (
+    "Use a smaller C (the number of passes grows with C times the squared norm of the features; "
+    "1e-3 is the default), a larger max_iter, or features on a smaller scale (normalise the "
+    "network's inputs)."
+)
+"""What to do about a fit that stopped at ``max_iter``; part of every :class:`ConvergenceWarning`."""
 
 
 def _sequential_backend() -> Optional[Callable[..., BackendOutput]]:
@@ -97,7 +106,7 @@ def clean_dust(alpha: DualVariables, labels: torch.Tensor, C: float, threshold: 
 def fit_crammer_singer(
     features: torch.Tensor,
     labels: torch.Tensor,
-    C: float = 1.0,
+    C: float = DEFAULT_C,
     fit_intercept: bool = True,
     intercept_scaling: float = 1.0,
     tol: float = 1e-4,
@@ -125,7 +134,8 @@ def fit_crammer_singer(
     labels : torch.Tensor or array-like
         ``(n,)`` integer labels in ``0..K-1``.
     C : float
-        Regularisation constant, ``> 0``. Smaller C gives more support vectors.
+        Regularisation constant, ``> 0`` (default 1e-3; scikit-learn's ``LinearSVC`` uses 1.0).
+        Smaller C gives more support vectors and needs fewer passes.
     fit_intercept : bool
         Fit an intercept (LIBLINEAR's regularised bias column).
     intercept_scaling : float
@@ -141,7 +151,9 @@ def fit_crammer_singer(
     show_progress : bool
         Show a tqdm bar.
     n_classes : int, optional
-        ``K``, if some classes have no samples; defaults to ``labels.max() + 1``.
+        ``K``, if some classes have no samples; defaults to ``labels.max() + 1``. Classes
+        without a sample take no part in the problem (as in scikit-learn, which drops them):
+        their columns of ``alpha``, rows of ``weight`` and entries of ``intercept`` are zero.
     backend : {"auto", "sequential", "bdcd"}
         ``"auto"``: the compiled sequential method with shrinking on CPU (if numba is
         installed), batched block coordinate descent on accelerators.
@@ -167,6 +179,14 @@ def fit_crammer_singer(
     if int(max_iter) < 1:
         raise ValueError(f"`max_iter` must be >= 1, got {max_iter!r}.")
     problem = make_problem(features, labels, C, fit_intercept, intercept_scaling, n_classes)
+    present = torch.unique(problem.labels)
+    if present.numel() < problem.n_classes:
+        # Classes without a training sample: solve scikit-learn's problem, which knows only the
+        # classes present, and give the others zero dual variables, weights and intercept.
+        return _fit_present_classes(
+            problem, present, tol=tol, max_iter=max_iter, device=device, seed=seed, show_progress=show_progress,
+            backend=backend, warm_start=warm_start, sparse_alpha=sparse_alpha, **backend_options,
+        )
     if device is not None:
         target = torch.device(device)
         problem.features = problem.features.to(target)
@@ -215,7 +235,8 @@ def fit_crammer_singer(
     if not out.converged:
         warnings.warn(
             f"The Crammer-Singer solver stopped after max_iter={max_iter} passes with residual "
-            f"{report.residual:.3g} > tol={tol:g} (relative gap {report.relative_gap:.3g}).",
+            f"{report.residual:.3g} > tol={tol:g} (relative gap {report.relative_gap:.3g}), so the dual "
+            f"variables are not optimal. {CONVERGENCE_ADVICE}",
             ConvergenceWarning,
             stacklevel=2,
         )
@@ -235,6 +256,54 @@ def fit_crammer_singer(
         intercept_scaling=problem.intercept_scaling,
         tol=float(tol),
     )
+
+
+def _select_classes(alpha: DualVariables, present: torch.Tensor) -> DualVariables:
+    """``alpha`` restricted to the columns ``present`` (the other columns must be zero)."""
+    if isinstance(alpha, RowSparseDual):
+        position = torch.zeros(alpha.n_classes, dtype=torch.int32, device=alpha.device)
+        position[present.to(alpha.device)] = torch.arange(present.numel(), dtype=torch.int32, device=alpha.device)
+        out = RowSparseDual(alpha.shape[0], present.numel(), capacity=min(alpha.capacity, present.numel()), device=alpha.device)
+        for rows in dual_row_slices(alpha):
+            out.set_rows(rows, dual_rows(alpha, rows)[:, present.to(alpha.device)])
+        return out
+    return alpha[:, present.to(alpha.device)].contiguous()
+
+
+def _expand_classes(alpha: DualVariables, present: torch.Tensor, n_classes: int) -> DualVariables:
+    """``(n, P)`` dual variables of the present classes as ``(n, K)``, zero for absent classes."""
+    present = present.to(alpha.device)
+    if isinstance(alpha, RowSparseDual):
+        out = RowSparseDual.__new__(RowSparseDual)
+        out.n_classes, out.values, out.classes = n_classes, alpha.values, present.to(torch.int32)[alpha.classes.long()]
+        return out
+    dense = torch.zeros(alpha.shape[0], n_classes, dtype=alpha.dtype, device=alpha.device)
+    dense[:, present] = alpha
+    return dense
+
+
+def _fit_present_classes(problem, present: torch.Tensor, warm_start: Optional[CrammerSingerResult], **kwargs) -> CrammerSingerResult:
+    """Solve on the classes that have samples (relabelled ``0..P-1``), report in all ``K``."""
+    K = problem.n_classes
+    relabel = torch.full((K,), -1, dtype=torch.int64, device=present.device)
+    relabel[present] = torch.arange(present.numel(), device=present.device)
+    if warm_start is not None:
+        if tuple(warm_start.alpha.shape) != (problem.n_samples, K):
+            raise ValueError(
+                "`warm_start` was fitted on a different problem: alpha has shape "
+                f"{tuple(warm_start.alpha.shape)}, expected {(problem.n_samples, K)}."
+            )
+        warm_start = dataclasses.replace(warm_start, alpha=_select_classes(warm_start.alpha, present))
+    result = fit_crammer_singer(
+        problem.features, relabel[problem.labels], C=problem.C, fit_intercept=problem.intercept_scaling > 0,
+        intercept_scaling=problem.intercept_scaling if problem.intercept_scaling > 0 else 1.0,
+        n_classes=present.numel(), warm_start=warm_start, **kwargs,
+    )
+    weight = torch.zeros(K, result.weight.shape[1], dtype=result.weight.dtype, device=result.weight.device)
+    weight[present.to(weight.device)] = result.weight
+    intercept = torch.zeros(K, dtype=result.intercept.dtype, device=result.intercept.device)
+    intercept[present.to(intercept.device)] = result.intercept
+    return dataclasses.replace(result, alpha=_expand_classes(result.alpha, present, K), weight=weight, intercept=intercept)
 
 
 def fit_crammer_singer_path(

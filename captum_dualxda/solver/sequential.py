@@ -553,6 +553,8 @@ def solve_sequential(
                 bar.set_postfix(residual=f"{worst:.2e}")
                 if worst <= tol:
                     converged = True
+                    bar.total = bar.n  # converged: the bar ends full, not at n_iter / max_iter
+                    bar.set_postfix(residual=f"{worst:.2e}", converged=True)
                     break
                 _reactivate(class_active, ints, k)
             if int(ints[0]) >= max_iter:
