@@ -46,7 +46,7 @@ Data
 * ``synth-*``: non-negative, class-clustered features like a CNN's penultimate layer:
   ``x = relu(z M + 0.5)`` with ``z = mu_y + N(0, I_64)``, ``M`` a random ``64 x d`` map,
   5 % label noise, rescaled so that the mean ``||x||^2`` is 100 (unnormalised ResNet features
-  have ``||x||^2`` of about 1e2 to 1e3, SOLVER.md 2.2; the low end keeps ``C = 0.1`` affordable
+  have ``||x||^2`` of about 1e2 to 1e3, docs/solver.md 2.3; the low end keeps ``C = 0.1`` affordable
   for sklearn). The class-mean spread is chosen so that the linear training accuracy lies in
   85-97 % (printed).
 * ``digits-cnn``: a small CNN trained for a few epochs on ``sklearn.datasets.load_digits``; the

@@ -6,17 +6,20 @@ renamed into place, so an interrupted write never leaves a file that later loads
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 import warnings
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from torch import nn
+from tqdm import tqdm
 
-__all__ = ["Fingerprint", "atomic_save", "load_cache", "check_writable_dir"]
+__all__ = ["Fingerprint", "atomic_save", "load_cache", "check_writable_dir", "entry_lock"]
 
 
 class Fingerprint:
@@ -123,3 +126,31 @@ def load_cache(path: str, fingerprint: str) -> Optional[Dict[str, Any]]:
     if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
         return None
     return state
+
+
+@contextlib.contextmanager
+def entry_lock(path: str, show_progress: bool = False) -> Iterator[None]:
+    """Hold an inter-process lock on the cache entry ``path`` (the file ``path + ".lock"``).
+
+    Processes that fit the same configuration into one directory (a job array, two notebooks)
+    take turns: the first fits and publishes, the next find the entry and load it. The operating
+    system releases the lock if its process dies. The lock file itself is empty and stays.
+
+    Parameters
+    ----------
+    path : str
+        The cache file the lock protects.
+    show_progress : bool
+        Say on the progress stream when another process holds the lock.
+    """
+    lock = FileLock(path + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if show_progress:
+            tqdm.write(f"DualDA: another process is fitting this configuration ({os.path.basename(path)}); waiting for it.")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()

@@ -4,76 +4,38 @@
 ``phi(x_i)`` (the input of ``final_fc_layer``), fits a Crammer-Singer SVM on them and keeps its
 dual variables ``a_i^c``. The influence of training sample ``i`` on the prediction of class
 ``c`` for input ``x`` is ``a_i^c * phi(x_i).phi(x)``; only support vectors score non-zero.
+
+This class is the Captum face of the core: the model probe and feature extraction
+(:mod:`.probe`, :mod:`.features`, :mod:`.store`), the fit and its cache (:mod:`.fit`,
+:mod:`.cache`) and the support set that scores (:mod:`.support`). See ``docs/architecture.md``.
 """
 from __future__ import annotations
 
-import math
 import numbers
 import os
 import time
 import uuid
 import warnings
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 from captum.influence import DataInfluence
-from captum.influence._utils.common import KMostInfluentialResults
-from filelock import FileLock, Timeout
+from captum.influence._utils.common import KMostInfluentialResults, _influence_route_to_helpers
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .cache import Fingerprint, atomic_save, check_writable_dir, load_cache
+from .cache import Fingerprint, check_writable_dir, entry_lock
+from .deprecation import positional_deprecated
 from .distributed import all_reduce_sum, broadcast_object, is_distributed, merge_topk, rank_and_world_size
-from .features import (
-    all_finite,
-    as_dataloader,
-    batch_features,
-    dataset_items,
-    extract_features,
-    iterate_batches,
-    layer_name,
-    model_device,
-    resolve_linear_layer,
-    shard_path,
-    split_batch,
-)
-from .solver import ConvergenceWarning, fit_crammer_singer
+from .features import as_dataloader, batch_features, dataset_items, iterate_batches, layer_name, model_device, resolve_linear_layer, split_batch
+from .fit import STATE_VERSION, DualDAState, fit_state, load_state, save_state
+from .solver import ConvergenceWarning
 from .solver.fit import CONVERGENCE_ADVICE
-from .solver.problem import DEFAULT_C, check_positive_number, row_chunk, row_squared_norms, support_mask
-from .solver.sparse_dual import RowSparseDual, dual_rows
+from .solver.problem import DEFAULT_C, check_positive_number
+from .store import FeatureStore
 
 __all__ = ["DualDA"]
-
-_CACHE_VERSION = 4
-
-
-def _hinge_loss(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, intercept: torch.Tensor) -> torch.Tensor:
-    """``(n,)`` float64 per-sample Crammer-Singer hinge loss of the fitted surrogate.
-
-    Classes without a training sample take no part in the SVM problem (their weight rows are
-    zero), so they are left out of the maximum.
-    """
-    out = torch.empty(features.shape[0], dtype=torch.float64, device=features.device)
-    weight, intercept = weight.to(features.device), intercept.to(features.device)
-    absent = torch.bincount(labels, minlength=weight.shape[0]).to(features.device) == 0
-    chunk = row_chunk(features.shape[1] + weight.shape[0])
-    for start in range(0, features.shape[0], chunk):
-        y = labels[start : start + chunk]
-        scores = features[start : start + chunk].double() @ weight.T + intercept
-        scores[:, absent] = -math.inf
-        own = scores.gather(1, y[:, None]).squeeze(1)
-        margins = scores + 1.0
-        margins[torch.arange(y.shape[0], device=y.device), y] -= 1.0
-        out[start : start + chunk] = (margins.amax(1) - own).clamp_min(0.0)  # >= 0 up to rounding
-    return out
-
-
-def _without_support_features(state: Any) -> Any:
-    """The fit state minus its ``(n_sv, d)`` support features (an error or None unchanged)."""
-    if not isinstance(state, dict):
-        return state
-    return {name: value for name, value in state.items() if name != "support_features"}
 
 
 class DualDA(DataInfluence):
@@ -173,11 +135,13 @@ class DualDA(DataInfluence):
     >>> scores = dualda.influence((x_test, net(x_test).argmax(1)))      # (n_test, n_train)
     """
 
+    @positional_deprecated
     def __init__(
         self,
         model: nn.Module,
         final_fc_layer: Union[nn.Linear, str],
         train_dataset: Union[Dataset, DataLoader],
+        *,
         C: float = DEFAULT_C,
         batch_size: int = 64,
         fit_intercept: bool = True,
@@ -221,43 +185,25 @@ class DualDA(DataInfluence):
             raise ValueError("`memory_budget` needs `cache_dir`: out-of-core features are memory-mapped there.")
         if self.n_classes < 2:
             raise ValueError(f"`final_fc_layer` has {self.n_classes} output(s); DualDA needs >= 2 classes.")
-        rank = rank_and_world_size()[0] if self.distributed else 0
-        if self.cache_dir is not None:
-            self._fit_with_cache(show_progress, rank)
-        else:
-            self._fit(show_progress, None, rank)
+        self._rank, self._world = rank_and_world_size() if self.distributed else (0, 1)
+        if self.cache_dir is None:
+            self._fit(show_progress, None)
+            return
+        key = self._fingerprint()
+        self.cache_path = os.path.join(self.cache_dir, f"dualda-{key[:32]}.pt")
+        if self._rank != 0:  # rank 0 alone reads, writes and locks the cache
+            self._fit(show_progress, key)
+            return
+        with entry_lock(self.cache_path, show_progress):
+            self._fit(show_progress, key)
 
     # ------------------------------------------------------------------ fitting
     def _fingerprint(self) -> str:
-        fp = Fingerprint().update("captum_dualxda.DualDA", _CACHE_VERSION)
+        fp = Fingerprint().update("captum_dualxda.DualDA", STATE_VERSION)
         fp.update(self.layer_name, self.C, self.fit_intercept, self.tol, self.max_iter, self.seed, self.backend)
         fp.update_module(self.model)
         fp.update_batches(self.train_dataloader)
         return fp.hexdigest()
-
-    def _fit_with_cache(self, show_progress: bool, rank: int) -> None:
-        """Fit or load from ``cache_dir``; rank 0 holds a file lock on the entry meanwhile.
-
-        Processes fitting the same configuration into one ``cache_dir`` (a job array, two
-        notebooks) thus take turns: the first fits and publishes atomically, the next find the
-        entry and load it. The lock is released if the process dies.
-        """
-        key = self._fingerprint()
-        self.cache_path = os.path.join(self.cache_dir, f"dualda-{key[:32]}.pt")  # type: ignore[arg-type]
-        if rank != 0:
-            self._fit(show_progress, key, rank)
-            return
-        lock = FileLock(self.cache_path + ".lock")
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            if show_progress:
-                tqdm.write(f"DualDA: another process is fitting this configuration into {self.cache_dir!r}; waiting for it.")
-            lock.acquire()
-        try:
-            self._fit(show_progress, key, rank)
-        finally:
-            lock.release()
 
     def _out_of_core_path(self, key: Optional[str]) -> Optional[str]:
         """Memory-map file for the training features when they exceed ``memory_budget``."""
@@ -274,18 +220,18 @@ class DualDA(DataInfluence):
         tag = f"{key[:16] if key else 'nocache'}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         return os.path.join(self.cache_dir, f".features-{tag}.npy")  # type: ignore[arg-type]
 
-    def _fit(self, show_progress: bool, key: Optional[str], rank: int) -> None:
-        state: Any = None
-        if self.cache_path is not None and rank == 0:
-            state = load_cache(self.cache_path, key)  # type: ignore[arg-type]
+    def _fit(self, show_progress: bool, key: Optional[str]) -> None:
+        """Load the state from the cache or fit it, then keep it (every rank, collectively)."""
+        state = load_state(self.cache_path, key) if self.cache_path is not None and self._rank == 0 else None  # type: ignore[arg-type]
         if self.distributed:
             # Rank 0 alone decides whether the cache hits: cache directories may be node-local and
             # hold different files on different ranks, and ranks that disagreed would enter
-            # different collectives. A hit sends the whole cached state (support features
-            # included; nobody extracts); a miss sends None.
-            state = broadcast_object(state)
+            # different collectives. A hit sends the whole state (support features included;
+            # nobody extracts); a miss sends None.
+            data = broadcast_object(None if state is None else state.to_dict())
+            state = None if data is None else DualDAState.from_dict(data)
         if state is not None:
-            self._load_state(state)
+            self._keep(state)
             self.fit_stats["from_cache"] = True
             if not self.fit_stats["converged"]:
                 warnings.warn(
@@ -298,152 +244,67 @@ class DualDA(DataInfluence):
             return
         start = time.perf_counter()
         mmap_path = self._out_of_core_path(key)
-        # The memory-map file this rank writes: rank 0 the full matrix, rank r > 0 its shard.
-        local_path = None if mmap_path is None else (mmap_path if rank == 0 else shard_path(mmap_path, rank))
+        store, labels = FeatureStore.extract(
+            self.model, self.final_fc_layer, self.train_dataloader,
+            self.device if mmap_path is None else torch.device("cpu"),
+            show_progress and self._rank == 0, distributed=self.distributed, out_path=mmap_path,
+        )
         try:
-            features, labels = extract_features(
-                self.model,
-                self.final_fc_layer,
-                self.train_dataloader,
-                self.device if mmap_path is None else torch.device("cpu"),
-                show_progress and rank == 0,
-                distributed=self.distributed,
-                out_path=mmap_path,
-            )
-            extraction_time = time.perf_counter() - start
-            state = self._solve(features, labels, key, extraction_time, show_progress) if rank == 0 else None
-            # Distributed, only the small state travels (support indices and coefficients, weight,
-            # intercept, labels, norms, hinge loss, statistics): every rank takes its support
-            # vectors' features from the rows it extracted itself.
-            shared = broadcast_object(_without_support_features(state)) if self.distributed else state
-            if isinstance(shared, Exception):
-                raise shared
-            self._load_state(shared, features)
-            del features
+            state = self._solve(store, labels, key, time.perf_counter() - start, show_progress) if self._rank == 0 else None
+            # Distributed, only the small state travels; every rank takes its support vectors'
+            # features from the rows it extracted itself.
+            shared = state
+            if self.distributed:
+                sent = state.without_support_features().to_dict() if isinstance(state, DualDAState) else state
+                received = broadcast_object(sent)
+                if isinstance(received, Exception):
+                    raise received
+                shared = DualDAState.from_dict(received)
+            self._keep(shared, store)  # type: ignore[arg-type]
         finally:
-            if local_path is not None and os.path.exists(local_path):
-                os.unlink(local_path)
+            store.close()
         self.fit_stats["from_cache"] = False
-        if self.cache_path is not None and rank == 0:
-            atomic_save(state, self.cache_path)
+        if self.cache_path is not None and self._rank == 0:
+            save_state(state, self.cache_path)  # type: ignore[arg-type]
 
-    def _solve(self, features: torch.Tensor, labels: torch.Tensor, key: Optional[str], extraction_time: float, show_progress: bool) -> Any:
-        """Fit the SVM on rank 0 and return the state dict (or, distributed, the error to re-raise)."""
+    def _solve(self, store: FeatureStore, labels: torch.Tensor, key: Optional[str], extraction_time: float,
+               show_progress: bool) -> Union[DualDAState, Exception]:
+        """Fit on rank 0; distributed, an error is returned (to be re-raised on every rank), not raised."""
         try:
-            return self._solve_state(features, labels, key, extraction_time, show_progress)
+            state = fit_state(
+                store.features, labels, self.n_classes, C=self.C, fit_intercept=self.fit_intercept, tol=self.tol,
+                max_iter=self.max_iter, seed=self.seed, backend=self.backend, device=self.device,
+                show_progress=show_progress, extraction_time=extraction_time, fingerprint=key,
+            )
+            return state
         except Exception as error:  # make every rank raise instead of hanging in the broadcast
             if self.distributed:
                 return error
             raise
 
-    def _solve_state(self, features: torch.Tensor, labels: torch.Tensor, key: Optional[str], extraction_time: float, show_progress: bool) -> Dict[str, Any]:
-        if features.shape[0] == 0:
-            raise ValueError("`train_dataset` is empty.")
-        if not all_finite(features):
-            raise ValueError("The training features (input of `final_fc_layer`) contain NaN or inf.")
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= self.n_classes:
-            raise ValueError(
-                f"Training labels must lie in 0..{self.n_classes - 1} (the outputs of "
-                f"`final_fc_layer`), found values in {lo}..{hi}."
-            )
-        result = fit_crammer_singer(
-            features,
-            labels,
-            C=self.C,
-            fit_intercept=self.fit_intercept,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            seed=self.seed,
-            show_progress=show_progress,
-            n_classes=self.n_classes,
-            backend=self.backend,
-            device=self.device,
-        )
-        support = support_mask(result.alpha, self.C).nonzero().flatten()
-        # The support vectors' coefficient rows, row-sparse (a sample is a support vector for
-        # few classes): built in 32 MiB chunks, never as a dense (n_sv, K) float64 matrix.
-        rows = RowSparseDual(support.numel(), self.n_classes, capacity=1, device=support.device)
-        chunk = row_chunk(self.n_classes)
-        for start in range(0, support.numel(), chunk):
-            rows.set_rows(slice(start, start + chunk), dual_rows(result.alpha, support[start : start + chunk]))
-        hinge = _hinge_loss(features, labels, result.weight, result.intercept)
-        squared_norms = row_squared_norms(features)
-        return {
-            "fingerprint": key,
-            "version": _CACHE_VERSION,
-            "n_train": features.shape[0],
-            "support_indices": support.cpu(),
-            "support_coefficient_values": rows.values.float().cpu(),
-            "support_coefficient_classes": rows.classes.cpu(),
-            "support_features": features[support.to(features.device)].float().cpu(),
-            "train_labels": labels.cpu(),
-            "train_squared_norms": squared_norms.float().cpu(),
-            "train_hinge_loss": hinge.float().cpu(),
-            "weight": result.weight.float().cpu(),
-            "intercept": result.intercept.float().cpu(),
-            "fit_stats": {
-                "time": result.time,
-                "extraction_time": extraction_time,
-                "gap": result.gap,
-                "residual": result.residual,
-                "n_iter": result.n_iter,
-                "n_support": int(support.numel()),
-                "converged": result.converged,
-                "backend": result.backend,
-            },
-        }
+    def _keep(self, state: DualDAState, store: Optional[FeatureStore] = None) -> None:
+        """Set the fitted attributes from a state (a fresh fit, a cache hit, or rank 0's broadcast).
 
-    def _load_state(self, state: Dict[str, Any], local_features: Optional[torch.Tensor] = None) -> None:
-        """Set the fitted attributes from a state dict (a fresh fit, a cache, or rank 0's broadcast).
-
-        Parameters
-        ----------
-        state : dict
-            As built by ``_solve_state``; ``support_features`` ``(n_sv, d)`` may be absent after a
-            distributed fit, then ``local_features`` supplies this rank's support rows.
-        local_features : torch.Tensor, optional
-            The features this rank extracted: ``(n_train, d)`` on rank 0 (or in one process),
-            ``(len(shard_indices(n_train, r, W)), d)`` on rank ``r > 0``.
+        Distributed, rank ``r`` keeps (and scores) the support vectors ``j`` with ``j % W == r``,
+        whose features it extracted itself (from ``store``) unless the state carries them.
         """
-        self.n_train = int(state["n_train"])
-        self.support_indices = state["support_indices"].long()
-        self.train_labels = state["train_labels"].long()
-        self.weight = state["weight"]
-        self.intercept = state["intercept"]
-        self.fit_stats = dict(state["fit_stats"])
-        self._train_squared_norms = state["train_squared_norms"]
+        self.n_train = state.n_train
+        self.support_indices = state.support.indices
+        self.train_labels = state.train_labels
+        self.weight = state.weight
+        self.intercept = state.intercept
+        self.train_hinge_loss = state.train_hinge_loss
+        self.fit_stats = dict(state.stats)
         self.absent_classes = (torch.bincount(self.train_labels, minlength=self.n_classes) == 0).nonzero().flatten()
-        self.train_hinge_loss = state["train_hinge_loss"]
-        # Coefficients a_j^c of the support vectors, row-sparse: (n_sv, m) float32 values and
-        # int32 classes; a slot with value 0 is unused.
-        values, classes = state["support_coefficient_values"], state["support_coefficient_classes"].long()
-        self._coefficient_rows = (values, classes)
+        self._support = state.support  # all support vectors, CPU: coefficient lookups
         self._coefficients: Optional[torch.Tensor] = None
-        self._own_coefficients = self.coefficients_at(torch.arange(self.n_train), self.train_labels)
-        # Distributed: rank r keeps (and scores) the support vectors j with j % W == r, those whose
-        # features it extracted itself; `influence` merges the disjoint per-rank results exactly.
-        rank, world = rank_and_world_size() if self.distributed else (0, 1)
-        self._rank = rank
-        local_values, local_classes = values, classes
-        local_indices = self.support_indices
-        owned = None
-        if world > 1:
-            owned = (self.support_indices % world == rank).nonzero().flatten()
-            local_indices = self.support_indices[owned]
-            local_values, local_classes = values[owned], classes[owned]
-        if "support_features" in state:  # one process, or a cache hit broadcast by rank 0
-            support_features = state["support_features"] if owned is None else state["support_features"][owned]
-        elif local_features is not None:
-            # Rank 0 extracted all n rows; rank r > 0 only its shard, whose row i is sample r + i W.
-            rows = local_indices if rank == 0 else torch.div(local_indices - rank, world, rounding_mode="floor")
-            support_features = local_features[rows.to(local_features.device)].float()
-        else:
-            raise RuntimeError("The fit state holds no support features and no local features were given.")
-        self._support_values = local_values.to(self.device)
-        self._support_classes = local_classes.to(self.device)
-        self._support_features = support_features.to(self.device)
-        self._support_on_device = local_indices.to(self.device)
+        self._self_influence = state.support.self_influence(self.train_labels, state.train_squared_norms)
+        local = state.support.shard(self._rank, self._world)
+        if local.features is None:
+            if store is None:
+                raise RuntimeError("The fit state holds no support features and no local features were given.")
+            local = local.shard(0, 1, features=store.rows(local.indices))
+        self._local = local.to(self.device)  # this rank's support vectors with features: scoring
 
     @property
     def coefficients(self) -> torch.Tensor:
@@ -453,10 +314,7 @@ class DualDA(DataInfluence):
         all that scoring needs.
         """
         if self._coefficients is None:
-            values, classes = self._coefficient_rows
-            dense = torch.zeros(self.n_train, self.n_classes, dtype=torch.float32)
-            dense[self.support_indices] = torch.zeros(values.shape[0], self.n_classes).scatter_add_(1, classes, values)
-            self._coefficients = dense
+            self._coefficients = self._support.dense_coefficients()
         return self._coefficients
 
     def coefficients_at(self, indices: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -483,15 +341,7 @@ class DualDA(DataInfluence):
         if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= self.n_classes):
             raise ValueError(f"`classes` must lie in 0..{self.n_classes - 1}.")
         self._warn_absent(classes)
-        values, slot_classes = self._coefficient_rows
-        position = torch.full((self.n_train,), -1, dtype=torch.long)
-        position[self.support_indices] = torch.arange(self.support_indices.numel())
-        rows = position[indices.flatten()]
-        found = rows >= 0
-        out = torch.zeros(indices.numel(), dtype=torch.float32)
-        match = slot_classes[rows[found]] == classes.flatten()[found][:, None]
-        out[found] = (values[rows[found]] * match).sum(1)
-        return out.reshape(indices.shape)
+        return self._support.coefficients_at(indices, classes)
 
     def _warn_absent(self, classes: torch.Tensor) -> None:
         """Warn when asked about classes without a training sample (their scores are all zero)."""
@@ -504,7 +354,7 @@ class DualDA(DataInfluence):
                 "the classes present in the training data (as scikit-learn does), so DualDA has no dual "
                 "variables for them and every score for them is 0.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     @property
@@ -516,10 +366,10 @@ class DualDA(DataInfluence):
     def test_features(self, inputs: Sequence[Any]) -> torch.Tensor:
         """``(N, d)`` features ``phi(x)`` of model inputs (eval mode, no grad), on ``self.device``."""
         phi = batch_features(self.model, self.final_fc_layer, inputs)
-        return phi.to(self.device, self._support_features.dtype)
+        return phi.to(self.device, self._local.values.dtype if self._local.features is None else self._local.features.dtype)
 
-    def _batch_support_scores(self, batch: Any) -> torch.Tensor:
-        """``(N, n_sv)`` scores ``a_j^{c_i} phi(x_j).phi(x_i)`` over the support vectors."""
+    def _batch(self, batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(phi (N, d), targets (N,))`` of one Captum batch, checked, on ``self.device``."""
         inputs, targets = split_batch(batch)
         if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= self.n_classes):
             raise ValueError(
@@ -531,27 +381,18 @@ class DualDA(DataInfluence):
             raise ValueError(
                 f"`inputs` has {phi.shape[0]} samples but {targets.shape[0]} targets in its last element."
             )
-        if phi.shape[1] != self._support_features.shape[1]:
+        if phi.shape[1] != self.weight.shape[1]:
             raise ValueError(
-                f"Test features have dimension {phi.shape[1]}, the training features {self._support_features.shape[1]}."
+                f"Test features have dimension {phi.shape[1]}, the training features {self.weight.shape[1]}."
             )
         self._warn_absent(targets)
-        targets = targets.to(self.device)
-        return (phi @ self._support_features.T) * self._target_coefficients(targets).T
+        return phi, targets.to(self.device)
 
-    def _target_coefficients(self, targets: torch.Tensor) -> torch.Tensor:
-        """``(n_sv_local, N)`` coefficients ``a_j^{c_i}`` of this rank's support vectors ``j`` for
-        the target classes ``c_i`` (from the row-sparse storage, ``O(n_sv (m + N))``)."""
-        unique, inverse = torch.unique(targets, return_inverse=True)
-        column = torch.full((self.n_classes,), unique.numel(), dtype=torch.long, device=self.device)
-        column[unique] = torch.arange(unique.numel(), device=self.device)  # other classes -> sink
-        per_class = torch.zeros(self._support_values.shape[0], unique.numel() + 1, dtype=self._support_values.dtype, device=self.device)
-        per_class.scatter_add_(1, column[self._support_classes], self._support_values)
-        return per_class[:, inverse]
-
-    def _validate_inputs(self, inputs: Any) -> None:
-        if not isinstance(inputs, DataLoader):
-            split_batch(inputs)
+    def _batches(self, inputs: Any, show_progress: bool) -> Any:
+        return tqdm(
+            iterate_batches(inputs), desc="DualDA influence", disable=not show_progress, leave=False,
+            total=len(inputs) if isinstance(inputs, DataLoader) else 1,
+        )
 
     def influence(  # type: ignore[override]
         self,
@@ -584,36 +425,27 @@ class DualDA(DataInfluence):
             Otherwise ``KMostInfluentialResults(indices, influence_scores)``, both
             ``(n_test, k)``; indices int64 into ``train_dataset``.
         """
-        self._validate_inputs(inputs)
+        if not isinstance(inputs, DataLoader):
+            split_batch(inputs)  # validate before any work
         if k is not None and (not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1):
             raise ValueError(f"`k` must be None or an integer >= 1, got {k!r}.")
-        k = None if k is None else int(k)
-        batches = tqdm(
-            iterate_batches(inputs), desc="DualDA influence", disable=not show_progress, leave=False,
-            total=len(inputs) if isinstance(inputs, DataLoader) else 1,
-        )
-        if k is None:
-            rows = []
-            for batch in batches:
-                scores = self._batch_support_scores(batch)
-                dense = torch.zeros(scores.shape[0], self.n_train, dtype=scores.dtype, device=self.device)
-                dense[:, self._support_on_device] = scores
-                rows.append(all_reduce_sum(dense) if self.distributed else dense)  # disjoint shards
-            return torch.cat(rows)
+        return _influence_route_to_helpers(self, inputs, None if k is None else int(k), proponents, show_progress=show_progress)
+
+    def _influence(self, inputs: Any, show_progress: bool = False) -> torch.Tensor:
+        """All scores, ``(n_test, n_train)``; distributed, the disjoint per-rank parts are summed."""
+        rows = []
+        for batch in self._batches(inputs, show_progress):
+            dense = self._local.dense_scores(*self._batch(batch))
+            rows.append(all_reduce_sum(dense) if self.distributed else dense)
+        return torch.cat(rows)
+
+    def _get_k_most_influential(self, inputs: Any, k: int, proponents: bool = True, show_progress: bool = False) -> KMostInfluentialResults:
+        """Exact top-``k``: the support vectors plus ``k`` zero-score samples (on rank 0) are candidates."""
         k = min(k, self.n_train)
-        # Candidates: the support vectors plus k zero-score samples (enough to fill any top-k);
-        # distributed, each rank holds a shard of the support vectors and rank 0 the zeros.
-        mask = torch.ones(self.n_train, dtype=torch.bool)
-        mask[self.support_indices] = False
-        zeros = mask.nonzero().flatten()[: k if self._rank == 0 else 0].to(self.device)
-        candidates = torch.cat([self._support_on_device, zeros])
-        k_local = min(k, candidates.numel())
+        candidates = self._local.candidates(k if self._rank == 0 else 0)
         indices, values = [], []
-        for batch in batches:
-            scores = self._batch_support_scores(batch)
-            padded = torch.cat([scores, scores.new_zeros(scores.shape[0], zeros.numel())], dim=1)
-            top = torch.topk(padded, k_local, dim=1, largest=proponents, sorted=True)
-            top_values, top_indices = top.values, candidates[top.indices]
+        for batch in self._batches(inputs, show_progress):
+            top_values, top_indices = self._local.top_k(*self._batch(batch), k, proponents, candidates)
             if self.distributed:
                 top_values, top_indices = merge_topk(top_values, top_indices, k, largest=proponents)
             indices.append(top_indices)
@@ -646,7 +478,7 @@ class DualDA(DataInfluence):
                 "`inputs` of DualDA.self_influence must be None or the training set: DualDA has dual "
                 "variables only for its training samples. For other samples use `influence`."
             )
-        return (self._own_coefficients * self._train_squared_norms).to(self.device)
+        return self._self_influence.to(self.device)
 
     def _is_training_set(self, inputs: Any) -> bool:
         own = self.train_dataloader.dataset
@@ -674,7 +506,7 @@ class DualDA(DataInfluence):
         bad = [j for j in flat if not 0 <= j < self.n_train]
         if bad:
             raise ValueError(f"`indices` must lie in 0..{self.n_train - 1}, got {bad[:5]}.")
-        return dataset_items(self.train_dataset, flat)
+        return dataset_items(self.train_dataloader, flat)
 
     def __repr__(self) -> str:
         return (

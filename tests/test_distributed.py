@@ -40,7 +40,7 @@ def run_all(net, train, x_test, **kwargs):
         "proponents": tuple(dualda.influence((x_test, pred), k=7)),
         "opponents": tuple(dualda.influence(DataLoader(TensorDataset(x_test, pred), batch_size=5), k=7, proponents=False)),
         "self_influence": dualda.self_influence(),
-        "n_local_support": dualda._support_features.shape[0],
+        "n_local_support": len(dualda._local),
         "n_support": dualda.support_indices.numel(),
         "from_cache": dualda.fit_stats["from_cache"],
         "fit_stats": dualda.fit_stats,

@@ -197,7 +197,7 @@ def test_mislabel_scores_and_training_loss(flipped_setup, digits_cnn):
 def test_sweep_C_matches_dualda_per_C(flipped_setup, digits_cnn):
     train, flip, xt = flipped_setup
     Cs = [0.1, 1e-3, 1e-2]
-    rows = sweep_C(digits_cnn, "fc", train, Cs, test_inputs=xt, flipped=flip, batch_size=100)
+    rows = sweep_C(digits_cnn, "fc", train, Cs=Cs, test_inputs=xt, flipped=flip, batch_size=100)
     assert [r.method for r in rows] == ["DualDA C=0.001", "DualDA C=0.01", "DualDA C=0.1", "random order", "network loss"]
     pred = digits_cnn(xt).argmax(1)
     for row in rows[:3]:
@@ -226,9 +226,12 @@ def test_sweep_C_matches_dualda_per_C(flipped_setup, digits_cnn):
 
 def test_sweep_C_without_test_inputs_or_flips(flipped_setup, digits_cnn):
     train, _, _ = flipped_setup
-    rows = sweep_C(digits_cnn, "fc", train, [1e-2], batch_size=100)
+    rows = sweep_C(digits_cnn, "fc", train, Cs=[1e-2], batch_size=100)
     assert len(rows) == 1 and rows[0].agreement is None and rows[0].auc_self_influence is None
     assert rows[0].train_agreement is not None
+    with pytest.warns(DeprecationWarning, match="Cs of sweep_C by position"):  # the old call form still works
+        old = sweep_C(digits_cnn, "fc", train, [1e-2], batch_size=100)
+    assert old[0].n_support == rows[0].n_support
 
 
 def test_format_markdown_cells():

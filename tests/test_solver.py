@@ -45,7 +45,7 @@ def test_matches_sklearn_linear_svc(backend, seed, C, fit_intercept):
     res = fit_crammer_singer(torch.tensor(x), torch.tensor(y), C=C, fit_intercept=fit_intercept, backend=backend)
     w_sk, b_sk = sklearn_fit(x, y, C, fit_intercept)
     problem = make_problem(torch.tensor(x), torch.tensor(y), C, fit_intercept, 1.0)
-    # Rigorous (SOLVER.md 1.5): ||W - W_sk|| <= sqrt(2 gap_ours) + sqrt(2 (P(W_sk) - D(alpha_ours))).
+    # Rigorous (docs/solver.md 1.5): ||W - W_sk|| <= sqrt(2 gap_ours) + sqrt(2 (P(W_sk) - D(alpha_ours))).
     w_ours = torch.cat([res.weight, res.intercept[:, None]], 1)
     w_ref = torch.cat([w_sk, b_sk[:, None]], 1)
     gap_abs = res.primal - res.dual
@@ -103,7 +103,7 @@ def test_backends_reach_the_same_tight_alpha():
 
 
 def literal_sub_problem(A, B, C_y, y, active):
-    """Transcription of LIBLINEAR's closed form (SOLVER.md 2.2 step 6) with a python loop."""
+    """Transcription of LIBLINEAR's closed form (docs/solver.md 2.2 step 4) with a python loop."""
     D = list(B)
     if active[y]:
         D[y] += A * C_y

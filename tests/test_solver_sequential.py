@@ -60,7 +60,7 @@ def absolute_gap(result) -> float:
 
 
 def rigorous_distance_bound(a, b) -> float:
-    """``||W_a - W_b||_F <= sqrt(2 gap_a) + sqrt(2 gap_b)`` (P is 1-strongly convex, SOLVER.md 1.5)."""
+    """``||W_a - W_b||_F <= sqrt(2 gap_a) + sqrt(2 gap_b)`` (P is 1-strongly convex, docs/solver.md 1.5)."""
     return math.sqrt(2 * absolute_gap(a)) + math.sqrt(2 * absolute_gap(b))
 
 
@@ -122,7 +122,7 @@ def test_auto_backend_on_cpu_is_sequential():
 
 
 def liblinear_solve_sub_problem(A_i, yi, C_yi, active_i, B):
-    """A literal pure-Python transcription of LIBLINEAR's ``solve_sub_problem`` (SOLVER.md 2.2.6)."""
+    """A literal pure-Python transcription of LIBLINEAR's ``solve_sub_problem`` (docs/solver.md 2.2, step 4)."""
     D = [B[r] for r in range(active_i)]
     if yi < active_i:
         D[yi] += A_i * C_yi

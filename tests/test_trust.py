@@ -117,9 +117,9 @@ def test_the_loaders_collate_fn_and_workers_are_kept(train_set, digits_cnn):
     (lambda ds: RandomSampler(ds, num_samples=50), "draws 50 samples"),
 ])
 def test_a_loader_that_leaves_samples_out_is_refused_before_any_work(sampler, word, train_set, digits_cnn, monkeypatch):
-    import captum_dualxda.dualda as dualda_module
+    import captum_dualxda.store as store_module
 
-    monkeypatch.setattr(dualda_module, "extract_features", lambda *a, **k: pytest.fail("extracted despite a bad loader"))
+    monkeypatch.setattr(store_module, "extract_features", lambda *a, **k: pytest.fail("extracted despite a bad loader"))
     with pytest.raises(ValueError, match=word) as info:
         DualDA(digits_cnn, "fc", DataLoader(train_set, batch_size=32, sampler=sampler(train_set)), C=0.01)
     assert "`train_dataset`" in str(info.value) and "Subset" in str(info.value)

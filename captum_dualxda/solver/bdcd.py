@@ -8,7 +8,7 @@ rows inside a block Jacobi. With ``b = 1`` this is LIBLINEAR's update without sh
 
 Precision: features stay in their dtype (float32 features -> float32 matmuls), the state
 (``alpha``, ``W``, curvatures, gradients) is float64. An all-float32 state stalls above
-``tol = 1e-4`` (SOLVER.md 4a), float32 matmuls with float64 accumulation of the state do not.
+``tol = 1e-4`` (docs/solver.md 4a), float32 matmuls with float64 accumulation of the state do not.
 TF32 is switched off for the duration of the solve.
 
 Row-sparse dual (``sparse=True``): ``alpha`` lives in a

@@ -1,6 +1,6 @@
 """The Crammer-Singer problem: validated inputs and the solver's result.
 
-Notation follows ``METHOD.md``: ``n`` training samples, ``d`` feature dimensions, ``K`` classes.
+Notation follows ``docs/method.md``: ``n`` training samples, ``d`` feature dimensions, ``K`` classes.
 The intercept is handled as LIBLINEAR does: a constant column ``s = intercept_scaling`` is
 appended to every sample and regularised like any other weight. We keep that column implicit:
 ``s = 0`` is exactly the problem without intercept.

@@ -1,8 +1,8 @@
 """Compiled sequential dual method with shrinking (numba): the CPU backend.
 
-A port of the algorithm of LIBLINEAR's ``Solver_MCSVM_CS`` (Keerthi et al. 2008; SOLVER.md 2):
+A port of the algorithm of LIBLINEAR's ``Solver_MCSVM_CS`` (Keerthi et al. 2008; docs/solver.md 2):
 samples are visited one at a time in a random order, each sample's block of ``K`` dual variables is
-minimised exactly (the sort-based subproblem of SOLVER.md 2.2 step 6) and ``W`` is updated
+minimised exactly (the sort-based subproblem of docs/solver.md 2.2 step 4) and ``W`` is updated
 immediately. Two kinds of shrinking skip work that cannot change anything soon:
 
 * class shrinking: a class whose ``alpha`` sits at its bound and whose gradient is below the

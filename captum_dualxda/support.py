@@ -1,0 +1,212 @@
+"""The support set: the training samples that can score, and the scores themselves.
+
+A fitted DualDA keeps only its support vectors (rows of the dual variables ``a`` that are not all
+zero): their training indices, their coefficients stored row-sparse (a sample is a support vector
+for few classes) and their features ``phi(x_j)``. Every score of the method is computed here:
+
+    tau(x, x_j; c) = a_j^c * phi(x_j) . phi(x)          (docs/method.md)
+
+:class:`SupportSet` scores test features against the support vectors (:meth:`~SupportSet.scores`,
+:meth:`~SupportSet.dense_scores`, :meth:`~SupportSet.top_k`), looks up single coefficients
+(:meth:`~SupportSet.coefficients_at`), gives the self-influence of the training samples and splits
+itself over the ranks of a distributed run (:meth:`~SupportSet.shard`).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+
+from .solver.problem import row_chunk
+from .solver.sparse_dual import DualVariables, RowSparseDual, dual_rows
+
+__all__ = ["SupportSet"]
+
+
+class SupportSet:
+    """Support vectors of a Crammer-Singer fit, with row-sparse coefficients and their features.
+
+    Parameters
+    ----------
+    indices : torch.Tensor
+        ``(n_sv,)`` int64 training indices of the support vectors, increasing.
+    values : torch.Tensor
+        ``(n_sv, m)`` float32 coefficients ``a_j^c``; a slot holding 0 is unused.
+    classes : torch.Tensor
+        ``(n_sv, m)`` int64 (or int32) class ``c`` of each slot.
+    features : torch.Tensor, optional
+        ``(n_sv, d)`` float32 features ``phi(x_j)`` (None: lookups only, no scoring).
+    n_train : int
+        Training samples ``n`` the indices refer to.
+    n_classes : int
+        ``K``.
+    """
+
+    def __init__(
+        self,
+        indices: torch.Tensor,
+        values: torch.Tensor,
+        classes: torch.Tensor,
+        features: Optional[torch.Tensor],
+        n_train: int,
+        n_classes: int,
+    ) -> None:
+        self.indices = indices.long()
+        self.values = values
+        self.classes = classes.long()
+        self.features = features
+        self.n_train = int(n_train)
+        self.n_classes = int(n_classes)
+
+    @classmethod
+    def from_dual(cls, alpha: DualVariables, support: torch.Tensor, features: Optional[torch.Tensor], n_classes: int) -> "SupportSet":
+        """The support rows of solver dual variables, compressed in 32 MiB chunks.
+
+        Parameters
+        ----------
+        alpha : torch.Tensor or RowSparseDual
+            ``(n, K)`` float64 dual variables.
+        support : torch.Tensor
+            ``(n_sv,)`` int64 rows to keep (e.g. ``support_mask(alpha, C).nonzero()``).
+        features : torch.Tensor, optional
+            ``(n, d)`` training features; the support rows are copied as float32 (CPU).
+        n_classes : int
+
+        Returns
+        -------
+        SupportSet
+            On the CPU, coefficients float32; never a dense ``(n_sv, K)`` float64 matrix.
+        """
+        rows = RowSparseDual(support.numel(), n_classes, capacity=1, device=support.device)
+        chunk = row_chunk(n_classes)
+        for start in range(0, support.numel(), chunk):
+            rows.set_rows(slice(start, start + chunk), dual_rows(alpha, support[start : start + chunk]))
+        kept = None if features is None else features[support.to(features.device)].float().cpu()
+        return cls(support.cpu(), rows.values.float().cpu(), rows.classes.cpu(), kept, alpha.shape[0], n_classes)
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def to(self, device: Union[str, torch.device]) -> "SupportSet":
+        """A copy on ``device`` (``self`` if already there)."""
+        device = torch.device(device)
+        if device == self.device and (self.features is None or self.features.device == device):
+            return self
+        features = None if self.features is None else self.features.to(device)
+        return SupportSet(self.indices.to(device), self.values.to(device), self.classes.to(device), features, self.n_train, self.n_classes)
+
+    def shard(self, rank: int, world: int, features: Optional[torch.Tensor] = None) -> "SupportSet":
+        """The support vectors ``j`` with ``j % world == rank`` (a rank's part of a distributed fit).
+
+        Parameters
+        ----------
+        rank, world : int
+        features : torch.Tensor, optional
+            ``(n_sv_shard, d)`` this rank's support features, when ``self`` holds none.
+
+        Returns
+        -------
+        SupportSet
+        """
+        owned = (self.indices % world == rank).nonzero().flatten() if world > 1 else None
+        if owned is None:
+            return self if features is None else SupportSet(self.indices, self.values, self.classes, features, self.n_train, self.n_classes)
+        if features is None and self.features is not None:
+            features = self.features[owned]
+        return SupportSet(self.indices[owned], self.values[owned], self.classes[owned], features, self.n_train, self.n_classes)
+
+    # ------------------------------------------------------------------ coefficients
+    def coefficients_for(self, targets: torch.Tensor) -> torch.Tensor:
+        """``(n_sv, N)`` coefficients ``a_j^{c_i}`` of every support vector for the classes ``targets``.
+
+        ``O(n_sv (m + N))`` from the row-sparse storage; ``targets`` ``(N,)`` int64 on this device.
+        """
+        unique, inverse = torch.unique(targets, return_inverse=True)
+        column = torch.full((self.n_classes,), unique.numel(), dtype=torch.long, device=self.device)
+        column[unique] = torch.arange(unique.numel(), device=self.device)  # other classes -> sink
+        per_class = torch.zeros(len(self), unique.numel() + 1, dtype=self.values.dtype, device=self.device)
+        per_class.scatter_add_(1, column[self.classes], self.values)
+        return per_class[:, inverse]
+
+    def coefficients_at(self, indices: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Coefficients ``a_j^c`` for training indices ``indices`` and classes ``classes`` (any shape).
+
+        Zero for samples that are not support vectors. Inputs are int64, broadcastable, and
+        already checked to lie in range; the result is float32 of their broadcast shape.
+        """
+        indices, classes = torch.broadcast_tensors(indices, classes)
+        position = torch.full((self.n_train,), -1, dtype=torch.long, device=self.device)
+        position[self.indices] = torch.arange(len(self), device=self.device)
+        rows = position[indices.flatten()]
+        found = rows >= 0
+        out = torch.zeros(indices.numel(), dtype=torch.float32, device=self.device)
+        match = self.classes[rows[found]] == classes.flatten()[found][:, None]
+        out[found] = (self.values[rows[found]] * match).sum(1)
+        return out.reshape(indices.shape)
+
+    def dense_coefficients(self) -> torch.Tensor:
+        """``(n_train, K)`` float32 coefficients, zero rows off the support (``4 n K`` bytes)."""
+        dense = torch.zeros(self.n_train, self.n_classes, dtype=torch.float32, device=self.device)
+        dense[self.indices] = torch.zeros(len(self), self.n_classes, device=self.device).scatter_add_(1, self.classes, self.values)
+        return dense
+
+    def self_influence(self, labels: torch.Tensor, squared_norms: torch.Tensor) -> torch.Tensor:
+        """``(n_train,)`` self-influence ``a_i^{y_i} ||phi(x_i)||^2`` of every training sample.
+
+        Parameters
+        ----------
+        labels : torch.Tensor
+            ``(n_train,)`` int64 training labels.
+        squared_norms : torch.Tensor
+            ``(n_train,)`` ``||phi(x_i)||^2``.
+        """
+        return self.coefficients_at(torch.arange(self.n_train, device=self.device), labels.to(self.device)) * squared_norms.to(self.device)
+
+    # ------------------------------------------------------------------ scores
+    def scores(self, phi: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``(N, n_sv)`` scores ``a_j^{c_i} phi(x_j) . phi(x_i)`` of the support vectors.
+
+        Parameters
+        ----------
+        phi : torch.Tensor
+            ``(N, d)`` test features, dtype of ``features``, on this device.
+        targets : torch.Tensor
+            ``(N,)`` int64 classes to explain, on this device.
+        """
+        if self.features is None:
+            raise RuntimeError("This SupportSet holds no features; it can look up coefficients but not score.")
+        return (phi @ self.features.T) * self.coefficients_for(targets).T
+
+    def dense_scores(self, phi: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``(N, n_train)`` scores of every training sample (exactly 0 off the support)."""
+        scores = self.scores(phi, targets)
+        dense = torch.zeros(scores.shape[0], self.n_train, dtype=scores.dtype, device=scores.device)
+        dense[:, self.indices] = scores
+        return dense
+
+    def candidates(self, zeros: int) -> torch.Tensor:
+        """The support vectors' indices followed by the first ``zeros`` non-support indices.
+
+        Non-support samples score exactly 0, so with ``zeros >= k`` these candidates contain a
+        top-``k`` of every score row (:meth:`top_k`).
+        """
+        mask = torch.ones(self.n_train, dtype=torch.bool)
+        mask[self.indices.cpu()] = False
+        return torch.cat([self.indices, mask.nonzero().flatten()[:zeros].to(self.device)])
+
+    def top_k(self, phi: torch.Tensor, targets: torch.Tensor, k: int, largest: bool, candidates: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` largest (or smallest) scores among ``candidates`` (see :meth:`candidates`).
+
+        Returns
+        -------
+        values, indices : torch.Tensor
+            ``(N, min(k, len(candidates)))`` sorted scores and their int64 training indices.
+        """
+        scores = self.scores(phi, targets)
+        padded = torch.cat([scores, scores.new_zeros(scores.shape[0], candidates.numel() - len(self))], dim=1)
+        top = torch.topk(padded, min(k, candidates.numel()), dim=1, largest=largest, sorted=True)
+        return top.values, candidates[top.indices]
