@@ -20,7 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .deprecation import positional_deprecated
-from .features import as_dataloader, batch_features_and_output, extract_features, model_device, resolve_linear_layer
+from .data import as_dataloader
+from .features import batch_features_and_output, model_device, resolve_linear_layer
 from .fit import hinge_loss, surrogate_logits
 from .metrics import (
     ArrayLike,
@@ -35,6 +36,7 @@ from .metrics import (
 )
 from .solver import fit_crammer_singer_path
 from .solver.problem import row_squared_norms, support_mask
+from .store import extract_features
 from .support import SupportSet
 
 __all__ = ["SweepRow", "sweep_C", "format_markdown"]

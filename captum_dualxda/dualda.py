@@ -28,7 +28,8 @@ from tqdm import tqdm
 from .cache import Fingerprint, check_writable_dir, entry_lock
 from .deprecation import positional_deprecated
 from .distributed import all_reduce_sum, broadcast_object, is_distributed, merge_topk, rank_and_world_size
-from .features import as_dataloader, batch_features, dataset_items, iterate_batches, layer_name, model_device, resolve_linear_layer, split_batch
+from .data import as_dataloader, dataset_items, iterate_batches, split_batch
+from .features import batch_features, layer_name, model_device, resolve_linear_layer
 from .fit import STATE_VERSION, DualDAState, fit_state, load_state, save_state
 from .solver import ConvergenceWarning
 from .solver.fit import CONVERGENCE_ADVICE

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .features import as_dataloader, batch_features_and_output, model_device, split_batch
+from .data import as_dataloader, split_batch
+from .features import batch_features_and_output, model_device
 from .fit import surrogate_logits
 from .probe import ModelProbe
 

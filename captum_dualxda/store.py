@@ -4,22 +4,26 @@ One process (or rank 0 of a distributed fit) holds all ``n`` rows, in memory or 
 from a ``.npy`` file; rank ``r > 0`` of ``W`` holds only its strided shard, the samples
 ``r, r + W, r + 2W, ...``. :class:`FeatureStore` hides which: :meth:`~FeatureStore.rows` takes
 training indices, :meth:`~FeatureStore.chunks` walks the held rows in bounded blocks, and
-:meth:`~FeatureStore.close` removes a scratch file.
+:meth:`~FeatureStore.close` removes a scratch file. :func:`extract_features` fills it, one batch at
+a time, with every rank writing only what it holds.
 """
 from __future__ import annotations
 
 import os
-from typing import Iterator, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-from .distributed import rank_and_world_size, shard_indices
-from .features import extract_features, shard_path
+from .data import shard_loader, split_batch
+from .distributed import assemble_strided, gather_strided, rank_and_world_size, shard_indices, write_strided_rows
+from .features import batch_features
 from .solver.problem import row_chunk
 
-__all__ = ["FeatureStore"]
+__all__ = ["FeatureStore", "extract_features", "shard_path"]
 
 
 class FeatureStore:
@@ -56,7 +60,7 @@ class FeatureStore:
         distributed: bool = False,
         out_path: Optional[str] = None,
     ) -> Tuple["FeatureStore", torch.Tensor]:
-        """Extract the features of ``loader`` (see :func:`~captum_dualxda.features.extract_features`).
+        """Extract the features of ``loader`` (see :func:`extract_features`).
 
         Returns
         -------
@@ -119,3 +123,162 @@ class FeatureStore:
     def _remove(path: Optional[str]) -> None:
         if path is not None and os.path.exists(path):
             os.unlink(path)
+
+
+def shard_path(out_path: str, rank: int) -> str:
+    """Rank-local memory-map file of rank ``rank > 0`` next to ``out_path``: ``<stem>.rank<r>.npy``.
+
+    Distinct per rank, so ranks never write the same file even when ``out_path`` lies on a
+    filesystem they share.
+    """
+    root, ext = os.path.splitext(out_path)
+    return f"{root}.rank{rank}{ext or '.npy'}"
+
+
+def _feature_dtype(layer: nn.Linear) -> torch.dtype:
+    """dtype extracted features are kept in: float64 for a float64 layer, float32 otherwise."""
+    return torch.float64 if layer.weight.dtype == torch.float64 else torch.float32
+
+
+def extract_features(
+    model: nn.Module,
+    layer: nn.Linear,
+    loader: DataLoader,
+    device: Optional[torch.device] = None,
+    show_progress: bool = False,
+    desc: str = "DualDA features",
+    distributed: bool = False,
+    out_path: Optional[str] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Features and labels of every batch of ``loader``, in loader order.
+
+    Parameters
+    ----------
+    model : nn.Module
+    layer : nn.Linear
+    loader : DataLoader
+        Yields batches ``(x_1, ..., x_m, labels)``, unshuffled.
+    device : torch.device, optional
+        Where to collect in-memory results (default: CPU).
+    show_progress : bool
+    desc : str
+    distributed : bool
+        Each rank ``r`` of the initialised process group (``W`` ranks) extracts the strided shard
+        ``r, r + W, ...`` of ``loader.dataset`` (a map-style Dataset) and keeps it locally; rank
+        0 then receives the other shards in bounded chunks
+        (:func:`~captum_dualxda.distributed.assemble_strided`). No rank but 0 ever holds more
+        than its own shard, and nothing is written to a file two ranks share. Collective: call
+        it on every rank. A no-op without a process group.
+    out_path : str, optional
+        Write float32 features to a memory-mapped ``.npy`` file instead of holding them in
+        memory (out-of-core). With ``distributed``, only rank 0 opens ``out_path`` (``(N, d)``,
+        filled in original order); rank ``r > 0`` writes its shard to its own file
+        :func:`shard_path` ``(out_path, r)`` next to it (in memory if its shard is empty). The
+        directory need not be shared between ranks (node-local scratch works); the caller
+        deletes the files.
+
+    Returns
+    -------
+    features : torch.Tensor
+        ``(N, d)`` float32 (float64 if the model computes in float64 and ``out_path`` is None);
+        backed by the memory-mapped file when ``out_path`` is given. With ``distributed``,
+        rank 0 gets all ``N`` rows (bitwise those of a single-process run); rank ``r > 0`` only
+        its shard, ``(len(shard_indices(N, r, W)), d)``, whose row ``i`` is training sample
+        ``r + i * W``.
+    labels : torch.Tensor
+        ``(N,)`` int64 on ``device``, all ``N`` labels on every rank.
+
+    Raises
+    ------
+    ValueError
+        ``distributed`` with an IterableDataset or a dataset without a length.
+    """
+    device = torch.device("cpu") if device is None else torch.device(device)
+    rank, world = rank_and_world_size() if distributed else (0, 1)
+    n_total: Optional[int] = None
+    if world > 1:
+        loader, n_total = shard_loader(loader, rank, world)
+    try:
+        n_local: Optional[int] = len(loader.dataset)  # type: ignore[arg-type]
+    except TypeError:
+        n_local = None
+    # Single process: all N rows, in order. Distributed rank 0: the full (N, d) result, its own
+    # rows at 0, W, 2W, ... (written in place, so it never holds its shard twice). Rank r > 0:
+    # its shard only, in order; out of core in a rank-suffixed file of its own, so
+    # `memory_budget` holds on every rank and no file is shared (the directory may be
+    # node-local). Distributed, every rank keeps the layer's dtype, so assembled chunks agree.
+    sink = _RowSink(
+        n_total if (world > 1 and rank == 0) else n_local, layer.in_features, step=world if rank == 0 else 1,
+        device=device, path=None if out_path is None else (out_path if rank == 0 else shard_path(out_path, rank)),
+        dtype=_feature_dtype(layer) if world > 1 else None, rows_required=lambda: len(loader.dataset),  # type: ignore[arg-type]
+    )
+    labels: List[torch.Tensor] = []
+    try:
+        total = len(loader)
+    except TypeError:
+        total = None
+    for batch in tqdm(loader, total=total, desc=desc, disable=not show_progress, leave=False):
+        inputs, targets = split_batch(batch, "train_dataset")
+        phi = batch_features(model, layer, inputs)
+        sink.write(phi if phi.dtype == torch.float64 else phi.float())
+        labels.append(targets.to(device))
+    label_tensor = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=device)
+    if world == 1:
+        return sink.result(), label_tensor
+    label_tensor = gather_strided(label_tensor, n_total)  # type: ignore[arg-type]
+    # Chunks travel in the dtype rank 0 assembles into: float32 out of core (`out_path` is given
+    # on every rank or on none), the layer's dtype in memory.
+    wire = torch.float32 if out_path is not None else _feature_dtype(layer)
+    held = sink.held(wire)
+    assemble_strided(None if rank == 0 else held.to(wire), n_total, out=sink.target if rank == 0 else None)  # type: ignore[arg-type]
+    return sink.result(assembled=True), label_tensor
+
+
+class _RowSink:
+    """Where one process's stream of feature rows goes: its row ``i`` lands at ``target[i * step]``.
+
+    A float32 memory-mapped ``.npy`` file (``path``), a tensor preallocated at the first write
+    when the number of rows is known (peak ``4 n d`` bytes, not ``8 n d`` for a list and a
+    concatenation), or a list of blocks otherwise.
+    """
+
+    def __init__(self, rows: Optional[int], d: int, step: int, device: torch.device, path: Optional[str],
+                 dtype: Optional[torch.dtype], rows_required: Any) -> None:
+        self.rows, self.d, self.step, self.device, self.dtype = rows, d, step, device, dtype
+        self.path: Optional[str] = None
+        self.target: Optional[Union[torch.Tensor, np.ndarray]] = None
+        self.blocks: List[torch.Tensor] = []
+        self.written = 0
+        self.in_memory = path is None
+        if path is not None:
+            rows = rows_required() if rows is None else rows  # raises for unsized data
+            if rows > 0:
+                self.path = path
+                self.target = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, d))
+
+    def write(self, phi: torch.Tensor) -> None:
+        if self.target is None and self.in_memory and self.rows is not None:
+            self.target = torch.empty((self.rows, phi.shape[1]), dtype=self.dtype or phi.dtype, device=self.device)
+        if self.target is not None:
+            write_strided_rows(self.target, self.written * self.step, self.step, phi)
+        else:
+            self.blocks.append(phi.to(self.device))
+        self.written += phi.shape[0]
+
+    def held(self, wire: torch.dtype) -> torch.Tensor:
+        """The rows held, as a tensor (an empty shard, more ranks than samples, as ``(0, d)``)."""
+        if self.target is None:
+            self.target = torch.empty((0, self.d), dtype=wire, device=self.device)
+        return torch.from_numpy(self.target) if isinstance(self.target, np.ndarray) else self.target
+
+    def result(self, assembled: bool = False) -> torch.Tensor:
+        """The features: the file re-opened memory-mapped, the filled tensor, or the blocks."""
+        if isinstance(self.target, np.ndarray):
+            self.target.flush()
+            self.target = None
+            return torch.from_numpy(np.load(self.path, mmap_mode="r+"))
+        if self.target is not None:
+            return self.target if assembled else self.target[: self.written]
+        if self.blocks:
+            return torch.cat(self.blocks)
+        return torch.empty((0, self.d), device=self.device)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from captum_dualxda import DualDA
 from captum_dualxda.distributed import assemble_strided, shard_indices
-from captum_dualxda.features import extract_features, shard_path
+from captum_dualxda.store import extract_features, shard_path
 
 WORLD = 2
 N_TRAIN = 301  # odd: the shards are uneven

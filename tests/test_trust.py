@@ -30,7 +30,8 @@ from torch.utils.data import (
 
 from captum_dualxda import DualDA, XDA, xda_pairs
 from captum_dualxda.dualda import DEFAULT_C
-from captum_dualxda.features import as_dataloader, batch_features
+from captum_dualxda.data import as_dataloader
+from captum_dualxda.features import batch_features
 from captum_dualxda.metrics import sweep_C, training_loss
 from captum_dualxda.probe import ModelProbe
 from captum_dualxda.solver import ConvergenceWarning
