@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from typing import Optional, Sequence
@@ -82,17 +83,19 @@ def _out_problem(out: str) -> Optional[str]:
 
 
 def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Check every setting before any training; ``parser.error`` exits with code 2."""
-    if not 0 <= args.flip_rate < 1:
-        parser.error(f"argument --flip-rate: must be in [0, 1), got {args.flip_rate:g}")
-    if not args.C > 0 or args.C == float("inf"):
-        parser.error(f"argument --C: must be a finite number > 0, got {args.C:g}")
-    for option, value, low in (("--k", args.k, 1), ("--n-explain", args.n_explain, 0),
-                               ("--epochs", args.epochs, 1)):
-        if value < low:
-            parser.error(f"argument {option}: must be >= {low}, got {value}")
-    if args.n_train is not None and args.n_train < 20:
-        parser.error(f"argument --n-train: must be >= 20, got {args.n_train}")
+    """Check every setting before any training; ``parser.error`` exits with code 2.
+
+    The checks are :func:`~captum_dualxda.demo.check_demo_arguments` (the same as
+    :func:`~captum_dualxda.demo.run_demo`'s), reported under the option's name.
+    """
+    from .demo import check_demo_arguments
+
+    try:
+        check_demo_arguments(args.flip_rate, args.C, args.k, args.n_explain, args.epochs, args.n_train)
+    except ValueError as error:
+        name = re.search(r"`(\w+)`", str(error))
+        option = "--" + name.group(1).replace("_", "-") if name else "demo"
+        parser.error(f"argument {option}: {error}")
     problem = _out_problem(args.out)
     if problem is not None:
         parser.error(f"argument --out: {problem}; pass a writable directory (it is created if missing)")

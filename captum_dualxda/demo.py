@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from .cache import check_writable_dir
 from .dualda import DEFAULT_C, DualDA
-from .metrics import mislabel_auc, mislabel_detection_curve, mislabel_scores
+from .metrics import mislabel_auc, mislabel_detection_curve, mislabel_scores, surrogate_fidelity, training_loss
 from .solver import fit_crammer_singer
 from .solver.problem import check_positive_number
 from .visualization import explain_figure, image_for_display
@@ -483,26 +483,6 @@ def _share(mask: torch.Tensor) -> float:
     return float(mask.float().mean()) if mask.numel() else float("nan")
 
 
-def _mark_flipped(fig: Figure, data: DigitsData) -> None:
-    """Append "(was c)" to the label in the title of every training panel whose label was flipped.
-
-    :func:`~captum_dualxda.visualization.plot_explanation` titles training panels
-    ``"#<index>  label <label>\\n..."``; the demo knows the original labels, the figure does not.
-    """
-    for ax in fig.axes:
-        title = ax.get_title()
-        if not title.startswith("#"):
-            continue
-        first, _, rest = title.partition("\n")
-        try:
-            j = int(first[1:].split()[0])
-        except ValueError:
-            continue
-        if bool(data.flipped[j]):
-            ax.set_title(f"{first} (was {int(data.y_train_clean[j])})\n{rest}", fontsize=8,
-                         color=ax.title.get_color(), fontweight="bold")
-
-
 def _warm_up_solver(show_progress: bool) -> float:
     """Compile (or load from numba's cache) the CPU solver on a tiny problem; return seconds.
 
@@ -621,9 +601,8 @@ def _run(out_dir: str, flip_rate: float, C: float, k: int, seed: int, n_explain:
     net = train_cnn(data.x_train, data.y_train, epochs=epochs, seed=seed, show_progress=show_progress)
     with torch.no_grad():
         test_pred = net(data.x_test).argmax(1)
-        train_logits = net(data.x_train)
-        train_pred = train_logits.argmax(1)
-        train_loss = nn.functional.cross_entropy(train_logits, data.y_train, reduction="none").numpy()
+        train_pred = net(data.x_train).argmax(1)
+    train_loss = training_loss(net, data.train_dataset).numpy()  # the baseline: no attribution at all
     test_accuracy = float((test_pred == data.y_test).float().mean())
     train_accuracy = float((train_pred == data.y_train).float().mean())
 
@@ -632,9 +611,7 @@ def _run(out_dir: str, flip_rate: float, C: float, k: int, seed: int, n_explain:
                     show_progress=show_progress)
 
     # Surrogate agreement: the SVM's own prediction on the test features vs the network's.
-    phi_test = dualda.test_features((data.x_test,))
-    svm_pred = (phi_test @ dualda.weight.T.to(phi_test) + dualda.intercept.to(phi_test)).argmax(1)
-    agreement = float((svm_pred.cpu() == test_pred).float().mean())
+    agreement = surrogate_fidelity(dualda, data.x_test).agreement
 
     # Explanation speed: top-k proponents and opponents of every test prediction.
     test_batch = (data.x_test, test_pred)
@@ -676,15 +653,18 @@ def _run(out_dir: str, flip_rate: float, C: float, k: int, seed: int, n_explain:
         xda_ms_per_pair = 1000 * (time.perf_counter() - start) / partners.numel()
     else:
         xda_ms_per_pair = float("nan")
+    def was_label(j: int) -> str:
+        """The original label of a flipped training sample, for the figure's panel titles."""
+        return f" (was {int(data.y_train_clean[j])})" if bool(data.flipped[j]) else ""
+
     for i in tqdm(explained, desc="XDA explanations", unit="sample", file=sys.stderr,
                   disable=not show_progress, leave=False):
         fig = explain_figure(
             dualda, data.x_test[i], int(test_pred[i]), k=k, xda=xda, test_label=int(data.y_test[i]),
-            denormalize=data.denormalize,
+            denormalize=data.denormalize, annotate=was_label,
             title=f"Test sample {i}: why does the CNN predict {int(test_pred[i])}? (DualDA + XDA, C={C:g}; "
                   "'was c' marks a flipped training label)",
         )
-        _mark_flipped(fig, data)
         path = os.path.join(out_dir, f"explanation_{i}.png")
         fig.savefig(path, dpi=dpi)
         files[f"explanation_{i}"] = path

@@ -4,9 +4,9 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
-from typing import Any, Callable, Dict, TypeVar
+from typing import Any, Callable, TypeVar
 
-__all__ = ["positional_deprecated", "renamed_argument"]
+__all__ = ["positional_deprecated", "renamed_arguments"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,31 +44,29 @@ def positional_deprecated(function: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def renamed_argument(kwargs: Dict[str, Any], old: str, new: str, value: Any, owner: str) -> Any:
-    """``value``, or the value passed under the old name ``old`` (with a DeprecationWarning).
+def renamed_arguments(**renames: str) -> Callable[[F], F]:
+    """Accept former keyword names (``old="new"``) for one release, with a DeprecationWarning.
 
-    Parameters
-    ----------
-    kwargs : dict
-        The extra keyword arguments of the call; ``old`` is removed from it.
-    old, new : str
-        The former and the current parameter name.
-    value : Any
-        What was passed under ``new`` (None when nothing was).
-    owner : str
-        The function's name, for the messages.
-
-    Raises
-    ------
-    TypeError
-        Both names were given, or another unexpected keyword remains.
+    ``inspect.signature`` of the result is the function's own (new names only).
     """
-    if old in kwargs:
-        if value is not None:
-            raise TypeError(f"{owner}() got both `{new}` and its former name `{old}`.")
-        warnings.warn(f"`{old}` of {owner} is now called `{new}`; the old name will stop working in the next release.",
-                      DeprecationWarning, stacklevel=3)
-        value = kwargs.pop(old)
-    if kwargs:
-        raise TypeError(f"{owner}() got an unexpected keyword argument {next(iter(kwargs))!r}.")
-    return value
+
+    def decorate(function: F) -> F:
+        owner = function.__qualname__.replace(".__init__", "")
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for old, new in renames.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"{owner}() got both `{new}` and its former name `{old}`.")
+                    warnings.warn(
+                        f"`{old}` of {owner} is now called `{new}`; the old name will stop working in the next release.",
+                        DeprecationWarning,
+                        stacklevel=2,
+                    )
+                    kwargs[new] = kwargs.pop(old)
+            return function(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .data import as_dataloader, split_batch
+from .deprecation import renamed_arguments
 from .features import batch_features_and_output, model_device
 from .fit import surrogate_logits
 from .probe import ModelProbe
@@ -245,16 +246,17 @@ def training_loss(model: nn.Module, train_dataset: Union[Dataset, DataLoader], b
 
 
 # ---------------------------------------------------------------------------- class detection
-def _labels_of(train_labels: ArrayLike, classes: ArrayLike, n_test: int) -> Tuple[np.ndarray, np.ndarray]:
+def _labels_of(train_labels: ArrayLike, targets: ArrayLike, n_test: int) -> Tuple[np.ndarray, np.ndarray]:
     labels = _numpy(train_labels, "train_labels", 1).astype(np.int64)
-    explained = _numpy(classes, "classes").reshape(-1).astype(np.int64)
+    explained = _numpy(targets, "targets").reshape(-1).astype(np.int64)
     if explained.shape[0] != n_test:
-        raise ValueError(f"`classes` has {explained.shape[0]} entries for {n_test} test samples.")
+        raise ValueError(f"`targets` has {explained.shape[0]} entries for {n_test} test samples.")
     return labels, explained
 
 
+@renamed_arguments(classes="targets")
 def class_detection_from_indices(
-    indices: ArrayLike, train_labels: ArrayLike, classes: ArrayLike, reduction: str = "mean"
+    indices: ArrayLike, train_labels: ArrayLike, targets: ArrayLike, reduction: str = "mean"
 ) -> Union[float, np.ndarray]:
     """Fraction of the given top-k training samples whose label equals the explained class.
 
@@ -265,8 +267,8 @@ def class_detection_from_indices(
         a ``KMostInfluentialResults`` is accepted as is).
     train_labels : array-like
         ``(n_train,)`` integer training labels (the labels the model was trained on).
-    classes : array-like
-        ``(n_test,)`` explained classes, normally the network's predictions.
+    targets : array-like
+        ``(n_test,)`` explained classes, normally the network's predictions (formerly ``classes``).
     reduction : {"mean", "none"}
         ``"mean"``: the average over test samples (a float); ``"none"``: ``(n_test,)`` float64.
 
@@ -277,15 +279,16 @@ def class_detection_from_indices(
     if not isinstance(indices, (torch.Tensor, np.ndarray)) and hasattr(indices, "indices"):
         indices = indices.indices  # KMostInfluentialResults (a torch.Tensor has an .indices() method)
     top = _numpy(indices, "indices", 2).astype(np.int64)
-    labels, explained = _labels_of(train_labels, classes, top.shape[0])
+    labels, explained = _labels_of(train_labels, targets, top.shape[0])
     if top.size and (top.min() < 0 or top.max() >= labels.shape[0]):
         raise ValueError(f"`indices` must lie in 0..{labels.shape[0] - 1}.")
     per_sample = (labels[top] == explained[:, None]).mean(1) if top.shape[1] else np.zeros(top.shape[0])
     return _reduce(per_sample, reduction)
 
 
+@renamed_arguments(classes="targets")
 def class_detection(
-    scores: ArrayLike, train_labels: ArrayLike, classes: ArrayLike, k: int = 5, reduction: str = "mean"
+    scores: ArrayLike, train_labels: ArrayLike, targets: ArrayLike, k: int = 5, reduction: str = "mean"
 ) -> Union[float, np.ndarray]:
     """Fraction of the top-``k`` proponents whose training label equals the explained class.
 
@@ -301,8 +304,8 @@ def class_detection(
         scores the remaining places go to zero-score samples in index order.
     train_labels : array-like
         ``(n_train,)`` integer training labels.
-    classes : array-like
-        ``(n_test,)`` explained classes, normally the network's predictions.
+    targets : array-like
+        ``(n_test,)`` explained classes, normally the network's predictions (formerly ``classes``).
     k : int
         Number of proponents per test sample (clipped to ``n_train``).
     reduction : {"mean", "none"}
@@ -317,18 +320,19 @@ def class_detection(
         raise ValueError(f"`k` must be an integer >= 1, got {k!r}.")
     k = min(k, matrix.shape[1])
     top = np.argsort(-matrix, axis=1, kind="stable")[:, :k]
-    return class_detection_from_indices(top, train_labels, classes, reduction)
+    return class_detection_from_indices(top, train_labels, targets, reduction)
 
 
-def random_class_detection(train_labels: ArrayLike, classes: ArrayLike, reduction: str = "mean") -> Union[float, np.ndarray]:
+@renamed_arguments(classes="targets")
+def random_class_detection(train_labels: ArrayLike, targets: ArrayLike, reduction: str = "mean") -> Union[float, np.ndarray]:
     """Expected class detection of a random ranking: the frequency of each explained class.
 
     Parameters
     ----------
     train_labels : array-like
         ``(n_train,)`` integer training labels.
-    classes : array-like
-        ``(n_test,)`` explained classes.
+    targets : array-like
+        ``(n_test,)`` explained classes (formerly ``classes``).
     reduction : {"mean", "none"}
 
     Returns
@@ -338,7 +342,7 @@ def random_class_detection(train_labels: ArrayLike, classes: ArrayLike, reductio
         order of the training set.
     """
     labels = _numpy(train_labels, "train_labels", 1).astype(np.int64)
-    explained = _numpy(classes, "classes").reshape(-1).astype(np.int64)
+    explained = _numpy(targets, "targets").reshape(-1).astype(np.int64)
     frequency = np.bincount(labels, minlength=max(int(labels.max()), int(explained.max(initial=0))) + 1) / labels.shape[0]
     return _reduce(frequency[explained], reduction)
 

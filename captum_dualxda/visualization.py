@@ -15,7 +15,7 @@ Heatmaps are coloured with NumPy and :func:`zennit.image.palette`, not with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.gridspec import GridSpec
 from zennit.image import palette as zennit_palette
 
+from .deprecation import renamed_arguments
 from .features import model_device
 from .probe import ModelProbe
 
@@ -310,9 +311,38 @@ def _strip(ax: Any) -> None:
         spine.set_visible(False)
 
 
+def _column_plan(non_empty: List[Tuple[str, InfluentialSamples]]) -> Tuple[List[Tuple[str, Optional[InfluentialSamples], int]], List[float]]:
+    """Columns ``test | gap | proponents | gap | opponents`` as ``(kind, group, m)`` and their widths."""
+    columns: List[Tuple[str, Optional[InfluentialSamples], int]] = [("test", None, 0)]
+    widths = [1.0]
+    for argument, group in non_empty:
+        columns.append(("gap", None, 0))
+        widths.append(0.25)
+        for m in range(len(group)):
+            columns.append((argument, group, m))
+            widths.append(1.0)
+    return columns, widths
+
+
+def _heatmap_scales(non_empty: List[Tuple[str, InfluentialSamples]], heatmap_scale: str) -> Dict[Tuple[str, int], Tuple[float, float]]:
+    """``(group, m) -> (vmax training heatmap, vmax test heatmap)`` for the chosen ``heatmap_scale``."""
+    def peak(rel: Any) -> float:
+        return float(np.abs(_to_numpy(rel, "relevance").astype(np.float64).sum(0)).max())
+
+    scales = {(argument, m): (peak(group.train_relevance[m]), peak(group.test_relevance[m]))
+              for argument, group in non_empty for m in range(len(group))}
+    if heatmap_scale == "figure":
+        top = max([max(v) for v in scales.values()] + [0.0])
+        return {key: (top, top) for key in scales}
+    if heatmap_scale == "pair":
+        return {key: (max(v), max(v)) for key, v in scales.items()}
+    return scales
+
+
+@renamed_arguments(predicted_class="targets")
 def plot_explanation(
     test_image: ArrayLike,
-    predicted_class: int,
+    targets: int,
     proponents: Optional[InfluentialSamples],
     opponents: Optional[InfluentialSamples] = None,
     *,
@@ -323,6 +353,7 @@ def plot_explanation(
     cmap: Union[str, Colormap, Any] = "bwr",
     panel_size: float = 1.7,
     title: Optional[str] = None,
+    annotate: Optional[Callable[[int], str]] = None,
 ) -> Figure:
     """One figure: a test sample, its top proponents and opponents, and optionally XDA heatmaps.
 
@@ -337,8 +368,8 @@ def plot_explanation(
     ----------
     test_image : torch.Tensor or numpy.ndarray
         ``(C, H, W)``, ``(1, C, H, W)`` or ``(H, W)`` float, C = 1 (greyscale) or 3 (RGB).
-    predicted_class : int
-        The class explained (normally the network's prediction).
+    targets : int
+        The class explained (normally the network's prediction; formerly ``predicted_class``).
     proponents : InfluentialSamples or None
         Training samples with positive scores (may be empty or None).
     opponents : InfluentialSamples, optional
@@ -358,6 +389,9 @@ def plot_explanation(
         Size in inches of one image panel.
     title : str, optional
         Figure title.
+    annotate : callable, optional
+        ``training index -> str``, appended to the label in each training panel's title (e.g.
+        ``lambda j: " (was 3)" if j in relabelled else ""``).
 
     Returns
     -------
@@ -394,15 +428,7 @@ def plot_explanation(
         raise ValueError("Give XDA heatmaps for both `proponents` and `opponents`, or for neither.")
     with_heat = heat_flags == {True}
 
-    # Column plan: test | gap | proponents | gap | opponents
-    columns: List[Tuple[str, Optional[InfluentialSamples], int]] = [("test", None, 0)]
-    widths = [1.0]
-    for argument, group in non_empty:
-        columns.append(("gap", None, 0))
-        widths.append(0.25)
-        for m in range(len(group)):
-            columns.append((argument, group, m))
-            widths.append(1.0)
+    columns, widths = _column_plan(non_empty)
     n_rows = 3 if with_heat else 1
     image_row = 1 if with_heat else 0
     # Vertical budget in inches: [title] [group headers] [panel titles] rows... [legend]
@@ -418,26 +444,12 @@ def plot_explanation(
                     top=1 - (title_h + header_h + panel_title_h) / height, bottom=legend_h / height)
     header_y = 1 - (title_h + 0.05) / height
 
-    # Heatmap colour scales
-    scales = {}
-    if with_heat:
-        def peak(rel: Any) -> float:
-            return float(np.abs(_to_numpy(rel, "relevance").astype(np.float64).sum(0)).max())
-
-        for argument, group in non_empty:
-            for m in range(len(group)):
-                tr, te = peak(group.train_relevance[m]), peak(group.test_relevance[m])
-                scales[(argument, m)] = (tr, te)
-        if heatmap_scale == "figure":
-            top = max([max(v) for v in scales.values()] + [0.0])
-            scales = {key: (top, top) for key in scales}
-        elif heatmap_scale == "pair":
-            scales = {key: (max(v), max(v)) for key, v in scales.items()}
+    scales = _heatmap_scales(non_empty, heatmap_scale) if with_heat else {}
 
     # Test sample
     ax = fig.add_subplot(grid[image_row, 0])
     _show_image(ax, test, denormalize)
-    label = f"Test sample\npredicted: {_class_name(predicted_class, class_names)}"
+    label = f"Test sample\npredicted: {_class_name(targets, class_names)}"
     if test_label is not None:
         label += f"\ntrue: {_class_name(test_label, class_names)}"
     ax.set_title(label, fontsize=9, fontweight="bold")
@@ -455,7 +467,8 @@ def plot_explanation(
         idx = int(torch.as_tensor(group.indices).reshape(-1)[m])
         lab = int(torch.as_tensor(group.labels).reshape(-1)[m])
         score = float(torch.as_tensor(group.scores).reshape(-1)[m])
-        ax.set_title(f"#{idx}  label {_class_name(lab, class_names)}\nτ = {score:+.3g}", fontsize=8, color=colour)
+        note = annotate(idx) if annotate is not None else ""
+        ax.set_title(f"#{idx}  label {_class_name(lab, class_names)}{note}\nτ = {score:+.3g}", fontsize=8, color=colour)
         if with_heat:
             v_tr, v_te = scales[(argument, m)]
             for row, rel, vmax in ((0, group.train_relevance[m], v_tr), (2, group.test_relevance[m], v_te)):
@@ -494,10 +507,11 @@ def _to_tensor(x: Any) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 
 
+@renamed_arguments(target="targets")
 def explain_figure(
     dualda: Any,
     test_input: torch.Tensor,
-    target: Optional[int] = None,
+    targets: Optional[int] = None,
     k: int = 4,
     xda: Optional[Any] = None,
     *,
@@ -505,6 +519,7 @@ def explain_figure(
     class_names: Optional[Sequence[str]] = None,
     denormalize: Denormalize = None,
     skip_zero: bool = True,
+    show_progress: bool = False,
     **plot_kwargs: Any,
 ) -> Figure:
     """Explain one prediction with DualDA (and XDA heatmaps if ``xda`` is given) in one figure.
@@ -519,8 +534,8 @@ def explain_figure(
         A fitted :class:`captum_dualxda.dualda.DualDA`.
     test_input : torch.Tensor
         ``(C, H, W)`` or ``(1, C, H, W)`` float, one model input.
-    target : int, optional
-        Class to explain; default: the model's prediction.
+    targets : int, optional
+        Class to explain; default: the model's prediction (formerly ``target``).
     k : int
         Number of proponents and of opponents (each).
     xda : XDA, optional
@@ -534,9 +549,11 @@ def explain_figure(
     skip_zero : bool
         Drop "proponents" with score <= 0 and "opponents" with score >= 0 (DualDA is sparse: a
         test sample may have fewer than ``k`` non-zero scores of either sign).
+    show_progress : bool
+        tqdm bars for the influence and XDA passes.
     **plot_kwargs
         Passed on to :func:`plot_explanation` (``heatmap_scale``, ``cmap``, ``panel_size``,
-        ``title``).
+        ``title``, ``annotate``).
 
     Returns
     -------
@@ -562,14 +579,14 @@ def explain_figure(
         )
     model = dualda.model
     x = x.to(model_device(model))
-    if target is None:
+    if targets is None:
         with ModelProbe(model), torch.no_grad():
-            target = int(model(x).argmax(1)[0])
-    target_t = torch.tensor([int(target)], device=x.device)
+            targets = int(model(x).argmax(1)[0])
+    target_t = torch.tensor([int(targets)], device=x.device)
 
     groups = {}
     for argument, sign in (("proponents", True), ("opponents", False)):
-        res = dualda.influence((x, target_t), k=k, proponents=sign)
+        res = dualda.influence((x, target_t), k=k, proponents=sign, show_progress=show_progress)
         idx, scores = res.indices[0].cpu(), res.influence_scores[0].cpu()
         if skip_zero:
             keep = scores > 0 if sign else scores < 0
@@ -579,7 +596,7 @@ def explain_figure(
     all_idx = torch.cat([groups["proponents"][0], groups["opponents"][0]])
     heat_train = heat_test = None
     if xda is not None and all_idx.numel():
-        pairs = xda_pairs(dualda, xda, x, target_t, all_idx[None])
+        pairs = xda_pairs(dualda, xda, x, target_t, all_idx[None], show_progress=show_progress)
         heat_train, heat_test = pairs.train_relevance[0], pairs.test_relevance[0]
 
     samples = {}
@@ -603,7 +620,7 @@ def explain_figure(
 
     return plot_explanation(
         x[0].detach().cpu(),
-        int(target),
+        int(targets),
         samples["proponents"],
         samples["opponents"],
         test_label=test_label,

@@ -26,10 +26,12 @@ from typing import Any, Callable, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import nn
+from tqdm import tqdm
 from zennit.attribution import Attributor
 from zennit.core import Composite
 
 from .features import model_device, resolve_linear_layer
+from .deprecation import positional_deprecated, renamed_arguments
 from .probe import ModelProbe
 
 __all__ = ["XDA", "XDAPairs", "xda_pairs", "UnsupportedModelError", "unsupported_layers", "missing_canonizer"]
@@ -166,7 +168,7 @@ def _registered_elsewhere(composite: Composite, model: nn.Module) -> bool:
 class XDA(Attributor):
     """Zennit attributor that propagates relevance from the feature layer down to the input.
 
-    The model is run until the INPUT of ``feature_layer`` (the final ``nn.Linear``); that input,
+    The model is run until the INPUT of ``final_fc_layer`` (the final ``nn.Linear``); that input,
     flattened to ``(N, d)``, is the feature vector ``phi(input)``.  The forward pass stops there,
     so the classification head never runs.  The output relevance ``attr_output(phi)`` is then
     propagated to the input with the rules of ``composite`` (plain gradient when ``composite`` is
@@ -188,8 +190,9 @@ class XDA(Attributor):
         ``SequentialMergeBatchNorm`` need the running statistics) and left exactly as it was
         afterwards: training flags of every submodule, Parameter objects, requires_grad flags and
         hooks.  Only single-input models ``model(x)`` are supported.
-    feature_layer : torch.nn.Linear or str
-        The final linear layer (or its dotted name, e.g. ``"fc"`` or ``"classifier.6"``); its
+    final_fc_layer : torch.nn.Linear or str
+        The final linear layer (or its dotted name; the same argument as DualDA's, formerly
+        called ``feature_layer``, e.g. ``"fc"`` or ``"classifier.6"``); its
         input is ``phi``.  If the layer is called more than once in a forward pass the first call
         is used.
     composite : zennit.core.Composite, optional
@@ -204,15 +207,15 @@ class XDA(Attributor):
 
     Attributes
     ----------
-    feature_layer : torch.nn.Linear
-        The resolved feature layer.
+    final_fc_layer : torch.nn.Linear
+        The resolved final linear layer (also readable as ``feature_layer``, its former name).
 
     Raises
     ------
     ValueError
-        ``feature_layer`` names no submodule of ``model``, or is a module outside ``model``.
+        ``final_fc_layer`` names no submodule of ``model``, or is a module outside ``model``.
     TypeError
-        ``feature_layer`` is not an ``nn.Linear``.
+        ``final_fc_layer`` is not an ``nn.Linear``.
 
     Examples
     --------
@@ -224,10 +227,11 @@ class XDA(Attributor):
     ...         phi_j, heat = xda(x_j, lambda phi: phi * r)
     """
 
+    @renamed_arguments(feature_layer="final_fc_layer")
     def __init__(
         self,
         model: nn.Module,
-        feature_layer: Union[nn.Linear, str],
+        final_fc_layer: Union[nn.Linear, str],
         composite: Optional[Composite] = None,
         attr_output: AttrOutput = None,
     ) -> None:
@@ -239,11 +243,16 @@ class XDA(Attributor):
                 f"got {type(composite).__name__}."
             )
         super().__init__(model=model, composite=composite, attr_output=attr_output)
-        self.feature_layer: nn.Linear = resolve_linear_layer(model, feature_layer, argument="feature_layer")
+        self.final_fc_layer: nn.Linear = resolve_linear_layer(model, final_fc_layer, argument="final_fc_layer")
         advice = missing_canonizer(model, composite)
         if advice is not None:
-            warnings.warn(advice, UserWarning, stacklevel=2)
+            warnings.warn(advice, UserWarning, stacklevel=3)  # __init__ is wrapped once (renamed_arguments)
         self._probes: List[ModelProbe] = []
+
+    @property
+    def feature_layer(self) -> nn.Linear:
+        """The former name of :attr:`final_fc_layer`."""
+        return self.final_fc_layer
 
     # -- context management -----------------------------------------------------------------
     def _check_composite(self) -> None:
@@ -329,7 +338,7 @@ class XDA(Attributor):
         before zennit wraps it in its Identity (whose backward hook would need the layer's output
         gradient, which never exists because the forward stops here).
         """
-        return ModelProbe(self.model, self.feature_layer, stop=True, prepend=True, detach=detach, argument="feature_layer")
+        return ModelProbe(self.model, self.final_fc_layer, stop=True, prepend=True, detach=detach, argument="final_fc_layer")
 
     def _prepare_input(self, input: torch.Tensor) -> torch.Tensor:
         if not isinstance(input, torch.Tensor):
@@ -388,7 +397,7 @@ class XDA(Attributor):
             The composite is registered to another model; the output relevance does not fit
             ``(N, d)``.
         RuntimeError
-            ``feature_layer`` is not reached, or the features do not depend on the input.
+            ``final_fc_layer`` is not reached, or the features do not depend on the input.
         UnsupportedModelError
             The composite's rules fail on a layer of the model (a backward hook error) or give
             non-finite relevance; the message names the layers they do not cover (attention,
@@ -404,7 +413,7 @@ class XDA(Attributor):
             phi = probe.features()
             if not phi.requires_grad:
                 raise RuntimeError(
-                    "The features at `feature_layer` do not depend on `input` (no gradient path); "
+                    "The features at `final_fc_layer` do not depend on `input` (no gradient path); "
                     "nothing can be attributed."
                 )
             relevance_out = attr_output_fn(phi.detach())
@@ -430,7 +439,7 @@ class XDA(Attributor):
             except RuntimeError:
                 raise ValueError(
                     f"`attr_output` gave relevance of shape {tuple(relevance_out.shape)}, which does not fit "
-                    f"the features of shape {tuple(phi.shape)} (N, d) at `feature_layer`."
+                    f"the features of shape {tuple(phi.shape)} (N, d) at `final_fc_layer`."
                 ) from None
         return relevance_out
 
@@ -512,13 +521,16 @@ def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x).argmax(dim=1)
 
 
+@positional_deprecated
 def xda_pairs(
     dualda: Any,
     xda: XDA,
     test_inputs: torch.Tensor,
     targets: Union[None, int, torch.Tensor],
     train_indices: Union[torch.Tensor, Any],
+    *,
     feature_batch_size: int = 256,
+    show_progress: bool = False,
 ) -> XDAPairs:
     """XDA heatmaps and DualDA scores for every test sample and each of its training partners.
 
@@ -546,6 +558,8 @@ def xda_pairs(
         ``(n_test, k)`` int64 training indices (e.g. ``dualda.influence((x, t), k=k).indices``).
     feature_batch_size : int
         Batch size of the feature-only passes over the partners.
+    show_progress : bool
+        A tqdm bar over the test samples.
 
     Returns
     -------
@@ -568,9 +582,9 @@ def xda_pairs(
         raise TypeError(f"`xda` must be an XDA attributor, got {type(xda).__name__}.")
     if xda.model is not dualda.model:
         raise ValueError("`xda` explains a different model than `dualda` (xda.model is not dualda.model).")
-    if xda.feature_layer is not dualda.final_fc_layer:
+    if xda.final_fc_layer is not dualda.final_fc_layer:
         raise ValueError(
-            "`xda` uses a different feature layer than `dualda` (xda.feature_layer is not dualda.final_fc_layer)."
+            "`xda` uses a different feature layer than `dualda` (xda.final_fc_layer is not dualda.final_fc_layer)."
         )
     x = _single_input(test_inputs, "test_inputs")
     if x.ndim < 2:
@@ -631,7 +645,7 @@ def xda_pairs(
     test_heat: List[torch.Tensor] = []
 
     def run_all() -> None:
-        for i in range(n_test):
+        for i in tqdm(range(n_test), desc="XDA pairs", disable=not show_progress, leave=False):
             a_i = coef[i][:, None]                                            # (k, 1)
             partner_for_train = a_i * phi_test[i][None, :]                     # (k, d)
             partner_for_test = a_i * phi_train[i]                              # (k, d)

@@ -209,8 +209,8 @@ def test_python_dash_m_exit_code(tmp_path):
     assert "--out" in proc.stderr and proc.stdout == ""
 
 
-def test_mark_flipped_annotates_explanation_titles():
-    """The demo marks flipped training labels in explain_figure's panel titles ("#j  label c")."""
+def test_annotate_marks_flipped_labels_in_explanation_titles():
+    """The demo marks flipped training labels through plot_explanation's `annotate` callback."""
     from captum_dualxda.visualization import InfluentialSamples, plot_explanation
 
     data = demo.load_digits_data(flip_rate=0.2, seed=0, n_train=100)
@@ -219,10 +219,13 @@ def test_mark_flipped_annotates_explanation_titles():
     idx = torch.cat([flipped, clean])
     samples = InfluentialSamples(indices=idx, scores=torch.tensor([3.0, 2.0, 1.0]),
                                  images=data.x_train[idx], labels=data.y_train[idx])
-    fig = plot_explanation(data.x_test[0], 1, samples)
-    demo._mark_flipped(fig, data)
+
+    def was(j):
+        return f" (was {int(data.y_train_clean[j])})" if bool(data.flipped[j]) else ""
+
+    fig = plot_explanation(data.x_test[0], 1, samples, annotate=was)
     titles = {ax.get_title().split()[0]: ax.get_title() for ax in fig.axes if ax.get_title().startswith("#")}
     assert len(titles) == 3
     for j in flipped.tolist():
-        assert f"(was {int(data.y_train_clean[j])})" in titles[f"#{j}"]
+        assert titles[f"#{j}"].splitlines()[0] == f"#{j}  label {int(data.y_train[j])} (was {int(data.y_train_clean[j])})"
     assert "(was" not in titles[f"#{int(clean[0])}"]

@@ -166,7 +166,7 @@ def test_plot_explanation_panels(channels, heat):
     n_prop, n_opp = 3, 2
     fig = plot_explanation(
         torch.rand(channels, 12, 12),
-        predicted_class=2,
+        targets=2,
         proponents=samples(n_prop, channels, 1.0, heat, seed=1),
         opponents=samples(n_opp, channels, -1.0, heat, seed=2),
         test_label=1,
@@ -261,7 +261,7 @@ def test_explain_figure_with_heatmaps(digit_dualda):
 
 def test_explain_figure_without_heatmaps_and_errors(digit_dualda):
     dualda, x, _ = digit_dualda
-    fig = explain_figure(dualda, x[1:2], target=3, k=2, skip_zero=False)
+    fig = explain_figure(dualda, x[1:2], targets=3, k=2, skip_zero=False)
     assert len(fig.axes) == 1 + 2 + 2
     assert "predicted: 3" in fig.axes[0].get_title()
     check_rendered(fig)

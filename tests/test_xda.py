@@ -331,15 +331,15 @@ class UnusedHead(nn.Module):
 
 def test_feature_layer_errors():
     model = make_mlp()
-    with pytest.raises(ValueError, match="feature_layer"):
+    with pytest.raises(ValueError, match="final_fc_layer"):
         XDA(model, "classifier")
-    with pytest.raises(TypeError, match="feature_layer"):
+    with pytest.raises(TypeError, match="final_fc_layer"):
         XDA(model, "3")  # a ReLU
-    with pytest.raises(ValueError, match="feature_layer"):
+    with pytest.raises(ValueError, match="final_fc_layer"):
         XDA(model, nn.Linear(15, 3))  # not part of the model
     unused = UnusedHead()
     snap = Snapshot(unused)
-    with pytest.raises(RuntimeError, match="feature_layer"):
+    with pytest.raises(RuntimeError, match="final_fc_layer"):
         XDA(unused, "fc", EpsilonPlusFlat())(torch.randn(2, 4))
     snap.check()
     with pytest.raises(TypeError, match="input"):
