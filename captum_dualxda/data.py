@@ -29,7 +29,7 @@ from torch.utils.data.dataloader import default_collate
 
 from .distributed import shard_indices
 
-__all__ = ["as_dataloader", "split_batch", "iterate_batches", "dataset_items", "shard_loader"]
+__all__ = ["as_dataloader", "split_batch", "iterate_batches", "dataset_items"]
 
 Batch = Union[Tuple[Any, ...], List[Any]]
 

@@ -20,11 +20,7 @@ __all__ = [
     "shard_indices",
     "gather_strided",
     "assemble_strided",
-    "write_strided_rows",
-    "all_reduce_sum",
     "merge_topk",
-    "broadcast_object",
-    "communication_device",
 ]
 
 

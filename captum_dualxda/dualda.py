@@ -14,7 +14,6 @@ from __future__ import annotations
 import numbers
 import os
 import time
-import uuid
 import warnings
 from typing import Any, Optional, Sequence, Tuple, Union
 
@@ -25,16 +24,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .cache import Fingerprint, check_writable_dir, entry_lock
+from .cache import check_writable_dir, entry_lock
 from .deprecation import positional_deprecated
 from .distributed import all_reduce_sum, broadcast_object, is_distributed, merge_topk, rank_and_world_size
 from .data import as_dataloader, dataset_items, iterate_batches, split_batch
 from .features import batch_features, layer_name, model_device, resolve_linear_layer
-from .fit import STATE_VERSION, DualDAState, fit_state, load_state, save_state
+from .fit import DualDAState, fit_fingerprint, fit_state, load_state, save_state
 from .solver import ConvergenceWarning
 from .solver.fit import CONVERGENCE_ADVICE
 from .solver.problem import DEFAULT_C, check_positive_number
-from .store import FeatureStore
+from .store import FeatureStore, scratch_path
 
 __all__ = ["DualDA"]
 
@@ -190,7 +189,8 @@ class DualDA(DataInfluence):
         if self.cache_dir is None:
             self._fit(show_progress, None)
             return
-        key = self._fingerprint()
+        key = fit_fingerprint(self.model, self.layer_name, self.train_dataloader, self.C, self.fit_intercept,
+                              self.tol, self.max_iter, self.seed, self.backend)
         self.cache_path = os.path.join(self.cache_dir, f"dualda-{key[:32]}.pt")
         if self._rank != 0:  # rank 0 alone reads, writes and locks the cache
             self._fit(show_progress, key)
@@ -199,28 +199,6 @@ class DualDA(DataInfluence):
             self._fit(show_progress, key)
 
     # ------------------------------------------------------------------ fitting
-    def _fingerprint(self) -> str:
-        fp = Fingerprint().update("captum_dualxda.DualDA", STATE_VERSION)
-        fp.update(self.layer_name, self.C, self.fit_intercept, self.tol, self.max_iter, self.seed, self.backend)
-        fp.update_module(self.model)
-        fp.update_batches(self.train_dataloader)
-        return fp.hexdigest()
-
-    def _out_of_core_path(self, key: Optional[str]) -> Optional[str]:
-        """Memory-map file for the training features when they exceed ``memory_budget``."""
-        if self.memory_budget is None:
-            return None
-        try:
-            n = len(self.train_dataloader.dataset)  # type: ignore[arg-type]
-        except TypeError:
-            raise ValueError("`memory_budget` needs a `train_dataset` with a length.") from None
-        if 4 * n * self.final_fc_layer.in_features <= self.memory_budget:
-            return None
-        # Scratch, never shared: a name of this process alone (two processes fitting the same
-        # configuration must not write or truncate each other's file).
-        tag = f"{key[:16] if key else 'nocache'}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        return os.path.join(self.cache_dir, f".features-{tag}.npy")  # type: ignore[arg-type]
-
     def _fit(self, show_progress: bool, key: Optional[str]) -> None:
         """Load the state from the cache or fit it, then keep it (every rank, collectively)."""
         state = load_state(self.cache_path, key) if self.cache_path is not None and self._rank == 0 else None  # type: ignore[arg-type]
@@ -244,7 +222,7 @@ class DualDA(DataInfluence):
                 )
             return
         start = time.perf_counter()
-        mmap_path = self._out_of_core_path(key)
+        mmap_path = scratch_path(self.cache_dir, key, self.train_dataloader, self.final_fc_layer.in_features, self.memory_budget)
         store, labels = FeatureStore.extract(
             self.model, self.final_fc_layer, self.train_dataloader,
             self.device if mmap_path is None else torch.device("cpu"),

@@ -16,7 +16,7 @@ from torch import nn
 
 from .probe import ModelProbe
 
-__all__ = ["resolve_linear_layer", "layer_name", "model_device", "batch_features", "batch_features_and_output", "all_finite"]
+__all__ = ["resolve_linear_layer", "layer_name", "model_device", "batch_features", "batch_features_and_output"]
 
 
 def resolve_linear_layer(model: nn.Module, layer: Union[str, nn.Module], argument: str = "final_fc_layer") -> nn.Linear:

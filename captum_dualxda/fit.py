@@ -11,17 +11,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterable, Optional, Union
 
 import torch
 
-from .cache import atomic_save, load_cache
+from .cache import Fingerprint, atomic_save, load_cache
 from .features import all_finite
 from .solver import fit_crammer_singer
 from .solver.problem import row_chunk, row_squared_norms, support_mask
 from .support import SupportSet
 
-__all__ = ["DualDAState", "STATE_VERSION", "fit_state", "save_state", "load_state", "hinge_loss", "surrogate_logits"]
+__all__ = ["DualDAState", "STATE_VERSION", "fit_state", "fit_fingerprint", "save_state", "load_state", "hinge_loss", "surrogate_logits"]
 
 STATE_VERSION = 5
 """Version of :class:`DualDAState` and of cache files; a file with another version refits."""
@@ -240,6 +240,32 @@ def fit_state(
         },
         fingerprint=fingerprint,
     )
+
+
+def fit_fingerprint(model: torch.nn.Module, layer_name: str, loader: Iterable[Any], *settings: Any) -> str:
+    """The cache key of a fit: state version, layer, solver settings, the model (class, module tree,
+    weights, buffers) and every training batch, hashed with SHA-256.
+
+    Parameters
+    ----------
+    model : nn.Module
+    layer_name : str
+        Dotted name of the final linear layer.
+    loader : iterable
+        The training batches, in the order they are fitted.
+    *settings
+        ``C``, ``fit_intercept``, ``tol``, ``max_iter``, ``seed``, ``backend``.
+
+    Returns
+    -------
+    str
+        64 hexadecimal digits.
+    """
+    fp = Fingerprint().update("captum_dualxda.DualDA", STATE_VERSION)
+    fp.update(layer_name, *settings)
+    fp.update_module(model)
+    fp.update_batches(loader)
+    return fp.hexdigest()
 
 
 def save_state(state: DualDAState, path: str) -> None:

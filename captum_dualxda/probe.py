@@ -28,10 +28,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["ModelProbe", "ModelState", "FeaturesReached", "model_lock"]
+__all__ = ["ModelProbe", "ModelState", "model_lock"]
 
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
+_MISSING = object()
 
 
 def model_lock(model: nn.Module) -> threading.RLock:
@@ -87,18 +88,23 @@ class ModelState:
                 self.objects.append((module, dict(module._parameters), dict(module._buffers), shadowed))
 
     def restore(self) -> None:
-        """Put every recorded flag (and, with ``objects``, every Parameter and buffer) back."""
+        """Put every recorded flag (and, with ``objects``, every Parameter and buffer) back.
+
+        Objects are put back through ``setattr`` / ``delattr`` (what ``nn.Module`` offers for
+        registering), and only where they differ from the record.
+        """
         if self.objects is not None:
             for module, params, buffers, shadowed in self.objects:
-                for name in set(module._parameters) | set(module._buffers) | set(params) | set(buffers):
-                    if name in module.__dict__ and name not in shadowed:
-                        del module.__dict__[name]
-                if module._parameters.keys() != params.keys() or any(module._parameters[k] is not v for k, v in params.items()):
-                    module._parameters.clear()
-                    module._parameters.update(params)
-                if module._buffers.keys() != buffers.keys() or any(module._buffers[k] is not v for k, v in buffers.items()):
-                    module._buffers.clear()
-                    module._buffers.update(buffers)
+                for name in [n for n in vars(module) if (n in params or n in buffers) and n not in shadowed]:
+                    object.__delattr__(module, name)  # a plain attribute now hiding a parameter
+                for name in [n for n in list(module._parameters) + list(module._buffers) if n not in params and n not in buffers]:
+                    delattr(module, name)  # added since the record
+                for name, value in params.items():
+                    if module._parameters.get(name, _MISSING) is not value:
+                        setattr(module, name, value)
+                for name, value in buffers.items():
+                    if module._buffers.get(name, _MISSING) is not value:
+                        setattr(module, name, value)
         for module, training in self.training:
             module.training = training  # the flag itself: an overridden `train()` is not re-run
         for parameter, flag in self.requires_grad:

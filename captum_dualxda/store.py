@@ -10,6 +10,7 @@ a time, with every rank writing only what it holds.
 from __future__ import annotations
 
 import os
+import uuid
 from typing import Any, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
@@ -23,7 +24,43 @@ from .distributed import assemble_strided, gather_strided, rank_and_world_size, 
 from .features import batch_features
 from .solver.problem import row_chunk
 
-__all__ = ["FeatureStore", "extract_features", "shard_path"]
+__all__ = ["FeatureStore", "extract_features", "scratch_path"]
+
+
+def scratch_path(directory: Optional[str], key: Optional[str], loader: DataLoader, d: int, memory_budget: Optional[int]) -> Optional[str]:
+    """Where to memory-map the training features, or None when they fit in ``memory_budget``.
+
+    The name belongs to this process alone (key prefix, process id, random suffix): two processes
+    fitting the same configuration never write or truncate each other's file.
+
+    Parameters
+    ----------
+    directory : str, optional
+        The cache directory (required when a budget is given).
+    key : str, optional
+        The fit's cache key.
+    loader : DataLoader
+        The training data; its dataset needs a length when a budget is given.
+    d : int
+        Feature dimension.
+    memory_budget : int, optional
+        Bytes the float32 features (``4 n d``) may occupy in memory; None: no limit.
+
+    Raises
+    ------
+    ValueError
+        A budget with a dataset that has no length.
+    """
+    if memory_budget is None:
+        return None
+    try:
+        n = len(loader.dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError("`memory_budget` needs a `train_dataset` with a length.") from None
+    if 4 * n * d <= memory_budget:
+        return None
+    tag = f"{key[:16] if key else 'nocache'}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    return os.path.join(directory, f".features-{tag}.npy")  # type: ignore[arg-type]
 
 
 class FeatureStore:

@@ -75,6 +75,11 @@ def unsupported_layers(model: nn.Module) -> List[Tuple[str, str]]:
     return found
 
 
+def _has_attention(model: nn.Module) -> bool:
+    return any(isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
+               or "Attention" in type(m).__name__ for m in model.modules())
+
+
 def _unsupported_message(model: nn.Module, composite: Composite, what: str) -> str:
     layers = unsupported_layers(model)
     listed = ", ".join(f"{name} ({kind})" for name, kind in layers[:6]) + (f" and {len(layers) - 6} more" if len(layers) > 6 else "")
@@ -199,7 +204,9 @@ class XDA(Attributor):
         LRP rules and canonizers, e.g. ``EpsilonPlusFlat(zero_params="bias",
         canonizers=[SequentialMergeBatchNorm()])`` or
         ``EpsilonPlusFlat(zero_params="bias", canonizers=[ResNetCanonizer()])``.  A composite binds
-        to one model at a time; one registered to another model is refused.
+        to one model at a time; one registered to another model is refused. A model with
+        attention layers is refused with :class:`UnsupportedModelError` unless the composite
+        declares ``handles_attention = True`` (Zennit's built-in rules do not cover attention).
     attr_output : torch.Tensor or callable, optional
         Default output relevance at the feature layer: a tensor broadcastable to ``(N, d)`` (used
         as a constant), a callable ``phi (N, d) -> (N, d)``, or None for the identity
@@ -244,6 +251,10 @@ class XDA(Attributor):
             )
         super().__init__(model=model, composite=composite, attr_output=attr_output)
         self.final_fc_layer: nn.Linear = resolve_linear_layer(model, final_fc_layer, argument="final_fc_layer")
+        if composite is not None and _has_attention(model) and not getattr(composite, "handles_attention", False):
+            # Zennit's rules give zeros (zennit 1.0), NaN or a hook error on attention: refuse
+            # before any pass rather than return heatmaps that look plausible.
+            raise UnsupportedModelError(_unsupported_message(model, composite, "the model has attention layers"))
         advice = missing_canonizer(model, composite)
         if advice is not None:
             warnings.warn(advice, UserWarning, stacklevel=3)  # __init__ is wrapped once (renamed_arguments)

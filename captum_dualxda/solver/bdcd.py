@@ -33,9 +33,9 @@ from tqdm import tqdm
 from .gap import evaluate_optimality, primal_weights
 from .problem import CrammerSingerProblem
 from .projection import project_crammer_singer
-from .sparse_dual import DualVariables, RowSparseDual, default_capacity, dual_rows, dual_to_dense, set_dual_rows
+from .sparse_dual import DualVariables, RowSparseDual, dual_rows, dual_to_dense, set_dual_rows
 
-__all__ = ["BackendOutput", "solve_bdcd", "default_block_size"]
+__all__ = ["BackendOutput", "solve_bdcd"]
 
 
 @dataclass

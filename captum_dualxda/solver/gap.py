@@ -19,7 +19,6 @@ from .sparse_dual import DualVariables, dual_rows
 __all__ = [
     "OptimalityReport",
     "primal_weights",
-    "class_scores",
     "evaluate_optimality",
     "primal_objective",
 ]

@@ -15,7 +15,7 @@ import torch
 
 from .sparse_dual import DualVariables, RowSparseDual, dual_row_slices
 
-__all__ = ["CrammerSingerProblem", "CrammerSingerResult", "make_problem", "check_positive_number"]
+__all__ = ["CrammerSingerProblem", "CrammerSingerResult", "make_problem"]
 
 
 DEFAULT_C = 1e-3

@@ -51,7 +51,7 @@ from .bdcd import BackendOutput
 from .gap import OptimalityReport
 from .problem import CrammerSingerProblem
 
-__all__ = ["solve_sequential", "solve_subproblem", "evaluate_optimality_compiled"]
+__all__ = ["solve_sequential", "solve_subproblem"]
 
 # Flags for the dot products and axpys: reassociation lets LLVM vectorise the reductions. No
 # "nnan"/"ninf": the solver compares against +-inf sentinels.

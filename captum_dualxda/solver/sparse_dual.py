@@ -25,10 +25,7 @@ __all__ = [
     "RowSparseDual",
     "DualVariables",
     "dual_rows",
-    "set_dual_rows",
     "dual_to_dense",
-    "dual_row_slices",
-    "default_capacity",
 ]
 
 IndexLike = Union[slice, torch.Tensor]
