@@ -34,6 +34,7 @@ from .solver import ConvergenceWarning
 from .solver.fit import CONVERGENCE_ADVICE
 from .solver.problem import DEFAULT_C, check_positive_number
 from .store import FeatureStore, scratch_path
+from .support import warn_absent
 
 __all__ = ["DualDA"]
 
@@ -86,22 +87,14 @@ class DualDA(DataInfluence):
         Solver backend (see :func:`~captum_dualxda.solver.fit_crammer_singer`).
     distributed : bool, optional
         Scale out over an initialised ``torch.distributed`` process group (default: whenever one
-        with more than one process is initialised). Rank ``r`` of ``W`` extracts the features of
-        its strided shard ``r, r + W, ...`` of ``train_dataset`` and keeps them; rank 0 alone
-        receives all of them (in bounded chunks), solves, and broadcasts the small fit state
-        (support indices and coefficients, weight, intercept, labels, norms, hinge loss, stats).
-        Rank ``r`` then keeps and scores the support vectors ``j`` with ``j % W == r``, whose
-        features it extracted itself. With ``cache_dir``, rank 0 decides whether the cache hits
-        (the directories may differ per rank) and sends a hit to every rank. ``influence`` and
-        ``self_influence`` are collective calls (all ranks, same inputs) and return identical
-        results on every rank, equal to a single-process run. See ``docs/scaling.md``.
+        with more than one process is initialised): each rank extracts its strided shard of the
+        training set, rank 0 solves, every rank scores its share of the support vectors.
+        ``influence`` and ``self_influence`` are then collective calls that return, on every
+        rank, the single-process result. See ``docs/scaling.md``.
     memory_budget : int, optional
-        Bytes the training features may occupy in memory. Above it (``4 * n_train * d``), they
-        are written to a memory-mapped file in ``cache_dir`` (required then) and the solver
-        streams them; after the fit only the support vectors' features stay in memory.
-        Distributed, rank 0 maps the full ``(n_train, d)`` file and rank ``r > 0`` a file of its
-        shard only (``<name>.rank<r>.npy``); no file is shared, so ``cache_dir`` may be
-        node-local scratch. The files are deleted after the fit.
+        Bytes the training features (``4 * n_train * d``) may occupy in memory; above it they are
+        memory-mapped from a scratch file of this process in ``cache_dir`` (required then),
+        deleted after the fit. See ``docs/scaling.md``.
 
     Attributes
     ----------
@@ -319,22 +312,8 @@ class DualDA(DataInfluence):
             raise ValueError(f"`indices` must lie in 0..{self.n_train - 1}.")
         if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= self.n_classes):
             raise ValueError(f"`classes` must lie in 0..{self.n_classes - 1}.")
-        self._warn_absent(classes)
+        warn_absent(self.absent_classes, classes)
         return self._support.coefficients_at(indices, classes)
-
-    def _warn_absent(self, classes: torch.Tensor) -> None:
-        """Warn when asked about classes without a training sample (their scores are all zero)."""
-        if self.absent_classes.numel() == 0 or classes.numel() == 0:
-            return
-        asked = torch.isin(self.absent_classes, classes.detach().flatten().to(self.absent_classes.device))
-        if bool(asked.any()):
-            warnings.warn(
-                f"Class(es) {self.absent_classes[asked].tolist()} have no training sample: the SVM is fitted on "
-                "the classes present in the training data (as scikit-learn does), so DualDA has no dual "
-                "variables for them and every score for them is 0.",
-                UserWarning,
-                stacklevel=4,
-            )
 
     @property
     def sparsity(self) -> float:
@@ -364,7 +343,7 @@ class DualDA(DataInfluence):
             raise ValueError(
                 f"Test features have dimension {phi.shape[1]}, the training features {self.weight.shape[1]}."
             )
-        self._warn_absent(targets)
+        warn_absent(self.absent_classes, targets)
         return phi, targets.to(self.device)
 
     def _batches(self, inputs: Any, show_progress: bool) -> Any:

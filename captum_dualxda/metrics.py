@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from .data import as_dataloader, split_batch
 from .deprecation import renamed_arguments
@@ -205,11 +206,11 @@ def mislabel_scores(dualda: Any, kind: str = "self_influence") -> torch.Tensor:
     raise ValueError(f"`kind` must be 'self_influence' or 'hinge_loss', got {kind!r}.")
 
 
-def _forward_batches(model: nn.Module, data: Union[Dataset, DataLoader], batch_size: int):
-    """Yield ``(logits, labels)`` of every Captum batch ``(x_1, ..., x_m, labels)``."""
+def _forward_batches(model: nn.Module, data: Union[Dataset, DataLoader], batch_size: int, show_progress: bool = False):
+    """Yield ``(logits, labels)`` of every Captum batch ``(x_1, ..., x_m, labels)``, in dataset order."""
     loader = as_dataloader(data, batch_size, "data")
     device = model_device(model)
-    for batch in loader:
+    for batch in tqdm(loader, desc="training loss", disable=not show_progress, leave=False):
         inputs, labels = split_batch(batch, "data")
         inputs = [v.to(device) if isinstance(v, torch.Tensor) else v for v in inputs]
         with ModelProbe(model), torch.no_grad():
@@ -217,7 +218,8 @@ def _forward_batches(model: nn.Module, data: Union[Dataset, DataLoader], batch_s
         yield logits, labels.to(device)
 
 
-def training_loss(model: nn.Module, train_dataset: Union[Dataset, DataLoader], batch_size: int = 256) -> torch.Tensor:
+def training_loss(model: nn.Module, train_dataset: Union[Dataset, DataLoader], batch_size: int = 256,
+                  show_progress: bool = False) -> torch.Tensor:
     """Baseline mislabel scores: the network's cross-entropy on each sample's own label.
 
     The cheapest mislabel detector there is (one forward pass); any attribution-based score
@@ -230,8 +232,10 @@ def training_loss(model: nn.Module, train_dataset: Union[Dataset, DataLoader], b
         A classifier returning logits ``(N, K)``; run in eval mode under ``no_grad`` (its mode
         is restored).
     train_dataset : Dataset or DataLoader
-        Yields ``(x_1, ..., x_m, label)``; a Dataset is read unshuffled.
+        Yields ``(x_1, ..., x_m, label)``; read in dataset order (a shuffling loader too).
     batch_size : int
+    show_progress : bool
+        A tqdm bar over the batches.
 
     Returns
     -------
@@ -240,7 +244,7 @@ def training_loss(model: nn.Module, train_dataset: Union[Dataset, DataLoader], b
     """
     losses = [
         nn.functional.cross_entropy(logits.float(), labels, reduction="none").cpu()
-        for logits, labels in _forward_batches(model, train_dataset, batch_size)
+        for logits, labels in _forward_batches(model, train_dataset, batch_size, show_progress)
     ]
     return torch.cat(losses)
 

@@ -13,6 +13,7 @@ itself over the ranks of a distributed run (:meth:`~SupportSet.shard`).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Tuple, Union
 
 import torch
@@ -20,7 +21,7 @@ import torch
 from .solver.problem import row_chunk
 from .solver.sparse_dual import DualVariables, RowSparseDual, dual_rows
 
-__all__ = ["SupportSet"]
+__all__ = ["SupportSet", "warn_absent"]
 
 
 class SupportSet:
@@ -210,3 +211,28 @@ class SupportSet:
         padded = torch.cat([scores, scores.new_zeros(scores.shape[0], candidates.numel() - len(self))], dim=1)
         top = torch.topk(padded, min(k, candidates.numel()), dim=1, largest=largest, sorted=True)
         return top.values, candidates[top.indices]
+
+
+def warn_absent(absent_classes: torch.Tensor, targets: torch.Tensor, stacklevel: int = 4) -> None:
+    """Warn when ``targets`` asks about classes without a training sample (their scores are all 0).
+
+    Parameters
+    ----------
+    absent_classes : torch.Tensor
+        int64 classes with no training sample (they take no part in the SVM problem).
+    targets : torch.Tensor
+        int64 classes asked about, any shape.
+    stacklevel : int
+        Passed to :func:`warnings.warn` (the caller's caller by default).
+    """
+    if absent_classes.numel() == 0 or targets.numel() == 0:
+        return
+    asked = torch.isin(absent_classes, targets.detach().flatten().to(absent_classes.device))
+    if bool(asked.any()):
+        warnings.warn(
+            f"Class(es) {absent_classes[asked].tolist()} have no training sample: the SVM is fitted on the "
+            "classes present in the training data (as scikit-learn does), so DualDA has no dual variables "
+            "for them and every score for them is 0.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )

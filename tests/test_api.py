@@ -37,7 +37,8 @@ def test_one_name_for_the_layer_and_for_the_classes_to_explain():
                                (metrics.class_detection, 2), (metrics.class_detection_from_indices, 2),
                                (metrics.random_class_detection, 1)):
         assert params(function)[position] == "targets", function
-    for function in (DualDA, sweep_C, xda_pairs, explain_figure, DualDA.influence, DualDA.self_influence):
+    for function in (DualDA, sweep_C, xda_pairs, explain_figure, DualDA.influence, DualDA.self_influence,
+                     metrics.training_loss):
         assert "show_progress" in params(function), function
     assert "device" in params(sweep_C)
 
