@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Mapping
 import tempfile
 import warnings
 from typing import Any, Dict, Iterable, Iterator, Optional
@@ -48,7 +49,7 @@ class Fingerprint:
             elif isinstance(value, (list, tuple)):
                 self._hash.update(f"L{len(value)}".encode())
                 self.update(*value)
-            elif isinstance(value, dict):
+            elif isinstance(value, Mapping):  # dicts and Hugging Face BatchEncodings
                 self._hash.update(f"D{len(value)}".encode())
                 for key in sorted(value, key=str):
                     self.update(str(key), value[key])

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .deprecation import positional_deprecated
 from .data import as_dataloader
-from .features import batch_features_and_output, model_device, resolve_linear_layer
+from .features import batch_features_and_output, model_device, output_logits, resolve_linear_layer
 from .fit import hinge_loss, surrogate_logits
 from .metrics import (
     ArrayLike,
@@ -171,7 +171,7 @@ def sweep_C(
         for batch in _model_input_batches(test_inputs, 256):
             phi, out = batch_features_and_output(model, layer, batch)
             phis.append(phi.float().to(device))
-            logits.append(out.detach().double().cpu())
+            logits.append(output_logits(out).detach().double().cpu())
         test_phi, test_logits = torch.cat(phis), torch.cat(logits)
         test_pred = test_logits.argmax(1)
 

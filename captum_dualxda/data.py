@@ -2,13 +2,14 @@
 
 Index ``j`` of every result of this package addresses ``dataset[j]``, so training data is always
 read in dataset order, each sample once, whatever loader the user passes (:func:`as_dataloader`).
-A Captum batch is a tuple or list whose last element holds the labels or the classes to explain
-(:func:`split_batch`).
+A batch is Captum's tuple or list whose last element holds the labels or the classes to explain,
+or Hugging Face's dict with them under ``"labels"`` (:func:`split_batch`).
 """
 from __future__ import annotations
 
 import numbers
 import random
+from collections.abc import Mapping
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -31,7 +32,9 @@ from .distributed import shard_indices
 
 __all__ = ["as_dataloader", "split_batch", "iterate_batches", "dataset_items"]
 
-Batch = Union[Tuple[Any, ...], List[Any]]
+Batch = Union[Tuple[Any, ...], List[Any], Mapping[str, Any]]
+ModelInputs = Union[Tuple[Any, ...], Dict[str, Any]]
+"""Positional model inputs ``model(*inputs)`` or keyword inputs ``model(**inputs)``."""
 
 
 def _sampler_order(loader: DataLoader, n: int) -> Optional[str]:
@@ -165,32 +168,58 @@ def _reordered(loader: DataLoader, batch_size: int, dataset: Optional[Dataset] =
     return DataLoader(loader.dataset if dataset is None else dataset, **options)
 
 
-def split_batch(batch: Any, argument: str = "inputs") -> Tuple[Tuple[Any, ...], torch.Tensor]:
-    """Split a Captum batch ``(x_1, ..., x_m, targets)`` into model inputs and targets.
+LABEL_KEYS = ("labels", "label")
+"""Keys under which a dict batch holds its labels (Hugging Face's convention), in this order."""
+
+
+def split_batch(batch: Any, argument: str = "inputs") -> Tuple[ModelInputs, torch.Tensor]:
+    """Split a batch into model inputs and the classes to explain (or the training labels).
+
+    Two conventions: Captum's tuple or list ``(x_1, ..., x_m, targets)`` (labels last, the model
+    is called as ``model(x_1, ..., x_m)``), and Hugging Face's dict (or ``BatchEncoding``) with
+    the labels under ``"labels"`` (or ``"label"``) and everything else passed as
+    ``model(**rest)``.
 
     Returns
     -------
-    inputs : tuple
-        Everything but the last element, passed as ``model(*inputs)``.
+    inputs : tuple or dict
+        The model inputs (see :func:`~captum_dualxda.features.call_model`).
     targets : torch.Tensor
         ``(N,)`` int64.
+
+    Raises
+    ------
+    ValueError
+        Neither form, no labels, or labels that are not 1-D integers.
     """
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+    if isinstance(batch, Mapping):
+        key = next((k for k in LABEL_KEYS if k in batch), None)
+        if key is None:
+            raise ValueError(
+                f"`{argument}` is a dict without a 'labels' (or 'label') entry: put the classes to explain "
+                f"there (got keys {sorted(batch)}). To explain the model's own predictions pass its argmax."
+            )
+        inputs: ModelInputs = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
+        where = f"`{argument}['{key}']`"
+        raw = batch[key]
+    elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        inputs, where, raw = tuple(batch[:-1]), f"The last element of `{argument}`", batch[-1]
+    else:
         raise ValueError(
             f"`{argument}` must be a tuple or list (x, ..., targets) whose last element holds the "
-            f"classes to explain, got {type(batch).__name__}"
+            f"classes to explain, or a dict with them under 'labels', got {type(batch).__name__}"
             + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
             + ". To explain the network's own predictions pass (x, model(x).argmax(1))."
         )
-    targets = torch.as_tensor(batch[-1])
+    targets = torch.as_tensor(raw)
     if targets.ndim == 0:
         targets = targets.reshape(1)
     if torch.is_floating_point(targets) or targets.ndim != 1:
         raise ValueError(
-            f"The last element of `{argument}` must be a 1-D tensor of integer class indices, "
-            f"got dtype {targets.dtype} and shape {tuple(targets.shape)}."
+            f"{where} must be a 1-D tensor of integer class indices, got dtype {targets.dtype} and shape "
+            f"{tuple(targets.shape)}."
         )
-    return tuple(batch[:-1]), targets.long()
+    return inputs, targets.long()
 
 
 def iterate_batches(inputs: Union[Batch, DataLoader], argument: str = "inputs") -> Iterator[Any]:
@@ -220,7 +249,7 @@ def shard_loader(loader: DataLoader, rank: int, world_size: int) -> Tuple[DataLo
     return _reordered(loader, 1, Subset(dataset, list(shard_indices(n, rank, world_size)))), n
 
 
-def dataset_items(data: Union[Dataset, DataLoader], indices: Sequence[int]) -> Tuple[Any, ...]:
+def dataset_items(data: Union[Dataset, DataLoader], indices: Sequence[int]) -> ModelInputs:
     """Collate the samples ``data[j]`` for ``j`` in ``indices`` into one batch, labels dropped.
 
     Parameters
@@ -231,10 +260,10 @@ def dataset_items(data: Union[Dataset, DataLoader], indices: Sequence[int]) -> T
 
     Returns
     -------
-    tuple
-        The stacked model inputs (every element of a sample but its last, the label).
+    tuple or dict
+        The model inputs of the batch (:func:`split_batch` without the labels).
     """
     dataset = data.dataset if isinstance(data, DataLoader) else data
     collate = data.collate_fn if isinstance(data, DataLoader) else default_collate
     batch = collate([dataset[int(j)] for j in indices])
-    return tuple(batch[:-1])
+    return split_batch(batch, "train_dataset")[0]

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .cache import check_writable_dir, entry_lock
 from .deprecation import positional_deprecated
 from .distributed import all_reduce_sum, broadcast_object, is_distributed, merge_topk, rank_and_world_size
-from .data import as_dataloader, dataset_items, iterate_batches, split_batch
+from .data import ModelInputs, as_dataloader, dataset_items, iterate_batches, split_batch
 from .features import batch_features, layer_name, model_device, resolve_linear_layer
 from .fit import DualDAState, fit_fingerprint, fit_state, load_state, save_state
 from .solver import ConvergenceWarning
@@ -51,9 +51,14 @@ class DualDA(DataInfluence):
     model : nn.Module
         The classifier ``f(x) = W_f phi(x) + b_f``; it is never modified.
     final_fc_layer : nn.Linear or str
-        The final linear layer (or its dotted name); ``phi(x)`` is its input, flattened.
+        The final linear layer (or its dotted name); ``phi(x)`` is its input. A head applied to
+        every position (decoder classifiers: Llama's or GPT-2's ``score``) gives the input at
+        the position the model classifies (the last non-padding token), found from the logits.
     train_dataset : Dataset or DataLoader
-        Yields ``(x_1, ..., x_m, label)``. Always read in dataset order, each sample once, so
+        Yields ``(x_1, ..., x_m, label)`` (Captum), or dicts with the label under ``"labels"`` or
+        ``"label"`` and the model inputs under the other keys (Hugging Face: a Dataset of dicts,
+        or a DataLoader with e.g. ``DataCollatorWithPadding``; the model is called as
+        ``model(**inputs)``). Always read in dataset order, each sample once, so
         index ``j`` of every result addresses ``dataset[j]``: a Dataset with ``batch_size``; a
         DataLoader's dataset with its ``collate_fn``, ``num_workers`` and ``pin_memory`` even
         when it shuffles or drops its last batch (a loader whose sampler leaves samples out or
@@ -321,8 +326,9 @@ class DualDA(DataInfluence):
         return 1.0 - self.support_indices.numel() / self.n_train
 
     # ------------------------------------------------------------------ scoring
-    def test_features(self, inputs: Sequence[Any]) -> torch.Tensor:
-        """``(N, d)`` features ``phi(x)`` of model inputs (eval mode, no grad), on ``self.device``."""
+    def test_features(self, inputs: ModelInputs) -> torch.Tensor:
+        """``(N, d)`` float32 features ``phi(x)`` of model inputs (a tuple for ``model(*inputs)``, a
+        dict for ``model(**inputs)``; eval mode, no grad), on ``self.device``."""
         phi = batch_features(self.model, self.final_fc_layer, inputs)
         return phi.to(self.device, self._local.values.dtype if self._local.features is None else self._local.features.dtype)
 
@@ -363,10 +369,11 @@ class DualDA(DataInfluence):
 
         Parameters
         ----------
-        inputs : tuple or DataLoader
+        inputs : tuple, dict or DataLoader
             A batch ``(x_1, ..., x_m, targets)`` (the model is called as ``model(x_1, ..., x_m)``;
-            ``targets`` ``(n_test,)`` are the classes to explain), or a DataLoader of such
-            batches. To explain the network's own predictions pass ``(x, model(x).argmax(1))``.
+            ``targets`` ``(n_test,)`` are the classes to explain), a dict of model inputs with
+            the classes to explain under ``"labels"`` (``model(**rest)``), or a DataLoader of
+            such batches. To explain the network's own predictions pass ``(x, model(x).argmax(1))``.
         k : int, optional
             ``None``: return all scores. An int: return the ``k`` most influential training
             samples per test sample (clipped to ``n_train``).
@@ -447,7 +454,7 @@ class DualDA(DataInfluence):
         return False
 
     # ------------------------------------------------------------------ helpers for XDA
-    def train_inputs(self, indices: Union[torch.Tensor, Sequence[int]]) -> Tuple[Any, ...]:
+    def train_inputs(self, indices: Union[torch.Tensor, Sequence[int]]) -> ModelInputs:
         """Stacked model inputs of training samples ``indices`` (labels dropped).
 
         Parameters
@@ -457,8 +464,9 @@ class DualDA(DataInfluence):
 
         Returns
         -------
-        tuple
-            Each element batched over the ``m`` samples, as ``model(*result)`` expects.
+        tuple or dict
+            The model inputs batched over the ``m`` samples, as ``model(*result)`` (or
+            ``model(**result)`` for dict batches) expects.
         """
         flat = torch.as_tensor(indices).flatten().tolist()
         bad = [j for j in flat if not 0 <= j < self.n_train]

@@ -9,11 +9,13 @@ finds that layer; :func:`batch_features` captures ``phi`` of one batch through a
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence, Tuple, Union
+from collections.abc import Mapping
+from typing import Any, Tuple, Union
 
 import torch
 from torch import nn
 
+from .data import ModelInputs
 from .probe import ModelProbe
 
 __all__ = ["resolve_linear_layer", "layer_name", "model_device", "batch_features", "batch_features_and_output"]
@@ -81,16 +83,86 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _to_device(value: Any, device: torch.device) -> Any:
-    return value.to(device) if isinstance(value, torch.Tensor) else value
+def inputs_to(inputs: ModelInputs, device: torch.device) -> ModelInputs:
+    """Model inputs with every tensor moved to ``device`` (tuple or dict, as given)."""
+    if isinstance(inputs, Mapping):
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    return tuple(v.to(device) if isinstance(v, torch.Tensor) else v for v in inputs)
 
 
-def batch_features_and_output(model: nn.Module, layer: nn.Linear, inputs: Sequence[Any]) -> Tuple[torch.Tensor, Any]:
+def call_model(model: nn.Module, inputs: ModelInputs) -> Any:
+    """``model(**inputs)`` for a dict (Hugging Face), ``model(*inputs)`` for a tuple (Captum)."""
+    return model(**inputs) if isinstance(inputs, Mapping) else model(*inputs)
+
+
+def output_logits(output: Any) -> torch.Tensor:
+    """The logits in a model output: the tensor itself, ``output.logits`` (a Hugging Face
+    ``ModelOutput``), or the first element of a tuple."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"Cannot find the logits in a model output of type {type(output).__name__}.")
+
+
+def pooled_features(layer: nn.Linear, layer_input: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """``(N, d)`` the representation the model classifies, from ``layer``'s input and the logits.
+
+    A final layer applied to one vector per sample sees ``(N, d)``: that is ``phi``. A layer
+    applied to every position (the ``score`` head of decoder classifiers such as Llama, Qwen,
+    Mistral or GPT-2, which then keep one position per sample, e.g. the last token that is not
+    padding) sees ``(N, T, d)``; ``phi`` is then the input at the position whose head output
+    equals the model's logits, found by comparing the two (so it is right whatever rule picked
+    the position, left or right padding alike).
+
+    Parameters
+    ----------
+    layer : nn.Linear
+    layer_input : torch.Tensor
+        ``(N, d)`` or ``(N, ..., d)``, as the layer saw it.
+    logits : torch.Tensor
+        ``(N, K)`` the model's output logits.
+
+    Raises
+    ------
+    ValueError
+        The logits are not the layer's output at one position of its input (the model pools
+        after the final layer, or returns per-position logits).
+    """
+    if layer_input.ndim == 2:
+        return layer_input
+    x = layer_input.reshape(layer_input.shape[0], -1, layer_input.shape[-1])
+    logits = logits.detach().to(x.dtype)
+    if logits.shape != (x.shape[0], layer.out_features):
+        raise ValueError(
+            f"The input of `final_fc_layer` has shape {tuple(layer_input.shape)} (one vector per position) but the "
+            f"model returns logits of shape {tuple(logits.shape)}, not (N, K) = ({x.shape[0]}, {layer.out_features}): "
+            "DualDA needs one feature vector per sample."
+        )
+    with torch.no_grad():
+        error = (nn.functional.linear(x, layer.weight, layer.bias) - logits[:, None, :]).abs().amax(-1)  # (N, T)
+    last_best = x.shape[1] - 1 - error.flip(1).argmin(1)  # the rightmost of equally good positions
+    rows = torch.arange(x.shape[0], device=x.device)
+    scale = logits.abs().amax(-1).clamp_min(1.0)
+    tolerance = (1e-2 if x.dtype in (torch.float16, torch.bfloat16) else 1e-4) * scale
+    if bool((error[rows, last_best] > tolerance).any()):
+        raise ValueError(
+            "The model's logits are not `final_fc_layer` applied to one position of its input (the model "
+            "combines positions after the final layer): DualDA cannot tell which representation it "
+            "classifies. Pass a final layer whose input is one vector per sample."
+        )
+    return x[rows, last_best]
+
+
+def batch_features_and_output(model: nn.Module, layer: nn.Linear, inputs: ModelInputs) -> Tuple[torch.Tensor, Any]:
     """Features ``phi`` of one batch and the model's output, from one forward pass.
 
     Same as :func:`batch_features` (a :class:`~captum_dualxda.probe.ModelProbe`: eval mode, no
-    grad, the model left as found), also returning what ``model(*inputs)`` returned (e.g.
-    ``(N, K)`` logits).
+    grad, the model left as found), also returning what the model returned (e.g. ``(N, K)``
+    logits, or a Hugging Face ``ModelOutput``).
 
     Returns
     -------
@@ -99,26 +171,30 @@ def batch_features_and_output(model: nn.Module, layer: nn.Linear, inputs: Sequen
     output : Any
         The model output.
     """
-    device = model_device(model)
-    with ModelProbe(model, layer) as probe, torch.no_grad():
-        output = probe.run(*[_to_device(value, device) for value in inputs])
-        return probe.features(), output
+    with ModelProbe(model, layer, flatten=False) as probe, torch.no_grad():
+        output = call_model(model, inputs_to(inputs, model_device(model)))
+        layer_input = probe.features()
+    if layer_input.ndim == 2:
+        return layer_input, output
+    return pooled_features(layer, layer_input, output_logits(output)), output
 
 
-def batch_features(model: nn.Module, layer: nn.Linear, inputs: Sequence[Any]) -> torch.Tensor:
-    """Features ``phi`` of one batch: the flattened input of ``layer``.
+def batch_features(model: nn.Module, layer: nn.Linear, inputs: ModelInputs) -> torch.Tensor:
+    """Features ``phi`` of one batch: the input of ``layer``, one vector per sample.
 
     The model runs in eval mode under ``no_grad`` on its own device (inputs are moved there),
     through a :class:`~captum_dualxda.probe.ModelProbe`: every submodule's training flag and
     every parameter's ``requires_grad`` are restored afterwards, and concurrent calls from
-    several threads never mix their features.
+    several threads never mix their features. A head applied to every position (decoder
+    classifiers) gives the input at the position the model classifies
+    (:func:`pooled_features`).
 
     Parameters
     ----------
     model : nn.Module
     layer : nn.Linear
-    inputs : sequence
-        Model inputs, called as ``model(*inputs)``.
+    inputs : tuple or dict
+        Model inputs, called as ``model(*inputs)`` or ``model(**inputs)``.
 
     Returns
     -------
@@ -129,6 +205,8 @@ def batch_features(model: nn.Module, layer: nn.Linear, inputs: Sequence[Any]) ->
     ------
     RuntimeError
         The forward pass never reached ``layer``.
+    ValueError
+        The layer sees several positions per sample and the model's logits are none of them.
     """
     return batch_features_and_output(model, layer, inputs)[0]
 

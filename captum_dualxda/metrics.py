@@ -23,6 +23,7 @@ Choosing ``C`` lives in :mod:`captum_dualxda.choose_c` (``sweep_C``, ``SweepRow`
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Tuple, Union
 
@@ -34,7 +35,7 @@ from tqdm import tqdm
 
 from .data import as_dataloader, split_batch
 from .deprecation import renamed_arguments
-from .features import batch_features_and_output, model_device
+from .features import batch_features_and_output, call_model, inputs_to, model_device, output_logits
 from .fit import surrogate_logits
 from .probe import ModelProbe
 
@@ -212,9 +213,8 @@ def _forward_batches(model: nn.Module, data: Union[Dataset, DataLoader], batch_s
     device = model_device(model)
     for batch in tqdm(loader, desc="training loss", disable=not show_progress, leave=False):
         inputs, labels = split_batch(batch, "data")
-        inputs = [v.to(device) if isinstance(v, torch.Tensor) else v for v in inputs]
         with ModelProbe(model), torch.no_grad():
-            logits = model(*inputs)
+            logits = output_logits(call_model(model, inputs_to(inputs, device)))
         yield logits, labels.to(device)
 
 
@@ -465,15 +465,20 @@ def logit_fidelity(network_logits: ArrayLike, surrogate_logits: ArrayLike) -> Fi
 
 
 def _model_input_batches(inputs: Any, batch_size: int):
-    """Batches of model inputs from a Tensor, a tuple of model inputs or a DataLoader."""
+    """Batches of model inputs from a Tensor, a tuple or dict of model inputs, or a DataLoader."""
     if isinstance(inputs, DataLoader):
         for batch in inputs:
             yield split_batch(batch, "inputs")[0]
         return
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
+    if isinstance(inputs, Mapping) and inputs:
+        n = next(v for v in inputs.values() if isinstance(v, torch.Tensor)).shape[0]
+        for start in range(0, n, batch_size):
+            yield {k: v[start : start + batch_size] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        return
     if not isinstance(inputs, (tuple, list)) or not inputs:
-        raise TypeError("`inputs` must be a Tensor, a tuple of model inputs or a DataLoader.")
+        raise TypeError("`inputs` must be a Tensor, a tuple or dict of model inputs, or a DataLoader.")
     n = inputs[0].shape[0]
     for start in range(0, n, batch_size):
         yield tuple(v[start : start + batch_size] if isinstance(v, torch.Tensor) else v for v in inputs)
@@ -489,9 +494,9 @@ def surrogate_fidelity(dualda: Any, inputs: Any, batch_size: int = 256) -> Fidel
     Parameters
     ----------
     dualda : DualDA
-    inputs : Tensor, tuple or DataLoader
-        A Tensor ``x`` (``model(x)``), a tuple of model inputs (``model(*inputs)``, no labels),
-        or a DataLoader of Captum batches ``(x_1, ..., x_m, labels)`` (labels are ignored).
+    inputs : Tensor, tuple, dict or DataLoader
+        A Tensor ``x`` (``model(x)``), a tuple of model inputs (``model(*inputs)``, no labels), a
+        dict of model inputs (``model(**inputs)``), or a DataLoader of batches (labels ignored).
     batch_size : int
         Batch size for a Tensor or tuple.
 
@@ -501,8 +506,8 @@ def surrogate_fidelity(dualda: Any, inputs: Any, batch_size: int = 256) -> Fidel
     """
     net, sur = [], []
     for batch in _model_input_batches(inputs, batch_size):
-        phi, logits = batch_features_and_output(dualda.model, dualda.final_fc_layer, batch)
-        net.append(logits.detach().double().cpu())
+        phi, output = batch_features_and_output(dualda.model, dualda.final_fc_layer, batch)
+        net.append(output_logits(output).detach().double().cpu())
         sur.append(surrogate_logits(phi, dualda.weight, dualda.intercept))
     return logit_fidelity(torch.cat(net), torch.cat(sur))
 

@@ -137,11 +137,15 @@ class ModelProbe:
         Also restore Parameter and buffer objects (see :class:`ModelState`).
     argument : str
         The name the caller gave ``layer`` (for error messages).
+    flatten : bool
+        Flatten each captured input to ``(N, -1)``; False keeps its shape (e.g. ``(N, T, d)``
+        for a head applied to every position).
 
     Attributes
     ----------
     captured : list of torch.Tensor
-        Inputs of ``layer`` seen by this thread since entry, flattened to ``(N, d)``.
+        Inputs of ``layer`` seen by this thread since entry (flattened to ``(N, d)`` unless
+        ``flatten=False``).
     """
 
     def __init__(
@@ -154,6 +158,7 @@ class ModelProbe:
         detach: bool = True,
         objects: bool = False,
         argument: str = "final_fc_layer",
+        flatten: bool = True,
     ) -> None:
         self.model = model
         self.layer = layer
@@ -162,6 +167,7 @@ class ModelProbe:
         self.detach = detach
         self.objects = objects
         self.argument = argument
+        self.flatten = flatten
         self.captured: List[torch.Tensor] = []
         self._lock = model_lock(model)
         self._state: Optional[ModelState] = None
@@ -175,7 +181,9 @@ class ModelProbe:
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"The input of `{self.argument}` is a {type(value).__name__}, expected a tensor.")
         value = value.detach() if self.detach else value
-        self.captured.append(value.flatten(1) if value.ndim > 1 else value.reshape(value.shape[0], -1))
+        if self.flatten:
+            value = value.flatten(1) if value.ndim > 1 else value.reshape(value.shape[0], -1)
+        self.captured.append(value)
         if self.stop:
             raise FeaturesReached
 

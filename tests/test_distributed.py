@@ -28,6 +28,31 @@ def make_problem():
     return net, TensorDataset(x[:N_TRAIN], y[:N_TRAIN]), x[N_TRAIN:]
 
 
+class Keyword(nn.Module):
+    """The same network called the Hugging Face way, ``model(x=...)``."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Dicts(torch.utils.data.Dataset):
+    """``train`` as dicts with the label under "labels"."""
+
+    def __init__(self, train):
+        self.train = train
+
+    def __len__(self):
+        return len(self.train)
+
+    def __getitem__(self, i):
+        x, y = self.train[i]
+        return {"x": x, "labels": y}
+
+
 def run_all(net, train, x_test, **kwargs):
     dualda = DualDA(net, "2", train, C=0.05, batch_size=32, **kwargs)
     pred = net(x_test).argmax(1)
@@ -78,6 +103,9 @@ def worker(rank, init_file, out_dir):
         # A shuffling loader that drops its last batch: every rank reads the dataset in order.
         shuffled = DualDA(net, "2", DataLoader(train, batch_size=32, shuffle=True, drop_last=True), C=0.05)
         result["shuffled"] = (shuffled.n_train, shuffled.influence((x_test, net(x_test).argmax(1))))
+        # Dict batches (Hugging Face convention) through the distributed path.
+        keyword = DualDA(Keyword(net), "net.2", Dicts(train), C=0.05, batch_size=32)
+        result["dict_batches"] = keyword.influence({"x": x_test, "labels": net(x_test).argmax(1)})
         # Sharded extraction: rank 0 gets every row, rank r > 0 only its shard; in memory and
         # memory-mapped into a rank-local directory (no shared file).
         local_dir = os.path.join(out_dir, f"scratch{rank}")
@@ -138,6 +166,11 @@ def test_distributed_fit_with_a_shuffling_loader_reads_dataset_order(distributed
         n_train, scores = result["shuffled"]
         assert n_train == N_TRAIN
         assert torch.allclose(scores, single_results["scores"], atol=1e-6, rtol=0)
+
+
+def test_distributed_fit_with_dict_batches_equals_single_process(distributed_results, single_results):
+    for result in distributed_results:
+        assert torch.allclose(result["dict_batches"], single_results["scores"], atol=1e-6, rtol=0)
 
 
 def test_distributed_fit_and_scores_equal_single_process(distributed_results, single_results):
