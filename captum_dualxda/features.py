@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import Any, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -108,7 +108,8 @@ def output_logits(output: Any) -> torch.Tensor:
     raise TypeError(f"Cannot find the logits in a model output of type {type(output).__name__}.")
 
 
-def pooled_features(layer: nn.Linear, layer_input: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+def pooled_features(layer: nn.Linear, layer_input: torch.Tensor, logits: torch.Tensor,
+                    hint: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``(N, d)`` the representation the model classifies, from ``layer``'s input and the logits.
 
     A final layer applied to one vector per sample sees ``(N, d)``: that is ``phi``. A layer
@@ -125,6 +126,8 @@ def pooled_features(layer: nn.Linear, layer_input: torch.Tensor, logits: torch.T
         ``(N, d)`` or ``(N, ..., d)``, as the layer saw it.
     logits : torch.Tensor
         ``(N, K)`` the model's output logits.
+    hint : torch.Tensor, optional
+        ``(N,)`` positions by the model's own rule, to break ties (see :func:`pooled_positions`).
 
     Raises
     ------
@@ -135,6 +138,34 @@ def pooled_features(layer: nn.Linear, layer_input: torch.Tensor, logits: torch.T
     if layer_input.ndim == 2:
         return layer_input
     x = layer_input.reshape(layer_input.shape[0], -1, layer_input.shape[-1])
+    return x[torch.arange(x.shape[0], device=x.device), pooled_positions(layer, layer_input, logits, hint)]
+
+
+def pooled_positions(layer: nn.Linear, layer_input: torch.Tensor, logits: torch.Tensor,
+                     hint: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``(N,)`` int64: at which position of ``layer``'s input ``(N, T, d)`` the model classifies.
+
+    The position whose head output equals the model's logits. Where several positions give the
+    logits within rounding, they must hold the same vector (any of them is then right), or
+    ``hint`` must be one of them; otherwise the position is ambiguous and this raises.
+
+    Parameters
+    ----------
+    layer : nn.Linear
+    layer_input : torch.Tensor
+        ``(N, T, d)`` (or ``(N, ..., d)``).
+    logits : torch.Tensor
+        ``(N, K)``.
+    hint : torch.Tensor, optional
+        ``(N,)`` positions by the model's documented rule (e.g. Hugging Face's last token that
+        is not padding), used to break ties.
+
+    Raises
+    ------
+    ValueError
+        No position gives the logits, or several different ones do and ``hint`` is none of them.
+    """
+    x = layer_input.reshape(layer_input.shape[0], -1, layer_input.shape[-1])
     logits = logits.detach().to(x.dtype)
     if logits.shape != (x.shape[0], layer.out_features):
         raise ValueError(
@@ -144,17 +175,40 @@ def pooled_features(layer: nn.Linear, layer_input: torch.Tensor, logits: torch.T
         )
     with torch.no_grad():
         error = (nn.functional.linear(x, layer.weight, layer.bias) - logits[:, None, :]).abs().amax(-1)  # (N, T)
-    last_best = x.shape[1] - 1 - error.flip(1).argmin(1)  # the rightmost of equally good positions
-    rows = torch.arange(x.shape[0], device=x.device)
-    scale = logits.abs().amax(-1).clamp_min(1.0)
+    scale = logits.abs().amax(-1, keepdim=True).clamp_min(1.0)
     tolerance = (1e-2 if x.dtype in (torch.float16, torch.bfloat16) else 1e-4) * scale
-    if bool((error[rows, last_best] > tolerance).any()):
+    close = error <= tolerance  # (N, T)
+    if not bool(close.any(1).all()):
         raise ValueError(
             "The model's logits are not `final_fc_layer` applied to one position of its input (the model "
             "combines positions after the final layer): DualDA cannot tell which representation it "
             "classifies. Pass a final layer whose input is one vector per sample."
         )
-    return x[rows, last_best]
+    positions = x.shape[1] - 1 - close.flip(1).int().argmax(1)  # the rightmost matching position
+    rows = torch.arange(x.shape[0], device=x.device)
+    chosen = x[rows, positions]
+    spread = ((x - chosen[:, None, :]).abs().amax(-1) * close).amax(1)  # differences among the matches
+    ambiguous = spread > 1e-4 * chosen.abs().amax(-1).clamp_min(1.0)
+    if bool(ambiguous.any()):
+        if hint is not None and bool(close[rows, hint.to(x.device)].all()):
+            return torch.where(ambiguous, hint.to(x.device), positions)
+        raise ValueError(
+            "Several positions of `final_fc_layer`'s input give the model's logits but hold different "
+            "vectors: the position the model classifies is ambiguous."
+        )
+    return positions
+
+
+def hf_last_token(inputs: Any, model: nn.Module) -> Optional[torch.Tensor]:
+    """Hugging Face's pooled position: the last token that is not ``config.pad_token_id``.
+
+    None when ``inputs`` carry no ``input_ids`` or the model has no pad token configured.
+    """
+    pad = getattr(getattr(model, "config", None), "pad_token_id", None)
+    if not isinstance(inputs, Mapping) or "input_ids" not in inputs or pad is None:
+        return None
+    ids = inputs["input_ids"]
+    return (torch.arange(ids.shape[-1], device=ids.device) * (ids != pad)).argmax(-1)
 
 
 def batch_features_and_output(model: nn.Module, layer: nn.Linear, inputs: ModelInputs) -> Tuple[torch.Tensor, Any]:
@@ -176,7 +230,7 @@ def batch_features_and_output(model: nn.Module, layer: nn.Linear, inputs: ModelI
         layer_input = probe.features()
     if layer_input.ndim == 2:
         return layer_input, output
-    return pooled_features(layer, layer_input, output_logits(output)), output
+    return pooled_features(layer, layer_input, output_logits(output), hf_last_token(inputs, model)), output
 
 
 def batch_features(model: nn.Module, layer: nn.Linear, inputs: ModelInputs) -> torch.Tensor:

@@ -22,7 +22,8 @@ relevance is ``attr_output(phi(input)) = phi(input) * (a_j^c * phi(partner))``.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, List, NamedTuple, Optional, Tuple, Union
+from collections.abc import Mapping
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -30,13 +31,21 @@ from tqdm import tqdm
 from zennit.attribution import Attributor
 from zennit.core import Composite
 
-from .features import model_device, resolve_linear_layer
+from .features import call_model, hf_last_token, model_device, output_logits, pooled_positions, resolve_linear_layer
 from .deprecation import positional_deprecated, renamed_arguments
 from .probe import ModelProbe
 
 __all__ = ["XDA", "XDAPairs", "xda_pairs", "UnsupportedModelError", "unsupported_layers", "missing_canonizer"]
 
 AttrOutput = Union[None, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+
+
+def _run(probe: ModelProbe, input: Any) -> None:
+    """Run the probed model on a tensor (``model(x)``) or a dict of inputs (``model(**x)``)."""
+    if isinstance(input, Mapping):
+        probe.run(**input)
+    else:
+        probe.run(input)
 
 
 class UnsupportedModelError(RuntimeError):
@@ -342,25 +351,32 @@ class XDA(Attributor):
         return super().__call__(input, attr_output)
 
     # -- the passes -----------------------------------------------------------------------------
-    def _probe(self, detach: bool) -> ModelProbe:
+    def _probe(self, detach: bool) -> ModelProbe:  # noqa: D401
         """A probe that stops the forward pass at the feature layer and captures ``phi``.
 
         ``prepend``: the capture runs before any zennit pre-hook on this layer, so phi is taken
         before zennit wraps it in its Identity (whose backward hook would need the layer's output
         gradient, which never exists because the forward stops here).
         """
-        return ModelProbe(self.model, self.final_fc_layer, stop=True, prepend=True, detach=detach, argument="final_fc_layer")
+        return ModelProbe(self.model, self.final_fc_layer, stop=True, prepend=True, detach=detach, argument="final_fc_layer",
+                          flatten=False)
 
-    def _prepare_input(self, input: torch.Tensor) -> torch.Tensor:
+    def _prepare_input(self, input: Any) -> Union[torch.Tensor, Dict[str, Any]]:
+        """A floating-point tensor, or a dict of model inputs (Hugging Face), on the model's device."""
+        device = model_device(self.model)
+        if isinstance(input, Mapping):
+            if not input:
+                raise ValueError("`input` is an empty dict.")
+            return {k: v.detach().to(device) if isinstance(v, torch.Tensor) else v for k, v in input.items()}
         if not isinstance(input, torch.Tensor):
-            raise TypeError(f"`input` must be a torch.Tensor, got {type(input).__name__}.")
+            raise TypeError(f"`input` must be a torch.Tensor or a dict of model inputs, got {type(input).__name__}.")
         if not torch.is_floating_point(input):
             raise TypeError(f"`input` must be a floating point tensor, got dtype {input.dtype}.")
         if input.ndim < 1 or input.shape[0] == 0:
             raise ValueError(f"`input` must have a non-empty batch dimension, got shape {tuple(input.shape)}.")
-        return input.detach().to(model_device(self.model))
+        return input.detach().to(device)
 
-    def features(self, input: torch.Tensor) -> torch.Tensor:
+    def features(self, input: Any) -> torch.Tensor:
         """Features ``phi(input)`` only: no relevance, no gradient, no composite registration.
 
         If called inside ``with xda:`` the composite's canonizers are active (e.g. batch norm
@@ -368,8 +384,9 @@ class XDA(Attributor):
 
         Parameters
         ----------
-        input : torch.Tensor
-            ``(N, *input_shape)`` floating point model input.
+        input : torch.Tensor or dict
+            ``(N, *input_shape)`` floating point model input, or a dict of model inputs
+            (``model(**input)``, e.g. ``input_ids`` and ``attention_mask``).
 
         Returns
         -------
@@ -378,11 +395,21 @@ class XDA(Attributor):
         """
         input = self._prepare_input(input)
         with self._probe(detach=True) as probe, torch.no_grad():
-            probe.run(input)
-            return probe.features()
+            _run(probe, input)
+            raw = probe.features()
+        return raw if raw.ndim == 2 else raw[torch.arange(raw.shape[0]), self._positions(input, raw)]
+
+    def _positions(self, input: Any, layer_input: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` the position each sample is classified at, for a head applied to every position.
+
+        One more forward pass to the logits (:func:`~captum_dualxda.features.pooled_positions`).
+        """
+        with ModelProbe(self.model), torch.no_grad():
+            logits = output_logits(call_model(self.model, input if isinstance(input, Mapping) else (input,)))
+        return pooled_positions(self.final_fc_layer, layer_input.detach(), logits, hf_last_token(input, self.model))
 
     def forward(
-        self, input: torch.Tensor, attr_output_fn: Callable[[torch.Tensor], Any]
+        self, input: Any, attr_output_fn: Callable[[torch.Tensor], Any]
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """One attribution pass (the composite must already be registered, or be None).
 
@@ -390,8 +417,10 @@ class XDA(Attributor):
 
         Parameters
         ----------
-        input : torch.Tensor
-            ``(N, *input_shape)`` floating point model input.
+        input : torch.Tensor or dict
+            ``(N, *input_shape)`` floating point model input, or a dict of model inputs for a
+            text model (needs a composite with an ``attribution_module``, such as
+            :func:`~captum_dualxda.transformer_composite`).
         attr_output_fn : callable
             ``phi (N, d) -> relevance (N, d)`` (or a tensor broadcastable to it).
 
@@ -400,13 +429,13 @@ class XDA(Attributor):
         features : torch.Tensor
             ``(N, d)`` detached features.
         relevance : torch.Tensor
-            ``(N, *input_shape)`` input relevance.
+            ``(N, *input_shape)`` input relevance; ``(N, T)`` per token for a dict input.
 
         Raises
         ------
         ValueError
             The composite is registered to another model; the output relevance does not fit
-            ``(N, d)``.
+            ``(N, d)``; a dict input without a composite that names where relevance lands.
         RuntimeError
             ``final_fc_layer`` is not reached, or the features do not depend on the input.
         UnsupportedModelError
@@ -416,25 +445,61 @@ class XDA(Attributor):
         """
         self._check_composite()
         input = self._prepare_input(input)
+        times_input = bool(getattr(self.composite, "gradient_times_input", False))
+        text = isinstance(input, Mapping)
+        target = getattr(self.composite, "attribution_module", None) if text else None
+        if text and target is None:
+            raise ValueError(
+                "A dict `input` (token ids) has no gradient of its own: relevance must land on the input "
+                "embeddings. Use `composite=captum_dualxda.transformer_composite(model)`."
+            )
+        leaves: List[torch.Tensor] = []
+
+        def make_leaf(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+            leaves.append(output.detach().requires_grad_(True))
+            return leaves[-1]
+
         # Rules attach only when grad mode is on and the layer input requires grad: make both
         # true even when the caller sits inside torch.no_grad().
-        with self._probe(detach=False) as probe, torch.enable_grad():
-            leaf = input.requires_grad_(True)
-            probe.run(leaf)
-            phi = probe.features()
-            if not phi.requires_grad:
-                raise RuntimeError(
-                    "The features at `final_fc_layer` do not depend on `input` (no gradient path); "
-                    "nothing can be attributed."
-                )
-            relevance_out = attr_output_fn(phi.detach())
-            relevance_out = self._check_relevance(relevance_out, phi)
-            try:
-                relevance, = torch.autograd.grad((phi,), (leaf,), grad_outputs=(relevance_out,))
-            except RuntimeError as error:
-                if self.composite is None or "hook" not in str(error):
-                    raise
-                raise UnsupportedModelError(_unsupported_message(self.model, self.composite, str(error))) from error
+        handle = target.register_forward_hook(make_leaf) if target is not None else None
+        try:
+            with torch.enable_grad():
+                with self._probe(detach=False) as probe:
+                    if not text:
+                        leaves.append(input.requires_grad_(True))
+                    _run(probe, input)
+                    raw = probe.features()
+                if handle is not None:
+                    handle.remove()
+                    handle = None
+                # A head applied to every position: keep the position the model classifies (found
+                # with one more pass, outside the probe that stops at the final layer).
+                phi = raw if raw.ndim == 2 else raw[torch.arange(raw.shape[0]), self._positions(input, raw)]
+                if not phi.requires_grad or not leaves:
+                    raise RuntimeError(
+                        "The features at `final_fc_layer` do not depend on `input` (no gradient path); "
+                        "nothing can be attributed."
+                    )
+                relevance_out = attr_output_fn(phi.detach())
+                relevance_out = self._check_relevance(relevance_out, phi)
+                if times_input:  # the output "gradient" whose product with phi is the relevance
+                    nonzero = phi.detach() != 0
+                    safe = torch.where(nonzero, phi.detach(), torch.ones_like(phi))
+                    relevance_out = torch.where(nonzero, relevance_out / safe, torch.zeros_like(phi))
+                leaf = leaves[0]
+                try:
+                    relevance, = torch.autograd.grad((phi,), (leaf,), grad_outputs=(relevance_out,))
+                except RuntimeError as error:
+                    if self.composite is None or "hook" not in str(error):
+                        raise
+                    raise UnsupportedModelError(_unsupported_message(self.model, self.composite, str(error))) from error
+        finally:
+            if handle is not None:
+                handle.remove()
+        if times_input:
+            relevance = leaf.detach() * relevance
+        if text:
+            relevance = relevance.sum(-1)  # one score per token
         if self.composite is not None and not bool(torch.isfinite(relevance).all()):
             raise UnsupportedModelError(_unsupported_message(self.model, self.composite, "non-finite relevance (NaN or inf)"))
         return phi.detach(), relevance.detach()
@@ -470,7 +535,9 @@ class XDAPairs(NamedTuple):
         ``j = train_indices[i, m]``; dtype of the features (float32 or float64).
     train_relevance : torch.Tensor
         ``(n_test, k, *input_shape)`` heatmap of training image ``x_j``: why it supports
-        (positive) or opposes (negative) the prediction on ``x_i``.
+        (positive) or opposes (negative) the prediction on ``x_i``. For text (dict inputs):
+        ``(n_test, k, T)``, one score per token of ``dualda.train_inputs(train_indices[i])``,
+        right-padded with zeros to the longest.
     test_relevance : torch.Tensor
         ``(n_test, k, *input_shape)`` heatmap of test image ``x_i``: which of its parts match
         training image ``x_j``.
@@ -514,7 +581,14 @@ def _check_train_indices(train_indices: Any, n_test: int, n_train: int) -> torch
     return idx.long().cpu()
 
 
-def _single_input(value: Any, argument: str) -> torch.Tensor:
+def _single_input(value: Any, argument: str) -> Union[torch.Tensor, Dict[str, Any]]:
+    """The one model input of a batch: a tensor (``model(x)``) or a dict (``model(**x)``)."""
+    if isinstance(value, Mapping):
+        if "labels" in value or "label" in value:
+            value = {k: v for k, v in value.items() if k not in ("labels", "label")}
+        if not any(isinstance(v, torch.Tensor) for v in value.values()):
+            raise TypeError(f"`{argument}` is a dict without tensors.")
+        return dict(value)
     if isinstance(value, (tuple, list)):
         if len(value) != 1:
             raise ValueError(
@@ -526,10 +600,37 @@ def _single_input(value: Any, argument: str) -> torch.Tensor:
     return value
 
 
-def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _predict(model: nn.Module, x: Union[torch.Tensor, Dict[str, Any]]) -> torch.Tensor:
     """``(N,)`` the model's predicted classes (eval mode, no grad, the model left as found)."""
     with ModelProbe(model), torch.no_grad():
-        return model(x).argmax(dim=1)
+        return output_logits(call_model(model, x if isinstance(x, Mapping) else (x,))).argmax(dim=1)
+
+
+def _batch_size(x: Union[torch.Tensor, Dict[str, Any]]) -> int:
+    if isinstance(x, Mapping):
+        return next(v for v in x.values() if isinstance(v, torch.Tensor)).shape[0]
+    return x.shape[0]
+
+
+def _to(x: Union[torch.Tensor, Dict[str, Any]], device: torch.device) -> Union[torch.Tensor, Dict[str, Any]]:
+    if isinstance(x, Mapping):
+        return {k: v.detach().to(device) if isinstance(v, torch.Tensor) else v for k, v in x.items()}
+    return x.detach().to(device)
+
+
+def _repeat_row(x: Union[torch.Tensor, Dict[str, Any]], i: int, k: int) -> Union[torch.Tensor, Dict[str, Any]]:
+    """Sample ``i`` of a batch, ``k`` times."""
+    if isinstance(x, Mapping):
+        return {n: v[i:i + 1].expand(k, *v.shape[1:]).contiguous() if isinstance(v, torch.Tensor) else v for n, v in x.items()}
+    return x[i:i + 1].expand(k, *x.shape[1:]).contiguous()
+
+
+def _stack_padded(maps: List[torch.Tensor]) -> torch.Tensor:
+    """Stack relevance maps; token maps of different lengths are right-padded with zeros."""
+    if len({tuple(m.shape) for m in maps}) <= 1:
+        return torch.stack(maps)
+    length = max(m.shape[-1] for m in maps)
+    return torch.stack([nn.functional.pad(m, (0, length - m.shape[-1])) for m in maps])
 
 
 @positional_deprecated
@@ -559,9 +660,11 @@ def xda_pairs(
         ``n_train``).
     xda : XDA
         Attributor on the same model and feature layer as ``dualda``.
-    test_inputs : torch.Tensor
+    test_inputs : torch.Tensor or dict
         ``(n_test, *input_shape)`` float (a single ``(*input_shape)`` sample is not accepted:
-        add the batch axis).
+        add the batch axis), or for a text model a dict of model inputs (``input_ids``,
+        ``attention_mask``, ...; a ``labels`` entry is ignored) with a composite such as
+        :func:`~captum_dualxda.transformer_composite`.
     targets : torch.Tensor or int or None
         ``(n_test,)`` int64 classes to explain (usually the predictions); an int is used for
         all; None = the model's predictions.
@@ -598,11 +701,12 @@ def xda_pairs(
             "`xda` uses a different feature layer than `dualda` (xda.final_fc_layer is not dualda.final_fc_layer)."
         )
     x = _single_input(test_inputs, "test_inputs")
-    if x.ndim < 2:
+    text = isinstance(x, Mapping)
+    if not text and x.ndim < 2:
         raise ValueError(f"`test_inputs` must be batched, shape (n_test, *input_shape), got {tuple(x.shape)}.")
-    n_test = x.shape[0]
+    n_test = _batch_size(x)
     device = model_device(xda.model)
-    x = x.detach().to(device)
+    x = _to(x, device)
 
     n_train, n_classes = int(dualda.n_train), int(dualda.n_classes)
     idx = _check_train_indices(train_indices, n_test, n_train)
@@ -626,7 +730,9 @@ def xda_pairs(
         )
 
     sample = _single_input(dualda.train_inputs(idx[0, :1]), "dualda.train_inputs(...)")
-    if sample.ndim != x.ndim:
+    if isinstance(sample, Mapping) != text:
+        raise ValueError("`test_inputs` and the training inputs must both be tensors or both be dicts of model inputs.")
+    if not text and sample.ndim != x.ndim:
         raise ValueError(
             f"`test_inputs` has shape {tuple(x.shape)} but a training input has shape {tuple(sample.shape)} "
             "(with batch axis): pass the test samples batched, (n_test, *input_shape)."
@@ -639,13 +745,12 @@ def xda_pairs(
     for start in range(0, flat.numel(), feature_batch_size):
         batch_idx = flat[start:start + feature_batch_size]
         x_tr = _single_input(dualda.train_inputs(batch_idx), "dualda.train_inputs(...)")
-        phi_train_parts.append(xda.features(x_tr.to(device)))
+        phi_train_parts.append(xda.features(_to(x_tr, device)))
     phi_train = torch.cat(phi_train_parts).reshape(n_test, k, -1)
     if phi_train.shape[-1] != phi_test.shape[-1]:
         raise ValueError(
             f"`test_inputs` give features of dimension {phi_test.shape[-1]} but their training partners give "
-            f"{phi_train.shape[-1]}: test and training inputs must have the same shape "
-            f"(test input shape {tuple(x.shape[1:])})."
+            f"{phi_train.shape[-1]}: test and training inputs must have the same shape."
         )
     dtype = phi_test.dtype
     coef = dualda.coefficients_at(idx, targets_t[:, None]).to(device=device, dtype=dtype)  # (n_test, k)
@@ -660,10 +765,9 @@ def xda_pairs(
             a_i = coef[i][:, None]                                            # (k, 1)
             partner_for_train = a_i * phi_test[i][None, :]                     # (k, d)
             partner_for_test = a_i * phi_train[i]                              # (k, d)
-            x_tr = _single_input(dualda.train_inputs(idx[i]), "dualda.train_inputs(...)").to(device)
+            x_tr = _to(_single_input(dualda.train_inputs(idx[i]), "dualda.train_inputs(...)"), device)
             _, r_tr = xda(x_tr, lambda phi, p=partner_for_train: phi * p)
-            x_te = x[i:i + 1].expand(k, *x.shape[1:]).contiguous()
-            _, r_te = xda(x_te, lambda phi, p=partner_for_test: phi * p)
+            _, r_te = xda(_repeat_row(x, i, k), lambda phi, p=partner_for_test: phi * p)
             train_heat.append(r_tr.cpu())
             test_heat.append(r_te.cpu())
 
@@ -675,8 +779,8 @@ def xda_pairs(
 
     return XDAPairs(
         scores=scores.cpu(),
-        train_relevance=torch.stack(train_heat),
-        test_relevance=torch.stack(test_heat),
+        train_relevance=_stack_padded(train_heat),
+        test_relevance=_stack_padded(test_heat),
         feature_relevance=feature_relevance.cpu(),
         train_indices=idx,
         targets=targets_t,

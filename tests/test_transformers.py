@@ -187,3 +187,93 @@ def test_import_does_not_import_transformers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------------------------------
+# XDA on transformers: transformer_composite (AttnLRP rules)
+# ------------------------------------------------------------------------------------------
+from captum_dualxda import XDA, transformer_composite, xda_pairs  # noqa: E402
+
+#: Median / largest relative conservation error of token heatmaps (sum vs tau) measured on these
+#: tiny random models (tests/test_transformers.py; the README reports the same numbers).
+CONSERVATION = {"bert": (0.01, 0.05), "llama": (0.10, 0.40), "gpt2": (0.05, 0.40)}
+
+
+@pytest.mark.parametrize("make, head, pad_left", [
+    (bert, "classifier", False), (llama, "score", False), (llama, "score", True), (gpt2, "score", True),
+], ids=["bert", "llama-right", "llama-left", "gpt2-left"])
+def test_token_heatmaps_conserve_the_dualda_score(make, head, pad_left):
+    model = make()
+    train, test = Texts(40, 0, pad_left), Texts(4, 1, pad_left)
+    dualda = DualDA(model, head, train, C=0.1, batch_size=16)
+    batch = stacked(test, range(4))
+    top = dualda.influence(batch, k=3)
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    xda = XDA(model, head, transformer_composite(model))
+    pairs = xda_pairs(dualda, xda, batch, batch["labels"], top.indices)
+    assert pairs.train_relevance.shape == (4, 3, 9) and pairs.test_relevance.shape == (4, 3, 9)
+    assert torch.isfinite(pairs.train_relevance).all() and torch.isfinite(pairs.test_relevance).all()
+    assert torch.allclose(pairs.scores, top.influence_scores, rtol=1e-4, atol=1e-6)
+    median, largest = CONSERVATION[make.__name__]
+    for relevance in (pairs.train_relevance, pairs.test_relevance):
+        sums = relevance.sum(-1)
+        big = pairs.scores.abs() > 1e-3 * pairs.scores.abs().max()
+        error = ((sums - pairs.scores).abs() / pairs.scores.abs())[big]
+        assert float(error.median()) <= median and float(error.max()) <= largest, (float(error.median()), float(error.max()))
+        assert bool((torch.sign(sums[big]) == torch.sign(pairs.scores[big])).all())
+    # Padding gets no relevance; the model is left exactly as it was (attention implementation too).
+    mask = batch["attention_mask"].bool()
+    assert not pairs.test_relevance.permute(1, 0, 2)[:, ~mask].any()
+    assert model.config._attn_implementation != "captum_dualxda_lrp"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any("forward" in vars(m) for m in model.modules())
+
+
+def test_torchvision_vit_pixel_heatmaps_are_finite_and_add_up_with_the_class_token():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
+                                               mlp_dim=32, num_classes=3).eval()
+    x = torch.randn(4, 3, 16, 16)
+    xda = XDA(vit, "heads.head", transformer_composite(vit))
+    with xda:
+        phi = xda.features(x)
+        partner = phi.flip(0)
+        _, relevance = xda(x, lambda f: f * partner)
+    assert relevance.shape == x.shape and torch.isfinite(relevance).all()
+    with torch.no_grad():
+        assert torch.allclose(xda.features(x), phi, atol=1e-5)
+    assert not any("forward" in vars(m) for m in vit.modules())
+
+
+def test_a_dict_input_needs_a_composite_that_says_where_relevance_lands():
+    model = bert()
+    batch = stacked(Texts(2, 0), range(2))
+    batch.pop("labels")
+    with pytest.raises(ValueError, match="transformer_composite"):
+        XDA(model, "classifier")(batch)
+
+
+def test_timm_vit_heatmaps_are_finite_and_the_model_comes_back_unchanged():
+    timm = pytest.importorskip("timm")
+    from zennit.composites import EpsilonPlusFlat
+
+    from captum_dualxda.xda import UnsupportedModelError
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=3).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with pytest.raises(UnsupportedModelError, match="Attention"):
+        XDA(vit, "head", EpsilonPlusFlat())  # Zennit's own rules: refused, not all-NaN heatmaps
+    with torch.no_grad():
+        before = vit(x)
+    xda = XDA(vit, "head", transformer_composite(vit))
+    with xda:
+        phi = xda.features(x)
+        _, relevance = xda(x, lambda f: f * phi.flip(0))
+        with torch.no_grad():
+            assert torch.allclose(vit(x), before, atol=1e-5)  # same forward under the composite
+    assert relevance.shape == x.shape and torch.isfinite(relevance).all() and relevance.abs().sum() > 0
+    assert not any("forward" in vars(m) for m in vit.modules())
+    with torch.no_grad():
+        assert torch.equal(vit(x), before)

@@ -1,0 +1,322 @@
+"""LRP for transformers, as a Zennit composite: XDA on BERT, Llama, GPT-2 and Vision Transformers.
+
+Zennit's built-in rules cover convolutional and fully connected networks; attention, LayerNorm
+/ RMSNorm, smooth activations and gated MLPs need rules of their own. This module implements
+them in the gradient-times-input form of AttnLRP (Achtibat et al., ICML 2024): for the duration of
+an attribution, canonizers replace the forward of those modules by one with the same output and
+a modified gradient, so that ``input * gradient`` is the LRP relevance (``docs/method.md``):
+
+- LayerNorm / RMSNorm (identity rule): the normalising factor ``1 / std`` is a constant;
+- element-wise activations, GELU, SiLU, tanh (identity rule): the gradient is scaled by
+  ``f(x) / x``, so relevance passes through unchanged;
+- products of two activations (uniform rule): each operand gets half, in attention
+  (``softmax(q k^T) v``: ``q`` and ``k`` a quarter, ``v`` a half) and in gated MLPs
+  (``act(gate(x)) * up(x)``);
+- softmax: its ordinary gradient times input; linear layers unchanged (biases absorb some
+  relevance).
+
+Attention of Hugging Face models is swapped through their public attention interface
+(``AttentionInterface`` + ``set_attn_implementation``), ``nn.MultiheadAttention`` (torchvision's
+ViT) and timm's ``Attention`` through their forward. ``transformers`` is imported only when a
+Hugging Face model is given.
+"""
+from __future__ import annotations
+
+import math
+import types
+from typing import Any, Callable, List, Optional
+
+import torch
+from torch import nn
+from zennit.canonizers import Canonizer
+from zennit.core import Composite
+
+__all__ = ["TransformerComposite", "transformer_composite", "half_product", "half_matmul"]
+
+ATTENTION_NAME = "captum_dualxda_lrp"
+"""Name under which the LRP attention function is registered with Hugging Face transformers."""
+
+
+def half_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a * b`` whose gradient gives each operand half of the relevance (uniform rule)."""
+    return 0.5 * (a * b.detach()) + 0.5 * (a.detach() * b)
+
+
+def half_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` whose gradient gives each operand half of the relevance (uniform rule)."""
+    return 0.5 * torch.matmul(a, b.detach()) + 0.5 * torch.matmul(a.detach(), b)
+
+
+def lrp_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[torch.Tensor],
+                  scaling: float) -> torch.Tensor:
+    """``softmax(q k^T * scaling + mask) v`` with AttnLRP's gradient, ``(N, heads, T, d_head)``.
+
+    ``mask`` is additive (float) or boolean (True = attend), broadcastable to the scores.
+    """
+    scores = half_matmul(query, key.transpose(-1, -2)) * scaling
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + mask
+    weights = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+    return half_matmul(weights, value)
+
+
+# ----------------------------------------------------------------------------------- canonizers
+class ForwardCanonizer(Canonizer):
+    """Replace the ``forward`` of matching modules for the duration of an attribution.
+
+    Parameters
+    ----------
+    matches : callable
+        ``module -> bool``, which modules to change.
+    forward : callable
+        ``(module, *args, **kwargs) -> output``, bound to each matching module as its forward.
+    """
+
+    def __init__(self, matches: Callable[[nn.Module], bool], forward: Callable[..., Any]) -> None:
+        super().__init__()
+        self.matches = matches
+        self.forward = forward
+        self.module: Optional[nn.Module] = None
+
+    def apply(self, root_module: nn.Module) -> List["ForwardCanonizer"]:
+        instances = []
+        for module in root_module.modules():
+            if self.matches(module):
+                instance = self.copy()
+                instance.register(module)
+                instances.append(instance)
+        return instances
+
+    def register(self, module: nn.Module) -> None:
+        self.module = module
+        module.forward = types.MethodType(self.forward, module)
+
+    def remove(self) -> None:
+        if self.module is not None and "forward" in vars(self.module):
+            del self.module.forward  # back to the class's forward
+        self.module = None
+
+    def copy(self) -> "ForwardCanonizer":
+        return ForwardCanonizer(self.matches, self.forward)
+
+
+class HFAttentionCanonizer(Canonizer):
+    """Switch a Hugging Face model to the LRP attention function, and back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model: Optional[nn.Module] = None
+        self.previous: Optional[str] = None
+
+    def apply(self, root_module: nn.Module) -> List["HFAttentionCanonizer"]:
+        if getattr(getattr(root_module, "config", None), "_attn_implementation", None) is None:
+            return []
+        instance = HFAttentionCanonizer()
+        instance.register(root_module)
+        return [instance]
+
+    def register(self, model: nn.Module) -> None:
+        _register_hf_attention()
+        self.model = model
+        self.previous = model.config._attn_implementation
+        model.set_attn_implementation(ATTENTION_NAME)
+
+    def remove(self) -> None:
+        if self.model is not None:
+            self.model.set_attn_implementation(self.previous)
+        self.model = None
+
+
+def _register_hf_attention() -> None:
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import eager_mask
+
+    def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: Optional[torch.Tensor], scaling: Optional[float] = None, dropout: float = 0.0,
+                  **kwargs: Any):
+        groups = getattr(module, "num_key_value_groups", 1)
+        if groups > 1:  # grouped-query attention: repeat the key and value heads
+            key = key.repeat_interleave(groups, dim=1)
+            value = value.repeat_interleave(groups, dim=1)
+        scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
+        mask = attention_mask[:, :, :, : key.shape[-2]] if attention_mask is not None and attention_mask.ndim == 4 else attention_mask
+        output = lrp_attention(query, key, value, mask, scale)
+        return output.transpose(1, 2).contiguous(), None
+
+    AttentionInterface.register(ATTENTION_NAME, attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
+
+
+def _layer_norm(module: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    dims = tuple(range(-len(module.normalized_shape), 0))
+    centred = x - x.mean(dims, keepdim=True)
+    std = (centred.pow(2).mean(dims, keepdim=True) + module.eps).sqrt()
+    y = centred / std.detach()
+    if module.weight is not None:
+        y = y * module.weight
+    if module.bias is not None:
+        y = y + module.bias
+    return y
+
+
+def _rms_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    eps = getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6))
+    dtype = x.dtype
+    x32 = x.float()
+    factor = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps).detach()
+    y = (x32 * factor).to(dtype)
+    weight = getattr(module, "weight", None)
+    return y * weight if weight is not None else y
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm)
+
+
+def _is_rms_norm(module: nn.Module) -> bool:
+    return type(module).__name__.endswith("RMSNorm")
+
+
+_ACTIVATION_TYPES = (nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Mish, nn.ELU, nn.Softplus)
+
+
+def _is_activation(module: nn.Module) -> bool:
+    name = type(module).__name__
+    return isinstance(module, _ACTIVATION_TYPES) or (
+        type(module).__module__.startswith("transformers.activations") and "Activation" in name
+    )
+
+
+def _identity_activation(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    y = type(module).forward(module, x)
+    safe = torch.where(x.abs() > 1e-12, x, torch.ones_like(x))
+    ratio = torch.where(x.abs() > 1e-12, y / safe, torch.zeros_like(y))
+    return x * ratio.detach()
+
+
+def _is_gated_mlp(module: nn.Module) -> bool:
+    return all(hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn"))
+
+
+def _gated_mlp(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return module.down_proj(half_product(module.act_fn(module.gate_proj(x)), module.up_proj(x)))
+
+
+def _multihead_attention(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         key_padding_mask: Optional[torch.Tensor] = None, need_weights: bool = True,
+                         attn_mask: Optional[torch.Tensor] = None, average_attn_weights: bool = True,
+                         is_causal: bool = False):
+    """``nn.MultiheadAttention`` (self-attention, packed projections) with AttnLRP's gradient."""
+    if module.batch_first:
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+    length, batch, embed = query.shape
+    heads, head_dim = module.num_heads, embed // module.num_heads
+    weight, bias = module.in_proj_weight, module.in_proj_bias
+    w_q, w_k, w_v = weight.chunk(3)
+    b_q, b_k, b_v = bias.chunk(3) if bias is not None else (None, None, None)
+    q = nn.functional.linear(query, w_q, b_q)
+    k = nn.functional.linear(key, w_k, b_k)
+    v = nn.functional.linear(value, w_v, b_v)
+
+    def split(t: torch.Tensor) -> torch.Tensor:  # (L, N, E) -> (N, heads, L, head_dim)
+        return t.reshape(t.shape[0], batch, heads, head_dim).permute(1, 2, 0, 3)
+
+    mask = None
+    if key_padding_mask is not None:
+        mask = ~key_padding_mask.bool()[:, None, None, :] if key_padding_mask.dtype == torch.bool else key_padding_mask[:, None, None, :]
+    if attn_mask is not None:
+        extra = ~attn_mask if attn_mask.dtype == torch.bool else attn_mask
+        mask = extra if mask is None else (mask & extra if mask.dtype == torch.bool else mask + extra)
+    out = lrp_attention(split(q), split(k), split(v), mask, 1.0 / math.sqrt(head_dim))  # (N, heads, L, hd)
+    out = out.permute(2, 0, 1, 3).reshape(length, batch, embed)
+    out = module.out_proj(out)
+    if module.batch_first:
+        out = out.transpose(0, 1)
+    return out, None
+
+
+def _is_timm_attention(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("timm.") and type(module).__name__ == "Attention" and hasattr(module, "qkv")
+
+
+def _timm_attention(module: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, **kwargs: Any) -> torch.Tensor:
+    batch, length, channels = x.shape
+    qkv = module.qkv(x).reshape(batch, length, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = module.q_norm(q), module.k_norm(k)
+    out = lrp_attention(q, k, v, attn_mask, module.scale)
+    out = out.transpose(1, 2).reshape(batch, length, -1)
+    out = module.norm(out) if hasattr(module, "norm") else out
+    return module.proj_drop(module.proj(out))
+
+
+# ----------------------------------------------------------------------------------- composite
+class TransformerComposite(Composite):
+    """Zennit composite of AttnLRP canonizers; XDA computes relevance as ``input * gradient``.
+
+    Attributes
+    ----------
+    handles_attention : bool
+        True: :class:`~captum_dualxda.xda.XDA` accepts models with attention under it.
+    gradient_times_input : bool
+        True: the relevance of an input is the input times its (modified) gradient.
+    attribution_module : nn.Module or None
+        For text models: the module whose output (the summed input embeddings) receives the
+        relevance, one score per token after summing over the embedding dimension. None: the
+        model input itself (pixels for a ViT).
+    """
+
+    handles_attention = True
+    gradient_times_input = True
+
+    def __init__(self, canonizers: List[Canonizer], attribution_module: Optional[nn.Module] = None) -> None:
+        super().__init__(module_map=None, canonizers=canonizers)
+        self.attribution_module = attribution_module
+
+
+def _embedding_output_module(model: nn.Module) -> Optional[nn.Module]:
+    """The module whose output is the sum of the token (and position) embeddings of a HF model."""
+    base = getattr(model, "base_model", model)
+    embeddings = getattr(base, "embeddings", None)
+    if isinstance(embeddings, nn.Module) and not isinstance(embeddings, nn.Embedding):
+        return embeddings  # BERT family: word + position + type embeddings, LayerNorm
+    drop = getattr(base, "drop", None)
+    if isinstance(drop, nn.Dropout) and hasattr(base, "wpe"):
+        return drop  # GPT-2: token + position embeddings, then dropout
+    get = getattr(model, "get_input_embeddings", None)
+    return get() if callable(get) else None  # Llama family: rotary positions, token embeddings only
+
+
+def transformer_composite(model: nn.Module) -> TransformerComposite:
+    """A Zennit composite that makes XDA work on transformers (AttnLRP rules).
+
+    Supported: Hugging Face encoders (BERT family) and decoders (Llama family, GPT-2) through their
+    attention interface, torchvision's ``VisionTransformer`` (``nn.MultiheadAttention``) and timm's
+    ViT. Text models get relevance on their summed input embeddings (one score per token);
+    vision models on pixels. Use it like any composite: ``XDA(model, "classifier",
+    transformer_composite(model))``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model to explain (the composite binds to it).
+
+    Returns
+    -------
+    TransformerComposite
+    """
+    canonizers: List[Canonizer] = [
+        ForwardCanonizer(_is_norm, _layer_norm),
+        ForwardCanonizer(_is_rms_norm, _rms_norm),
+        ForwardCanonizer(_is_activation, _identity_activation),
+        ForwardCanonizer(_is_gated_mlp, _gated_mlp),
+        ForwardCanonizer(lambda m: isinstance(m, nn.MultiheadAttention), _multihead_attention),
+        ForwardCanonizer(_is_timm_attention, _timm_attention),
+    ]
+    is_hf = hasattr(getattr(model, "config", None), "_attn_implementation")
+    if is_hf:
+        canonizers.append(HFAttentionCanonizer())
+    return TransformerComposite(canonizers, _embedding_output_module(model) if is_hf else None)
