@@ -269,3 +269,32 @@ def test_explain_figure_without_heatmaps_and_errors(digit_dualda):
         explain_figure(dualda, x[0], k=0)
     with pytest.raises(ValueError, match="test_input"):
         explain_figure(dualda, x, k=2)
+
+
+# ------------------------------------------------------------------------------------------
+# Text pairs
+# ------------------------------------------------------------------------------------------
+def test_text_pair_records_html_and_figure():
+    from captum_dualxda.visualization import plot_text_pair, show_text_pair, text_pair_records
+
+    test_tokens, train_tokens = ["the", "cat", "sat"], ["a", "cat", "ran", "off"]
+    test_rel = torch.tensor([0.0, 0.5, -0.1, 0.0])  # one padding position beyond the tokens
+    train_rel = torch.tensor([0.1, 1.0, 0.0, -0.2])
+    records = text_pair_records(test_tokens, test_rel, train_tokens, train_rel, 0.4, 2, train_index=7, train_label=2)
+    assert [r.attr_class for r in records] == ["test", "training #7"]
+    assert records[0].raw_input_ids == test_tokens and records[1].raw_input_ids == train_tokens
+    # One scale for the pair: the largest |relevance| (1.0) maps to 1.
+    assert torch.allclose(records[1].word_attributions, train_rel.double())
+    assert torch.allclose(records[0].word_attributions, test_rel[:3].double())
+    assert records[0].attr_score == pytest.approx(0.4) and records[1].attr_score == pytest.approx(0.9)
+    html = show_text_pair(test_tokens, test_rel, train_tokens, train_rel, 0.4, 2).data
+    assert all(token in html for token in test_tokens + train_tokens)
+    fig = plot_text_pair(test_tokens, test_rel, train_tokens, train_rel, 0.4, title="pair")
+    shown = {t.get_text(): t for t in fig.axes[0].texts}
+    assert {"test", "training", "pair", "tau = +0.4"} | set(test_tokens + train_tokens) <= set(shown)
+    red = shown["cat"].get_bbox_patch().get_facecolor()  # "cat" appears twice; the training one (1.0) wins
+    assert red[0] > 0.9 and red[2] < 0.1
+    with pytest.raises(ValueError, match="NaN"):
+        plot_text_pair(test_tokens, torch.tensor([0.0, float("nan"), 0.0]), train_tokens, train_rel, 0.4)
+    with pytest.raises(ValueError, match="2 scores for 3 tokens"):
+        text_pair_records(test_tokens, torch.zeros(2), train_tokens, train_rel, 0.4, 2)
