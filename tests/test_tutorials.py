@@ -16,7 +16,7 @@ KERNEL = "captum-dualxda-tests"
 
 def test_tutorials_exist():
     names = {path.name for path in NOTEBOOKS}
-    assert {"dualda_quickstart.ipynb", "xda_heatmaps.ipynb"} <= names
+    assert {"dualda_quickstart.ipynb", "xda_heatmaps.ipynb", "text_classification.ipynb"} <= names
 
 
 @pytest.fixture(scope="session")
