@@ -42,6 +42,16 @@ def row(name: str, pairs, ms: float) -> str:
             f"| {100 * signs[0]:.0f} % / {100 * signs[1]:.0f} % | {'yes' if finite else 'NO'} | {ms:.1f} |")
 
 
+def measure(name: str, model: torch.nn.Module, head: str, train, test_inputs, targets) -> str:
+    """Fit DualDA, explain the top-5 proponents of every test input with XDA, return the table row."""
+    dualda = DualDA(model, head, train, C=0.1, batch_size=64)
+    top = dualda.influence(test_inputs if isinstance(test_inputs, dict) else (test_inputs, targets), k=5)
+    xda = XDA(model, head, transformer_composite(model))
+    start = time.perf_counter()
+    pairs = xda_pairs(dualda, xda, test_inputs, targets, top.indices)
+    return row(name, pairs, 1000 * (time.perf_counter() - start) / top.indices.numel())
+
+
 def main() -> None:
     torch.set_num_threads(2)
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
@@ -52,44 +62,23 @@ def main() -> None:
                                        ("Llama (decoder, right padding)", llama, "score", False),
                                        ("Llama (decoder, left padding)", llama, "score", True),
                                        ("GPT-2 (decoder, left padding)", gpt2, "score", True)):
-        model = make()
-        train, test = Texts(200, 0, pad_left), Texts(20, 1, pad_left)
-        dualda = DualDA(model, head, train, C=0.1, batch_size=64)
-        batch = stacked(test, range(20))
-        top = dualda.influence(batch, k=5)
-        xda = XDA(model, head, transformer_composite(model))
-        start = time.perf_counter()
-        pairs = xda_pairs(dualda, xda, batch, batch["labels"], top.indices)
-        ms = 1000 * (time.perf_counter() - start) / top.indices.numel()
-        print(row(name, pairs, ms))
+        batch = stacked(Texts(20, 1, pad_left), range(20))
+        print(measure(name, make(), head, Texts(200, 0, pad_left), batch, batch["labels"]))
 
+    import timm
     import torchvision
 
-    torch.manual_seed(0)
-    vit = torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
-                                               mlp_dim=32, num_classes=3).eval()
     g = torch.Generator().manual_seed(0)
     x_train, x_test = torch.randn(200, 3, 16, 16, generator=g), torch.randn(20, 3, 16, 16, generator=g)
     y_train, y_test = torch.randint(0, 3, (200,), generator=g), torch.randint(0, 3, (20,), generator=g)
-    dualda = DualDA(vit, "heads.head", torch.utils.data.TensorDataset(x_train, y_train), C=0.1)
-    top = dualda.influence((x_test, y_test), k=5)
-    xda = XDA(vit, "heads.head", transformer_composite(vit))
-    start = time.perf_counter()
-    pairs = xda_pairs(dualda, xda, x_test, y_test, top.indices)
-    ms = 1000 * (time.perf_counter() - start) / top.indices.numel()
-    print(row("torchvision ViT (pixels)", pairs, ms))
-
-    import timm
-
+    images = torch.utils.data.TensorDataset(x_train, y_train)
     torch.manual_seed(0)
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4, num_classes=3).eval()
-    dualda = DualDA(vit, "head", torch.utils.data.TensorDataset(x_train, y_train), C=0.1)
-    top = dualda.influence((x_test, y_test), k=5)
-    xda = XDA(vit, "head", transformer_composite(vit))
-    start = time.perf_counter()
-    pairs = xda_pairs(dualda, xda, x_test, y_test, top.indices)
-    ms = 1000 * (time.perf_counter() - start) / top.indices.numel()
-    print(row("timm ViT-Tiny (pixels)", pairs, ms))
+    vit = torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
+                                               mlp_dim=32, num_classes=3).eval()
+    print(measure("torchvision ViT (pixels)", vit, "heads.head", images, x_test, y_test))
+    torch.manual_seed(0)
+    tiny = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4, num_classes=3).eval()
+    print(measure("timm ViT-Tiny (pixels)", tiny, "head", images, x_test, y_test))
 
 
 if __name__ == "__main__":
