@@ -145,7 +145,8 @@ class FeatureStore:
         return torch.as_tensor(list(shard_indices(self.n_train, self.rank, self.world)), dtype=torch.long)
 
     def chunks(self, budget_bytes: int = 1 << 25) -> Iterator[Tuple[int, torch.Tensor]]:
-        """``(first row, block)`` over the held rows, blocks of at most ``budget_bytes`` (32 MiB)."""
+        """``(first row, block)`` over the held rows, in blocks whose float64 copy stays within
+        ``budget_bytes`` (32 MiB), the bound every chunked pass over features keeps."""
         chunk = row_chunk(self.features.shape[1], budget_bytes)
         for start in range(0, self.features.shape[0], chunk):
             yield start, self.features[start : start + chunk]

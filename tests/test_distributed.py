@@ -281,3 +281,24 @@ def test_memory_mapped_extraction_is_a_file_backed_tensor(tmp_path):
     plain, _ = extract_features(net, net[2], DataLoader(train, batch_size=50))
     assert torch.equal(mapped, plain)
     assert np.load(path, mmap_mode="r").shape == (N_TRAIN, 16)
+
+
+def test_feature_store_hides_the_rank_arithmetic(tmp_path):
+    from captum_dualxda.store import FeatureStore
+
+    full = torch.arange(7 * 3, dtype=torch.float32).reshape(7, 3)
+    whole = FeatureStore(full, 7)
+    shard = FeatureStore(full[1::2].clone(), 7, rank=1, world=2)  # rank 1 of 2 holds samples 1, 3, 5
+    assert torch.equal(whole.rows(torch.tensor([6, 0])), full[[6, 0]])
+    assert torch.equal(shard.rows(torch.tensor([5, 1])), full[[5, 1]])
+    assert shard.held_indices().tolist() == [1, 3, 5] and whole.held_indices().tolist() == list(range(7))
+    with pytest.raises(ValueError, match="holds only the samples"):
+        shard.rows(torch.tensor([2]))
+    blocks = list(whole.chunks(budget_bytes=2 * 3 * 8))  # two rows per block (budgets count float64 copies)
+    assert [start for start, _ in blocks] == [0, 2, 4, 6]
+    assert torch.equal(torch.cat([block for _, block in blocks]), full)
+    path = tmp_path / "scratch.npy"
+    np.save(path, full.numpy())
+    mapped = FeatureStore(torch.from_numpy(np.load(path, mmap_mode="r+")), 7, path=str(path))
+    mapped.close()
+    assert not path.exists()
