@@ -280,7 +280,7 @@ class DualDA(DataInfluence):
         if local.features is None:
             if store is None:
                 raise RuntimeError("The fit state holds no support features and no local features were given.")
-            local = local.shard(0, 1, features=store.rows(local.indices))
+            local = local.with_features(store.rows(local.indices))
         self._local = local.to(self.device)  # this rank's support vectors with features: scoring
 
     @property
@@ -330,7 +330,7 @@ class DualDA(DataInfluence):
         """``(N, d)`` float32 features ``phi(x)`` of model inputs (a tuple for ``model(*inputs)``, a
         dict for ``model(**inputs)``; eval mode, no grad), on ``self.device``."""
         phi = batch_features(self.model, self.final_fc_layer, inputs)
-        return phi.to(self.device, self._local.values.dtype if self._local.features is None else self._local.features.dtype)
+        return phi.to(self.device, self._local.features.dtype)
 
     def _batch(self, batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(phi (N, d), targets (N,))`` of one Captum batch, checked, on ``self.device``."""

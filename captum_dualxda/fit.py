@@ -121,8 +121,7 @@ class DualDAState:
 
     def without_support_features(self) -> "DualDAState":
         """The same state without the ``(n_sv, d)`` features (what a distributed fit broadcasts)."""
-        s = self.support
-        return dataclasses.replace(self, support=SupportSet(s.indices, s.values, s.classes, None, s.n_train, s.n_classes))
+        return dataclasses.replace(self, support=self.support.with_features(None))
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain tensors, numbers and strings (loadable with ``torch.load(weights_only=True)``)."""

@@ -108,7 +108,7 @@ class FeatureStore:
             ``(n_train,)`` int64, all labels on every rank.
         """
         rank, world = rank_and_world_size() if distributed else (0, 1)
-        path = None if out_path is None else (out_path if rank == 0 else shard_path(out_path, rank))
+        path = _local_path(out_path, rank)
         try:
             features, labels = extract_features(model, layer, loader, device, show_progress, distributed=distributed, out_path=out_path)
         except BaseException:
@@ -171,6 +171,11 @@ def shard_path(out_path: str, rank: int) -> str:
     """
     root, ext = os.path.splitext(out_path)
     return f"{root}.rank{rank}{ext or '.npy'}"
+
+
+def _local_path(out_path: Optional[str], rank: int) -> Optional[str]:
+    """The memory-map file this rank writes: ``out_path`` on rank 0, :func:`shard_path` otherwise."""
+    return None if out_path is None else (out_path if rank == 0 else shard_path(out_path, rank))
 
 
 def _feature_dtype(layer: nn.Linear) -> torch.dtype:
@@ -247,7 +252,7 @@ def extract_features(
     # node-local). Distributed, every rank keeps the layer's dtype, so assembled chunks agree.
     sink = _RowSink(
         n_total if (world > 1 and rank == 0) else n_local, layer.in_features, step=world if rank == 0 else 1,
-        device=device, path=None if out_path is None else (out_path if rank == 0 else shard_path(out_path, rank)),
+        device=device, path=_local_path(out_path, rank),
         dtype=_feature_dtype(layer) if world > 1 else None, rows_required=lambda: len(loader.dataset),  # type: ignore[arg-type]
     )
     labels: List[torch.Tensor] = []

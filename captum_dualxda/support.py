@@ -100,24 +100,26 @@ class SupportSet:
         features = None if self.features is None else self.features.to(device)
         return SupportSet(self.indices.to(device), self.values.to(device), self.classes.to(device), features, self.n_train, self.n_classes)
 
-    def shard(self, rank: int, world: int, features: Optional[torch.Tensor] = None) -> "SupportSet":
+    def with_features(self, features: Optional[torch.Tensor]) -> "SupportSet":
+        """The same support vectors holding ``features`` ``(n_sv, d)`` (None: lookups only)."""
+        return SupportSet(self.indices, self.values, self.classes, features, self.n_train, self.n_classes)
+
+    def shard(self, rank: int, world: int) -> "SupportSet":
         """The support vectors ``j`` with ``j % world == rank`` (a rank's part of a distributed fit).
 
         Parameters
         ----------
         rank, world : int
-        features : torch.Tensor, optional
-            ``(n_sv_shard, d)`` this rank's support features, when ``self`` holds none.
 
         Returns
         -------
         SupportSet
+            ``self`` for one rank; otherwise the owned rows (with their features, if held).
         """
-        owned = (self.indices % world == rank).nonzero().flatten() if world > 1 else None
-        if owned is None:
-            return self if features is None else SupportSet(self.indices, self.values, self.classes, features, self.n_train, self.n_classes)
-        if features is None and self.features is not None:
-            features = self.features[owned]
+        if world == 1:
+            return self
+        owned = (self.indices % world == rank).nonzero().flatten()
+        features = None if self.features is None else self.features[owned]
         return SupportSet(self.indices[owned], self.values[owned], self.classes[owned], features, self.n_train, self.n_classes)
 
     # ------------------------------------------------------------------ coefficients

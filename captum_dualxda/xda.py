@@ -351,7 +351,7 @@ class XDA(Attributor):
         return super().__call__(input, attr_output)
 
     # -- the passes -----------------------------------------------------------------------------
-    def _probe(self, detach: bool) -> ModelProbe:  # noqa: D401
+    def _probe(self, detach: bool) -> ModelProbe:
         """A probe that stops the forward pass at the feature layer and captures ``phi``.
 
         ``prepend``: the capture runs before any zennit pre-hook on this layer, so phi is taken
