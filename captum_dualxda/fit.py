@@ -206,7 +206,11 @@ def fit_state(
     """
     if features.shape[0] == 0:
         raise ValueError("`train_dataset` is empty.")
-    if not all_finite(features):
+    # One pass for the squared norms and the finiteness check: a NaN or inf feature makes its
+    # row's float64 sum of squares non-finite; only float64 features above ~1e154 overflow, so
+    # the rows are checked themselves before refusing.
+    squared_norms = row_squared_norms(features)
+    if not bool(torch.isfinite(squared_norms).all()) and not all_finite(features):
         raise ValueError("The training features (input of `final_fc_layer`) contain NaN or inf.")
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= n_classes:
@@ -223,7 +227,7 @@ def fit_state(
         n_classes=n_classes,
         support=SupportSet.from_dual(result.alpha, support, features, n_classes),
         train_labels=labels.cpu(),
-        train_squared_norms=row_squared_norms(features).float().cpu(),
+        train_squared_norms=squared_norms.float().cpu(),
         train_hinge_loss=hinge_loss(features, labels, result.weight, result.intercept).float().cpu(),
         weight=result.weight.float().cpu(),
         intercept=result.intercept.float().cpu(),
@@ -241,9 +245,10 @@ def fit_state(
     )
 
 
-def fit_fingerprint(model: torch.nn.Module, layer_name: str, loader: Iterable[Any], *settings: Any) -> str:
-    """The cache key of a fit: state version, layer, solver settings, the model (class, module tree,
-    weights, buffers) and every training batch, hashed with SHA-256.
+def fit_fingerprint(model: torch.nn.Module, layer_name: str, loader: Iterable[Any], *settings: Any,
+                    autocast: Optional[torch.dtype] = None) -> str:
+    """The cache key of a fit: state version, layer, solver settings, the forward passes' precision,
+    the model (class, module tree, weights, buffers) and every training batch, hashed with SHA-256.
 
     Parameters
     ----------
@@ -254,6 +259,9 @@ def fit_fingerprint(model: torch.nn.Module, layer_name: str, loader: Iterable[An
         The training batches, in the order they are fitted.
     *settings
         ``C``, ``fit_intercept``, ``tol``, ``max_iter``, ``seed``, ``backend``.
+    autocast : torch.dtype, optional
+        The mixed-precision dtype of the forward passes (mixed in only when set, so keys of
+        full-precision fits are those of earlier versions).
 
     Returns
     -------
@@ -262,6 +270,8 @@ def fit_fingerprint(model: torch.nn.Module, layer_name: str, loader: Iterable[An
     """
     fp = Fingerprint().update("captum_dualxda.DualDA", STATE_VERSION)
     fp.update(layer_name, *settings)
+    if autocast is not None:
+        fp.update("autocast", str(autocast))
     fp.update_module(model)
     fp.update_batches(loader)
     return fp.hexdigest()

@@ -15,6 +15,8 @@ Class detection:
     :func:`random_class_detection` (the exact expectation of a random ranking).
 Sparsity of attributions:
     :func:`zero_fraction`, :func:`hoyer_sparsity`.
+Counterfactual quality (do the scores predict retraining?):
+    :func:`lds` (linear datamodeling score) and its result :class:`LDSResult`.
 Surrogate fidelity (does the SVM on ``phi`` behave like the network?):
     :func:`logit_fidelity` (two logit matrices), :func:`surrogate_fidelity` (a DualDA + inputs).
 Choosing ``C`` lives in :mod:`captum_dualxda.choose_c` (``sweep_C``, ``SweepRow``,
@@ -25,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -49,6 +51,8 @@ __all__ = [
     "random_class_detection",
     "zero_fraction",
     "hoyer_sparsity",
+    "LDSResult",
+    "lds",
     "Fidelity",
     "logit_fidelity",
     "surrogate_fidelity",
@@ -410,6 +414,144 @@ def hoyer_sparsity(scores: ArrayLike) -> np.ndarray:
     nonzero = l2 > 0
     out[nonzero] = (math.sqrt(n) - l1[nonzero] / l2[nonzero]) / (math.sqrt(n) - 1.0)
     return np.clip(out, 0.0, 1.0)  # rounding can step outside by ~1e-16
+
+
+# ---------------------------------------------------------------------------- counterfactual quality
+class LDSResult(NamedTuple):
+    """Linear datamodeling score of one score matrix (see :func:`lds`).
+
+    Attributes
+    ----------
+    mean : float
+        Mean of ``per_sample`` over the test samples where it is defined (NaN if none is).
+    per_sample : np.ndarray
+        ``(n_test,)`` float64 Spearman correlation per test sample, in ``[-1, 1]``; NaN where it
+        is undefined (the predicted sums or the margins of that test sample are constant over
+        the subsets).
+    n_valid : int
+        Number of test samples with a defined correlation (the count behind ``mean``).
+    """
+
+    mean: float
+    per_sample: np.ndarray
+    n_valid: int
+
+
+def _subset_masks(subsets: Any, n_train: int) -> np.ndarray:
+    """``(M, n_train)`` bool masks from masks, a 2-D index array or a sequence of index arrays."""
+    if isinstance(subsets, (torch.Tensor, np.ndarray)):
+        rows = list(_numpy(subsets, "subsets", 2))
+    elif isinstance(subsets, (list, tuple)):
+        rows = [_numpy(row, f"subsets[{m}]", 1) for m, row in enumerate(subsets)]
+    else:
+        raise TypeError(f"`subsets` must be an array, a tensor or a list of index arrays, got {type(subsets).__name__}.")
+    masks = np.zeros((len(rows), n_train), dtype=bool)
+    for m, row in enumerate(rows):
+        if row.dtype == bool:
+            if row.shape[0] != n_train:
+                raise ValueError(
+                    f"`subsets` row {m} is a mask over {row.shape[0]} training samples, but `scores` has "
+                    f"{n_train} columns; `scores` must be (n_test, n_train) (dattri's attributors return "
+                    f"(n_train, n_test): pass the transpose)."
+                )
+            masks[m] = row
+            continue
+        if row.size and not np.issubdtype(row.dtype, np.integer):
+            raise ValueError(f"`subsets` must hold boolean masks or integer indices, got dtype {row.dtype} in row {m}.")
+        if row.size and (row.min() < 0 or row.max() >= n_train):
+            raise ValueError(
+                f"`subsets` row {m} has indices outside 0..{n_train - 1} (the columns of `scores`, which "
+                f"must be (n_test, n_train))."
+            )
+        indices = row.astype(np.int64)
+        if np.unique(indices).size != indices.size:
+            raise ValueError(f"`subsets` row {m} repeats a training index; a subset lists each sample once.")
+        masks[m, indices] = True
+    return masks
+
+
+def lds(scores: ArrayLike, subsets: Any, margins: ArrayLike) -> LDSResult:
+    r"""Linear datamodeling score: how well summed attributions predict retrained models.
+
+    The counterfactual test of an attribution method (Park et al., "TRAK", ICML 2023; dattri's
+    ``lds`` metric). Train one model per random training subset ``S_m`` (typically ``M`` = 50-100
+    subsets of half the training set), record a model output ``margins[m, t]`` on each test
+    sample (e.g. the correct-class logit minus the largest other logit), and predict it
+    linearly from the attributions of the full model, ``g_m(t) = sum_{i in S_m} scores[t, i]``.
+    The score of test sample ``t`` is the Spearman rank correlation, over the ``M`` subsets,
+    between ``g_m(t)`` and ``margins[m, t]``; the LDS is its mean over test samples. Only the
+    ranking of the subsets matters, so any positive rescaling of a row of ``scores`` leaves it
+    unchanged. Ties get their average rank (as in ``scipy.stats.spearmanr``).
+
+    The margins are noisy even for a fixed subset (retraining with another seed changes them),
+    so no method reaches 1: retrain some subsets twice to measure that ceiling
+    (``benchmarks/lds.py`` does).
+
+    Parameters
+    ----------
+    scores : array-like
+        ``(n_test, n_train)`` attributions of the model trained on all data; ``[t, i]`` is
+        training sample ``i``'s score for test sample ``t`` (Captum's layout; dattri's
+        attributors return the transpose). Must be finite.
+    subsets : array-like or sequence of array-like
+        The ``M`` training subsets: a ``(M, n_train)`` boolean mask, a ``(M, s)`` integer array of
+        training indices (equal-size subsets, dattri's layout), or a list of ``M`` 1-D index
+        arrays or masks (subsets of different sizes). Indices must lie in ``0..n_train - 1``
+        and not repeat within a subset. ``M >= 2``.
+    margins : array-like
+        ``(M, n_test)`` output of the model retrained on subset ``m`` for test sample ``t``.
+        Must be finite.
+
+    Returns
+    -------
+    LDSResult
+        ``(mean, per_sample, n_valid)``: the mean over test samples, the ``(n_test,)`` float64
+        per-test correlations (NaN where a test sample's predicted sums or margins are constant
+        over the subsets, so the correlation is undefined) and the number of defined ones.
+
+    Raises
+    ------
+    ValueError
+        On shapes that do not fit together, fewer than 2 subsets, NaN or infinite values, or
+        subset indices outside the training set; the message names the argument.
+
+    Examples
+    --------
+    >>> result = lds(dualda.influence((x_test, y_test)), subsets, margins)
+    >>> result.mean           # the LDS
+    >>> result.per_sample     # (n_test,) one correlation per test sample
+
+    ``benchmarks/lds.py`` builds ``subsets`` and ``margins`` by retraining a CNN 100 times.
+    """
+    matrix = _numpy(scores, "scores", 2).astype(np.float64)
+    targets = _numpy(margins, "margins", 2).astype(np.float64)
+    n_test, n_train = matrix.shape
+    if not np.isfinite(matrix).all():
+        raise ValueError("`scores` contains NaN or infinite values.")
+    if not np.isfinite(targets).all():
+        raise ValueError("`margins` contains NaN or infinite values.")
+    masks = _subset_masks(subsets, n_train)
+    n_subsets = masks.shape[0]
+    if n_subsets < 2:
+        raise ValueError(f"`subsets` must hold at least 2 subsets for a rank correlation, got {n_subsets}.")
+    if targets.shape != (n_subsets, n_test):
+        raise ValueError(
+            f"`margins` must have shape (M, n_test) = ({n_subsets}, {n_test}) for {n_subsets} subsets and "
+            f"`scores` of shape {matrix.shape}, got {targets.shape}."
+        )
+    predicted = masks.astype(np.float64) @ matrix.T  # (M, n_test): sum of each subset's scores
+    per_sample = np.full(n_test, np.nan)
+    for t in range(n_test):
+        a = _average_ranks(predicted[:, t])
+        b = _average_ranks(targets[:, t])
+        a -= a.mean()
+        b -= b.mean()
+        norm = math.sqrt(float(a @ a) * float(b @ b))
+        if norm > 0:
+            per_sample[t] = min(1.0, max(-1.0, float(a @ b) / norm))
+    valid = ~np.isnan(per_sample)
+    mean = float(per_sample[valid].mean()) if valid.any() else float("nan")
+    return LDSResult(mean=mean, per_sample=per_sample, n_valid=int(valid.sum()))
 
 
 # ---------------------------------------------------------------------------- fidelity

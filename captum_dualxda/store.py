@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .data import shard_loader, split_batch
 from .distributed import assemble_strided, gather_strided, rank_and_world_size, shard_indices, write_strided_rows
-from .features import batch_features
+from .features import FeatureExtractor
 from .solver.problem import row_chunk
 
 __all__ = ["FeatureStore", "extract_features", "scratch_path"]
@@ -96,6 +96,8 @@ class FeatureStore:
         show_progress: bool = False,
         distributed: bool = False,
         out_path: Optional[str] = None,
+        *,
+        autocast: Optional[torch.dtype] = None,
     ) -> Tuple["FeatureStore", torch.Tensor]:
         """Extract the features of ``loader`` (see :func:`extract_features`).
 
@@ -110,7 +112,8 @@ class FeatureStore:
         rank, world = rank_and_world_size() if distributed else (0, 1)
         path = _local_path(out_path, rank)
         try:
-            features, labels = extract_features(model, layer, loader, device, show_progress, distributed=distributed, out_path=out_path)
+            features, labels = extract_features(model, layer, loader, device, show_progress, distributed=distributed,
+                                                out_path=out_path, autocast=autocast)
         except BaseException:
             cls._remove(path)
             raise
@@ -192,8 +195,18 @@ def extract_features(
     desc: str = "DualDA features",
     distributed: bool = False,
     out_path: Optional[str] = None,
+    *,
+    autocast: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Features and labels of every batch of ``loader``, in loader order.
+
+    One pass through the model under one :class:`~captum_dualxda.features.FeatureExtractor`:
+    ``torch.inference_mode()``, eval mode, batches moved to the model's device with
+    ``non_blocking=True`` (asynchronous from a loader with ``pin_memory=True``). Each batch's
+    features are written straight into storage allocated once when the number of rows is known
+    (no list of blocks, no concatenation). Features computed on a CUDA device for storage on the
+    host (``device="cpu"``, ``out_path``) travel through two pinned buffers with asynchronous
+    copies, so the device runs the next batch while the previous one is copied.
 
     Parameters
     ----------
@@ -219,6 +232,9 @@ def extract_features(
         :func:`shard_path` ``(out_path, r)`` next to it (in memory if its shard is empty). The
         directory need not be shared between ranks (node-local scratch works); the caller
         deletes the files.
+    autocast : torch.dtype, optional
+        ``torch.bfloat16`` or ``torch.float16``: run the forward passes under
+        ``torch.autocast`` (mixed precision); the features are stored in float32 all the same.
 
     Returns
     -------
@@ -260,12 +276,13 @@ def extract_features(
         total = len(loader)
     except TypeError:
         total = None
-    for batch in tqdm(loader, total=total, desc=desc, disable=not show_progress, leave=False):
-        inputs, targets = split_batch(batch, "train_dataset")
-        phi = batch_features(model, layer, inputs)
-        sink.write(phi if phi.dtype == torch.float64 else phi.float())
-        labels.append(targets.to(device))
-    label_tensor = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=device)
+    with FeatureExtractor(model, layer, autocast=autocast) as extract:
+        for batch in tqdm(loader, total=total, desc=desc, disable=not show_progress, leave=False):
+            inputs, targets = split_batch(batch, "train_dataset")
+            sink.write(extract(inputs)[0])
+            labels.append(targets.cpu())
+    sink.flush()
+    label_tensor = (torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)).to(device)
     if world == 1:
         return sink.result(), label_tensor
     label_tensor = gather_strided(label_tensor, n_total)  # type: ignore[arg-type]
@@ -277,12 +294,52 @@ def extract_features(
     return sink.result(assembled=True), label_tensor
 
 
+class _HostCopies:
+    """Rows on a CUDA device to host storage without stalling the device.
+
+    Each block is copied with ``non_blocking=True`` into one of two pinned host buffers and an
+    event is recorded; the block is handed to its ``place`` callback only when the NEXT block
+    arrives (or at :meth:`flush`), after waiting for its event. The device meanwhile runs the
+    next forward pass. A buffer is reused only after its block has been placed.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: List[Optional[torch.Tensor]] = [None, None]
+        self.turn = 0
+        self.pending: Optional[Tuple[Any, torch.Tensor, Callable[[torch.Tensor], None]]] = None
+
+    def submit(self, rows: torch.Tensor, place: Callable[[torch.Tensor], None]) -> None:
+        """Start copying ``rows`` (on a CUDA device) to the host; ``place(host_rows)`` follows later."""
+        buffer = self.buffers[self.turn]
+        if buffer is None or buffer.shape[0] < rows.shape[0] or buffer.shape[1:] != rows.shape[1:] or buffer.dtype != rows.dtype:
+            buffer = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+            self.buffers[self.turn] = buffer
+        host = buffer[: rows.shape[0]]
+        host.copy_(rows, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(rows.device))
+        self.flush()
+        self.pending = (event, host, place)
+        self.turn ^= 1
+
+    def flush(self) -> None:
+        """Wait for the block in flight, if any, and place it."""
+        if self.pending is not None:
+            event, host, place = self.pending
+            self.pending = None
+            event.synchronize()
+            place(host)
+
+
 class _RowSink:
     """Where one process's stream of feature rows goes: its row ``i`` lands at ``target[i * step]``.
 
     A float32 memory-mapped ``.npy`` file (``path``), a tensor preallocated at the first write
     when the number of rows is known (peak ``4 n d`` bytes, not ``8 n d`` for a list and a
-    concatenation), or a list of blocks otherwise.
+    concatenation), or a list of blocks otherwise. Rows are cast to the storage dtype (float32,
+    float64 for float64 features; ``dtype`` when given) as they are written; rows computed on a
+    CUDA device for host storage are copied asynchronously (:class:`_HostCopies`): call
+    :meth:`flush` after the last write.
     """
 
     def __init__(self, rows: Optional[int], d: int, step: int, device: torch.device, path: Optional[str],
@@ -293,6 +350,7 @@ class _RowSink:
         self.blocks: List[torch.Tensor] = []
         self.written = 0
         self.in_memory = path is None
+        self.copies: Optional[_HostCopies] = None
         if path is not None:
             rows = rows_required() if rows is None else rows  # raises for unsized data
             if rows > 0:
@@ -300,22 +358,43 @@ class _RowSink:
                 self.target = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, d))
 
     def write(self, phi: torch.Tensor) -> None:
+        """Store the next rows ``phi`` ``(m, d)`` (any float dtype, any device)."""
+        dtype = self.dtype or (torch.float64 if phi.dtype == torch.float64 else torch.float32)
         if self.target is None and self.in_memory and self.rows is not None:
-            self.target = torch.empty((self.rows, phi.shape[1]), dtype=self.dtype or phi.dtype, device=self.device)
-        if self.target is not None:
-            write_strided_rows(self.target, self.written * self.step, self.step, phi)
-        else:
-            self.blocks.append(phi.to(self.device))
+            self.target = torch.empty((self.rows, phi.shape[1]), dtype=dtype, device=self.device)
+        start = self.written * self.step
         self.written += phi.shape[0]
+        host = self.device.type == "cpu" if self.in_memory else True
+        if phi.device.type == "cuda" and host:
+            if self.copies is None:
+                self.copies = _HostCopies()
+            self.copies.submit(phi, lambda rows: self._place(start, rows, dtype))
+        else:
+            self._place(start, phi, dtype)
+
+    def _place(self, start: int, rows: torch.Tensor, dtype: torch.dtype) -> None:
+        if isinstance(self.target, np.ndarray) and rows.dtype not in (torch.float32, torch.float64):
+            rows = rows.to(dtype)  # NumPy has no bfloat16
+        if self.target is not None:
+            write_strided_rows(self.target, start, self.step, rows)  # casts to the target's dtype
+        else:  # rows of unknown number (an IterableDataset), or a file for an empty shard
+            self.blocks.append(rows.to(self.device, dtype, copy=True))
+
+    def flush(self) -> None:
+        """Place the rows still in flight from an accelerator (a no-op otherwise)."""
+        if self.copies is not None:
+            self.copies.flush()
 
     def held(self, wire: torch.dtype) -> torch.Tensor:
         """The rows held, as a tensor (an empty shard, more ranks than samples, as ``(0, d)``)."""
+        self.flush()
         if self.target is None:
             self.target = torch.empty((0, self.d), dtype=wire, device=self.device)
         return torch.from_numpy(self.target) if isinstance(self.target, np.ndarray) else self.target
 
     def result(self, assembled: bool = False) -> torch.Tensor:
         """The features: the file re-opened memory-mapped, the filled tensor, or the blocks."""
+        self.flush()
         if isinstance(self.target, np.ndarray):
             self.target.flush()
             self.target = None

@@ -6,14 +6,18 @@ them in the gradient-times-input form of AttnLRP (Achtibat et al., ICML 2024): f
 an attribution, canonizers replace the forward of those modules by one with the same output and
 a modified gradient, so that ``input * gradient`` is the LRP relevance (``docs/method.md``):
 
+- attention ``softmax(q k^T) v``: by default CP-LRP's rule (Ali et al., ICML 2022), the attention
+  weights are constants and the values get all of the relevance (conservative);
+  ``attention="attnlrp"`` selects AttnLRP's, below;
 - LayerNorm / RMSNorm (identity rule): the normalising factor ``1 / std`` is a constant;
 - element-wise activations, GELU, SiLU, tanh (identity rule): the gradient is scaled by
   ``f(x) / x``, so relevance passes through unchanged;
-- products of two activations (uniform rule): each operand gets half, in attention
-  (``softmax(q k^T) v``: ``q`` and ``k`` a quarter, ``v`` a half) and in gated MLPs
-  (``act(gate(x)) * up(x)``);
-- softmax: its ordinary gradient times input; linear layers unchanged (biases absorb some
-  relevance).
+- products of two activations (uniform rule): each operand gets half, in gated MLPs
+  (``act(gate(x)) * up(x)``) and, with ``attention="attnlrp"``, in attention (``q`` and ``k`` a
+  quarter, ``v`` a half; the softmax then passes its ordinary gradient times input, which is not
+  conservative: on trained models most of the relevance sent into it is lost);
+- linear layers unchanged (biases, LayerNorm's shift, and position embeddings and class tokens,
+  which are parameters, keep their share of the relevance).
 
 Attention of Hugging Face models is swapped through their public attention interface
 (``AttentionInterface`` + ``set_attn_implementation``), ``nn.MultiheadAttention`` (torchvision's
@@ -22,6 +26,7 @@ Hugging Face model is given.
 """
 from __future__ import annotations
 
+import functools
 import math
 import types
 from typing import Any, Callable, List, Optional
@@ -36,6 +41,13 @@ __all__ = ["TransformerComposite", "transformer_composite", "half_product", "hal
 ATTENTION_NAME = "captum_dualxda_lrp"
 """Name under which the LRP attention function is registered with Hugging Face transformers."""
 
+ATTENTION_RULES = ("cp", "attnlrp")
+"""The rules for ``softmax(q k^T) v``: CP-LRP (attention weights constant) and AttnLRP."""
+
+
+def _attention_name(rule: str) -> str:
+    return ATTENTION_NAME if rule == "attnlrp" else f"{ATTENTION_NAME}_{rule}"
+
 
 def half_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a * b`` whose gradient gives each operand half of the relevance (uniform rule)."""
@@ -48,11 +60,17 @@ def half_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def lrp_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[torch.Tensor],
-                  scaling: float) -> torch.Tensor:
-    """``softmax(q k^T * scaling + mask) v`` with AttnLRP's gradient, ``(N, heads, T, d_head)``.
+                  scaling: float, rule: str = "attnlrp") -> torch.Tensor:
+    """``softmax(q k^T * scaling + mask) v`` with an LRP gradient, ``(N, heads, T, d_head)``.
 
     ``mask`` is additive (float) or boolean (True = attend), broadcastable to the scores.
+    ``rule="attnlrp"``: the uniform rule on both products (the values get half of the relevance,
+    the attention logits the other half through the softmax's gradient times input, which does
+    not conserve it). ``rule="cp"`` (CP-LRP, Ali et al. 2022): the attention weights are
+    constants, the values get all of the relevance (conservative); ``q`` and ``k`` get none.
     """
+    if rule == "cp":
+        query, key = query.detach(), key.detach()
     scores = half_matmul(query, key.transpose(-1, -2)) * scaling
     if mask is not None:
         if mask.dtype == torch.bool:
@@ -60,6 +78,8 @@ def lrp_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
         else:
             scores = scores + mask
     weights = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+    if rule == "cp":
+        return torch.matmul(weights, value)  # weights carry no gradient: all of it reaches the values
     return half_matmul(weights, value)
 
 
@@ -104,25 +124,26 @@ class ForwardCanonizer(Canonizer):
 
 
 class HFAttentionCanonizer(Canonizer):
-    """Switch a Hugging Face model to the LRP attention function, and back."""
+    """Switch a Hugging Face model to the LRP attention function (``rule``), and back."""
 
-    def __init__(self) -> None:
+    def __init__(self, rule: str = "attnlrp") -> None:
         super().__init__()
+        self.rule = rule
         self.model: Optional[nn.Module] = None
         self.previous: Optional[str] = None
 
     def apply(self, root_module: nn.Module) -> List["HFAttentionCanonizer"]:
         if getattr(getattr(root_module, "config", None), "_attn_implementation", None) is None:
             return []
-        instance = HFAttentionCanonizer()
+        instance = HFAttentionCanonizer(self.rule)
         instance.register(root_module)
         return [instance]
 
     def register(self, model: nn.Module) -> None:
-        _register_hf_attention()
+        _register_hf_attention(self.rule)
         self.model = model
         self.previous = model.config._attn_implementation
-        model.set_attn_implementation(ATTENTION_NAME)
+        model.set_attn_implementation(_attention_name(self.rule))
 
     def remove(self) -> None:
         if self.model is not None:
@@ -130,7 +151,7 @@ class HFAttentionCanonizer(Canonizer):
         self.model = None
 
 
-def _register_hf_attention() -> None:
+def _register_hf_attention(rule: str) -> None:
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import eager_mask
 
@@ -143,11 +164,11 @@ def _register_hf_attention() -> None:
             value = value.repeat_interleave(groups, dim=1)
         scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
         mask = attention_mask[:, :, :, : key.shape[-2]] if attention_mask is not None and attention_mask.ndim == 4 else attention_mask
-        output = lrp_attention(query, key, value, mask, scale)
+        output = lrp_attention(query, key, value, mask, scale, rule)
         return output.transpose(1, 2).contiguous(), None
 
-    AttentionInterface.register(ATTENTION_NAME, attention)
-    AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
+    AttentionInterface.register(_attention_name(rule), attention)
+    AttentionMaskInterface.register(_attention_name(rule), eager_mask)
 
 
 def _layer_norm(module: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
@@ -208,8 +229,8 @@ def _gated_mlp(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _multihead_attention(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                          key_padding_mask: Optional[torch.Tensor] = None, need_weights: bool = True,
                          attn_mask: Optional[torch.Tensor] = None, average_attn_weights: bool = True,
-                         is_causal: bool = False):
-    """``nn.MultiheadAttention`` (self-attention, packed projections) with AttnLRP's gradient."""
+                         is_causal: bool = False, rule: str = "attnlrp"):
+    """``nn.MultiheadAttention`` (self-attention, packed projections) with an LRP gradient."""
     if module.batch_first:
         query, key, value = (t.transpose(0, 1) for t in (query, key, value))
     length, batch, embed = query.shape
@@ -230,7 +251,7 @@ def _multihead_attention(module: nn.MultiheadAttention, query: torch.Tensor, key
     if attn_mask is not None:
         extra = ~attn_mask if attn_mask.dtype == torch.bool else attn_mask
         mask = extra if mask is None else (mask & extra if mask.dtype == torch.bool else mask + extra)
-    out = lrp_attention(split(q), split(k), split(v), mask, 1.0 / math.sqrt(head_dim))  # (N, heads, L, hd)
+    out = lrp_attention(split(q), split(k), split(v), mask, 1.0 / math.sqrt(head_dim), rule)  # (N, heads, L, hd)
     out = out.permute(2, 0, 1, 3).reshape(length, batch, embed)
     out = module.out_proj(out)
     if module.batch_first:
@@ -242,12 +263,13 @@ def _is_timm_attention(module: nn.Module) -> bool:
     return type(module).__module__.startswith("timm.") and type(module).__name__ == "Attention" and hasattr(module, "qkv")
 
 
-def _timm_attention(module: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, **kwargs: Any) -> torch.Tensor:
+def _timm_attention(module: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, rule: str = "attnlrp",
+                    **kwargs: Any) -> torch.Tensor:
     batch, length, channels = x.shape
     qkv = module.qkv(x).reshape(batch, length, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = module.q_norm(q), module.k_norm(k)
-    out = lrp_attention(q, k, v, attn_mask, module.scale)
+    out = lrp_attention(q, k, v, attn_mask, module.scale, rule)
     out = out.transpose(1, 2).reshape(batch, length, -1)
     out = module.norm(out) if hasattr(module, "norm") else out
     return module.proj_drop(module.proj(out))
@@ -290,8 +312,8 @@ def _embedding_output_module(model: nn.Module) -> Optional[nn.Module]:
     return get() if callable(get) else None  # Llama family: rotary positions, token embeddings only
 
 
-def transformer_composite(model: nn.Module) -> TransformerComposite:
-    """A Zennit composite that makes XDA work on transformers (AttnLRP rules).
+def transformer_composite(model: nn.Module, attention: str = "cp") -> TransformerComposite:
+    """A Zennit composite that makes XDA work on transformers (CP-LRP / AttnLRP rules).
 
     Supported: Hugging Face encoders (BERT family) and decoders (Llama family, GPT-2) through their
     attention interface, torchvision's ``VisionTransformer`` (``nn.MultiheadAttention``) and timm's
@@ -303,20 +325,35 @@ def transformer_composite(model: nn.Module) -> TransformerComposite:
     ----------
     model : nn.Module
         The model to explain (the composite binds to it).
+    attention : {"cp", "attnlrp"}
+        The rule for ``softmax(q k^T) v``. ``"cp"`` (default; CP-LRP, Ali et al. 2022): the
+        attention weights are constants and all relevance goes to the values, so heatmaps add
+        up to ``tau`` except for what biases and position embeddings take. ``"attnlrp"``
+        (AttnLRP): half of the relevance to the values, half through the softmax to queries and
+        keys; the softmax's gradient-times-input rule does not conserve relevance, and on trained
+        models it loses most of that half (``benchmarks/README.md`` measures both).
 
     Returns
     -------
     TransformerComposite
+
+    Raises
+    ------
+    ValueError
+        ``attention`` is not one of the rules.
     """
+    if attention not in ATTENTION_RULES:
+        raise ValueError(f"`attention` must be one of {ATTENTION_RULES}, got {attention!r}.")
     canonizers: List[Canonizer] = [
         ForwardCanonizer(_is_norm, _layer_norm),
         ForwardCanonizer(_is_rms_norm, _rms_norm),
         ForwardCanonizer(_is_activation, _identity_activation),
         ForwardCanonizer(_is_gated_mlp, _gated_mlp),
-        ForwardCanonizer(lambda m: isinstance(m, nn.MultiheadAttention), _multihead_attention),
-        ForwardCanonizer(_is_timm_attention, _timm_attention),
+        ForwardCanonizer(lambda m: isinstance(m, nn.MultiheadAttention),
+                         functools.partial(_multihead_attention, rule=attention)),
+        ForwardCanonizer(_is_timm_attention, functools.partial(_timm_attention, rule=attention)),
     ]
     is_hf = hasattr(getattr(model, "config", None), "_attn_implementation")
     if is_hf:
-        canonizers.append(HFAttentionCanonizer())
+        canonizers.append(HFAttentionCanonizer(attention))
     return TransformerComposite(canonizers, _embedding_output_module(model) if is_hf else None)

@@ -32,6 +32,7 @@ from zennit.attribution import Attributor
 from zennit.core import Composite
 
 from .features import call_model, hf_last_token, model_device, output_logits, pooled_positions, resolve_linear_layer
+from .checkpoints import checkpoint_loaded
 from .deprecation import positional_deprecated, renamed_arguments
 from .probe import ModelProbe
 
@@ -100,8 +101,8 @@ def _unsupported_message(model: nn.Module, composite: Composite, what: str) -> s
     )
     return (
         f"XDA with composite {type(composite).__name__} failed: {what}; {reason}. For a model that these "
-        "rules do not cover, pass `composite=None` (plain gradients at the input, still finite and "
-        "summing to the DualDA score for piecewise-linear networks only)."
+        "rules do not cover, pass `composite=None` (gradient times input: finite, and summing to the "
+        "DualDA score for bias-free piecewise-linear networks only)."
     )
 
 
@@ -185,8 +186,9 @@ class XDA(Attributor):
     The model is run until the INPUT of ``final_fc_layer`` (the final ``nn.Linear``); that input,
     flattened to ``(N, d)``, is the feature vector ``phi(input)``.  The forward pass stops there,
     so the classification head never runs.  The output relevance ``attr_output(phi)`` is then
-    propagated to the input with the rules of ``composite`` (plain gradient when ``composite`` is
-    None, as for :class:`zennit.attribution.Gradient`).
+    propagated to the input with the rules of ``composite``; with ``composite=None`` the heatmap is
+    gradient times input, ``x * d(sum(attr_output(phi)))/dx`` with ``attr_output(phi) / phi`` held
+    fixed (it sums to the DualDA score for bias-free piecewise-linear networks).
 
     Calling it is the ordinary Zennit call ``features, relevance = xda(input, attr_output)``.
     Use it as a context manager (``with xda: ...``) to register the composite once for many
@@ -194,8 +196,10 @@ class XDA(Attributor):
 
     For XDA proper pass ``attr_output = lambda phi: phi * (a * phi_partner)`` with ``a`` the dual
     coefficient and ``phi_partner`` the partner's features; :func:`xda_pairs` does this for you.
-    With conserving rules and biases excluded (e.g. ``EpsilonPlusFlat(zero_params="bias")``)
+    With conserving rules and biases excluded (e.g. ``EpsilonPlus(zero_params="bias")``)
     each heatmap sums to ``(attr_output(phi)).sum()`` per sample, i.e. to the DualDA score.
+    ``benchmarks/xda_faithfulness.py`` (pixel flipping) recommends ``EpsilonPlus`` with the
+    architecture's canonizer, on CNNs and torchvision ResNets alike.
 
     Parameters
     ----------
@@ -210,9 +214,10 @@ class XDA(Attributor):
         input is ``phi``.  If the layer is called more than once in a forward pass the first call
         is used.
     composite : zennit.core.Composite, optional
-        LRP rules and canonizers, e.g. ``EpsilonPlusFlat(zero_params="bias",
+        LRP rules and canonizers, e.g. ``EpsilonPlus(zero_params="bias",
         canonizers=[SequentialMergeBatchNorm()])`` or
-        ``EpsilonPlusFlat(zero_params="bias", canonizers=[ResNetCanonizer()])``.  A composite binds
+        ``EpsilonPlus(zero_params="bias", canonizers=[ResNetCanonizer()])`` (the composite
+        that pixel flipping measured most faithful; ``None``: gradient times input).  A composite binds
         to one model at a time; one registered to another model is refused. A model with
         attention layers is refused with :class:`UnsupportedModelError` unless the composite
         declares ``handles_attention = True`` (Zennit's built-in rules do not cover attention).
@@ -235,8 +240,8 @@ class XDA(Attributor):
 
     Examples
     --------
-    >>> from zennit.composites import EpsilonPlusFlat
-    >>> xda = XDA(model, "fc", EpsilonPlusFlat(zero_params="bias"))          # doctest: +SKIP
+    >>> from zennit.composites import EpsilonPlus
+    >>> xda = XDA(model, "fc", EpsilonPlus(zero_params="bias"))              # doctest: +SKIP
     >>> phi, rel = xda(x)                      # relevance = phi itself        # doctest: +SKIP
     >>> with xda:                              # composite registered once     # doctest: +SKIP
     ...     for x_j, r in pairs:
@@ -255,7 +260,7 @@ class XDA(Attributor):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
         if composite is not None and not isinstance(composite, Composite):
             raise TypeError(
-                "`composite` must be a zennit Composite (e.g. EpsilonPlusFlat()) or None, "
+                "`composite` must be a zennit Composite (e.g. EpsilonPlus()) or None, "
                 f"got {type(composite).__name__}."
             )
         super().__init__(model=model, composite=composite, attr_output=attr_output)
@@ -445,7 +450,7 @@ class XDA(Attributor):
         """
         self._check_composite()
         input = self._prepare_input(input)
-        times_input = bool(getattr(self.composite, "gradient_times_input", False))
+        times_input = self.composite is None or bool(getattr(self.composite, "gradient_times_input", False))
         text = isinstance(input, Mapping)
         target = getattr(self.composite, "attribution_module", None) if text else None
         if text and target is None:
@@ -600,6 +605,35 @@ def _single_input(value: Any, argument: str) -> Union[torch.Tensor, Dict[str, An
     return value
 
 
+def _checkpoint_pairs(dualda: Any, xda: "XDA", test_inputs: Any, targets: Any, train_indices: Any,
+                      feature_batch_size: int, show_progress: bool) -> XDAPairs:
+    """:func:`xda_pairs` of a checkpoint ensemble: the mean of the pairs of every checkpoint."""
+    if xda.model is not dualda.model:
+        raise ValueError("`xda` explains a different model than `dualda` (xda.model is not dualda.model).")
+    if xda.composite is not None and xda.composite.handles:
+        raise ValueError(
+            "`xda_pairs` of a checkpoint ensemble registers the composite once per checkpoint (its "
+            "canonizers read the loaded weights): call it outside `with xda:`."
+        )
+    if targets is None:
+        x = _single_input(test_inputs, "test_inputs")
+        targets = _predict(xda.model, _to(x, model_device(xda.model))).cpu()
+    parts: List[XDAPairs] = []
+    for path, member in zip(dualda.checkpoints, dualda._members):
+        with checkpoint_loaded(dualda.model, path, dualda.checkpoints_load_func):
+            parts.append(xda_pairs(member, xda, test_inputs, targets, train_indices,
+                                   feature_batch_size=feature_batch_size, show_progress=show_progress))
+
+    def mean(name: str) -> torch.Tensor:
+        return torch.stack([getattr(p, name) for p in parts]).mean(0)
+
+    return XDAPairs(
+        scores=mean("scores"), train_relevance=mean("train_relevance"), test_relevance=mean("test_relevance"),
+        feature_relevance=mean("feature_relevance"), train_indices=parts[0].train_indices,
+        targets=parts[0].targets, coefficients=mean("coefficients"),
+    )
+
+
 def _predict(model: nn.Module, x: Union[torch.Tensor, Dict[str, Any]]) -> torch.Tensor:
     """``(N,)`` the model's predicted classes (eval mode, no grad, the model left as found)."""
     with ModelProbe(model), torch.no_grad():
@@ -681,7 +715,10 @@ def xda_pairs(
         ``scores (n_test, k)``, ``train_relevance`` and ``test_relevance``
         ``(n_test, k, *input_shape)``, ``feature_relevance (n_test, k, d)``, plus the inputs used.
         The scores are computed from the features directly and agree with
-        ``dualda.influence((test_inputs, targets))[i, train_indices[i]]``.
+        ``dualda.influence((test_inputs, targets))[i, train_indices[i]]``. For a checkpoint
+        ensemble (``DualDA(..., checkpoints=...)``) every field is the mean over the
+        checkpoints (each pair computed with its checkpoint loaded), so each heatmap still adds
+        up to its ensemble score; ``targets=None`` takes the model's predictions as it stands.
 
     Raises
     ------
@@ -694,6 +731,8 @@ def xda_pairs(
     """
     if not isinstance(xda, XDA):
         raise TypeError(f"`xda` must be an XDA attributor, got {type(xda).__name__}.")
+    if getattr(dualda, "checkpoints", None):
+        return _checkpoint_pairs(dualda, xda, test_inputs, targets, train_indices, feature_batch_size, show_progress)
     if xda.model is not dualda.model:
         raise ValueError("`xda` explains a different model than `dualda` (xda.model is not dualda.model).")
     if xda.final_fc_layer is not dualda.final_fc_layer:

@@ -66,9 +66,24 @@ def test_metrics_are_consistent(small_run):
     assert result.random_auc == pytest.approx(roc_auc_score(result.flipped, random_scores), abs=1e-12)
     assert result.C == 1e-3 and result.flip_rate == 0.1
     assert result.solver_gap < 1e-3 and np.isfinite(result.hinge_auc)
-    printed = [line for line in result.summary().splitlines() if "surrogate hinge loss, AUC" in line]
+    printed = [line for line in result.summary().splitlines() if "rank_label_issues (hinge loss, C=0.0001), AUC" in line]
     assert len(printed) == 1 and printed[0].split()[-4] == f"{result.hinge_auc:.3f}"
     assert result.fit_time > 0 and result.ms_per_test_sample > 0 and result.xda_ms_per_pair > 0
+
+
+def test_label_issue_rows_match_returned_data(small_run):
+    """The rank_label_issues rows of the summary, recomputed from the returned scores and flags."""
+    _, result = small_run
+    scores, flags, flipped = result.label_issue_scores, result.label_issue_flags, result.flipped
+    assert result.hinge_auc == pytest.approx(roc_auc_score(flipped, scores), abs=1e-12)
+    np.testing.assert_array_equal(flags, scores > 1)  # the documented flag rule
+    hits = int((flags & flipped).sum())
+    assert 0 < flags.sum() and result.issues_precision == hits / flags.sum()
+    assert result.issues_recall == hits / flipped.sum()
+    printed = [line for line in result.summary().splitlines() if "rank_label_issues: flagged" in line]
+    assert len(printed) == 1
+    assert printed[0].endswith(
+        f"{int(flags.sum())}, {100 * result.issues_precision:.1f} % / {100 * result.issues_recall:.1f} %")
 
 
 def test_run_demo_is_deterministic(small_run, tmp_path):

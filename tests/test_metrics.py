@@ -17,6 +17,7 @@ from captum_dualxda.metrics import (
     class_detection_from_indices,
     format_markdown,
     hoyer_sparsity,
+    lds,
     logit_fidelity,
     mislabel_auc,
     mislabel_detection_curve,
@@ -244,3 +245,129 @@ def test_format_markdown_cells():
     ]
     assert format_markdown([]) == ""
     assert "support vectors" in format_markdown([SweepRow("x", n_support=3)])
+
+
+# ---------------------------------------------------------------------------- linear datamodeling score
+def _brute_force_lds(scores, subset_lists, margins):
+    """Per-test Spearman correlation from explicit loops and scipy (the independent reference)."""
+    from scipy.stats import spearmanr
+
+    out = []
+    for t in range(scores.shape[0]):
+        predicted = [sum(float(scores[t, i]) for i in subset) for subset in subset_lists]
+        out.append(spearmanr(predicted, margins[:, t]).statistic)
+    return np.array(out)
+
+
+def test_lds_hand_computed():
+    # Test sample 0: subset sums 1, 2, 3, 4 -> the margins' order (+1) and its reverse (-1).
+    # Test sample 1: subset sums 1, 1, 2, 3 (ranks 1.5, 1.5, 3, 4) against margins ranked 1..4:
+    # centred ranks (-1, -1, .5, 1.5) and (-1.5, -.5, .5, 1.5): 4.5 / sqrt(4.5 * 5) = 3 / sqrt(10).
+    scores = np.array([[1.0, 2.0, 4.0], [1.0, 1.0, 3.0], [-1.0, -2.0, -4.0]])
+    masks = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=bool)
+    margins = np.array([[0.1, 5.0, 0.1], [0.2, 6.0, 0.2], [0.3, 7.0, 0.3], [0.4, 8.0, 0.4]])
+    result = lds(scores, masks, margins)
+    np.testing.assert_allclose(result.per_sample, [1.0, 3 / math.sqrt(10), -1.0], atol=1e-12)
+    assert result.mean == pytest.approx((1.0 + 3 / math.sqrt(10) - 1.0) / 3)
+    assert result.n_valid == 3
+    mean, per_sample, n_valid = result  # a named tuple
+    assert mean == result.mean and n_valid == 3
+    # the same subsets as index lists (ragged) and as torch tensors give the same result
+    ragged = [[0], [1], [0, 1], [2]]
+    assert lds(torch.tensor(scores), ragged, torch.tensor(margins)).per_sample == pytest.approx(result.per_sample)
+    assert lds(scores, [np.array(r) for r in ragged], margins).mean == pytest.approx(result.mean)
+
+
+@pytest.mark.parametrize("layout", ["mask", "indices", "ragged", "torch"])
+def test_lds_matches_scipy_spearman(layout):
+    rng = np.random.default_rng(1)
+    for trial in range(6):
+        n_test, n_train, n_subsets = int(rng.integers(1, 8)), int(rng.integers(4, 40)), int(rng.integers(2, 30))
+        # integer scores and margins on odd trials: tied sums and tied margins
+        scores = rng.integers(-2, 3, (n_test, n_train)).astype(float) if trial % 2 else rng.normal(size=(n_test, n_train))
+        margins = rng.integers(0, 4, (n_subsets, n_test)).astype(float) if trial % 2 else rng.normal(size=(n_subsets, n_test))
+        size = n_train // 2
+        if layout == "ragged":
+            lists = [sorted(rng.choice(n_train, int(rng.integers(0, n_train + 1)), replace=False)) for _ in range(n_subsets)]
+        else:
+            lists = [sorted(rng.choice(n_train, size, replace=False)) for _ in range(n_subsets)]
+        expected = _brute_force_lds(scores, lists, margins)
+        if layout == "mask":
+            subsets = np.zeros((n_subsets, n_train), dtype=bool)
+            for m, rows in enumerate(lists):
+                subsets[m, rows] = True
+        elif layout == "indices":
+            subsets = np.array(lists, dtype=np.int64)  # (M, s), dattri's layout
+        elif layout == "ragged":
+            subsets = [np.array(r, dtype=np.int64) for r in lists]
+        else:
+            subsets = torch.tensor(np.array(lists, dtype=np.int64))
+            scores, margins = torch.tensor(scores), torch.tensor(margins)
+        result = lds(scores, subsets, margins)
+        np.testing.assert_allclose(result.per_sample, expected, atol=1e-10)  # NaN where scipy's is NaN
+        defined = ~np.isnan(expected)
+        assert result.n_valid == int(defined.sum())
+        if defined.any():
+            assert result.mean == pytest.approx(expected[defined].mean(), abs=1e-10)
+        else:
+            assert math.isnan(result.mean)
+
+
+def test_lds_invariances():
+    rng = np.random.default_rng(2)
+    scores = rng.normal(size=(5, 30))
+    subsets = np.array([rng.choice(30, 15, replace=False) for _ in range(25)])
+    margins = rng.normal(size=(25, 5))
+    base = lds(scores, subsets, margins).per_sample
+    # per-row positive rescaling and (for equal-size subsets) a per-row shift change nothing
+    scaled = scores * rng.uniform(0.1, 10, (5, 1)) + rng.normal(size=(5, 1))
+    np.testing.assert_allclose(lds(scaled, subsets, margins).per_sample, base, atol=1e-12)
+    # a monotone transform of the margins changes nothing; negating the scores flips the sign
+    np.testing.assert_allclose(lds(scores, subsets, np.exp(margins)).per_sample, base, atol=1e-12)
+    np.testing.assert_allclose(lds(-scores, subsets, margins).per_sample, -base, atol=1e-12)
+
+
+def test_lds_undefined_samples_are_nan_and_left_out_of_the_mean():
+    scores = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])  # test sample 1: every subset sums to 0
+    subsets = [[0], [1], [2]]
+    margins = np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    result = lds(scores, subsets, margins)
+    assert result.per_sample[0] == pytest.approx(1.0) and math.isnan(result.per_sample[1])
+    assert result.mean == pytest.approx(1.0) and result.n_valid == 1
+    constant_margins = np.ones((3, 2))
+    result = lds(scores, subsets, constant_margins)
+    assert np.isnan(result.per_sample).all() and math.isnan(result.mean) and result.n_valid == 0
+
+
+def test_lds_errors():
+    scores = np.zeros((2, 4))
+    masks = np.ones((3, 4), dtype=bool)
+    margins = np.zeros((3, 2))
+    with pytest.raises(ValueError, match="`margins` must have shape"):
+        lds(scores, masks, margins.T)  # (n_test, M) instead of (M, n_test)
+    with pytest.raises(ValueError, match="dattri"):
+        lds(scores.T, masks, margins)  # (n_train, n_test): the mask width does not match
+    with pytest.raises(ValueError, match="`scores` must be 2-D"):
+        lds(np.zeros(4), masks, margins)
+    with pytest.raises(ValueError, match="`margins` must be 2-D"):
+        lds(scores, masks, np.zeros(3))
+    with pytest.raises(ValueError, match="outside 0..3"):
+        lds(scores, [[0, 1], [2, 4], [3]], margins)
+    with pytest.raises(ValueError, match="outside 0..3"):
+        lds(scores, [[0, -1], [2], [3]], margins)
+    with pytest.raises(ValueError, match="repeats a training index"):
+        lds(scores, [[0, 0], [1], [2]], margins)
+    with pytest.raises(ValueError, match="integer indices"):
+        lds(scores, np.full((3, 2), 0.5), margins)
+    with pytest.raises(ValueError, match="at least 2 subsets"):
+        lds(scores, masks[:1], margins[:1])
+    with pytest.raises(TypeError, match="`subsets` must be"):
+        lds(scores, {0, 1}, margins)
+    bad = scores.copy()
+    bad[0, 1] = np.nan
+    with pytest.raises(ValueError, match="`scores` contains NaN"):
+        lds(bad, masks, margins)
+    bad = margins.copy()
+    bad[2, 0] = np.inf
+    with pytest.raises(ValueError, match="`margins` contains NaN or infinite"):
+        lds(scores, masks, bad)

@@ -1,8 +1,10 @@
 """Tests of the compiled sequential backend (numba) and of ``fit_crammer_singer_path``."""
 from __future__ import annotations
 
+import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -312,3 +314,116 @@ def test_compiled_certificate_equals_gap_module():
         for name in ("primal", "dual", "residual"):
             assert math.isclose(getattr(got, name), getattr(ref, name), rel_tol=1e-10, abs_tol=1e-12)
         assert math.isclose(got.gap, ref.gap, rel_tol=1e-6, abs_tol=1e-12)
+
+
+# cold start: the compiled kernels come from the on-disk cache without numba --------------------
+
+_FRESH_PROCESS_FIT = r"""
+import importlib.machinery, json, sys, types
+# Import the solver subpackage without the package's __init__ (models, Captum, Zennit): the solver
+# imports nothing above itself, and this keeps the subprocess to a few seconds.
+package = types.ModuleType("captum_dualxda")
+package.__path__ = [sys.argv[1]]
+sys.modules["captum_dualxda"] = package
+import numpy as np, torch
+from captum_dualxda.solver import fit_crammer_singer
+from captum_dualxda.solver import sequential
+data = np.load(sys.argv[2])
+result = fit_crammer_singer(torch.from_numpy(data["x"]), torch.from_numpy(data["y"]), C=0.1, seed=3)
+print(json.dumps({"numba": "numba" in sys.modules, "origin": sequential._kernels("float32").origin,
+                  "alpha": result.alpha.numpy().tobytes().hex(), "n_iter": result.n_iter}))
+"""
+
+
+def test_fresh_process_loads_cached_kernels_without_numba(tmp_path):
+    """After one compile, a new process fits with the cached machine code and never imports numba."""
+    import subprocess
+    import sys
+
+    import captum_dualxda
+
+    x, y = make_data(400, 12, 4, 11)
+    here = fit_crammer_singer(x, y, C=0.1, seed=3)  # compiles (first run) or loads: the cache exists now
+    assert sequential_module()._kernels("float32").origin in ("cache", "compiled")
+    np.savez(tmp_path / "data.npz", x=x.numpy(), y=y.numpy())
+    package = str(Path(captum_dualxda.__file__).parent)
+    done = subprocess.run(
+        [sys.executable, "-c", _FRESH_PROCESS_FIT, package, str(tmp_path / "data.npz")],
+        capture_output=True, text=True, check=False, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    there = json.loads(done.stdout.strip().splitlines()[-1])
+    assert there["origin"] == "cache" and not there["numba"]
+    assert there["n_iter"] == here.n_iter
+    assert bytes.fromhex(there["alpha"]) == here.alpha.numpy().tobytes()  # the same machine code
+
+
+def sequential_module():
+    from captum_dualxda.solver import sequential
+
+    return sequential
+
+
+def cache_file(dtype: str) -> Path:
+    """The cache file of this machine's kernels for ``dtype`` (compiled first if needed)."""
+    seq = sequential_module()
+    seq._kernels(dtype)
+    name = seq._cache_name(seq._cache_key(dtype))
+    found = [folder / name for folder in seq._cache_dirs() if (folder / name).is_file()]
+    assert found, "the compiled kernels were not cached"
+    return found[0]
+
+
+def test_kernel_cache_refuses_damaged_stale_and_foreign_files(tmp_path, monkeypatch):
+    seq = sequential_module()
+    original = cache_file("float64").read_bytes()
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    [folder] = seq._cache_dirs()
+    folder.mkdir(parents=True)
+    target = folder / seq._cache_name(seq._cache_key("float64"))
+    assert seq._load_cached("float64") is None  # no file
+
+    target.write_bytes(original)
+    loaded = seq._load_cached("float64")
+    assert loaded is not None and loaded.origin == "cache"
+    b = np.array([0.5, -0.2, 0.1])
+    out, work = np.empty(3), np.empty(3)
+    loaded.subproblem(b.ctypes.data, 1.5, 1, 0.3, 3, out.ctypes.data, work.ctypes.data)
+    np.testing.assert_array_equal(out, solve_subproblem(b, 1.5, 1, 0.3))
+
+    end = original.index(b"\n")
+    header = json.loads(original[:end])
+    damaged = bytearray(original)
+    damaged[-100] ^= 0xFF  # one flipped byte in the machine code
+    for content in (bytes(damaged), original[: len(original) // 2], b"garbage"):
+        target.write_bytes(content)
+        assert seq._load_cached("float64") is None
+    # a file for another CPU (or source, or toolchain) under this name is not used
+    other = dict(header, key=dict(header["key"], cpu="another-cpu"))
+    target.write_bytes(json.dumps(other).encode() + original[end:])
+    assert seq._load_cached("float64") is None
+    # the only outside symbols bound to traps are numba's error-path functions
+    assert header["stubs"] and set(header["stubs"]) <= seq._ERROR_PATH_SYMBOLS
+    assert header["key"]["dtype"] == "float64" and set(header["symbols"]) == set(seq._ENTRY_POINTS)
+    # numba told to target another CPU model: its code is not this machine's, numba caches it
+    target.write_bytes(original)
+    assert seq._load_cached("float64") is not None
+    monkeypatch.setenv("NUMBA_CPU_NAME", "generic")
+    assert not seq._own_cache_possible() and seq._load_cached("float64") is None
+
+
+def test_kernel_entry_points_match_the_driver():
+    """The C signatures and return codes of the kernels module agree with the ctypes side."""
+    kernels_module = pytest.importorskip("captum_dualxda.solver._sequential_kernels")
+    seq = sequential_module()
+    assert kernels_module.ENTRY_POINTS == seq._ENTRY_POINTS
+    assert (kernels_module._CONTINUE, kernels_module._PROPOSE_STOP, kernels_module._MAX_ITER) == (
+        seq._CONTINUE, seq._PROPOSE_STOP, seq._MAX_ITER,
+    )
+    with pytest.raises(ValueError, match="feature_dtype"):
+        kernels_module.compile_entry_points("float16")
+    # raw pointers are only taken from buffers of the expected dtype and layout
+    with pytest.raises(TypeError, match="C-contiguous float64"):
+        seq._address(np.zeros((3, 4))[:, ::2], np.float64)
+    with pytest.raises(TypeError, match="C-contiguous float64"):
+        seq._address(np.zeros(3, dtype=np.float32), np.float64)

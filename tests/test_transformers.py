@@ -277,3 +277,67 @@ def test_timm_vit_heatmaps_are_finite_and_the_model_comes_back_unchanged():
     assert not any("forward" in vars(m) for m in vit.modules())
     with torch.no_grad():
         assert torch.equal(vit(x), before)
+
+
+def _zero_parameters_that_absorb_relevance(model, names=("bias", "class_token", "pos_embedding")):
+    """Zero biases (LayerNorm shifts too), class token and position embeddings: what keeps relevance."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.split(".")[-1] in names or name.endswith("in_proj_bias"):
+                p.zero_()
+
+
+def _sharpen_attention(model, factor=25.0):
+    """Scale query and key projections so the softmax is far from uniform (like a trained model's)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(part in name for part in ("query.weight", "key.weight", "q_proj.weight", "k_proj.weight")):
+                p.mul_(factor)
+            elif name.endswith("c_attn.weight"):  # GPT-2: q, k, v packed along the output axis
+                p[:, : 2 * p.shape[0]].mul_(factor)
+
+
+@pytest.mark.parametrize("make, head", [(bert, "classifier"), (llama, "score"), (gpt2, "score")], ids=["bert", "llama", "gpt2"])
+def test_cp_rule_conserves_exactly_and_attnlrp_softmax_does_not(make, head):
+    model = make()
+    _zero_parameters_that_absorb_relevance(model)
+    _sharpen_attention(model)
+    batch = stacked(Texts(6, 2), range(6))
+    batch.pop("labels")
+    errors = {}
+    for rule in ("cp", "attnlrp"):
+        xda = XDA(model, head, transformer_composite(model, attention=rule))
+        phi = xda.features(batch)
+        partner = phi.flip(0)
+        phi, relevance = xda(batch, lambda f: f * partner)
+        tau = (phi.double() * partner.double()).sum(1)
+        assert torch.isfinite(relevance).all()
+        errors[rule] = float(((relevance.double().sum(1) - tau).abs() / tau.abs()).median())
+    # CP-LRP with nothing that absorbs relevance: the heatmap sums to tau up to float32 rounding.
+    assert errors["cp"] < 1e-4, errors
+    # AttnLRP's softmax rule (gradient times input of the attention logits) is not conservative.
+    assert errors["attnlrp"] > 100 * max(errors["cp"], 1e-6), errors
+
+
+def test_cp_rule_conserves_exactly_on_vit_pixels_without_parameters_that_absorb_relevance():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
+                                               mlp_dim=32, num_classes=3).eval()
+    x = torch.randn(4, 3, 16, 16)
+    xda = XDA(vit, "heads.head", transformer_composite(vit))
+    phi = xda.features(x)
+    _, relevance = xda(x, lambda f: f * phi.flip(0))
+    tau = (phi * phi.flip(0)).sum(1)
+    before = ((relevance.sum((1, 2, 3)) - tau).abs() / tau.abs()).median()
+    _zero_parameters_that_absorb_relevance(vit)
+    phi = xda.features(x)
+    _, relevance = xda(x, lambda f: f * phi.flip(0))
+    tau = (phi * phi.flip(0)).sum(1)
+    after = ((relevance.sum((1, 2, 3)) - tau).abs() / tau.abs()).median()
+    assert after < 1e-4 < before  # what the pixels miss is exactly what those parameters take
+
+
+def test_transformer_composite_rejects_an_unknown_attention_rule():
+    with pytest.raises(ValueError, match="`attention` must be one of"):
+        transformer_composite(bert(), attention="softmax")

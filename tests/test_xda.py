@@ -233,15 +233,21 @@ def test_matches_hand_written_lrp_epsilon(zero_params):
     assert torch.allclose(rel, expected, rtol=1e-10, atol=1e-12)
 
 
-def test_without_composite_is_the_gradient():
+def test_without_composite_is_gradient_times_input():
+    """``composite=None``: x * d(phi . p)/dx for the pair relevance phi * p; it sums to tau without biases."""
     model = make_mlp(torch.float64)
     x = torch.randn(3, 10, dtype=torch.float64)
     partner = torch.randn(3, 15, dtype=torch.float64)
-    phi, rel = XDA(model, "4")(x, partner)
+    phi, rel = XDA(model, "4")(x, lambda phi: phi * partner)
     xr = x.clone().requires_grad_(True)
     feats = torch.relu(model[2](torch.relu(model[0](xr))))
     (grad,) = torch.autograd.grad((feats * partner).sum(), xr)
-    assert torch.allclose(rel, grad)
+    assert torch.allclose(rel, x * grad)
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            layer.bias.zero_()
+    phi, rel = XDA(model, "4")(x, lambda phi: phi * partner)
+    assert torch.allclose(rel.sum(1), (phi * partner).sum(1))  # Euler: the network is 1-homogeneous
 
 
 def test_attr_output_semantics():

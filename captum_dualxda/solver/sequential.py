@@ -33,355 +33,335 @@ the subproblem are float64 (dot products accumulate in float64). Measured altern
 needed extra rounds (residual 1.1e-4 > tol 1e-4 at the first check, 4 checks at tol 1e-5); a
 float32 copy of ``W`` used only to screen the classes that are certainly shrunk (with a rigorous
 rounding bound) gave the same decisions but no measurable speed-up, so neither is used.
+
+Cold start (docs/solver.md, "Cold start"): the kernels live in :mod:`._sequential_kernels` as
+C-callable numba functions. Importing numba and initialising its compiler costs about a second in a
+fresh process, more than a small solve, so after the first compile on a machine this module keeps
+the kernels' machine code on disk and later processes load it with llvmlite alone (tens of
+milliseconds) and call it through ctypes: numba is imported only to compile.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import threading
 import time
-from typing import Optional, Tuple
+import uuid
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
 from tqdm.auto import tqdm
 
 from .bdcd import BackendOutput
 from .gap import OptimalityReport
 from .problem import CrammerSingerProblem
 
-__all__ = ["solve_sequential", "solve_subproblem"]
+if importlib.util.find_spec("numba") is None:  # the solver's fit falls back to the PyTorch backend
+    raise ImportError("The sequential backend needs numba (pip install numba).")
 
-# Flags for the dot products and axpys: reassociation lets LLVM vectorise the reductions. No
-# "nnan"/"ninf": the solver compares against +-inf sentinels.
-_FAST = {"reassoc", "contract", "nsz", "arcp"}
+__all__ = ["solve_sequential", "solve_subproblem", "evaluate_optimality_compiled"]
 
+# Return codes of the pass kernel (the same constants as in ._sequential_kernels).
 _CONTINUE, _PROPOSE_STOP, _MAX_ITER = 0, 1, 2
 
+# ------------------------------------------------------------------------------------------------
+# The compiled kernels: loaded from the on-disk cache with llvmlite, or compiled with numba.
+# ------------------------------------------------------------------------------------------------
 
-@intrinsic
-def _prefetch(typingctx, array, index):  # pragma: no cover - compiled
-    """Hint the CPU to load the cache line holding ``array[index]`` (1-D ``array``)."""
-    signature = types.void(array, index)
+_CACHE_FORMAT = 1
+"""Version of the cache file layout and of the entry points' C signatures (bump on change)."""
 
-    def codegen(context, builder, sig, args):
-        array_type = sig.args[0]
-        data = context.make_array(array_type)(context, builder, args[0])
-        pointer = cgutils.get_item_pointer(context, builder, array_type, data, [args[1]], wraparound=False)
-        byte_pointer = ir.IntType(8).as_pointer()
-        int32 = ir.IntType(32)
-        function = cgutils.get_or_insert_function(
-            builder.module,
-            ir.FunctionType(ir.VoidType(), [byte_pointer, int32, int32, int32]),
-            "llvm.prefetch.p0i8",
+_KERNEL_SOURCE = Path(__file__).with_name("_sequential_kernels.py")
+
+_ERROR_PATH_SYMBOLS = frozenset(
+    {
+        "numba_gil_ensure",
+        "numba_gil_release",
+        "numba_do_raise",
+        "numba_unpickle",
+        "numba_runtime_build_excinfo_struct",
+        "NRT_Free",
+        "NRT_MemInfo_call_dtor",
+    }
+)
+"""Functions of numba's runtime that the compiled code names but can only call to report an
+exception or free memory owned by an array; the kernels raise nothing and own no memory
+(``._sequential_kernels``). Outside numba these symbols are bound to a trap."""
+
+_P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+_PROTOTYPES = {  # C signatures of ._sequential_kernels.compile_entry_points (pointer, int64, double)
+    "squared_norms": ctypes.CFUNCTYPE(None, _P, _I, _I, _F, _P),
+    "rebuild_weights": ctypes.CFUNCTYPE(None, _P, _I, _I, _F, _P, _I, _P, _P),
+    "run_passes": ctypes.CFUNCTYPE(
+        _I, _P, _I, _I, _P, _F, _F, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _F, _I, _I, _P
+    ),
+    "certificate": ctypes.CFUNCTYPE(_F, _P, _I, _I, _P, _F, _F, _P, _P, _I, _P, _P, _P, _P, _P),
+    "subproblem": ctypes.CFUNCTYPE(None, _P, _F, _I, _F, _I, _P, _P),
+}
+_ENTRY_POINTS = tuple(_PROTOTYPES)
+
+
+class _Kernels:
+    """The five entry points for ``features`` of one dtype as ctypes functions (they release the GIL).
+
+    ``origin`` is ``"cache"`` (machine code loaded from disk without numba), ``"compiled"``
+    (compiled here, written to the cache and loaded back from it) or ``"numba"`` (compiled here
+    or loaded from numba's own cache, called at numba's addresses). ``owners`` keeps the code
+    alive.
+    """
+
+    def __init__(self, feature_dtype: str, functions: Dict[str, Any], origin: str, owners: Tuple[Any, ...]):
+        self.features = np.dtype(feature_dtype)
+        self.squared_norms = functions["squared_norms"]
+        self.rebuild_weights = functions["rebuild_weights"]
+        self.run_passes = functions["run_passes"]
+        self.certificate = functions["certificate"]
+        self.subproblem = functions["subproblem"]
+        self.origin = origin
+        self._owners = owners
+
+
+_LOADED: Dict[str, _Kernels] = {}
+_LOCK = threading.Lock()
+
+
+def _kernels(feature_dtype: str) -> _Kernels:
+    """The kernels for ``float32`` or ``float64`` features: memoised, else from disk, else compiled."""
+    kernels = _LOADED.get(feature_dtype)
+    if kernels is None:
+        with _LOCK:
+            kernels = _LOADED.get(feature_dtype)
+            if kernels is None:
+                kernels = _load_cached(feature_dtype) or _compile(feature_dtype)
+                _LOADED[feature_dtype] = kernels
+    return kernels
+
+
+def _cache_key(feature_dtype: str) -> Dict[str, Any]:
+    """What the machine code depends on: our source, the toolchain, Python, the CPU, the dtype."""
+    import llvmlite
+    import llvmlite.binding as ll
+
+    numba_init = os.stat(importlib.util.find_spec("numba").origin)
+    return {
+        "format": _CACHE_FORMAT,
+        "dtype": feature_dtype,
+        "kernels": hashlib.sha256(_KERNEL_SOURCE.read_bytes()).hexdigest(),
+        "python": sys.implementation.cache_tag,
+        "llvmlite": llvmlite.__version__,
+        "numba": [numba_init.st_size, numba_init.st_mtime_ns],
+        "triple": ll.get_process_triple(),
+        "cpu": ll.get_host_cpu_name(),
+        "features": ll.get_host_cpu_features().flatten(),
+    }
+
+
+def _cache_dirs() -> List[Path]:
+    """Where the machine code is kept, in order of preference (numba's rules for its own cache)."""
+    override = os.environ.get("NUMBA_CACHE_DIR")
+    if override:
+        return [Path(override) / "captum_dualxda"]
+    user = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return [Path(__file__).with_name("__pycache__"), Path(user) / "captum_dualxda"]
+
+
+def _cache_name(key: Dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return f"sequential_kernels.{key['dtype']}.{digest}.bin"
+
+
+def _load_cached(feature_dtype: str) -> Optional[_Kernels]:
+    """Machine code from the cache, linked with llvmlite (no numba); ``None`` if absent or stale."""
+    if not _own_cache_possible():
+        return None
+    try:
+        key = _cache_key(feature_dtype)
+        name = _cache_name(key)
+        for folder in _cache_dirs():
+            path = folder / name
+            if path.is_file():
+                header, objects = _read_cache_file(path)
+                if header.get("key") == key:
+                    return _link(feature_dtype, objects, header["symbols"], "cache")
+    except Exception:  # unreadable, foreign or truncated file, llvmlite API change: compile instead
+        return None
+    return None
+
+
+def _read_cache_file(path: Path) -> Tuple[Dict[str, Any], List[bytes]]:
+    """Header and object files of a cache file; raises ``ValueError`` if it is damaged."""
+    data = path.read_bytes()
+    end = data.index(b"\n")
+    header = json.loads(data[:end].decode())
+    payload = data[end + 1 :]
+    if hashlib.sha256(payload).hexdigest() != header["sha256"] or sum(header["sizes"]) != len(payload):
+        raise ValueError(f"damaged cache file {path}")
+    offsets = np.cumsum([0, *header["sizes"]])
+    return header, [payload[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+def _write_cache_file(header: Dict[str, Any], objects: List[bytes]) -> Optional[Path]:
+    """Write atomically (parallel processes may race) into the first writable cache folder.
+
+    Layout: one line of JSON (``key``, entry ``symbols``, ``stubs``, ``sizes`` and ``sha256`` of
+    the objects), then the object files back to back.
+    """
+    payload = b"".join(objects)
+    header = dict(header, sizes=[len(o) for o in objects], sha256=hashlib.sha256(payload).hexdigest())
+    data = json.dumps(header, sort_keys=True).encode() + b"\n" + payload
+    name = _cache_name(header["key"])
+    for folder in _cache_dirs():
+        temporary = folder / f".{name}.{os.getpid()}.{uuid.uuid4().hex}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(temporary, "xb") as file:  # permissions from the umask, like numba's cache
+                file.write(data)
+            os.replace(temporary, folder / name)
+            return folder / name
+        except OSError:  # read-only or full: try the next folder
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+    return None
+
+
+def _link(feature_dtype: str, objects: List[bytes], symbols: Dict[str, str], origin: str) -> Optional[_Kernels]:
+    """Load object files into a private MCJIT engine and wrap the entry points with ctypes.
+
+    What the code names outside itself is either in the process (Python's C API, the C library)
+    or one of numba's runtime functions on the error path, which the second object defines as
+    traps (:func:`_trap_object`). They are defined in this engine only: LLVM's global symbol
+    table is left alone, so numba, if it runs in this process too, keeps its own definitions.
+    """
+    if set(symbols) != set(_ENTRY_POINTS):
+        return None
+    import llvmlite.binding as ll
+
+    ll.initialize_native_target()
+    ll.initialize_native_asmprinter()
+    machine = ll.Target.from_default_triple().create_target_machine(jit=True)  # owned by the engine
+    engine = ll.create_mcjit_compiler(ll.parse_assembly(""), machine)
+    for code in objects:
+        engine.add_object_file(ll.ObjectFileRef.from_data(code))
+    engine.finalize_object()
+    functions = {}
+    for entry, symbol in symbols.items():
+        address = engine.get_function_address(symbol)
+        if not address:
+            return None
+        functions[entry] = _PROTOTYPES[entry](address)
+    return _Kernels(feature_dtype, functions, origin, (engine,))
+
+
+def _trap_object(names: List[str], machine: Any) -> bytes:
+    """An object file defining each of ``names`` as a function that traps (illegal instruction)."""
+    import llvmlite.binding as ll
+
+    body = "".join(f'define void @"{name}"() {{\n  call void @llvm.trap()\n  unreachable\n}}\n' for name in names)
+    module = ll.parse_assembly("declare void @llvm.trap()\n" + body)
+    module.triple = ll.get_process_triple()
+    return machine.emit_object(module)
+
+
+def _resolvable_in_process(symbol: str, process: ctypes.CDLL) -> bool:
+    """Whether the dynamic linker finds ``symbol`` in ``process`` (``CDLL(None)``), i.e. without numba."""
+    try:
+        getattr(process, symbol)
+    except AttributeError:
+        return False
+    return True
+
+
+def _own_cache_possible() -> bool:
+    """Whether numba compiles for exactly this machine's CPU and the code can be loaded here.
+
+    Python's C API is looked up in the process, which is done on Linux and macOS. The environment
+    variables that make numba target another CPU model leave the caching to numba.
+    """
+    overrides = ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NUMBA_ENABLE_AVX")
+    return os.name == "posix" and not any(name in os.environ for name in overrides)
+
+
+def _compile(feature_dtype: str) -> _Kernels:
+    """Compile with numba, save the machine code, and load it back the way later processes will.
+
+    Where the machine code cannot be kept (:func:`_own_cache_possible`), numba's own cache is
+    used instead: later processes then import numba to load it, as before.
+    """
+    from . import _sequential_kernels
+
+    own_cache = _own_cache_possible()
+    entries = _sequential_kernels.compile_entry_points(feature_dtype, cache=not own_cache)
+    kernels = None
+    if own_cache:
+        try:
+            kernels = _save_and_reload(feature_dtype, entries)
+        except Exception:  # numba internals changed, or the code is not self-contained: no cache
+            kernels = None
+    if kernels is None:
+        functions = {name: _PROTOTYPES[name](entries[name].address) for name in _ENTRY_POINTS}
+        kernels = _Kernels(feature_dtype, functions, "numba", (entries,))
+    return kernels
+
+
+def _save_and_reload(feature_dtype: str, entries: Dict[str, Any]) -> Optional[_Kernels]:
+    """One object file with all entry points, emitted by numba's own JIT target machine."""
+    libraries = [entries[name]._library for name in _ENTRY_POINTS]
+    codegen = libraries[0]._codegen
+    key = _cache_key(feature_dtype)
+    if tuple(codegen.magic_tuple()) != (key["triple"], key["cpu"], key["features"]):
+        return None  # numba targets another CPU model (NUMBA_CPU_NAME, ...): not this machine's code
+    module = libraries[0]._final_module.clone()
+    for library in libraries[1:]:
+        module.link_in(library._final_module.clone())
+    external = [
+        value.name
+        for value in [*module.functions, *module.global_variables]
+        if value.is_declaration and not value.name.startswith("llvm.")
+    ]
+    process = ctypes.CDLL(None)
+    stubs = sorted(name for name in external if not _resolvable_in_process(name, process))
+    if not set(stubs) <= _ERROR_PATH_SYMBOLS:
+        return None  # the kernels call numba's runtime on a normal path: they need numba
+    objects = [codegen._tm.emit_object(module), _trap_object(stubs, codegen._tm)]
+    symbols = {name: entries[name].native_name for name in _ENTRY_POINTS}
+    kernels = _link(feature_dtype, objects, symbols, "compiled")
+    if kernels is None or not _same_results(kernels, entries):
+        return None
+    _write_cache_file({"key": key, "symbols": symbols, "stubs": stubs}, objects)
+    return kernels
+
+
+def _same_results(kernels: _Kernels, entries: Dict[str, Any]) -> bool:
+    """Smoke test of loaded code against numba's: a subproblem with a shrunk true class."""
+    b = np.array([0.3, -1.0, 0.7, 0.2])
+    work = np.empty(4)
+    results = []
+    for function in (kernels.subproblem, _PROTOTYPES["subproblem"](entries["subproblem"].address)):
+        results.append(np.empty(4))
+        function(b.ctypes.data, 2.0, 5, 0.5, 4, results[-1].ctypes.data, work.ctypes.data)
+    return bool(np.array_equal(results[0], results[1]) and abs(results[0].sum() + 0.5) < 1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# The solver on top of the kernels.
+# ------------------------------------------------------------------------------------------------
+
+
+def _address(array: np.ndarray, dtype: Any) -> int:
+    """Address of a C-contiguous ``dtype`` buffer (the kernels read raw memory: checked first)."""
+    if array.dtype != dtype or not array.flags.c_contiguous:
+        raise TypeError(
+            f"internal error: the compiled kernels need a C-contiguous {np.dtype(dtype)} array, got "
+            f"{array.dtype} (C-contiguous: {array.flags.c_contiguous})."
         )
-        # read access, high temporal locality, data cache
-        builder.call(
-            function,
-            [builder.bitcast(pointer, byte_pointer), int32(0), int32(3), int32(1)],
-        )
-        return context.get_dummy_value()
-
-    return signature, codegen
-
-
-@njit(cache=True, nogil=True)
-def _prefetch_sample(x, alpha, alpha_index, i):  # pragma: no cover - compiled
-    """Start loading sample ``i``'s features and dual state while the current one is processed."""
-    xi = x[i]
-    for j in range(0, xi.shape[0], 64 // xi.itemsize):
-        _prefetch(xi, j)
-    ai = alpha[i]
-    for m in range(0, ai.shape[0], 8):
-        _prefetch(ai, m)
-    idx = alpha_index[i]
-    for m in range(0, idx.shape[0], 64 // idx.itemsize):
-        _prefetch(idx, m)
-
-
-@njit(cache=True, nogil=True, fastmath=_FAST)
-def _axpy(w, delta, x):  # pragma: no cover - compiled
-    for j in range(x.shape[0]):
-        w[j] += delta * x[j]
-
-
-@njit(cache=True, nogil=True, fastmath=_FAST)
-def _dot4(w, c0, c1, c2, c3, x):  # pragma: no cover - compiled
-    """Rows ``c0..c3`` of ``w`` dotted with ``x``, sharing the loads of ``x`` (float64 sums)."""
-    a0 = 0.0
-    a1 = 0.0
-    a2 = 0.0
-    a3 = 0.0
-    for j in range(x.shape[0]):
-        v = np.float64(x[j])
-        a0 += w[c0, j] * v
-        a1 += w[c1, j] * v
-        a2 += w[c2, j] * v
-        a3 += w[c3, j] * v
-    return a0, a1, a2, a3
-
-
-@njit(cache=True, nogil=True, fastmath=_FAST)
-def _dot2(w, c0, c1, x):  # pragma: no cover - compiled
-    a0 = 0.0
-    a1 = 0.0
-    for j in range(x.shape[0]):
-        v = np.float64(x[j])
-        a0 += w[c0, j] * v
-        a1 += w[c1, j] * v
-    return a0, a1
-
-
-@njit(cache=True, nogil=True, fastmath=_FAST)
-def _dot1(w, c0, x):  # pragma: no cover - compiled
-    a0 = 0.0
-    for j in range(x.shape[0]):
-        a0 += w[c0, j] * x[j]
-    return a0
-
-
-@njit(cache=True, nogil=True)
-def _scores(weight, idx, size, x, out):  # pragma: no cover - compiled
-    """``out[m] = weight[idx[m]] . x`` for ``m < size``, four (then two, one) classes at a time."""
-    m = 0
-    while m + 4 <= size:
-        a0, a1, a2, a3 = _dot4(weight, idx[m], idx[m + 1], idx[m + 2], idx[m + 3], x)
-        out[m] = a0
-        out[m + 1] = a1
-        out[m + 2] = a2
-        out[m + 3] = a3
-        m += 4
-    if m + 2 <= size:
-        a0, a1 = _dot2(weight, idx[m], idx[m + 1], x)
-        out[m] = a0
-        out[m + 1] = a1
-        m += 2
-    if m < size:
-        out[m] = _dot1(weight, idx[m], x)
-
-
-@njit(cache=True, nogil=True)
-def _next_random(state):  # pragma: no cover - compiled
-    """SplitMix64 step on ``state[0]`` (uint64); returns a uint64."""
-    z = state[0] + np.uint64(0x9E3779B97F4A7C15)
-    state[0] = z
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-@njit(cache=True, nogil=True)
-def _subproblem(b, a_i, y_pos, c_y, size, out, work):  # pragma: no cover - compiled
-    """Exact minimiser of ``1/2 a_i ||a||^2 + b.a`` over the active classes of one sample.
-
-    Constraints: ``a[m] <= 0`` (``m != y_pos``), ``a[y_pos] <= c_y`` and
-    ``sum(a) = 0`` if the true class is active (``y_pos < size``), else ``sum(a) = -c_y`` (the
-    shrunk true class holds ``alpha = c_y``). Writes ``out[:size]``; ``work`` is scratch of
-    length ``>= size``. The pivot ``beta`` is the running sum of the largest shifted
-    ``b`` values, found by partial selection (descending order, as a full sort would give).
-    """
-    for m in range(size):
-        work[m] = b[m]
-    if y_pos < size:
-        work[y_pos] += a_i * c_y
-    # largest value first
-    best = 0
-    for m in range(1, size):
-        if work[m] > work[best]:
-            best = m
-    top = work[best]
-    work[best] = work[0]
-    work[0] = top
-    beta = top - a_i * c_y
-    r = 1
-    while r < size:
-        best = r
-        for m in range(r + 1, size):
-            if work[m] > work[best]:
-                best = m
-        value = work[best]
-        if not beta < r * value:
-            break
-        work[best] = work[r]
-        work[r] = value
-        beta += value
-        r += 1
-    beta /= r
-    for m in range(size):
-        step = (beta - b[m]) / a_i
-        bound = c_y if m == y_pos else 0.0
-        out[m] = step if step < bound else bound
-
-
-@njit(cache=True, nogil=True)
-def _run_passes(
-    x, y, s, c, sq_norms, alpha, weight, bias_weight, alpha_index, class_active, y_index,
-    order, ints, floats, rng, eps, max_iter, n_passes,
-):  # pragma: no cover - compiled
-    """Run up to ``n_passes`` passes of the shrinking sequential method.
-
-    ``ints = [iteration, active_samples, start_from_all]``, ``floats = [eps_shrink]``: the
-    schedule state that survives between calls. Returns ``_CONTINUE`` (chunk done),
-    ``_PROPOSE_STOP`` (a pass over everything had violation ``< eps``) or ``_MAX_ITER``.
-    """
-    k = alpha.shape[1]
-    grad = np.empty(k)
-    shifted = np.empty(k)
-    new = np.empty(k)
-    work = np.empty(k)
-    for _ in range(n_passes):
-        if ints[0] >= max_iter:
-            return _MAX_ITER
-        active = ints[1]
-        stopping = -np.inf
-        for j in range(active):
-            r = j + np.int64(_next_random(rng) % np.uint64(active - j))
-            tmp = order[j]
-            order[j] = order[r]
-            order[r] = tmp
-        pos = 0
-        while pos < active:
-            i = order[pos]
-            if pos + 1 < active:
-                _prefetch_sample(x, alpha, alpha_index, order[pos + 1])
-            a_i = sq_norms[i]
-            if a_i <= 0.0:
-                pos += 1
-                continue
-            idx = alpha_index[i]
-            size = class_active[i]
-            y_pos = y_index[i]
-            xi = x[i]
-            _scores(weight, idx, size, xi, grad)
-            for m in range(size):
-                grad[m] += s * bias_weight[idx[m]] + 1.0
-            if y_pos < size:
-                grad[y_pos] -= 1.0
-            min_g = np.inf
-            max_g = -np.inf
-            for m in range(size):
-                bound = c if m == y_pos else 0.0
-                g = grad[m]
-                if alpha[i, idx[m]] < bound and g < min_g:
-                    min_g = g
-                if g > max_g:
-                    max_g = g
-            # class shrinking: classes at their bound whose gradient is below every free one
-            m = 0
-            while m < size:
-                bound = c if m == y_pos else 0.0
-                if alpha[i, idx[m]] == bound and grad[m] < min_g:
-                    size -= 1
-                    while size > m:
-                        bound = c if size == y_pos else 0.0
-                        if not (alpha[i, idx[size]] == bound and grad[size] < min_g):
-                            tmp = idx[m]
-                            idx[m] = idx[size]
-                            idx[size] = tmp
-                            g = grad[m]
-                            grad[m] = grad[size]
-                            grad[size] = g
-                            if y_pos == size:
-                                y_pos = m
-                            elif y_pos == m:
-                                y_pos = size
-                            break
-                        size -= 1
-                m += 1
-            class_active[i] = size
-            y_index[i] = y_pos
-            if size <= 1:  # sample shrinking
-                active -= 1
-                order[pos] = order[active]
-                order[active] = i
-                continue
-            pos += 1
-            if max_g - min_g <= 1e-12:
-                continue
-            if max_g - min_g > stopping:
-                stopping = max_g - min_g
-            for m in range(size):
-                shifted[m] = grad[m] - a_i * alpha[i, idx[m]]
-            _subproblem(shifted, a_i, y_pos, c, size, new, work)
-            for m in range(size):
-                cls = idx[m]
-                delta = new[m] - alpha[i, cls]
-                alpha[i, cls] = new[m]
-                if abs(delta) >= 1e-12:
-                    _axpy(weight[cls], delta, xi)
-                    bias_weight[cls] += s * delta
-        ints[1] = active
-        ints[0] += 1
-        if stopping < floats[0]:
-            if stopping < eps and ints[2] == 1:
-                return _PROPOSE_STOP
-            _reactivate(class_active, ints, k)
-            floats[0] = max(floats[0] / 2.0, eps)
-        else:
-            ints[2] = 0
-    return _CONTINUE
-
-
-@njit(cache=True, nogil=True)
-def _reactivate(class_active, ints, k):  # pragma: no cover - compiled
-    class_active[:] = k
-    ints[1] = class_active.shape[0]
-    ints[2] = 1
-
-
-@njit(cache=True, nogil=True)
-def _rebuild_weights(x, s, alpha, weight, bias_weight):  # pragma: no cover - compiled
-    """``weight = alpha^T x`` and ``bias_weight = s alpha.sum(0)`` in float64 (rows with alpha = 0 skipped)."""
-    weight[:] = 0.0
-    bias_weight[:] = 0.0
-    for i in range(x.shape[0]):
-        xi = x[i]
-        for m in range(alpha.shape[1]):
-            a = alpha[i, m]
-            if a != 0.0:
-                _axpy(weight[m], a, xi)
-                bias_weight[m] += s * a
-
-
-@njit(cache=True, nogil=True)
-def _certificate(x, y, s, c, sq_norms, alpha, weight, bias_weight, residuals):  # pragma: no cover
-    """Natural residuals and the primal loss at ``(alpha, W)``.
-
-    Writes ``residuals[i] = A_i ||alpha_i - Proj(alpha_i - G_i / A_i)||_inf`` (0 where
-    ``A_i = 0``) and returns ``sum_i max_m (G_i^m - G_i^{y_i})``, the hinge-loss sum of the primal.
-    """
-    k = alpha.shape[1]
-    grad = np.empty(k)
-    shifted = np.empty(k)
-    new = np.empty(k)
-    work = np.empty(k)
-    all_classes = np.arange(k).astype(np.int32)
-    loss = 0.0
-    for i in range(x.shape[0]):
-        xi = x[i]
-        yi = y[i]
-        _scores(weight, all_classes, k, xi, grad)
-        top = -np.inf
-        for m in range(k):
-            grad[m] += s * bias_weight[m] + (0.0 if m == yi else 1.0)
-            if grad[m] > top:
-                top = grad[m]
-        loss += top - grad[yi]
-        a_i = sq_norms[i]
-        if a_i <= 0.0:
-            residuals[i] = 0.0
-            continue
-        for m in range(k):
-            shifted[m] = grad[m] - a_i * alpha[i, m]
-        _subproblem(shifted, a_i, yi, c, k, new, work)
-        r = 0.0
-        for m in range(k):
-            d = abs(new[m] - alpha[i, m])
-            if d > r:
-                r = d
-        residuals[i] = a_i * r
-    return loss
+    return array.ctypes.data
 
 
 def solve_subproblem(
@@ -406,36 +386,52 @@ def solve_subproblem(
     np.ndarray
         ``(size,)`` float64 new ``alpha`` values of the active classes.
     """
-    b = np.ascontiguousarray(shifted, dtype=np.float64)
+    b = np.ascontiguousarray(shifted, dtype=np.float64).reshape(-1)
     out = np.empty_like(b)
     work = np.empty_like(b)
-    _subproblem(b, float(curvature), int(y_position), float(C), b.shape[0], out, work)
+    kernels = next(iter(_LOADED.values()), None) or _kernels("float64")
+    kernels.subproblem(
+        b.ctypes.data, float(curvature), int(y_position), float(C), b.shape[0], out.ctypes.data, work.ctypes.data
+    )
     return out
 
 
-@njit(cache=True, nogil=True)
-def _squared_norms(x, s, out):  # pragma: no cover - compiled
-    """``out[i] = ||x_i||^2 + s^2`` accumulated in float64."""
-    for i in range(x.shape[0]):
-        out[i] = _dot_self(x[i]) + s * s
-
-
-@njit(cache=True, nogil=True, fastmath=_FAST)
-def _dot_self(x):  # pragma: no cover - compiled
-    acc = 0.0
-    for j in range(x.shape[0]):
-        v = np.float64(x[j])
-        acc += v * v
-    return acc
-
-
-def _prepare(problem: CrammerSingerProblem) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _prepare(problem: CrammerSingerProblem) -> Tuple[np.ndarray, np.ndarray, np.ndarray, _Kernels]:
     """CPU numpy views: ``(n, d)`` features (own dtype), ``(n,)`` int64 labels, ``(n,)`` float64 ``A_i``."""
     x = np.ascontiguousarray(problem.features.detach().cpu().numpy())
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
     y = np.ascontiguousarray(problem.labels.detach().cpu().numpy(), dtype=np.int64)
+    kernels = _kernels(x.dtype.name)
     sq = np.empty(x.shape[0])
-    _squared_norms(x, float(problem.intercept_scaling), sq)
-    return x, y, sq
+    s = float(problem.intercept_scaling)
+    kernels.squared_norms(_address(x, kernels.features), x.shape[0], x.shape[1], s, _address(sq, np.float64))
+    return x, y, sq, kernels
+
+
+def _rebuild_weights(
+    kernels: _Kernels, x: np.ndarray, s: float, alpha: np.ndarray, weight: np.ndarray, bias_weight: np.ndarray
+) -> None:
+    """``weight = alpha^T x`` and ``bias_weight = s alpha.sum(0)`` in float64 (in place)."""
+    kernels.rebuild_weights(
+        _address(x, kernels.features), x.shape[0], x.shape[1], s, _address(alpha, np.float64), alpha.shape[1],
+        _address(weight, np.float64), _address(bias_weight, np.float64),
+    )
+
+
+def _certificate(
+    kernels: _Kernels, x: np.ndarray, y: np.ndarray, s: float, c: float, sq: np.ndarray,
+    alpha: np.ndarray, weight: np.ndarray, bias_weight: np.ndarray, residuals: np.ndarray,
+) -> float:
+    """Natural residuals into ``residuals`` (``(n,)`` float64); returns the primal's hinge-loss sum."""
+    k = alpha.shape[1]
+    scratch = np.empty((4, k))
+    all_classes = np.arange(k, dtype=np.int32)
+    return kernels.certificate(
+        _address(x, kernels.features), x.shape[0], x.shape[1], _address(y, np.int64), s, c, _address(sq, np.float64),
+        _address(alpha, np.float64), k, _address(weight, np.float64), _address(bias_weight, np.float64),
+        _address(residuals, np.float64), _address(scratch, np.float64), _address(all_classes, np.int32),
+    )
 
 
 def evaluate_optimality_compiled(problem: CrammerSingerProblem, alpha: torch.Tensor) -> OptimalityReport:
@@ -454,14 +450,14 @@ def evaluate_optimality_compiled(problem: CrammerSingerProblem, alpha: torch.Ten
         ``weight`` ``(K, d)`` and ``bias_weight`` ``(K,)`` float64 CPU tensors, primal, dual,
         gap, relative gap and the largest natural residual.
     """
-    x, y, sq = _prepare(problem)
+    x, y, sq, kernels = _prepare(problem)
     a = np.ascontiguousarray(alpha.detach().cpu().numpy(), dtype=np.float64)
     s = float(problem.intercept_scaling)
     weight = np.zeros((problem.n_classes, x.shape[1]))
     bias_weight = np.zeros(problem.n_classes)
-    _rebuild_weights(x, s, a, weight, bias_weight)
+    _rebuild_weights(kernels, x, s, a, weight, bias_weight)
     residuals = np.empty(x.shape[0])
-    loss = _certificate(x, y, s, float(problem.C), sq, a, weight, bias_weight, residuals)
+    loss = _certificate(kernels, x, y, s, float(problem.C), sq, a, weight, bias_weight, residuals)
     sq_w = float((weight * weight).sum() + (bias_weight * bias_weight).sum())
     primal = 0.5 * sq_w + problem.C * loss
     dual = -0.5 * sq_w + float(a[np.arange(a.shape[0]), y].sum())
@@ -511,7 +507,7 @@ def solve_sequential(
         unless features on an accelerator were passed explicitly to this backend), passes made,
         and whether the exact check passed.
     """
-    x, y, sq = _prepare(problem)
+    x, y, sq, kernels = _prepare(problem)
     n, k = problem.n_samples, problem.n_classes
     s, c = float(problem.intercept_scaling), float(problem.C)
     if alpha0 is None:
@@ -521,7 +517,7 @@ def solve_sequential(
     weight = np.zeros((k, x.shape[1]))
     bias_weight = np.zeros(k)
     if alpha0 is not None:
-        _rebuild_weights(x, s, alpha, weight, bias_weight)
+        _rebuild_weights(kernels, x, s, alpha, weight, bias_weight)
     alpha_index = np.tile(np.arange(k, dtype=np.int32), (n, 1))  # int32 like LIBLINEAR: n*K*4 bytes
     class_active = np.full(n, k, dtype=np.int64)
     y_index = y.copy()
@@ -529,7 +525,17 @@ def solve_sequential(
     ints = np.array([0, n, 1], dtype=np.int64)
     floats = np.array([max(10.0 * tol, 1.0)])
     rng = np.array([np.uint64(int(seed) % 2**64) ^ np.uint64(0x5DEECE66D)], dtype=np.uint64)
+    scratch = np.empty((4, k))
     residuals = np.empty(n)
+    # the state arrays never move: their addresses are taken once
+    state = (
+        _address(x, kernels.features), n, x.shape[1], _address(y, np.int64), s, c, _address(sq, np.float64),
+        _address(alpha, np.float64), k, _address(weight, np.float64), _address(bias_weight, np.float64),
+        _address(alpha_index, np.int32), _address(class_active, np.int64), _address(y_index, np.int64),
+        _address(order, np.int64), _address(ints, np.int64), _address(floats, np.float64), _address(rng, np.uint64),
+        float(tol), int(max_iter),
+    )
+    scratch_address = _address(scratch, np.float64)
     chunk = 1 if show_progress else max_iter  # with a bar: grow chunks to ~0.1 s per call
     converged = False
     bar = tqdm(total=max_iter, desc="DualDA solver (sequential)", disable=not show_progress, leave=False)
@@ -537,18 +543,15 @@ def solve_sequential(
         while True:
             before = int(ints[0])
             started = time.perf_counter()
-            code = _run_passes(
-                x, y, s, c, sq, alpha, weight, bias_weight, alpha_index, class_active, y_index,
-                order, ints, floats, rng, float(tol), int(max_iter), chunk,
-            )
+            code = kernels.run_passes(*state, chunk, scratch_address)
             bar.update(int(ints[0]) - before)
             if show_progress and time.perf_counter() - started < 0.1:
                 chunk = min(2 * chunk, max_iter)
             if code == _MAX_ITER:
                 break
             if code == _PROPOSE_STOP:
-                _rebuild_weights(x, s, alpha, weight, bias_weight)
-                _certificate(x, y, s, c, sq, alpha, weight, bias_weight, residuals)
+                _rebuild_weights(kernels, x, s, alpha, weight, bias_weight)
+                _certificate(kernels, x, y, s, c, sq, alpha, weight, bias_weight, residuals)
                 worst = float(residuals.max())
                 bar.set_postfix(residual=f"{worst:.2e}")
                 if worst <= tol:
@@ -556,7 +559,9 @@ def solve_sequential(
                     bar.total = bar.n  # converged: the bar ends full, not at n_iter / max_iter
                     bar.set_postfix(residual=f"{worst:.2e}", converged=True)
                     break
-                _reactivate(class_active, ints, k)
+                class_active[:] = k  # undo all shrinking (the kernels' _reactivate)
+                ints[1] = n
+                ints[2] = 1
             if int(ints[0]) >= max_iter:
                 break
     result = torch.from_numpy(alpha).to(problem.features.device)  # no copy on CPU

@@ -1,0 +1,264 @@
+"""Finding flipped labels: ``rank_label_issues`` next to self-influence, the training loss and cleanlab.
+
+Run from the repository root::
+
+    python benchmarks/label_errors.py                 # seeds 0, 1, 2 (about 15 min on 2 busy cores)
+    python benchmarks/label_errors.py --seeds 0       # one seed
+    python benchmarks/label_errors.py --out label_errors.json
+
+cleanlab is optional (``pip install "cleanlab==2.9.*"``); without it its rows read
+"cleanlab not installed".
+
+For every seed the demo's data (scikit-learn digits in [0, 1], 10 % of the training labels
+flipped to another class, :func:`captum_dualxda.demo.load_digits_data`) trains the demo CNN in
+two regimes: ``not memorising`` (the demo's 12 epochs; the network predicts the true class of
+most flipped samples) and ``memorising`` (``--memorise-epochs``, 60 by default: the network fits
+its flipped labels; the share fitted is printed). On each trained network:
+
+- ``rank_label_issues``: :func:`captum_dualxda.rank_label_issues` on a DualDA fitted with the
+  default ``C = 1e-3``, for every ``C`` in ``--Cs`` (the default 1e-4 refits the surrogate on
+  re-extracted features; ``C = 1e-3`` reuses DualDA's own fit). Flag: ``is_issue``.
+- DualDA self-influence ``a_i^{y_i} ||phi(x_i)||^2`` (the paper's score) of the same DualDA, and
+  for every ``C`` from :func:`captum_dualxda.choose_c.sweep_C` (features extracted once).
+- the network's own cross-entropy on its training labels
+  (:func:`captum_dualxda.metrics.training_loss`); flag: the network predicts another class.
+- cleanlab with ``--folds``-fold cross-fitted probabilities (the CNN retrained ``--folds`` times
+  with the same recipe on the other folds, ``StratifiedKFold``): ranking by
+  ``cleanlab.rank.get_label_quality_scores`` (self-confidence), flag by
+  ``cleanlab.filter.find_label_issues`` (defaults). Also cleanlab on the trained network's own
+  (in-sample) probabilities, which cleanlab's documentation warns against.
+- a random order.
+
+Columns: ROC AUC of the ranking against the flipped labels (:func:`captum_dualxda.metrics.mislabel_auc`),
+the yes/no flag's size, precision and recall, and seconds from the trained network to the answer
+(DualDA's feature extraction and fit included; cleanlab's extra trainings included). Printed, as
+Markdown: medians over seeds (AUC with its min-max over seeds), except precision and recall,
+which are pooled over seeds (all flagged samples that are flipped / all flagged, / all flipped).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+import warnings
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedKFold
+
+from captum_dualxda import DualDA
+from captum_dualxda.choose_c import sweep_C
+from captum_dualxda.demo import DEFAULT_EPOCHS, load_digits_data, train_cnn
+from captum_dualxda.label_issues import LABEL_ISSUES_C, rank_label_issues
+from captum_dualxda.metrics import mislabel_auc, training_loss
+from captum_dualxda.solver import ConvergenceWarning, fit_crammer_singer
+
+try:
+    import cleanlab
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+except ImportError:  # optional peer
+    cleanlab = None
+
+DUALDA_C = 1e-3
+NOT_INSTALLED = "cleanlab not installed"
+
+
+def flag_stats(flags: np.ndarray, flipped: np.ndarray) -> Dict[str, float]:
+    """Size, hits, precision and recall of a boolean flag in dataset order (precision NaN if empty)."""
+    n = int(flags.sum())
+    hits = int((flags & flipped).sum())
+    return {"flagged": n, "hits": hits, "n_flipped": int(flipped.sum()),
+            "precision": hits / n if n else float("nan"), "recall": hits / int(flipped.sum())}
+
+
+def softmax_probabilities(net: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return torch.softmax(net(x).double(), 1).numpy()
+
+
+def cross_fitted_probabilities(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int, folds: int) -> np.ndarray:
+    """Out-of-sample class probabilities: the CNN retrained ``folds`` times, each predicting its held-out fold."""
+    probs = np.zeros((len(y), 10))
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for fold, (train_idx, held_idx) in enumerate(splitter.split(np.zeros(len(y)), y.numpy())):
+        net = train_cnn(x[train_idx], y[train_idx], epochs=epochs, seed=seed + 1000 * (fold + 1))
+        probs[held_idx] = softmax_probabilities(net, x[held_idx])
+    return probs
+
+
+def run_regime(seed: int, epochs: int, Cs: List[float], folds: int) -> Dict[str, Any]:
+    """Every method on one trained network; returns the network's numbers and one dict per method."""
+    data = load_digits_data(flip_rate=0.1, seed=seed)
+    flipped = data.flipped.numpy()
+    train_set = data.train_dataset
+    start = time.perf_counter()
+    net = train_cnn(data.x_train, data.y_train, epochs=epochs, seed=seed)
+    train_seconds = time.perf_counter() - start
+    with torch.no_grad():
+        train_pred = net(data.x_train).argmax(1)
+        test_pred = net(data.x_test).argmax(1)
+    network = {
+        "epochs": epochs,
+        "train_seconds": train_seconds,
+        "test_accuracy": float((test_pred == data.y_test).float().mean()),
+        "noisy_train_accuracy": float((train_pred == data.y_train).float().mean()),
+        "flipped_fitted": float((train_pred == data.y_train)[data.flipped].float().mean()),
+    }
+    methods: Dict[str, Dict[str, Any]] = {}
+
+    start = time.perf_counter()
+    dualda = DualDA(net, "fc", train_set, C=DUALDA_C, batch_size=256, seed=seed)
+    dualda_seconds = time.perf_counter() - start
+    for C in Cs:
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            issues = rank_label_issues(dualda, C=C)
+        call = time.perf_counter() - start
+        flags = np.zeros(len(flipped), dtype=bool)
+        flags[issues.indices.numpy()] = issues.is_issue.numpy()
+        scores = np.empty(len(flipped), dtype=np.float32)
+        scores[issues.indices.numpy()] = issues.scores.numpy()
+        methods[f"rank_label_issues C={C:g}"] = {
+            "auc": mislabel_auc(scores, flipped), **flag_stats(flags, flipped),
+            "seconds": dualda_seconds + call, "call_seconds": call, "C": C,
+        }
+    start = time.perf_counter()
+    self_influence = dualda.self_influence().cpu().numpy()
+    methods[f"DualDA self-influence C={DUALDA_C:g}"] = {
+        "auc": mislabel_auc(self_influence, flipped), "seconds": dualda_seconds + time.perf_counter() - start,
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sweep = sweep_C(net, "fc", train_set, Cs=Cs, flipped=data.flipped, batch_size=256, seed=seed, baselines=False)
+    by_C = {row.C: {"self_influence_auc": row.auc_self_influence, "hinge_auc": row.auc_hinge_loss,
+                    "n_support": row.n_support} for row in sweep}
+
+    start = time.perf_counter()
+    loss = training_loss(net, train_set).numpy()
+    methods["network training loss"] = {
+        "auc": mislabel_auc(loss, flipped), **flag_stats((train_pred != data.y_train).numpy(), flipped),
+        "seconds": time.perf_counter() - start,
+    }
+
+    if cleanlab is not None:
+        labels = data.y_train.numpy()
+        start = time.perf_counter()
+        probs = cross_fitted_probabilities(data.x_train, data.y_train, epochs, seed, folds)
+        quality = get_label_quality_scores(labels, probs)
+        flags = find_label_issues(labels, probs)
+        methods[f"cleanlab, {folds}-fold cross-fitted"] = {
+            "auc": mislabel_auc(-quality, flipped), **flag_stats(flags, flipped), "seconds": time.perf_counter() - start,
+        }
+        start = time.perf_counter()
+        probs = softmax_probabilities(net, data.x_train)
+        quality = get_label_quality_scores(labels, probs)
+        flags = find_label_issues(labels, probs)
+        methods["cleanlab, in-sample probabilities"] = {
+            "auc": mislabel_auc(-quality, flipped), **flag_stats(flags, flipped), "seconds": time.perf_counter() - start,
+        }
+    random_scores = np.random.default_rng(seed).random(len(flipped))
+    methods["random order"] = {"auc": mislabel_auc(random_scores, flipped)}
+    return {"seed": seed, "network": network, "dualda_seconds": dualda_seconds, "methods": methods, "by_C": by_C}
+
+
+def _median(values: List[Optional[float]]) -> float:
+    finite = [v for v in values if v is not None and not np.isnan(v)]
+    return float(np.median(finite)) if finite else float("nan")
+
+
+def _fmt(value: float, spec: str) -> str:
+    return "–" if np.isnan(value) else format(value, spec)
+
+
+def flag_cells(rows: List[Dict[str, Any]]) -> List[str]:
+    """Median flagged; precision and recall pooled over seeds (all hits / all flagged / all flipped)."""
+    if "flagged" not in rows[0]:
+        return ["–", "–", "–"]
+    flagged, hits = sum(row["flagged"] for row in rows), sum(row["hits"] for row in rows)
+    return [f"{_median([row['flagged'] for row in rows]):.0f}", _fmt(hits / flagged if flagged else float("nan"), ".3f"),
+            f"{hits / sum(row['n_flipped'] for row in rows):.3f}"]
+
+
+def method_table(runs: List[Dict[str, Any]]) -> str:
+    lines = ["| method | ROC AUC | flagged | precision | recall | time [s] |", "|---|---:|---:|---:|---:|---:|"]
+    names = list(runs[0]["methods"])
+    if cleanlab is None:
+        names.append(NOT_INSTALLED)
+    for name in names:
+        if name == NOT_INSTALLED:
+            lines.append(f"| cleanlab | {NOT_INSTALLED} | | | | |")
+            continue
+        rows = [run["methods"][name] for run in runs]
+        aucs = [row["auc"] for row in rows]
+        auc = f"{np.median(aucs):.3f}" + (f" ({min(aucs):.3f}-{max(aucs):.3f})" if len(aucs) > 1 else "")
+        cells = flag_cells(rows) + [_fmt(_median([row.get("seconds") for row in rows]), ".2f")]
+        label = name + (" (default)" if name == f"rank_label_issues C={LABEL_ISSUES_C:g}" else "")
+        lines.append(f"| {label} | {auc} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def c_table(runs: List[Dict[str, Any]], Cs: List[float]) -> str:
+    lines = ["| C | support vectors | AUC hinge loss | flagged | precision | recall | AUC self-influence |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for C in Cs:
+        ranked = [run["methods"][f"rank_label_issues C={C:g}"] for run in runs]
+        swept = [run["by_C"][C] for run in runs]
+        lines.append(
+            f"| {C:g} | {_median([s['n_support'] for s in swept]):.0f} | {_median([r['auc'] for r in ranked]):.3f} | "
+            + " | ".join(flag_cells(ranked)) + f" | {_median([s['self_influence_auc'] for s in swept]):.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--Cs", default="1e-5,1e-4,1e-3,1e-2,1e-1")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs of the not-memorising network")
+    parser.add_argument("--memorise-epochs", type=int, default=60, help="epochs of the memorising network")
+    parser.add_argument("--folds", type=int, default=5, help="cleanlab's cross-fitting folds (= extra trainings)")
+    parser.add_argument("--out", default=None, help="write every number as JSON")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    Cs = sorted(float(c) for c in args.Cs.split(","))
+    fit_crammer_singer(torch.rand(12, 3), torch.arange(12) % 3, C=1.0)  # numba compiles (or loads) once, untimed
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    regimes = {"not memorising": args.epochs, "memorising": args.memorise_epochs}
+    results: Dict[str, List[Dict[str, Any]]] = {name: [] for name in regimes}
+    for seed in seeds:
+        for name, epochs in regimes.items():
+            results[name].append(run_regime(seed, epochs, Cs, args.folds))
+    total = time.perf_counter() - start
+    load_after = os.getloadavg()
+
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+          f"(1 thread), cleanlab {cleanlab.__version__ if cleanlab is not None else 'not installed'}, seeds {seeds}, "
+          f"{total / 60:.1f} min in all; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
+          f"(1-min), {load_after[2]:.1f} (15-min)")
+    for name, runs in results.items():
+        nets = [run["network"] for run in runs]
+        print(f"\n#### {name}: {nets[0]['epochs']} epochs\n")
+        print(f"Network (median over seeds): test accuracy {_median([n['test_accuracy'] for n in nets]):.3f}, "
+              f"accuracy on its noisy training labels {_median([n['noisy_train_accuracy'] for n in nets]):.3f}, "
+              f"flipped labels fitted {_median([n['flipped_fitted'] for n in nets]):.1%} "
+              f"(min {min(n['flipped_fitted'] for n in nets):.1%}), "
+              f"training {_median([n['train_seconds'] for n in nets]):.1f} s; "
+              f"DualDA fit (C={DUALDA_C:g}, features + solver) {_median([run['dualda_seconds'] for run in runs]):.2f} s.\n")
+        print(method_table(runs))
+        print("\nBy C (rank_label_issues' hinge loss and flag; DualDA self-influence from sweep_C):\n")
+        print(c_table(runs, Cs))
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump({"settings": vars(args), "load_before": load_before, "load_after": load_after,
+                       "seconds": total, "results": results}, handle, indent=1, default=float)
+
+
+if __name__ == "__main__":
+    main()

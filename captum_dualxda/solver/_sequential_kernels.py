@@ -1,0 +1,467 @@
+"""numba kernels of the sequential backend and their C entry points (compiled once per machine).
+
+The algorithm is described in :mod:`.sequential`, which drives these kernels and loads their
+machine code. This module imports numba; :mod:`.sequential` imports it only when no compiled copy
+of the kernels is cached on disk yet (a first run, a new machine, or changed source), because
+importing numba and initialising its compiler costs about a second in a fresh process, far more
+than loading the machine code (see docs/solver.md, "Cold start").
+
+:func:`compile_entry_points` compiles five C-callable functions (``numba.cfunc``) for one feature
+dtype. They take raw pointers and sizes, so they can also be called without numba: by ctypes from
+the machine code that :mod:`.sequential` caches. The kernels therefore must never need numba's
+runtime: no allocation (work space comes in ``scratch``), no exception (``error_model="numpy"``,
+no bounds checks; every division is by a positive number). The only references to numba's runtime
+left in the compiled code are on the error-reporting path of the C wrappers, which these kernels
+cannot take (``sequential._ERROR_PATH_SYMBOLS`` lists them; the cache refuses any other).
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+from llvmlite import ir
+from numba import carray, cfunc, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ["compile_entry_points", "ENTRY_POINTS"]
+
+# Flags for the dot products and axpys: reassociation lets LLVM vectorise the reductions. No
+# "nnan"/"ninf": the solver compares against +-inf sentinels.
+_FAST = {"reassoc", "contract", "nsz", "arcp"}
+
+_CONTINUE, _PROPOSE_STOP, _MAX_ITER = 0, 1, 2
+
+ENTRY_POINTS = ("squared_norms", "rebuild_weights", "run_passes", "certificate", "subproblem")
+"""Names of the C entry points, in the order of :func:`compile_entry_points`."""
+
+
+@intrinsic
+def _prefetch(typingctx, array, index):  # pragma: no cover - compiled
+    """Hint the CPU to load the cache line holding ``array[index]`` (1-D ``array``)."""
+    signature = types.void(array, index)
+
+    def codegen(context, builder, sig, args):
+        array_type = sig.args[0]
+        data = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, data, [args[1]], wraparound=False)
+        byte_pointer = ir.IntType(8).as_pointer()
+        int32 = ir.IntType(32)
+        function = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.VoidType(), [byte_pointer, int32, int32, int32]),
+            "llvm.prefetch.p0i8",
+        )
+        # read access, high temporal locality, data cache
+        builder.call(
+            function,
+            [builder.bitcast(pointer, byte_pointer), int32(0), int32(3), int32(1)],
+        )
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@njit(nogil=True)
+def _prefetch_sample(x, alpha, alpha_index, i):  # pragma: no cover - compiled
+    """Start loading sample ``i``'s features and dual state while the current one is processed."""
+    xi = x[i]
+    for j in range(0, xi.shape[0], 64 // xi.itemsize):
+        _prefetch(xi, j)
+    ai = alpha[i]
+    for m in range(0, ai.shape[0], 8):
+        _prefetch(ai, m)
+    idx = alpha_index[i]
+    for m in range(0, idx.shape[0], 64 // idx.itemsize):
+        _prefetch(idx, m)
+
+
+@njit(nogil=True, fastmath=_FAST)
+def _axpy(w, delta, x):  # pragma: no cover - compiled
+    for j in range(x.shape[0]):
+        w[j] += delta * x[j]
+
+
+@njit(nogil=True, fastmath=_FAST)
+def _dot4(w, c0, c1, c2, c3, x):  # pragma: no cover - compiled
+    """Rows ``c0..c3`` of ``w`` dotted with ``x``, sharing the loads of ``x`` (float64 sums)."""
+    a0 = 0.0
+    a1 = 0.0
+    a2 = 0.0
+    a3 = 0.0
+    for j in range(x.shape[0]):
+        v = np.float64(x[j])
+        a0 += w[c0, j] * v
+        a1 += w[c1, j] * v
+        a2 += w[c2, j] * v
+        a3 += w[c3, j] * v
+    return a0, a1, a2, a3
+
+
+@njit(nogil=True, fastmath=_FAST)
+def _dot2(w, c0, c1, x):  # pragma: no cover - compiled
+    a0 = 0.0
+    a1 = 0.0
+    for j in range(x.shape[0]):
+        v = np.float64(x[j])
+        a0 += w[c0, j] * v
+        a1 += w[c1, j] * v
+    return a0, a1
+
+
+@njit(nogil=True, fastmath=_FAST)
+def _dot1(w, c0, x):  # pragma: no cover - compiled
+    a0 = 0.0
+    for j in range(x.shape[0]):
+        a0 += w[c0, j] * x[j]
+    return a0
+
+
+@njit(nogil=True)
+def _scores(weight, idx, size, x, out):  # pragma: no cover - compiled
+    """``out[m] = weight[idx[m]] . x`` for ``m < size``, four (then two, one) classes at a time."""
+    m = 0
+    while m + 4 <= size:
+        a0, a1, a2, a3 = _dot4(weight, idx[m], idx[m + 1], idx[m + 2], idx[m + 3], x)
+        out[m] = a0
+        out[m + 1] = a1
+        out[m + 2] = a2
+        out[m + 3] = a3
+        m += 4
+    if m + 2 <= size:
+        a0, a1 = _dot2(weight, idx[m], idx[m + 1], x)
+        out[m] = a0
+        out[m + 1] = a1
+        m += 2
+    if m < size:
+        out[m] = _dot1(weight, idx[m], x)
+
+
+@njit(nogil=True)
+def _next_random(state):  # pragma: no cover - compiled
+    """SplitMix64 step on ``state[0]`` (uint64); returns a uint64."""
+    z = state[0] + np.uint64(0x9E3779B97F4A7C15)
+    state[0] = z
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(nogil=True)
+def _subproblem(b, a_i, y_pos, c_y, size, out, work):  # pragma: no cover - compiled
+    """Exact minimiser of ``1/2 a_i ||a||^2 + b.a`` over the active classes of one sample.
+
+    Constraints: ``a[m] <= 0`` (``m != y_pos``), ``a[y_pos] <= c_y`` and
+    ``sum(a) = 0`` if the true class is active (``y_pos < size``), else ``sum(a) = -c_y`` (the
+    shrunk true class holds ``alpha = c_y``). Writes ``out[:size]``; ``work`` is scratch of
+    length ``>= size``. The pivot ``beta`` is the running sum of the largest shifted
+    ``b`` values, found by partial selection (descending order, as a full sort would give).
+    """
+    for m in range(size):
+        work[m] = b[m]
+    if y_pos < size:
+        work[y_pos] += a_i * c_y
+    # largest value first
+    best = 0
+    for m in range(1, size):
+        if work[m] > work[best]:
+            best = m
+    top = work[best]
+    work[best] = work[0]
+    work[0] = top
+    beta = top - a_i * c_y
+    r = 1
+    while r < size:
+        best = r
+        for m in range(r + 1, size):
+            if work[m] > work[best]:
+                best = m
+        value = work[best]
+        if not beta < r * value:
+            break
+        work[best] = work[r]
+        work[r] = value
+        beta += value
+        r += 1
+    beta /= r
+    for m in range(size):
+        step = (beta - b[m]) / a_i
+        bound = c_y if m == y_pos else 0.0
+        out[m] = step if step < bound else bound
+
+
+@njit(nogil=True)
+def _run_passes(
+    x, y, s, c, sq_norms, alpha, weight, bias_weight, alpha_index, class_active, y_index,
+    order, ints, floats, rng, eps, max_iter, n_passes, scratch,
+):  # pragma: no cover - compiled
+    """Run up to ``n_passes`` passes of the shrinking sequential method.
+
+    ``ints = [iteration, active_samples, start_from_all]``, ``floats = [eps_shrink]``: the
+    schedule state that survives between calls; ``scratch`` is ``(4, K)`` float64 work space.
+    Returns ``_CONTINUE`` (chunk done), ``_PROPOSE_STOP`` (a pass over everything had violation
+    ``< eps``) or ``_MAX_ITER``.
+    """
+    k = alpha.shape[1]
+    grad = scratch[0]
+    shifted = scratch[1]
+    new = scratch[2]
+    work = scratch[3]
+    for _ in range(n_passes):
+        if ints[0] >= max_iter:
+            return _MAX_ITER
+        active = ints[1]
+        stopping = -np.inf
+        for j in range(active):
+            r = j + np.int64(_next_random(rng) % np.uint64(active - j))
+            tmp = order[j]
+            order[j] = order[r]
+            order[r] = tmp
+        pos = 0
+        while pos < active:
+            i = order[pos]
+            if pos + 1 < active:
+                _prefetch_sample(x, alpha, alpha_index, order[pos + 1])
+            a_i = sq_norms[i]
+            if a_i <= 0.0:
+                pos += 1
+                continue
+            idx = alpha_index[i]
+            size = class_active[i]
+            y_pos = y_index[i]
+            xi = x[i]
+            _scores(weight, idx, size, xi, grad)
+            for m in range(size):
+                grad[m] += s * bias_weight[idx[m]] + 1.0
+            if y_pos < size:
+                grad[y_pos] -= 1.0
+            min_g = np.inf
+            max_g = -np.inf
+            for m in range(size):
+                bound = c if m == y_pos else 0.0
+                g = grad[m]
+                if alpha[i, idx[m]] < bound and g < min_g:
+                    min_g = g
+                if g > max_g:
+                    max_g = g
+            # class shrinking: classes at their bound whose gradient is below every free one
+            m = 0
+            while m < size:
+                bound = c if m == y_pos else 0.0
+                if alpha[i, idx[m]] == bound and grad[m] < min_g:
+                    size -= 1
+                    while size > m:
+                        bound = c if size == y_pos else 0.0
+                        if not (alpha[i, idx[size]] == bound and grad[size] < min_g):
+                            tmp = idx[m]
+                            idx[m] = idx[size]
+                            idx[size] = tmp
+                            g = grad[m]
+                            grad[m] = grad[size]
+                            grad[size] = g
+                            if y_pos == size:
+                                y_pos = m
+                            elif y_pos == m:
+                                y_pos = size
+                            break
+                        size -= 1
+                m += 1
+            class_active[i] = size
+            y_index[i] = y_pos
+            if size <= 1:  # sample shrinking
+                active -= 1
+                order[pos] = order[active]
+                order[active] = i
+                continue
+            pos += 1
+            if max_g - min_g <= 1e-12:
+                continue
+            if max_g - min_g > stopping:
+                stopping = max_g - min_g
+            for m in range(size):
+                shifted[m] = grad[m] - a_i * alpha[i, idx[m]]
+            _subproblem(shifted, a_i, y_pos, c, size, new, work)
+            for m in range(size):
+                cls = idx[m]
+                delta = new[m] - alpha[i, cls]
+                alpha[i, cls] = new[m]
+                if abs(delta) >= 1e-12:
+                    _axpy(weight[cls], delta, xi)
+                    bias_weight[cls] += s * delta
+        ints[1] = active
+        ints[0] += 1
+        if stopping < floats[0]:
+            if stopping < eps and ints[2] == 1:
+                return _PROPOSE_STOP
+            _reactivate(class_active, ints, k)
+            floats[0] = max(floats[0] / 2.0, eps)
+        else:
+            ints[2] = 0
+    return _CONTINUE
+
+
+@njit(nogil=True)
+def _reactivate(class_active, ints, k):  # pragma: no cover - compiled
+    class_active[:] = k
+    ints[1] = class_active.shape[0]
+    ints[2] = 1
+
+
+@njit(nogil=True)
+def _rebuild_weights(x, s, alpha, weight, bias_weight):  # pragma: no cover - compiled
+    """``weight = alpha^T x`` and ``bias_weight = s alpha.sum(0)`` in float64 (rows with alpha = 0 skipped)."""
+    weight[:] = 0.0
+    bias_weight[:] = 0.0
+    for i in range(x.shape[0]):
+        xi = x[i]
+        for m in range(alpha.shape[1]):
+            a = alpha[i, m]
+            if a != 0.0:
+                _axpy(weight[m], a, xi)
+                bias_weight[m] += s * a
+
+
+@njit(nogil=True)
+def _certificate(
+    x, y, s, c, sq_norms, alpha, weight, bias_weight, residuals, scratch, all_classes,
+):  # pragma: no cover - compiled
+    """Natural residuals and the primal loss at ``(alpha, W)``.
+
+    Writes ``residuals[i] = A_i ||alpha_i - Proj(alpha_i - G_i / A_i)||_inf`` (0 where
+    ``A_i = 0``) and returns ``sum_i max_m (G_i^m - G_i^{y_i})``, the hinge-loss sum of the primal.
+    ``scratch`` is ``(4, K)`` float64 work space, ``all_classes`` the int32 ``0..K-1``.
+    """
+    k = alpha.shape[1]
+    grad = scratch[0]
+    shifted = scratch[1]
+    new = scratch[2]
+    work = scratch[3]
+    loss = 0.0
+    for i in range(x.shape[0]):
+        xi = x[i]
+        yi = y[i]
+        _scores(weight, all_classes, k, xi, grad)
+        top = -np.inf
+        for m in range(k):
+            grad[m] += s * bias_weight[m] + (0.0 if m == yi else 1.0)
+            if grad[m] > top:
+                top = grad[m]
+        loss += top - grad[yi]
+        a_i = sq_norms[i]
+        if a_i <= 0.0:
+            residuals[i] = 0.0
+            continue
+        for m in range(k):
+            shifted[m] = grad[m] - a_i * alpha[i, m]
+        _subproblem(shifted, a_i, yi, c, k, new, work)
+        r = 0.0
+        for m in range(k):
+            d = abs(new[m] - alpha[i, m])
+            if d > r:
+                r = d
+        residuals[i] = a_i * r
+    return loss
+
+
+@njit(nogil=True)
+def _squared_norms(x, s, out):  # pragma: no cover - compiled
+    """``out[i] = ||x_i||^2 + s^2`` accumulated in float64."""
+    for i in range(x.shape[0]):
+        out[i] = _dot_self(x[i]) + s * s
+
+
+@njit(nogil=True, fastmath=_FAST)
+def _dot_self(x):  # pragma: no cover - compiled
+    acc = 0.0
+    for j in range(x.shape[0]):
+        v = np.float64(x[j])
+        acc += v * v
+    return acc
+
+
+# C entry points: pointers and sizes in, the kernels above on ``carray`` views.
+
+
+def _c_squared_norms(x, n, d, s, out):  # pragma: no cover - compiled
+    _squared_norms(carray(x, (n, d)), s, carray(out, (n,)))
+
+
+def _c_rebuild_weights(x, n, d, s, alpha, k, weight, bias_weight):  # pragma: no cover - compiled
+    _rebuild_weights(
+        carray(x, (n, d)), s, carray(alpha, (n, k)), carray(weight, (k, d)), carray(bias_weight, (k,))
+    )
+
+
+def _c_run_passes(
+    x, n, d, y, s, c, sq_norms, alpha, k, weight, bias_weight, alpha_index, class_active, y_index,
+    order, ints, floats, rng, eps, max_iter, n_passes, scratch,
+):  # pragma: no cover - compiled
+    return _run_passes(
+        carray(x, (n, d)), carray(y, (n,)), s, c, carray(sq_norms, (n,)), carray(alpha, (n, k)),
+        carray(weight, (k, d)), carray(bias_weight, (k,)), carray(alpha_index, (n, k)),
+        carray(class_active, (n,)), carray(y_index, (n,)), carray(order, (n,)), carray(ints, (3,)),
+        carray(floats, (1,)), carray(rng, (1,)), eps, max_iter, n_passes, carray(scratch, (4, k)),
+    )
+
+
+def _c_certificate(
+    x, n, d, y, s, c, sq_norms, alpha, k, weight, bias_weight, residuals, scratch, all_classes,
+):  # pragma: no cover - compiled
+    return _certificate(
+        carray(x, (n, d)), carray(y, (n,)), s, c, carray(sq_norms, (n,)), carray(alpha, (n, k)),
+        carray(weight, (k, d)), carray(bias_weight, (k,)), carray(residuals, (n,)),
+        carray(scratch, (4, k)), carray(all_classes, (k,)),
+    )
+
+
+def _c_subproblem(b, a_i, y_pos, c_y, size, out, work):  # pragma: no cover - compiled
+    _subproblem(carray(b, (size,)), a_i, y_pos, c_y, size, carray(out, (size,)), carray(work, (size,)))
+
+
+def compile_entry_points(feature_dtype: str, cache: bool = False) -> Dict[str, object]:
+    """Compile the C entry points for features of one dtype (seconds; numba's first compile).
+
+    Parameters
+    ----------
+    feature_dtype : {"float32", "float64"}
+        dtype of the ``(n, d)`` features ``x``; every other array has a fixed dtype: float64
+        state, int64 labels and counters, int32 class lists, uint64 generator state.
+    cache : bool
+        Use numba's own on-disk cache (for where :mod:`.sequential` cannot keep the machine code
+        itself; loading from it still needs numba).
+
+    Returns
+    -------
+    dict
+        Entry point name (:data:`ENTRY_POINTS`) to its ``numba.cfunc`` (``.address``,
+        ``.ctypes``, ``._library``). Every array argument is a pointer to a C-contiguous buffer,
+        every size an int64.
+    """
+    if feature_dtype not in ("float32", "float64"):
+        raise ValueError(f"`feature_dtype` must be 'float32' or 'float64', got {feature_dtype!r}.")
+    x = types.CPointer(getattr(types, feature_dtype))
+    f8, i8 = types.float64, types.int64
+    f8p, i8p = types.CPointer(types.float64), types.CPointer(types.int64)
+    i4p, u8p = types.CPointer(types.int32), types.CPointer(types.uint64)
+    signatures = {
+        "squared_norms": types.void(x, i8, i8, f8, f8p),
+        "rebuild_weights": types.void(x, i8, i8, f8, f8p, i8, f8p, f8p),
+        "run_passes": types.int64(
+            x, i8, i8, i8p, f8, f8, f8p, f8p, i8, f8p, f8p, i4p, i8p, i8p, i8p, i8p, f8p, u8p, f8, i8, i8, f8p
+        ),
+        "certificate": types.float64(x, i8, i8, i8p, f8, f8, f8p, f8p, i8, f8p, f8p, f8p, f8p, i4p),
+        "subproblem": types.void(f8p, f8, i8, f8, i8, f8p, f8p),
+    }
+    functions = {
+        "squared_norms": _c_squared_norms,
+        "rebuild_weights": _c_rebuild_weights,
+        "run_passes": _c_run_passes,
+        "certificate": _c_certificate,
+        "subproblem": _c_subproblem,
+    }
+    return {
+        name: cfunc(signatures[name], cache=cache, nopython=True, error_model="numpy", boundscheck=False)(
+            functions[name]
+        )
+        for name in ENTRY_POINTS
+    }

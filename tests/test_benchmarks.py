@@ -1,0 +1,62 @@
+"""The GPU benchmark runs at toy sizes on a CPU, so it is ready whenever a GPU is."""
+import importlib.util
+import os
+import re
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def gpu_run(tmp_path_factory):
+    gpu = _load("gpu")
+    out = tmp_path_factory.mktemp("gpu") / "gpu.md"
+    rows = gpu.main(["--tiny", "--device", "cpu", "--Cs", "1e-3", "--fit-budget", "0.5", "--cpu-budget", "120",
+                     "--cpu-parallel", "2", "--out", str(out)])
+    return gpu, rows, out.read_text()
+
+
+def test_gpu_benchmark_every_section_reports(gpu_run):
+    gpu, rows, text = gpu_run
+    sections = {row.section for row in rows}
+    assert sections == {"solver", "imagenet", "e2e"}
+    assert not [row for row in rows if row.note.startswith("error")], [row.note for row in rows]
+    # the markdown file holds every row, one table line each
+    assert text.count("\n| ") == len(rows) + 1
+    methods = {row.method for row in rows if row.section == "e2e"}
+    assert {"plain forward pass (floor)", "DualDA(...) fit", "solve only (auto)"} <= methods
+
+
+def test_gpu_benchmark_cpu_solvers_agree_with_liblinear(gpu_run):
+    """Our sequential solver and LIBLINEAR reach the same primal objective on the same problem."""
+    _, rows, _ = gpu_run
+    primal = {}
+    for row in rows:
+        if row.section == "solver" and row.method.endswith("(CPU, 1 core)") and row.seconds is not None:
+            primal[row.method.split()[0]] = float(re.search(r"primal ([0-9.e+-]+)", row.note).group(1))
+    assert set(primal) == {"liblinear", "sequential"}
+    assert primal["sequential"] == pytest.approx(primal["liblinear"], rel=1e-3)
+
+
+def test_gpu_benchmark_end_to_end_fit_converges(gpu_run):
+    _, rows, _ = gpu_run
+    fit = [row for row in rows if row.method == "DualDA(...) fit"]
+    assert len(fit) == 2 and all(row.converged for row in fit)
+    dense = [row for row in rows if "dense scores" in row.method]
+    assert all(re.search(r"\(8, (64|16)\) matrix", row.note) for row in dense)
+
+
+def test_gpu_benchmark_refuses_unknown_section():
+    gpu = _load("gpu")
+    with pytest.raises(SystemExit):
+        gpu.main(["--tiny", "--device", "cpu", "--sections", "solver,nope"])
