@@ -2,8 +2,8 @@
 
 Run from the repository root::
 
-    python benchmarks/solver.py            # full table (about 40 minutes on 2 cores)
-    python benchmarks/solver.py --quick    # smoke run, small problems (a few minutes)
+    python benchmarks/solver.py            # full table (about 40 minutes on 2 busy cores)
+    python benchmarks/solver.py --quick    # smoke run, small problems (about 20 minutes)
     python benchmarks/solver.py --cases synth-20k-512-10,digits-cnn
     python benchmarks/solver.py --cold-breakdown 5   # what a fresh process pays, step by step
 
