@@ -328,16 +328,20 @@ def test_choose_backend_rule():
     from captum_dualxda.solver.fit import ACCELERATOR_MIN_WORK, choose_backend
 
     both = ("bdcd", "sequential")
-    big_n = int(ACCELERATOR_MIN_WORK // (129 * 10)) + 1  # n (d + 1) K just above the threshold
+    k = 100
+    big_d = int(ACCELERATOR_MIN_WORK // k)  # (d + 1) K just above the threshold
     # CPU: the sequential method at every size and C when numba is there
-    for n, C in [(100, 1e-5), (big_n * 100, 1.0)]:
-        assert choose_backend("cpu", n, 128, 10, C, 100.0, both) == "sequential"
-        assert choose_backend("cpu", n, 128, 10, C, 100.0, ("bdcd",)) == "bdcd"
-    # accelerators: the crossover in the work of one pass
-    assert choose_backend("cuda", big_n, 128, 10, 0.1, 100.0, both) == "bdcd"
-    assert choose_backend("cuda", big_n - 2, 128, 10, 0.1, 100.0, both) == "sequential"
-    assert choose_backend(torch.device("cuda", 0), big_n - 2, 128, 10, 1e-5, 1.0, ("bdcd",)) == "bdcd"
-    assert choose_backend("mps", 10 * big_n, 128, 10, 1e-3, 100.0, both) == "bdcd"
+    for n, d, C in [(100, 16, 1e-5), (10**6, 2048, 1.0)]:
+        assert choose_backend("cpu", n, d, k, C, 100.0, both) == "sequential"
+        assert choose_backend("cpu", n, d, k, C, 100.0, ("bdcd",)) == "bdcd"
+    # accelerators: the crossover in the work per sample, whatever n and C
+    for n, C in [(500, 1e-3), (1_281_167, 0.1)]:
+        assert choose_backend("cuda", n, big_d, k, C, 100.0, both) == "bdcd"
+        assert choose_backend("cuda", n, big_d - 2, k, C, 100.0, both) == "sequential"
+    assert choose_backend("cuda", 10**6, 2048, 1000, 1e-3, 500.0, both) == "bdcd"  # ImageNet
+    assert choose_backend("cuda", 50_000, 512, 10, 1e-3, 500.0, both) == "sequential"  # CIFAR-10
+    assert choose_backend(torch.device("cuda", 0), 50_000, 512, 10, 1e-3, 1.0, ("bdcd",)) == "bdcd"
+    assert choose_backend("mps", 100, 2048, 1000, 1e-3, 100.0, both) == "bdcd"
 
 
 def test_auto_backend_follows_the_rule(monkeypatch):

@@ -75,11 +75,11 @@ def available_backends() -> Dict[str, Callable[..., BackendOutput]]:
     return backends
 
 
-ACCELERATOR_MIN_WORK = 1e7
-"""Smallest ``n (d + 1) K`` (multiply-adds of one pass) for which ``backend="auto"`` solves on an
-accelerator with the block method; smaller problems go to the sequential method on the CPU.
-An estimate (docs/solver.md 4c): CPU-measured pass counts times an assumed GPU cost per pass;
-``benchmarks/bdcd.py --device cuda`` measures the real crossover."""
+ACCELERATOR_MIN_WORK = 5e4
+"""Smallest ``(d + 1) K`` (multiply-adds per sample and pass) for which ``backend="auto"`` solves
+on an accelerator with the block method; below it the sequential method on the CPU is used.
+From CPU-measured pass counts and the block method's cost per pass measured on an H200
+(docs/solver.md 4c); ``benchmarks/bdcd.py --device cuda`` measures the crossover directly."""
 
 
 def choose_backend(
@@ -95,17 +95,21 @@ def choose_backend(
 
     * On the CPU: ``"sequential"`` (compiled, with shrinking) whenever numba is installed. It
       was 18-85x faster than the block method on the CPU at every measured size and ``C``.
-    * On an accelerator: ``"bdcd"`` on the accelerator when one pass costs at least
-      :data:`ACCELERATOR_MIN_WORK` multiply-adds (``n (d + 1) K``); below that the fixed cost
-      of the block method's kernel launches per pass dominates and ``"sequential"`` on the
-      CPU is expected to be faster (the features are copied to the CPU for the solve, the
-      result comes back to the accelerator).
+    * On an accelerator: ``"bdcd"`` on the accelerator when a sample costs at least
+      :data:`ACCELERATOR_MIN_WORK` multiply-adds per pass (``(d + 1) K``: large ``K`` and
+      ``d``, e.g. ImageNet's 2048 x 1000); below that ``"sequential"`` on the CPU (the
+      features are copied to the CPU for the solve, the result comes back to the
+      accelerator). A block pass on a GPU is bound by kernel launches, about 2 ms per block of
+      4096 rows whatever ``d``, so both methods' costs grow linearly in ``n`` and the
+      crossover is in the work per sample: with ``d = 128, K = 10`` the sequential method was
+      estimated 2.5-10x faster at every measured ``n`` (2,000 to 50,000) and ``C``, with
+      ``d = 256, K = 100`` about even.
 
     ``C`` and ``mean_squared_norm`` (mean ``||x_i||^2`` with the intercept column) do not enter
-    the rule yet. The passes of both methods grow with their product, the sequential method's
-    faster (from ``C = 1e-3`` to ``0.1`` on 20,000 x 128 x 10 features: 133 -> 9,274 passes,
-    the block method's 148 -> 1,644), so a large ``C`` moves the crossover to smaller ``n``;
-    they are in the signature so that a rule measured on accelerators can use them.
+    the rule. The passes of both methods grow with their product, the sequential method's
+    faster (20,000 x 128 x 10 features, ``C = 1e-3 -> 0.1``: 133 -> 9,274 passes, the block
+    method's 148 -> 1,644), but its passes also get cheaper (shrinking), and the estimated
+    time ratio did not cross over with ``C`` in the measured range.
 
     Parameters
     ----------
@@ -128,8 +132,8 @@ def choose_backend(
         return "bdcd"
     if device.type == "cpu":
         return "sequential"
-    work = float(n_samples) * (n_features + 1) * n_classes
-    return "bdcd" if work >= ACCELERATOR_MIN_WORK else "sequential"
+    work_per_sample = float(n_features + 1) * n_classes
+    return "bdcd" if work_per_sample >= ACCELERATOR_MIN_WORK else "sequential"
 
 
 def clean_dust(alpha: DualVariables, labels: torch.Tensor, C: float, threshold: float = 1e-10) -> DualVariables:
@@ -215,7 +219,8 @@ def fit_crammer_singer(
     backend : {"auto", "sequential", "bdcd"}
         ``"auto"``: :func:`choose_backend`'s pick: the compiled sequential method with
         shrinking on CPU (if numba is installed); on accelerators batched block coordinate
-        descent, except for problems so small that the sequential method on the CPU is faster.
+        descent when ``(d + 1) K`` is large (e.g. 1000 classes), else the sequential method
+        on the CPU, which was faster there.
     warm_start : CrammerSingerResult, optional
         A previous fit on the same features and labels (any ``C``); its ``alpha`` scaled by
         ``C / warm_start.C`` is the (feasible) starting point.
