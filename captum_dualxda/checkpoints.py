@@ -5,20 +5,20 @@ DualDA fits one SVM per checkpoint and averages their scores (see
 ``TracInCP``: ``checkpoints`` is a directory, a list of paths or an iterator of paths, and
 ``checkpoints_load_func(model, path)`` loads one into ``model`` in place (its return value, a
 learning rate for TracIn, is ignored). Unlike TracIn, the model is always given back with the
-parameters and buffers it had before: :func:`checkpoint_loaded` restores them on exit.
+parameters and buffers it had before: :func:`weights_restored` puts them back on exit.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Union
+from typing import Any, Callable, Iterable, Iterator, List, Union
 
 import torch
 from torch import nn
 
 from .probe import model_lock
 
-__all__ = ["CheckpointLoader", "checkpoint_paths", "checkpoint_loaded", "load_state_dict_checkpoint"]
+__all__ = ["CheckpointLoader", "checkpoint_paths", "weights_restored", "load_state_dict_checkpoint"]
 
 CheckpointLoader = Callable[[nn.Module, str], Any]
 """``(model, path) -> anything``: loads the checkpoint at ``path`` into ``model`` in place."""
@@ -88,30 +88,30 @@ def checkpoint_paths(checkpoints: Union[str, Iterable[str]], name: str = "checkp
     return paths
 
 
-def _snapshot(model: nn.Module) -> Dict[str, torch.Tensor]:
-    return {name: value.detach().clone() for name, value in model.state_dict(keep_vars=True).items()}
-
-
 @contextlib.contextmanager
-def checkpoint_loaded(model: nn.Module, path: str, load: CheckpointLoader) -> Iterator[None]:
-    """Load checkpoint ``path`` into ``model`` for the block, then put the previous values back.
+def weights_restored(model: nn.Module) -> Iterator[None]:
+    """Load checkpoints into ``model`` in the block as you like; its previous values come back on exit.
 
     Holds the model's lock (:func:`~captum_dualxda.probe.model_lock`) for the block, so no other
-    thread of this package runs the model with the checkpoint loaded. Parameters and buffers get
-    their previous values back in place (the same tensor objects), also after an exception.
+    thread of this package runs the model with a checkpoint loaded. On exit, also after an
+    exception, every parameter and buffer gets the value it had on entry, in place (the same
+    tensor objects). The values are copied once on entry, however many checkpoints the block
+    loads.
 
     Parameters
     ----------
     model : nn.Module
-    path : str
-        The checkpoint to load.
-    load : callable
-        ``load(model, path)``, e.g. :func:`load_state_dict_checkpoint`.
+
+    Examples
+    --------
+    >>> with weights_restored(model):                               # doctest: +SKIP
+    ...     for path in paths:
+    ...         load_state_dict_checkpoint(model, path)
+    ...         phi.append(model(x))
     """
     with model_lock(model):
-        saved = _snapshot(model)
+        saved = {name: value.detach().clone() for name, value in model.state_dict(keep_vars=True).items()}
         try:
-            load(model, path)
             yield
         finally:
             with torch.no_grad():

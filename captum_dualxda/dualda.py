@@ -15,7 +15,7 @@ import numbers
 import os
 import time
 import warnings
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from captum.influence import DataInfluence
@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .cache import check_writable_dir, entry_lock
 from .deprecation import positional_deprecated
 from .distributed import all_reduce_sum, broadcast_object, is_distributed, merge_topk, rank_and_world_size
-from .checkpoints import CheckpointLoader, checkpoint_loaded, checkpoint_paths, load_state_dict_checkpoint
+from .checkpoints import CheckpointLoader, checkpoint_paths, load_state_dict_checkpoint, weights_restored
 from .data import ModelInputs, as_dataloader, dataset_items, iterate_batches, split_batch
 from .features import batch_features, check_autocast, layer_name, model_device, resolve_linear_layer
 from .fit import DualDAState, fit_fingerprint, fit_state, load_state, save_state
@@ -449,7 +449,7 @@ class DualDA(DataInfluence):
     def _influence(self, inputs: Any, show_progress: bool = False) -> torch.Tensor:
         """All scores, ``(n_test, n_train)``; distributed, the disjoint per-rank parts are summed."""
         if self._members:
-            return torch.cat(list(self._ensemble_scores(inputs, show_progress)))
+            return torch.cat(self._ensemble_scores(inputs, show_progress))
         rows = []
         for batch in self._batches(inputs, show_progress):
             dense = self._local.dense_scores(*self._batch(batch))
@@ -460,7 +460,7 @@ class DualDA(DataInfluence):
         """Exact top-``k``: the support vectors plus ``k`` zero-score samples (on rank 0) are candidates."""
         k = min(k, self.n_train)
         if self._members:
-            top = [torch.topk(scores, k, dim=1, largest=proponents) for scores in self._ensemble_scores(inputs, show_progress)]
+            top = self._ensemble_scores(inputs, show_progress, lambda scores: torch.topk(scores, k, dim=1, largest=proponents))
             return KMostInfluentialResults(torch.cat([t.indices for t in top]), torch.cat([t.values for t in top]))
         candidates = self._local.candidates(k if self._rank == 0 else 0)
         indices, values = [], []
@@ -541,8 +541,9 @@ class DualDA(DataInfluence):
             raise TypeError(f"`checkpoints_load_func` must be callable (model, path), got {type(load).__name__}.")
         self.checkpoints = checkpoint_paths(checkpoints)
         self.checkpoints_load_func = load if load is not None else load_state_dict_checkpoint
-        for path in tqdm(self.checkpoints, desc="DualDA checkpoints", disable=not show_progress, leave=False):
-            with checkpoint_loaded(self.model, path, self.checkpoints_load_func):
+        with weights_restored(self.model):
+            for path in tqdm(self.checkpoints, desc="DualDA checkpoints", disable=not show_progress, leave=False):
+                self.checkpoints_load_func(self.model, path)
                 self._members.append(DualDA(self.model, self.final_fc_layer, self.train_dataset,
                                             show_progress=show_progress, **settings))
         first = self._members[0]
@@ -554,15 +555,23 @@ class DualDA(DataInfluence):
                           "extraction_time": sum(m.fit_stats["extraction_time"] for m in self._members),
                           "converged": all(m.fit_stats["converged"] for m in self._members)}
 
-    def _ensemble_scores(self, inputs: Any, show_progress: bool) -> Iterator[torch.Tensor]:
-        """Per test batch, ``(n_batch, n_train)``: the mean of every checkpoint's dense scores."""
-        for batch in self._batches(inputs, show_progress):
-            total: Optional[torch.Tensor] = None
-            for path, member in zip(self.checkpoints, self._members):
-                with checkpoint_loaded(self.model, path, self.checkpoints_load_func):
+    def _ensemble_scores(self, inputs: Any, show_progress: bool,
+                         reduce: Callable[[torch.Tensor], Any] = lambda scores: scores) -> List[Any]:
+        """Per test batch, ``reduce`` of the ``(n_batch, n_train)`` mean of every checkpoint's dense scores.
+
+        The model's weights are copied once for the call and put back at its end; each checkpoint is
+        loaded once per test batch.
+        """
+        results = []
+        with weights_restored(self.model):
+            for batch in self._batches(inputs, show_progress):
+                total: Optional[torch.Tensor] = None
+                for path, member in zip(self.checkpoints, self._members):
+                    self.checkpoints_load_func(self.model, path)
                     scores = member._local.dense_scores(*member._batch(batch))
-                total = scores if total is None else total + scores
-            yield total / len(self._members)
+                    total = scores if total is None else total + scores
+                results.append(reduce(total / len(self._members)))
+        return results
 
     def _single_fit_only(self, name: str) -> None:
         if self.__dict__.get("_members"):

@@ -32,7 +32,7 @@ from zennit.attribution import Attributor
 from zennit.core import Composite
 
 from .features import call_model, hf_last_token, model_device, output_logits, pooled_positions, resolve_linear_layer
-from .checkpoints import checkpoint_loaded
+from .checkpoints import weights_restored
 from .deprecation import positional_deprecated, renamed_arguments
 from .probe import ModelProbe
 
@@ -619,8 +619,9 @@ def _checkpoint_pairs(dualda: Any, xda: "XDA", test_inputs: Any, targets: Any, t
         x = _single_input(test_inputs, "test_inputs")
         targets = _predict(xda.model, _to(x, model_device(xda.model))).cpu()
     parts: List[XDAPairs] = []
-    for path, member in zip(dualda.checkpoints, dualda._members):
-        with checkpoint_loaded(dualda.model, path, dualda.checkpoints_load_func):
+    with weights_restored(dualda.model):
+        for path, member in zip(dualda.checkpoints, dualda._members):
+            dualda.checkpoints_load_func(dualda.model, path)
             parts.append(xda_pairs(member, xda, test_inputs, targets, train_indices,
                                    feature_batch_size=feature_batch_size, show_progress=show_progress))
 

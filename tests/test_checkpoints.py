@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from captum_dualxda import XDA, DualDA, rank_label_issues, xda_pairs
-from captum_dualxda.checkpoints import checkpoint_loaded, checkpoint_paths
+from captum_dualxda.checkpoints import checkpoint_paths, weights_restored
 
 
 def make_net(seed: int, bias: bool = True) -> nn.Sequential:
@@ -105,7 +105,7 @@ def test_custom_loader_and_errors(setting, tmp_path):
         rank_label_issues(ensemble)
 
 
-def test_checkpoint_loaded_restores_after_an_error(setting):
+def test_weights_restored_after_an_error(setting):
     model, _, paths, _, _ = setting
     before = state_of(model)
 
@@ -114,8 +114,8 @@ def test_checkpoint_loaded_restores_after_an_error(setting):
         raise RuntimeError("disk gone")
 
     with pytest.raises(RuntimeError, match="disk gone"):
-        with checkpoint_loaded(model, paths[0], broken):
-            pass
+        with weights_restored(model):
+            broken(model, paths[0])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(TypeError, match="checkpoints"):
         checkpoint_paths(3)

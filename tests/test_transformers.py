@@ -229,11 +229,16 @@ def test_token_heatmaps_conserve_the_dualda_score(make, head, pad_left):
     assert not any("forward" in vars(m) for m in model.modules())
 
 
-def test_torchvision_vit_pixel_heatmaps_are_finite_and_add_up_with_the_class_token():
+def tiny_torchvision_vit():
+    """A randomly initialised torchvision ViT on 16x16 images, 4x4 patches, 3 classes (seed 0)."""
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
-    vit = torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
-                                               mlp_dim=32, num_classes=3).eval()
+    return torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
+                                                mlp_dim=32, num_classes=3).eval()
+
+
+def test_torchvision_vit_pixel_heatmaps_are_finite_and_add_up_with_the_class_token():
+    vit = tiny_torchvision_vit()
     x = torch.randn(4, 3, 16, 16)
     xda = XDA(vit, "heads.head", transformer_composite(vit))
     with xda:
@@ -320,10 +325,7 @@ def test_cp_rule_conserves_exactly_and_attnlrp_softmax_does_not(make, head):
 
 
 def test_cp_rule_conserves_exactly_on_vit_pixels_without_parameters_that_absorb_relevance():
-    torchvision = pytest.importorskip("torchvision")
-    torch.manual_seed(0)
-    vit = torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
-                                               mlp_dim=32, num_classes=3).eval()
+    vit = tiny_torchvision_vit()
     x = torch.randn(4, 3, 16, 16)
     xda = XDA(vit, "heads.head", transformer_composite(vit))
     phi = xda.features(x)
