@@ -125,6 +125,33 @@ def output_logits(output: Any) -> torch.Tensor:
     raise TypeError(f"Cannot find the logits in a model output of type {type(output).__name__}.")
 
 
+def check_layer_makes_the_logits(layer: nn.Linear, layer_input: torch.Tensor, output: Any) -> None:
+    """Refuse a layer that cannot be the one producing the model's ``(N, K)`` logits.
+
+    With one vector per sample, ``phi`` must be the input of the layer whose outputs are the
+    class scores: a layer with another number of outputs is an inner layer (e.g. the ``dense``
+    layer of a RoBERTa-style head, before ``out_proj``), and the SVM would be fitted on the wrong
+    representation, with the wrong classes. Only the shapes are compared, so models returning
+    log-probabilities or scaled logits pass; outputs without recognisable logits are not checked.
+
+    Raises
+    ------
+    ValueError
+        The logits have ``N`` rows and a number of columns other than ``layer.out_features``.
+    """
+    try:
+        logits = output_logits(output)
+    except TypeError:
+        return
+    if logits.ndim == 2 and logits.shape[0] == layer_input.shape[0] and logits.shape[1] != layer.out_features:
+        raise ValueError(
+            f"`final_fc_layer` has {layer.out_features} outputs but the model returns logits of shape "
+            f"{tuple(logits.shape)}: phi must be the input of the layer that computes the {logits.shape[1]} "
+            "class scores (the last Linear layer of the head, e.g. `classifier.out_proj` of a RoBERTa-style "
+            "classification head), not of an inner layer."
+        )
+
+
 def pooled_features(layer: nn.Linear, layer_input: torch.Tensor, logits: torch.Tensor,
                     hint: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``(N, d)`` the representation the model classifies, from ``layer``'s input and the logits.
@@ -325,6 +352,7 @@ class FeatureExtractor:
             output = call_model(self.model, inputs_to(inputs, self.device, non_blocking=True))
             layer_input = self._probe.features()
             if layer_input.ndim == 2:
+                check_layer_makes_the_logits(self.layer, layer_input, output)
                 return layer_input, output
             return pooled_features(self.layer, layer_input, output_logits(output), hf_last_token(inputs, self.model)), output
 

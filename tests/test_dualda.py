@@ -289,3 +289,19 @@ def test_device_argument_moves_tensors(device, digits_cnn, digits):
     # Targets as int32 or a list are accepted and give the same scores.
     assert torch.equal(dd.influence((xt[:3], pred.int())), scores)
     assert torch.equal(dd.influence((xt[:3], pred.tolist())), scores)
+
+
+def test_an_inner_layer_is_refused_before_fitting(tmp_path):
+    """A Linear layer whose outputs are not the class scores (an inner layer of the head) is refused:
+    its input is not what the model classifies, and the SVM would learn the wrong classes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3), nn.LogSoftmax(-1))
+    data = TensorDataset(torch.randn(30, 4), torch.arange(30) % 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"`final_fc_layer` has 8 outputs .* logits of shape \(\d+, 3\)"):
+        DualDA(model, model[0], data, cache_dir=str(tmp_path))
+    assert not [p for p in tmp_path.iterdir() if p.suffix != ".lock"]  # nothing cached
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and not model._forward_pre_hooks
+    # the right layer works, with log-probabilities as the output (shapes agree)
+    dualda = DualDA(model, model[2], data, cache_dir=str(tmp_path))
+    assert tuple(dualda.weight.shape) == (3, 8)

@@ -330,7 +330,8 @@ from captum_dualxda.solver import fit_crammer_singer
 from captum_dualxda.solver import sequential
 data = np.load(sys.argv[2])
 result = fit_crammer_singer(torch.from_numpy(data["x"]), torch.from_numpy(data["y"]), C=0.1, seed=3)
-print(json.dumps({"numba": "numba" in sys.modules, "origin": sequential._kernels("float32").origin,
+print(json.dumps({"numba": "numba" in sys.modules, "llvmlite": "llvmlite" in sys.modules,
+                  "origin": sequential._kernels("float32").origin,
                   "alpha": result.alpha.numpy().tobytes().hex(), "n_iter": result.n_iter}))
 """
 
@@ -344,7 +345,7 @@ def test_fresh_process_loads_cached_kernels_without_numba(tmp_path):
 
     x, y = make_data(400, 12, 4, 11)
     here = fit_crammer_singer(x, y, C=0.1, seed=3)  # compiles (first run) or loads: the cache exists now
-    assert sequential_module()._kernels("float32").origin in ("cache", "compiled")
+    assert sequential_module()._kernels("float32").origin in ("library", "cache", "compiled")
     np.savez(tmp_path / "data.npz", x=x.numpy(), y=y.numpy())
     package = str(Path(captum_dualxda.__file__).parent)
     done = subprocess.run(
@@ -353,7 +354,12 @@ def test_fresh_process_loads_cached_kernels_without_numba(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     there = json.loads(done.stdout.strip().splitlines()[-1])
-    assert there["origin"] == "cache" and not there["numba"]
+    assert not there["numba"]
+    if sequential_module()._c_compiler() is not None and sequential_module()._cpu_identity() is not None:
+        # the shared library: loaded with ctypes alone, not even llvmlite is imported
+        assert there["origin"] == "library" and not there["llvmlite"]
+    else:
+        assert there["origin"] == "cache"
     assert there["n_iter"] == here.n_iter
     assert bytes.fromhex(there["alpha"]) == here.alpha.numpy().tobytes()  # the same machine code
 
@@ -410,6 +416,55 @@ def test_kernel_cache_refuses_damaged_stale_and_foreign_files(tmp_path, monkeypa
     assert seq._load_cached("float64") is not None
     monkeypatch.setenv("NUMBA_CPU_NAME", "generic")
     assert not seq._own_cache_possible() and seq._load_cached("float64") is None
+
+
+def test_shared_library_cache_refuses_damaged_stale_and_foreign_files(tmp_path, monkeypatch):
+    """The shared library is used only with a matching key and checksum; else the object file is."""
+    seq = sequential_module()
+    if seq._c_compiler() is None or seq._cpu_identity() is None:
+        pytest.skip("no C compiler driver or no /proc/cpuinfo: the object-file cache is used")
+    seq._kernels("float64")
+    key = seq._library_key("float64")
+    found = [paths for folder in seq._cache_dirs() for paths in [seq._library_paths(folder, key)] if paths[1].is_file()]
+    assert found, "no shared library was built when compiling"
+    library, header_file = found[0]
+    header = json.loads(header_file.read_text())
+    assert header["key"] == key and set(header["symbols"]) == set(seq._ENTRY_POINTS)
+    object_file = cache_file("float64").read_bytes()
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    [folder] = seq._cache_dirs()
+    folder.mkdir(parents=True)
+    (folder / seq._cache_name(seq._cache_key("float64"))).write_bytes(object_file)
+    target_library, target_header = seq._library_paths(folder, key)
+    target_library.write_bytes(library.read_bytes())
+    target_header.write_text(json.dumps(header))
+    loaded = seq._load_cached("float64")
+    assert loaded is not None and loaded.origin == "library"
+    b = np.array([0.5, -0.2, 0.1])
+    out, work = np.empty(3), np.empty(3)
+    loaded.subproblem(b.ctypes.data, 1.5, 1, 0.3, 3, out.ctypes.data, work.ctypes.data)
+    np.testing.assert_array_equal(out, solve_subproblem(b, 1.5, 1, 0.3))
+
+    # a damaged library, another CPU or kernel source in the header, a header without its library:
+    # never loaded; the object file is used instead
+    damaged = bytearray(library.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    cases = [
+        (bytes(damaged), header),
+        (library.read_bytes(), dict(header, key=dict(key, cpu="another-cpu"))),
+        (library.read_bytes(), dict(header, key=dict(key, kernels="0" * 64))),
+        (None, header),
+    ]
+    for content, written in cases:
+        if content is None:
+            target_library.unlink()
+        else:
+            target_library.write_bytes(content)
+        target_header.write_text(json.dumps(written))
+        assert seq._load_library("float64") is None
+        fallback = seq._load_cached("float64")
+        assert fallback is not None and fallback.origin == "cache"
 
 
 def test_kernel_entry_points_match_the_driver():

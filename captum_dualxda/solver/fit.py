@@ -12,7 +12,7 @@ import torch
 
 from .bdcd import BackendOutput, solve_bdcd
 from .gap import evaluate_optimality
-from .problem import DEFAULT_C, CrammerSingerResult, check_positive_number, make_problem
+from .problem import DEFAULT_C, CrammerSingerResult, check_positive_number, class_counts, make_problem
 from .sparse_dual import DualVariables, RowSparseDual, dual_row_slices, dual_rows, dual_to_dense, set_dual_rows
 
 __all__ = [
@@ -243,7 +243,7 @@ def fit_crammer_singer(
     if int(max_iter) < 1:
         raise ValueError(f"`max_iter` must be >= 1, got {max_iter!r}.")
     problem = make_problem(features, labels, C, fit_intercept, intercept_scaling, n_classes)
-    present = torch.unique(problem.labels)
+    present = class_counts(problem.labels, problem.n_classes).nonzero().flatten().to(problem.labels.device)
     if present.numel() < problem.n_classes:
         # Classes without a training sample: solve scikit-learn's problem, which knows only the
         # classes present, and give the others zero dual variables, weights and intercept.

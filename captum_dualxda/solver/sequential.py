@@ -37,8 +37,10 @@ rounding bound) gave the same decisions but no measurable speed-up, so neither i
 Cold start (docs/solver.md, "Cold start"): the kernels live in :mod:`._sequential_kernels` as
 C-callable numba functions. Importing numba and initialising its compiler costs about a second in a
 fresh process, more than a small solve, so after the first compile on a machine this module keeps
-the kernels' machine code on disk and later processes load it with llvmlite alone (tens of
-milliseconds) and call it through ctypes: numba is imported only to compile.
+the kernels' machine code on disk and later processes call it through ctypes: numba is imported
+only to compile. Where a C compiler driver is found when compiling (Linux), the code is also linked
+into a shared library that later processes load with ctypes alone (about a millisecond); otherwise
+they link the object file with llvmlite (tens of milliseconds).
 """
 from __future__ import annotations
 
@@ -48,7 +50,11 @@ import hashlib
 import importlib.util
 import json
 import os
+import platform
+import shutil
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -75,7 +81,7 @@ _CONTINUE, _PROPOSE_STOP, _MAX_ITER = 0, 1, 2
 # The compiled kernels: loaded from the on-disk cache with llvmlite, or compiled with numba.
 # ------------------------------------------------------------------------------------------------
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 """Version of the cache file layout and of the entry points' C signatures (bump on change)."""
 
 _KERNEL_SOURCE = Path(__file__).with_name("_sequential_kernels.py")
@@ -111,7 +117,8 @@ _ENTRY_POINTS = tuple(_PROTOTYPES)
 class _Kernels:
     """The five entry points for ``features`` of one dtype as ctypes functions (they release the GIL).
 
-    ``origin`` is ``"cache"`` (machine code loaded from disk without numba), ``"compiled"``
+    ``origin`` is ``"library"`` (the cached shared library, loaded with ctypes alone), ``"cache"``
+    (the cached object file, linked with llvmlite, without numba), ``"compiled"``
     (compiled here, written to the cache and loaded back from it) or ``"numba"`` (compiled here
     or loaded from numba's own cache, called at numba's addresses). ``owners`` keeps the code
     alive.
@@ -178,9 +185,13 @@ def _cache_name(key: Dict[str, Any]) -> str:
 
 
 def _load_cached(feature_dtype: str) -> Optional[_Kernels]:
-    """Machine code from the cache, linked with llvmlite (no numba); ``None`` if absent or stale."""
+    """Machine code from the cache: a shared library (no llvmlite), else object code linked with
+    llvmlite (no numba); ``None`` if absent or stale."""
     if not _own_cache_possible():
         return None
+    kernels = _load_library(feature_dtype)
+    if kernels is not None:
+        return kernels
     try:
         key = _cache_key(feature_dtype)
         name = _cache_name(key)
@@ -259,6 +270,157 @@ def _link(feature_dtype: str, objects: List[bytes], symbols: Dict[str, str], ori
     return _Kernels(feature_dtype, functions, origin, (engine,))
 
 
+# A shared library of the same machine code, linked once by the system's C compiler driver where
+# there is one: later processes then load it with ctypes alone, without importing llvmlite (whose
+# import and LLVM initialisation cost 30-80 ms, more than a small solve). Its key is read without
+# llvmlite: the CPU from /proc/cpuinfo, so this path is Linux only; elsewhere the object file above
+# is used.
+
+_CPUINFO_FIELDS = frozenset(
+    {"vendor_id", "cpu family", "model", "model name", "stepping", "flags", "features", "cpu implementer",
+     "cpu architecture", "cpu variant", "cpu part", "cpu revision", "isa", "uarch", "cpu"}
+)
+"""Lines of /proc/cpuinfo that identify the CPU model and its instruction set extensions."""
+
+
+def _cpu_identity() -> Optional[str]:
+    """SHA-256 of the first processor's model and feature lines of /proc/cpuinfo (None: not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+    first = text.split("\n\n", 1)[0]
+    lines = []
+    for line in first.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip().lower() in _CPUINFO_FIELDS:
+            lines.append(f"{name.strip().lower()}:{' '.join(value.split())}")
+    if not lines:
+        return None
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _installation_stamp(module: str) -> List[int]:
+    """Size and modification time of an installed package's ``__init__`` (changes on reinstall)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return []
+    stat = os.stat(spec.origin)
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _library_key(feature_dtype: str) -> Optional[Dict[str, Any]]:
+    """What the shared library depends on, read without llvmlite; None where it cannot be used."""
+    cpu = _cpu_identity()
+    if cpu is None:
+        return None
+    return {
+        "format": _CACHE_FORMAT,
+        "dtype": feature_dtype,
+        "kernels": hashlib.sha256(_KERNEL_SOURCE.read_bytes()).hexdigest(),
+        "python": sys.implementation.cache_tag,
+        "numba": _installation_stamp("numba"),
+        "llvmlite": _installation_stamp("llvmlite"),
+        "machine": platform.machine(),
+        "cpu": cpu,
+    }
+
+
+def _library_paths(folder: Path, key: Dict[str, Any]) -> Tuple[Path, Path]:
+    """The shared library and its header (key, entry symbols, SHA-256) in ``folder``."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    stem = f"sequential_kernels.{key['dtype']}.{digest}"
+    return folder / f"{stem}.so", folder / f"{stem}.json"
+
+
+def _load_library(feature_dtype: str) -> Optional[_Kernels]:
+    """The kernels from the cached shared library, loaded with ctypes; None if absent or stale."""
+    try:
+        key = _library_key(feature_dtype)
+        if key is None:
+            return None
+        for folder in _cache_dirs():
+            library_path, header_path = _library_paths(folder, key)
+            if not header_path.is_file():
+                continue
+            header = json.loads(header_path.read_text())
+            if header.get("key") != key or set(header.get("symbols", ())) != set(_ENTRY_POINTS):
+                continue
+            if hashlib.sha256(library_path.read_bytes()).hexdigest() != header.get("sha256"):
+                continue  # damaged, or replaced by a parallel process after the header was read
+            library = ctypes.CDLL(str(library_path))
+            functions = {
+                entry: _PROTOTYPES[entry](ctypes.cast(getattr(library, symbol), ctypes.c_void_p).value)
+                for entry, symbol in header["symbols"].items()
+            }
+            return _Kernels(feature_dtype, functions, "library", (library,))
+    except Exception:  # unreadable header, missing symbol, loader error: use the object file
+        return None
+    return None
+
+
+def _c_compiler() -> Optional[str]:
+    """A C compiler driver on PATH to link with (``cc``, ``gcc`` or ``clang``), or None."""
+    for name in ("cc", "gcc", "clang"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _build_library(feature_dtype: str, module: Any, stubs: List[str], symbols: Dict[str, str],
+                   key: Dict[str, Any]) -> Optional[_Kernels]:
+    """Link the kernels' LLVM module (position-independent code) into a cached shared library.
+
+    Returns the kernels loaded from it, or None if there is no compiler driver, linking fails, or
+    no cache folder is writable; nothing half-written is left behind.
+    """
+    library_key = _library_key(feature_dtype)
+    compiler = _c_compiler()
+    if library_key is None or compiler is None:
+        return None
+    import llvmlite.binding as ll
+
+    machine = ll.Target.from_triple(key["triple"]).create_target_machine(
+        cpu=key["cpu"], features=key["features"], opt=3, reloc="pic", codemodel="default"
+    )
+    objects = [machine.emit_object(module), _trap_object(stubs, machine)]
+    with tempfile.TemporaryDirectory(prefix="captum-dualxda-link-") as scratch:
+        inputs = []
+        for number, code in enumerate(objects):
+            inputs.append(os.path.join(scratch, f"part{number}.o"))
+            Path(inputs[-1]).write_bytes(code)
+        output = os.path.join(scratch, "kernels.so")
+        # -z text: refuse code that would need patching at load time (not position independent)
+        command = [compiler, "-shared", "-Wl,-z,text", "-o", output, *inputs]
+        done = subprocess.run(command, capture_output=True, timeout=120, check=False)
+        if done.returncode != 0 or not os.path.isfile(output):
+            return None
+        data = Path(output).read_bytes()
+    header = {"key": library_key, "symbols": symbols, "sha256": hashlib.sha256(data).hexdigest()}
+    for folder in _cache_dirs():
+        library_path, header_path = _library_paths(folder, library_key)
+        token = f"{os.getpid()}.{uuid.uuid4().hex}"
+        temporaries = [folder / f".{library_path.name}.{token}", folder / f".{header_path.name}.{token}"]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(temporaries[0], "xb") as file:
+                file.write(data)
+            with open(temporaries[1], "x") as file:
+                json.dump(header, file, sort_keys=True)
+            os.replace(temporaries[0], library_path)  # the library first: a header names a complete file
+            os.replace(temporaries[1], header_path)
+        except OSError:  # read-only or full: try the next folder
+            for temporary in temporaries:
+                with contextlib.suppress(OSError):
+                    temporary.unlink()
+            continue
+        return _load_library(feature_dtype)
+    return None
+
+
 def _trap_object(names: List[str], machine: Any) -> bytes:
     """An object file defining each of ``names`` as a function that traps (illegal instruction)."""
     import llvmlite.binding as ll
@@ -329,12 +491,21 @@ def _save_and_reload(feature_dtype: str, entries: Dict[str, Any]) -> Optional[_K
     stubs = sorted(name for name in external if not _resolvable_in_process(name, process))
     if not set(stubs) <= _ERROR_PATH_SYMBOLS:
         return None  # the kernels call numba's runtime on a normal path: they need numba
+    pristine = module.clone()  # for the shared library: emitting may change a module
     objects = [codegen._tm.emit_object(module), _trap_object(stubs, codegen._tm)]
     symbols = {name: entries[name].native_name for name in _ENTRY_POINTS}
     kernels = _link(feature_dtype, objects, symbols, "compiled")
     if kernels is None or not _same_results(kernels, entries):
         return None
     _write_cache_file({"key": key, "symbols": symbols, "stubs": stubs}, objects)
+    try:
+        library = _build_library(feature_dtype, pristine, stubs, symbols, key)
+    except Exception:  # no usable toolchain: later processes link the object file with llvmlite
+        library = None
+    if library is not None and _same_results(library, entries):
+        # this process runs the same machine code as every later one
+        return _Kernels(feature_dtype, {name: getattr(library, name) for name in _ENTRY_POINTS}, "compiled",
+                        library._owners)
     return kernels
 
 
