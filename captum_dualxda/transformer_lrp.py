@@ -12,12 +12,20 @@ a modified gradient, so that ``input * gradient`` is the LRP relevance (``docs/m
 - LayerNorm / RMSNorm (identity rule): the normalising factor ``1 / std`` is a constant;
 - element-wise activations, GELU, SiLU, tanh (identity rule): the gradient is scaled by
   ``f(x) / x``, so relevance passes through unchanged;
+  Hugging Face classification heads that call ``torch.tanh`` themselves (RoBERTa and others:
+  ``out_proj(tanh(dense(x)))``) get it through a ``TorchFunctionMode`` around their forward;
 - products of two activations (uniform rule): each operand gets half, in gated MLPs
   (``act(gate(x)) * up(x)``) and, with ``attention="attnlrp"``, in attention (``q`` and ``k`` a
   quarter, ``v`` a half; the softmax then passes its ordinary gradient times input, which is not
   conservative: on trained models most of the relevance sent into it is lost);
-- linear layers unchanged (biases, LayerNorm's shift, and position embeddings and class tokens,
-  which are parameters, keep their share of the relevance).
+- biases (``zero_params="bias"``, the default; Zennit's ``zero_params="bias"`` in spirit: the
+  biases take no relevance): every bias-carrying affine map ``y = z + b`` (``nn.Linear``, GPT-2's
+  ``Conv1D``, the input projections of ``nn.MultiheadAttention``, convolutions such as a ViT's
+  patch embedding, LayerNorm's shift) gives each input its own contribution's relevance plus a
+  share of the bias's ``b * gradient`` in proportion to the size ``|w_j x_j|`` of its contribution
+  (:func:`spread_bias`); ``zero_params=None``: ordinary gradient, each bias keeps
+  ``b * gradient``. Position embeddings and class tokens are parameters added to the input and
+  keep their share either way.
 
 Attention of Hugging Face models is swapped through their public attention interface
 (``AttentionInterface`` + ``set_attn_implementation``), ``nn.MultiheadAttention`` (torchvision's
@@ -36,7 +44,7 @@ from torch import nn
 from zennit.canonizers import Canonizer
 from zennit.core import Composite
 
-__all__ = ["TransformerComposite", "transformer_composite", "half_product", "half_matmul"]
+__all__ = ["TransformerComposite", "transformer_composite", "half_product", "half_matmul", "spread_bias"]
 
 ATTENTION_NAME = "captum_dualxda_lrp"
 """Name under which the LRP attention function is registered with Hugging Face transformers."""
@@ -171,16 +179,123 @@ def _register_hf_attention(rule: str) -> None:
     AttentionMaskInterface.register(_attention_name(rule), eager_mask)
 
 
-def _layer_norm(module: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+def spread_bias(z: torch.Tensor, bias: torch.Tensor, magnitude: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
+    """``z + bias`` in the forward pass; the bias's relevance goes to the inputs of ``z``.
+
+    ``z = sum_j c_j`` is the bias-free part of an affine map, a sum of input contributions
+    ``c_j = w_j x_j``, and ``magnitude = sum_j |c_j|`` (computed from ``|x|`` and ``|w|``, with
+    gradient). Input times gradient then gives input ``j`` the relevance
+    ``c_j g + |c_j| / (sum_k |c_k| + epsilon) * bias * g`` (``g`` the gradient at the output):
+    its own contribution plus a share of the bias's relevance ``bias * g`` in proportion to the
+    size of its contribution. Summed over the inputs that is ``(z + bias) g``, all of the
+    output's relevance (up to ``epsilon``), and unlike ``c_j / z`` (the epsilon rule with the bias
+    zeroed) the weights are never above 1 and the bias's shares all have one sign, so a ``z``
+    that cancels to 0 neither blows up nor loses precision. Only where every contribution is 0
+    does the bias keep its share.
+
+    Parameters
+    ----------
+    z : torch.Tensor
+        ``(*shape)`` floating point, the bias-free output, carrying the gradient to the inputs.
+    bias : torch.Tensor
+        Broadcastable to ``z``, same dtype.
+    magnitude : torch.Tensor
+        ``(*shape)``, ``sum_j |c_j|`` per output element (>= 0), carrying the gradient of ``|x|``.
+    epsilon : float
+        Added to ``magnitude`` in the denominator (> 0).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(*shape)``, ``z + bias`` (up to float rounding), same dtype as ``z``.
+    """
+    y = z + bias
+    share = ((y.detach().float() - z.detach().float()) / (magnitude.detach().float() + epsilon)).to(z.dtype)
+    modified = z + magnitude * share
+    return modified + (y.detach() - modified.detach())
+
+
+class _SpreadBiasLinear(torch.autograd.Function):
+    """``F.linear(x, weight, bias)`` with :func:`spread_bias`'s gradient, in one node.
+
+    Gradient to ``x`` only: ``g W + sign(x) * ((g * share) |W|)`` with ``share = bias /
+    (|x| |W|^T + epsilon)``, the same as :func:`spread_bias` on ``z = x W^T``, ``magnitude =
+    |x| |W|^T`` (two matrix products each way, but no chain of element-wise autograd nodes).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, epsilon: float) -> torch.Tensor:
+        weight, bias = weight.detach(), bias.detach()
+        abs_weight = weight.abs()
+        size = nn.functional.linear(x.abs(), abs_weight)
+        share = (bias.float() / (size.float() + epsilon)).to(x.dtype)
+        ctx.save_for_backward(x, weight, abs_weight, share)
+        return nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        x, weight, abs_weight, share = ctx.saved_tensors
+        grad_x = torch.matmul(grad, weight) + torch.sign(x) * torch.matmul(grad * share, abs_weight)
+        return grad_x, None, None, None
+
+
+def _affine(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], zero_bias: bool,
+            epsilon: float) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, the bias's relevance spread over ``x`` when ``zero_bias``."""
+    if bias is None or not zero_bias:
+        return nn.functional.linear(x, weight, bias)
+    return _SpreadBiasLinear.apply(x, weight, bias, epsilon)
+
+
+def _layer_norm(module: nn.LayerNorm, x: torch.Tensor, zero_bias: bool = False, epsilon: float = 1e-6) -> torch.Tensor:
     dims = tuple(range(-len(module.normalized_shape), 0))
     centred = x - x.mean(dims, keepdim=True)
-    std = (centred.pow(2).mean(dims, keepdim=True) + module.eps).sqrt()
-    y = centred / std.detach()
+    std = (centred.pow(2).mean(dims, keepdim=True) + module.eps).sqrt().detach()
+    y = centred / std
     if module.weight is not None:
         y = y * module.weight
-    if module.bias is not None:
-        y = y + module.bias
-    return y
+    if module.bias is None:
+        return y
+    if not zero_bias:
+        return y + module.bias
+    # Output k is sum_j w_k / std (delta_kj - 1/n) x_j; the sizes of those terms add up to
+    # |w_k| / std ((1 - 2/n) |x_k| + mean_j |x_j|).
+    n = math.prod(module.normalized_shape)
+    size = (1.0 - 2.0 / n) * x.abs() + x.abs().mean(dims, keepdim=True)
+    scale = (module.weight.detach().abs() if module.weight is not None else 1.0) / std
+    return spread_bias(y, module.bias, size * scale, epsilon)
+
+
+def _has_bias(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "bias", None), torch.Tensor)
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) and _has_bias(module)
+
+
+def _linear(module: nn.Linear, x: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
+    return _affine(x, module.weight, module.bias, True, epsilon)
+
+
+def _is_hf_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2): ``x @ weight + bias``, weight ``(in, out)``."""
+    return (type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers")
+            and _has_bias(module) and hasattr(module, "nf"))
+
+
+def _hf_conv1d(module: nn.Module, x: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
+    return _SpreadBiasLinear.apply(x, module.weight.T, module.bias, epsilon)
+
+
+def _is_conv(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and _has_bias(module)
+
+
+def _conv(module: nn.Module, x: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
+    z = module._conv_forward(x, module.weight, None)
+    size = module._conv_forward(x.abs(), module.weight.detach().abs(), None)
+    return spread_bias(z, module.bias.view(-1, *([1] * (z.ndim - 2))), size, epsilon)
 
 
 def _rms_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -218,6 +333,32 @@ def _identity_activation(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x * ratio.detach()
 
 
+def _is_classification_head(module: nn.Module) -> bool:
+    """Hugging Face sequence heads ``out_proj(act(dense(x)))`` (RoBERTa, XLM-R, Longformer, BART,
+    T5, ...), whose activation is a function call (``torch.tanh``), not a module to canonize."""
+    return (type(module).__module__.startswith("transformers.") and type(module).__name__.endswith("ClassificationHead")
+            and isinstance(getattr(module, "dense", None), nn.Linear) and isinstance(getattr(module, "out_proj", None), nn.Linear))
+
+
+class _IdentityRuleTanh(torch.overrides.TorchFunctionMode):
+    """Within this mode ``torch.tanh(x)`` has the identity rule's gradient ``tanh(x) / x``."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func in (torch.tanh, torch.Tensor.tanh) and not kwargs:
+            x = args[0]
+            y = func(x)  # the mode is off inside its own handler: the ordinary tanh
+            nonzero = x.abs() > 1e-12
+            ratio = torch.where(nonzero, y / torch.where(nonzero, x, torch.ones_like(x)), torch.zeros_like(y))
+            return x * ratio.detach()
+        return func(*args, **kwargs)
+
+
+def _classification_head(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    with _IdentityRuleTanh():
+        return type(module).forward(module, *args, **kwargs)
+
+
 def _is_gated_mlp(module: nn.Module) -> bool:
     return all(hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn"))
 
@@ -229,7 +370,8 @@ def _gated_mlp(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _multihead_attention(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                          key_padding_mask: Optional[torch.Tensor] = None, need_weights: bool = True,
                          attn_mask: Optional[torch.Tensor] = None, average_attn_weights: bool = True,
-                         is_causal: bool = False, rule: str = "attnlrp"):
+                         is_causal: bool = False, rule: str = "attnlrp", zero_bias: bool = False,
+                         epsilon: float = 1e-6):
     """``nn.MultiheadAttention`` (self-attention, packed projections) with an LRP gradient."""
     if module.batch_first:
         query, key, value = (t.transpose(0, 1) for t in (query, key, value))
@@ -238,9 +380,9 @@ def _multihead_attention(module: nn.MultiheadAttention, query: torch.Tensor, key
     weight, bias = module.in_proj_weight, module.in_proj_bias
     w_q, w_k, w_v = weight.chunk(3)
     b_q, b_k, b_v = bias.chunk(3) if bias is not None else (None, None, None)
-    q = nn.functional.linear(query, w_q, b_q)
-    k = nn.functional.linear(key, w_k, b_k)
-    v = nn.functional.linear(value, w_v, b_v)
+    q = _affine(query, w_q, b_q, zero_bias, epsilon)
+    k = _affine(key, w_k, b_k, zero_bias, epsilon)
+    v = _affine(value, w_v, b_v, zero_bias, epsilon)
 
     def split(t: torch.Tensor) -> torch.Tensor:  # (L, N, E) -> (N, heads, L, head_dim)
         return t.reshape(t.shape[0], batch, heads, head_dim).permute(1, 2, 0, 3)
@@ -312,7 +454,12 @@ def _embedding_output_module(model: nn.Module) -> Optional[nn.Module]:
     return get() if callable(get) else None  # Llama family: rotary positions, token embeddings only
 
 
-def transformer_composite(model: nn.Module, attention: str = "cp") -> TransformerComposite:
+ZERO_PARAMS = ("bias", None)
+"""Values of ``zero_params``: biases pass their relevance on (``"bias"``) or keep it (None)."""
+
+
+def transformer_composite(model: nn.Module, attention: str = "cp", zero_params: Optional[str] = "bias",
+                          epsilon: float = 1e-6) -> TransformerComposite:
     """A Zennit composite that makes XDA work on transformers (CP-LRP / AttnLRP rules).
 
     Supported: Hugging Face encoders (BERT family) and decoders (Llama family, GPT-2) through their
@@ -327,11 +474,25 @@ def transformer_composite(model: nn.Module, attention: str = "cp") -> Transforme
         The model to explain (the composite binds to it).
     attention : {"cp", "attnlrp"}
         The rule for ``softmax(q k^T) v``. ``"cp"`` (default; CP-LRP, Ali et al. 2022): the
-        attention weights are constants and all relevance goes to the values, so heatmaps add
-        up to ``tau`` except for what biases and position embeddings take. ``"attnlrp"``
-        (AttnLRP): half of the relevance to the values, half through the softmax to queries and
-        keys; the softmax's gradient-times-input rule does not conserve relevance, and on trained
-        models it loses most of that half (``benchmarks/README.md`` measures both).
+        attention weights are constants and all relevance goes to the values, so with
+        ``zero_params="bias"`` heatmaps add up to ``tau`` except for what a ViT's position
+        embeddings and class token take (text heatmaps include the position embeddings). ``"attnlrp"`` (AttnLRP): half of the relevance to the
+        values, half through the softmax to queries and keys; the softmax's gradient-times-input
+        rule does not conserve relevance, and on trained models it loses most of that half
+        (``benchmarks/README.md`` measures both).
+    zero_params : {"bias", None}
+        ``"bias"`` (default): biases take no relevance, as with Zennit's ``zero_params="bias"``.
+        Each bias-carrying affine map ``y = z + b`` (``nn.Linear``, Hugging Face's ``Conv1D`` of
+        GPT-2, ``nn.MultiheadAttention``'s input projections, ``nn.Conv1d/2d/3d`` such as a ViT's
+        patch embedding, LayerNorm's shift) passes the bias's relevance ``b * gradient`` on to its
+        inputs in proportion to the sizes ``|w_j x_j|`` of their contributions to ``z`` (not to
+        the signed ``w_j x_j / z`` of the epsilon rule, which blows up where ``z`` cancels to 0;
+        :func:`spread_bias`). None: the ordinary gradient, each bias keeps ``b * gradient`` (a
+        few per cent each on trained models, both signs; ``benchmarks/README.md``). The forward
+        pass is the same either way.
+    epsilon : float
+        Added to the summed contribution sizes in the denominator of the bias's shares (> 0,
+        finite); only where every contribution is about 0 does a bias keep its share.
 
     Returns
     -------
@@ -340,19 +501,33 @@ def transformer_composite(model: nn.Module, attention: str = "cp") -> Transforme
     Raises
     ------
     ValueError
-        ``attention`` is not one of the rules.
+        ``attention`` is not one of the rules; ``zero_params`` is not ``"bias"`` or None;
+        ``epsilon`` is not a positive finite number.
     """
     if attention not in ATTENTION_RULES:
         raise ValueError(f"`attention` must be one of {ATTENTION_RULES}, got {attention!r}.")
+    if not (zero_params is None or (isinstance(zero_params, str) and zero_params == "bias")):
+        raise ValueError(f"`zero_params` must be 'bias' or None, got {zero_params!r}.")
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not (0 < epsilon < math.inf):
+        raise ValueError(f"`epsilon` must be a positive finite number, got {epsilon!r}.")
+    zero_bias = zero_params == "bias"
+    epsilon = float(epsilon)
     canonizers: List[Canonizer] = [
-        ForwardCanonizer(_is_norm, _layer_norm),
+        ForwardCanonizer(_is_norm, functools.partial(_layer_norm, zero_bias=zero_bias, epsilon=epsilon)),
         ForwardCanonizer(_is_rms_norm, _rms_norm),
         ForwardCanonizer(_is_activation, _identity_activation),
         ForwardCanonizer(_is_gated_mlp, _gated_mlp),
+        ForwardCanonizer(_is_classification_head, _classification_head),
         ForwardCanonizer(lambda m: isinstance(m, nn.MultiheadAttention),
-                         functools.partial(_multihead_attention, rule=attention)),
+                         functools.partial(_multihead_attention, rule=attention, zero_bias=zero_bias, epsilon=epsilon)),
         ForwardCanonizer(_is_timm_attention, functools.partial(_timm_attention, rule=attention)),
     ]
+    if zero_bias:
+        canonizers += [
+            ForwardCanonizer(_is_linear, functools.partial(_linear, epsilon=epsilon)),
+            ForwardCanonizer(_is_hf_conv1d, functools.partial(_hf_conv1d, epsilon=epsilon)),
+            ForwardCanonizer(_is_conv, functools.partial(_conv, epsilon=epsilon)),
+        ]
     is_hf = hasattr(getattr(model, "config", None), "_attn_implementation")
     if is_hf:
         canonizers.append(HFAttentionCanonizer(attention))

@@ -380,6 +380,14 @@ def cache_file(dtype: str) -> Path:
     return found[0]
 
 
+def assert_subproblem_matches_reference(kernels) -> None:
+    """Loaded machine code solves a subproblem exactly as the Python reference does."""
+    b = np.array([0.5, -0.2, 0.1])
+    out, work = np.empty(3), np.empty(3)
+    kernels.subproblem(b.ctypes.data, 1.5, 1, 0.3, 3, out.ctypes.data, work.ctypes.data)
+    np.testing.assert_array_equal(out, solve_subproblem(b, 1.5, 1, 0.3))
+
+
 def test_kernel_cache_refuses_damaged_stale_and_foreign_files(tmp_path, monkeypatch):
     seq = sequential_module()
     original = cache_file("float64").read_bytes()
@@ -392,10 +400,7 @@ def test_kernel_cache_refuses_damaged_stale_and_foreign_files(tmp_path, monkeypa
     target.write_bytes(original)
     loaded = seq._load_cached("float64")
     assert loaded is not None and loaded.origin == "cache"
-    b = np.array([0.5, -0.2, 0.1])
-    out, work = np.empty(3), np.empty(3)
-    loaded.subproblem(b.ctypes.data, 1.5, 1, 0.3, 3, out.ctypes.data, work.ctypes.data)
-    np.testing.assert_array_equal(out, solve_subproblem(b, 1.5, 1, 0.3))
+    assert_subproblem_matches_reference(loaded)
 
     end = original.index(b"\n")
     header = json.loads(original[:end])
@@ -441,10 +446,7 @@ def test_shared_library_cache_refuses_damaged_stale_and_foreign_files(tmp_path, 
     target_header.write_text(json.dumps(header))
     loaded = seq._load_cached("float64")
     assert loaded is not None and loaded.origin == "library"
-    b = np.array([0.5, -0.2, 0.1])
-    out, work = np.empty(3), np.empty(3)
-    loaded.subproblem(b.ctypes.data, 1.5, 1, 0.3, 3, out.ctypes.data, work.ctypes.data)
-    np.testing.assert_array_equal(out, solve_subproblem(b, 1.5, 1, 0.3))
+    assert_subproblem_matches_reference(loaded)
 
     # a damaged library, another CPU or kernel source in the header, a header without its library:
     # never loaded; the object file is used instead

@@ -193,6 +193,7 @@ def test_import_does_not_import_transformers():
 # XDA on transformers: transformer_composite (AttnLRP rules)
 # ------------------------------------------------------------------------------------------
 from captum_dualxda import XDA, transformer_composite, xda_pairs  # noqa: E402
+from heatmap_checks import assert_token_heatmaps_conserve  # noqa: E402
 
 #: Median / largest relative conservation error of token heatmaps (sum vs tau) measured on these
 #: tiny random models (tests/test_transformers.py; the README reports the same numbers).
@@ -214,13 +215,7 @@ def test_token_heatmaps_conserve_the_dualda_score(make, head, pad_left):
     assert pairs.train_relevance.shape == (4, 3, 9) and pairs.test_relevance.shape == (4, 3, 9)
     assert torch.isfinite(pairs.train_relevance).all() and torch.isfinite(pairs.test_relevance).all()
     assert torch.allclose(pairs.scores, top.influence_scores, rtol=1e-4, atol=1e-6)
-    median, largest = CONSERVATION[make.__name__]
-    for relevance in (pairs.train_relevance, pairs.test_relevance):
-        sums = relevance.sum(-1)
-        big = pairs.scores.abs() > 1e-3 * pairs.scores.abs().max()
-        error = ((sums - pairs.scores).abs() / pairs.scores.abs())[big]
-        assert float(error.median()) <= median and float(error.max()) <= largest, (float(error.median()), float(error.max()))
-        assert bool((torch.sign(sums[big]) == torch.sign(pairs.scores[big])).all())
+    assert_token_heatmaps_conserve(pairs, *CONSERVATION[make.__name__])
     # Padding gets no relevance; the model is left exactly as it was (attention implementation too).
     mask = batch["attention_mask"].bool()
     assert not pairs.test_relevance.permute(1, 0, 2)[:, ~mask].any()
@@ -343,3 +338,141 @@ def test_cp_rule_conserves_exactly_on_vit_pixels_without_parameters_that_absorb_
 def test_transformer_composite_rejects_an_unknown_attention_rule():
     with pytest.raises(ValueError, match="`attention` must be one of"):
         transformer_composite(bert(), attention="softmax")
+
+
+# ------------------------------------------------------------------------------------------
+# zero_params="bias" (default): biases and LayerNorm shifts pass their relevance on
+# ------------------------------------------------------------------------------------------
+from captum_dualxda.transformer_lrp import _affine, spread_bias  # noqa: E402
+
+
+def _heavy_biases(model, scale=0.5, seed=1):
+    """Random biases and LayerNorm shifts of size ``scale`` (trained models have them; init has zeros)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(scale * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _conservation_error(model, head, batch, **kwargs):
+    """Median and largest |heatmap sum - tau| / |tau| of XDA heatmaps with partner = reversed batch."""
+    xda = XDA(model, head, transformer_composite(model, **kwargs))
+    phi = xda.features(batch)
+    partner = phi.flip(0)
+    phi, relevance = xda(batch, lambda f: f * partner)
+    assert torch.isfinite(relevance).all()
+    tau = (phi.double() * partner.double()).sum(1)
+    error = (relevance.double().flatten(1).sum(1) - tau).abs() / tau.abs()
+    return float(error.median()), float(error.max())
+
+
+@pytest.mark.parametrize("make, head", [(bert, "classifier"), (gpt2, "score")], ids=["bert", "gpt2"])
+def test_biases_pass_their_relevance_on_so_token_heatmaps_add_up_to_tau(make, head):
+    # Linear layers (BERT), Hugging Face's Conv1D (GPT-2) and LayerNorm shifts, all with large biases.
+    model = _heavy_biases(make())
+    batch = stacked(Texts(8, 2), range(8))
+    batch.pop("labels")
+    with torch.no_grad():
+        before = model(**batch).logits
+    median, largest = _conservation_error(model, head, batch)  # default: zero_params="bias"
+    kept = _conservation_error(model, head, batch, zero_params=None)
+    # Measured: median 7e-6 (BERT) / 2e-5 (GPT-2), largest 8e-6 / 2.5e-5; biases kept: median 0.98 / 1.0.
+    assert median < 1e-4 and largest < 1e-3, (median, largest)
+    assert kept[0] > 0.05, kept  # what the biases keep when they are not zeroed
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, before)  # the model comes back unchanged
+    assert not any("forward" in vars(m) for m in model.modules())
+
+
+def test_vit_pixel_heatmaps_add_up_to_tau_minus_the_class_tokens_share_only():
+    # torchvision ViT: patch-embedding Conv2d, MultiheadAttention's packed input projection,
+    # its out_proj, the MLP and the LayerNorms all carry (large) biases; the class token is a
+    # parameter and keeps its share (measured at the encoder input), position embeddings zeroed.
+    vit = _heavy_biases(tiny_torchvision_vit())
+    _zero_parameters_that_absorb_relevance(vit, names=("pos_embedding",))
+    with torch.no_grad():
+        vit.class_token.normal_(generator=torch.Generator().manual_seed(2))
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        before = vit(x)
+    seen = {}
+
+    def keep(module, args):  # the encoder input (tokens + position embeddings) and its gradient
+        if args[0].requires_grad:
+            args[0].register_hook(lambda g: seen.__setitem__("class_token", (args[0].detach() * g)[:, 0].sum(-1)))
+    handle = vit.encoder.dropout.register_forward_pre_hook(keep)
+    errors = {}
+    try:
+        for zero_params in ("bias", None):
+            xda = XDA(vit, "heads.head", transformer_composite(vit, zero_params=zero_params))
+            with xda:
+                with torch.no_grad():
+                    assert torch.allclose(vit(x), before, atol=1e-5)  # same forward under the composite
+                phi = xda.features(x)
+                _, relevance = xda(x, lambda f: f * phi.flip(0))
+            assert torch.isfinite(relevance).all()
+            tau = (phi.double() * phi.flip(0).double()).sum(1)
+            total = relevance.double().sum((1, 2, 3)) + seen["class_token"].double()
+            errors[zero_params] = ((total - tau).abs() / tau.abs()).max()
+    finally:
+        handle.remove()
+    assert errors["bias"] < 1e-4 and errors[None] > 0.05, errors  # measured: 1.2e-6 and 0.62
+
+
+def test_spread_bias_gives_the_bias_share_by_contribution_size_and_is_finite_when_z_cancels():
+    x = torch.tensor([[1.5, 1.5, 0.0], [0.3, -0.8, 2.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    w = torch.tensor([[1.0, -1.0, 0.0], [0.5, 0.25, -2.0]])  # row 0: z = 0 exactly for the first input
+    b = torch.tensor([0.7, -0.4])
+    y = spread_bias(x @ w.T, b, x.abs() @ w.abs().T, epsilon=1e-6)
+    assert torch.allclose(y.detach(), x.detach() @ w.T + b)  # forward: z + b
+    g = torch.tensor([[1.0, -2.0], [3.0, 0.5], [2.0, 1.0]])
+    grad, = torch.autograd.grad(y, x, g)
+    relevance = x.detach() * grad
+    # Brute force: R_j = sum_i c_ij g_i + |c_ij| / sum_k |c_ik| * b_i g_i.
+    c = x.detach()[:, None, :] * w[None]  # (N, out, in)
+    expected = (c * g[..., None] + c.abs() / (c.abs().sum(-1, keepdim=True) + 1e-6) * (b * g)[..., None]).sum(1)
+    assert torch.isfinite(grad).all() and torch.allclose(relevance, expected, atol=1e-5)
+    # The fused form used for linear layers gives the same output and gradient.
+    fused = _affine(x, w, b, zero_bias=True, epsilon=1e-6)
+    assert torch.equal(fused.detach(), torch.nn.functional.linear(x.detach(), w, b))
+    assert torch.allclose(torch.autograd.grad(fused, x, g)[0], grad, atol=1e-6)
+    # All of the output's relevance reaches the inputs, also where z cancels to 0 (sample 0, unit 0);
+    # where every contribution is 0 (sample 2) the bias keeps it.
+    assert torch.allclose(relevance[:2].sum(1), ((x.detach() @ w.T + b) * g)[:2].sum(1), rtol=1e-5)
+    assert torch.equal(relevance[2], torch.zeros(3))
+    # Half precision: the share is formed in float32.
+    xh = torch.zeros(2, 3, dtype=torch.bfloat16, requires_grad=True)
+    wh = torch.ones(4, 3, dtype=torch.bfloat16)
+    gh, = torch.autograd.grad(spread_bias(xh @ wh.T, torch.ones(4, dtype=torch.bfloat16), xh.abs() @ wh.T), xh,
+                              torch.ones(2, 4, dtype=torch.bfloat16))
+    assert torch.isfinite(gh).all()
+
+
+def test_heatmaps_stay_finite_when_a_pre_activation_is_exactly_zero():
+    # A unit whose bias-free pre-activation cancels exactly (x1 - x2 = 0) but whose bias does not.
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.GELU(), torch.nn.LayerNorm(3), torch.nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -1.0], [0.5, 0.25], [-1.0, 2.0]]))
+        model[0].bias.copy_(torch.tensor([0.7, -0.2, 0.1]))
+        model[2].bias.copy_(torch.tensor([0.3, -0.4, 0.2]))
+    x = torch.tensor([[1.5, 1.5], [0.3, -0.8], [2.0, 1.0]])
+    xda = XDA(model, "3", transformer_composite(model))
+    phi = xda.features(x)
+    _, relevance = xda(x, lambda f: f * phi.flip(0))
+    assert torch.isfinite(relevance).all()
+    tau = (phi * phi.flip(0)).sum(1)
+    error = (relevance.sum(1) - tau).abs() / tau.abs()
+    assert float(error.max()) < 1e-4  # the unit with z = 0 passes its bias's relevance on as well
+    _, kept = XDA(model, "3", transformer_composite(model, zero_params=None))(x, lambda f: f * phi.flip(0))
+    assert float(((kept.sum(1) - tau).abs() / tau.abs()).min()) > 1e-2
+
+
+@pytest.mark.parametrize("kwargs, match", [({"zero_params": "weight"}, "`zero_params` must be 'bias' or None"),
+                                           ({"zero_params": ["bias"]}, "`zero_params` must be 'bias' or None"),
+                                           ({"epsilon": 0.0}, "`epsilon` must be a positive finite number"),
+                                           ({"epsilon": float("nan")}, "`epsilon` must be a positive finite number")])
+def test_transformer_composite_rejects_bad_zero_params_and_epsilon(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        transformer_composite(bert(), **kwargs)
