@@ -459,9 +459,9 @@ def test_shared_library_cache_refuses_damaged_stale_and_foreign_files(tmp_path, 
         (None, header),
     ]
     for content, written in cases:
-        if content is None:
-            target_library.unlink()
-        else:
+        # a new file each time (never rewrite a loaded library in place: the process maps it)
+        target_library.unlink(missing_ok=True)
+        if content is not None:
             target_library.write_bytes(content)
         target_header.write_text(json.dumps(written))
         assert seq._load_library("float64") is None
