@@ -152,11 +152,46 @@ class HFAttentionCanonizer(Canonizer):
         self.model = model
         self.previous = model.config._attn_implementation
         model.set_attn_implementation(_attention_name(self.rule))
+        if model.config._attn_implementation != _attention_name(self.rule):  # ignored: never run without the rule
+            self.model = None
+            raise RuntimeError(
+                f"{type(model).__name__} did not switch to the LRP attention function; its attention would keep "
+                "its plain gradient."
+            )
 
     def remove(self) -> None:
         if self.model is not None:
             self.model.set_attn_implementation(self.previous)
         self.model = None
+
+
+def check_attention_interface(model: nn.Module) -> None:
+    """Refuse a Hugging Face model whose attention cannot be swapped for the LRP attention.
+
+    The rules reach Hugging Face attention through its attention interface
+    (``set_attn_implementation``). Models that compute attention in their own code (e.g. BigBird,
+    RoFormer, DeBERTa-v2 in transformers 5) ignore the switch, so their attention would keep its
+    plain gradient and heatmaps would silently miss ``tau``.
+
+    Raises
+    ------
+    ValueError
+        ``model`` or one of its sub-models does not support switching its attention function.
+    """
+    from transformers import PreTrainedModel
+
+    for module in model.modules():
+        if not isinstance(module, PreTrainedModel):
+            continue
+        can_switch = getattr(module, "_can_set_attn_implementation", None)
+        supported = can_switch() if callable(can_switch) else bool(getattr(module, "_supports_attention_backend", False))
+        if not supported:
+            raise ValueError(
+                f"`model`: {type(module).__name__} computes attention in its own code instead of through Hugging "
+                "Face's attention interface, so transformer_composite cannot give its attention an LRP rule and "
+                "the heatmaps would not add up to tau. Models whose attention goes through the interface (BERT, "
+                "RoBERTa, DistilBERT, Llama, Qwen, Mistral, GPT-2, ...) are supported."
+            )
 
 
 def _register_hf_attention(rule: str) -> None:
@@ -502,7 +537,8 @@ def transformer_composite(model: nn.Module, attention: str = "cp", zero_params: 
     ------
     ValueError
         ``attention`` is not one of the rules; ``zero_params`` is not ``"bias"`` or None;
-        ``epsilon`` is not a positive finite number.
+        ``epsilon`` is not a positive finite number; a Hugging Face model whose attention does
+        not go through the attention interface (:func:`check_attention_interface`).
     """
     if attention not in ATTENTION_RULES:
         raise ValueError(f"`attention` must be one of {ATTENTION_RULES}, got {attention!r}.")
@@ -530,5 +566,6 @@ def transformer_composite(model: nn.Module, attention: str = "cp", zero_params: 
         ]
     is_hf = hasattr(getattr(model, "config", None), "_attn_implementation")
     if is_hf:
+        check_attention_interface(model)
         canonizers.append(HFAttentionCanonizer(attention))
     return TransformerComposite(canonizers, _embedding_output_module(model) if is_hf else None)

@@ -200,3 +200,18 @@ def test_the_attention_rule_is_applied_cp_conserves_exactly_and_attnlrp_does_not
     assert errors["cp"] < 1e-4, errors
     assert errors["attnlrp"] > 100 * max(errors["cp"], 1e-6), errors
     assert not torch.allclose(heatmaps["cp"], heatmaps["attnlrp"], rtol=1e-2, atol=1e-6)
+
+
+def test_models_that_compute_attention_in_their_own_code_are_refused():
+    """RoFormer (like BigBird and DeBERTa-v2) ignores Hugging Face's attention switch: its attention
+    would keep the plain gradient (2.9 % conservation error on a random tiny model), so the
+    composite refuses it up front and the model is untouched."""
+    torch.manual_seed(0)
+    config = transformers.RoFormerConfig(vocab_size=VOCAB, hidden_size=16, embedding_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, intermediate_size=32, num_labels=K,
+                                         max_position_embeddings=32, pad_token_id=PAD)
+    model = transformers.RoFormerForSequenceClassification(config).eval()
+    implementation, hooks = model.config._attn_implementation, _hooks(model)
+    with pytest.raises(ValueError, match="RoFormer.*attention interface"):
+        transformer_composite(model)
+    assert model.config._attn_implementation == implementation and _hooks(model) == hooks
