@@ -342,7 +342,8 @@ class FeatureExtractor:
         RuntimeError
             The forward pass never reached ``layer``.
         ValueError
-            The layer sees several positions per sample and the model's logits are none of them.
+            The layer's outputs are not the model's logits (an inner layer), or it sees several
+            positions per sample and the model's logits are none of them.
         """
         grad = torch.inference_mode() if self.inference else torch.no_grad()
         precision = (
@@ -415,14 +416,7 @@ def batch_features(model: nn.Module, layer: nn.Linear, inputs: ModelInputs, auto
     RuntimeError
         The forward pass never reached ``layer``.
     ValueError
-        The layer sees several positions per sample and the model's logits are none of them.
+        The layer's outputs are not the model's logits (an inner layer), or it sees several
+        positions per sample and the model's logits are none of them.
     """
     return batch_features_and_output(model, layer, inputs, autocast)[0]
-
-
-def all_finite(features: torch.Tensor) -> bool:
-    """Whether every entry of ``(n, d)`` ``features`` is finite, checked in row chunks of 32 MiB."""
-    chunk = max(1, (1 << 25) // (4 * max(1, features.shape[1])))
-    return all(bool(torch.isfinite(features[i : i + chunk]).all()) for i in range(0, features.shape[0], chunk))
-
-

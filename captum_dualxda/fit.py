@@ -16,9 +16,8 @@ from typing import Any, Dict, Iterable, Optional, Union
 import torch
 
 from .cache import Fingerprint, atomic_save, load_cache
-from .features import all_finite
 from .solver import fit_crammer_singer
-from .solver.problem import row_chunk, row_squared_norms, support_mask
+from .solver.problem import nonfinite_rows, row_chunk, row_squared_norms, support_mask
 from .support import SupportSet
 
 __all__ = ["DualDAState", "STATE_VERSION", "fit_state", "fit_fingerprint", "save_state", "load_state", "hinge_loss", "surrogate_logits"]
@@ -210,7 +209,7 @@ def fit_state(
     # row's float64 sum of squares non-finite; only float64 features above ~1e154 overflow, so
     # the rows are checked themselves before refusing.
     squared_norms = row_squared_norms(features)
-    if not bool(torch.isfinite(squared_norms).all()) and not all_finite(features):
+    if not bool(torch.isfinite(squared_norms).all()) and nonfinite_rows(features, limit=1):
         raise ValueError("The training features (input of `final_fc_layer`) contain NaN or inf.")
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= n_classes:

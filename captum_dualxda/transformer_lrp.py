@@ -361,11 +361,15 @@ def _is_activation(module: nn.Module) -> bool:
     )
 
 
-def _identity_activation(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    y = type(module).forward(module, x)
-    safe = torch.where(x.abs() > 1e-12, x, torch.ones_like(x))
-    ratio = torch.where(x.abs() > 1e-12, y / safe, torch.zeros_like(y))
+def _identity_rule(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``y = f(x)`` element-wise, with the identity rule's gradient ``f(x) / x`` (0 where ``x = 0``)."""
+    nonzero = x.abs() > 1e-12
+    ratio = torch.where(nonzero, y / torch.where(nonzero, x, torch.ones_like(x)), torch.zeros_like(y))
     return x * ratio.detach()
+
+
+def _identity_activation(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return _identity_rule(x, type(module).forward(module, x))
 
 
 def _is_classification_head(module: nn.Module) -> bool:
@@ -381,11 +385,8 @@ class _IdentityRuleTanh(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         if func in (torch.tanh, torch.Tensor.tanh) and not kwargs:
-            x = args[0]
-            y = func(x)  # the mode is off inside its own handler: the ordinary tanh
-            nonzero = x.abs() > 1e-12
-            ratio = torch.where(nonzero, y / torch.where(nonzero, x, torch.ones_like(x)), torch.zeros_like(y))
-            return x * ratio.detach()
+            # the mode is off inside its own handler: func is the ordinary tanh
+            return _identity_rule(args[0], func(args[0]))
         return func(*args, **kwargs)
 
 

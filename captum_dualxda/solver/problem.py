@@ -182,12 +182,28 @@ def all_finite(values: torch.Tensor) -> bool:
         return True
     if values.device.type == "cpu":
         array = values.detach().numpy()
-        if math.isfinite(float(array.sum())):
+        with np.errstate(over="ignore", invalid="ignore"):  # an inf or NaN sum is the signal, not a warning
+            total = float(array.sum())
+        if math.isfinite(total):
             return True
         return bool(np.isfinite(array).all())
     if math.isfinite(float(values.sum())):
         return True
     return bool(torch.isfinite(values).all())
+
+
+def nonfinite_rows(features: torch.Tensor, limit: int = 5) -> list:
+    """The first ``limit`` indices of rows of ``(n, d)`` ``features`` holding NaN or inf; ``[]`` if none.
+
+    Read in row chunks of :func:`row_chunk` (features may be memory-mapped), each checked with
+    :func:`all_finite` (one summing pass when it is finite).
+    """
+    chunk = row_chunk(features.shape[1])
+    for start in range(0, features.shape[0], chunk):
+        block = features[start : start + chunk]
+        if not all_finite(block):
+            return ((~torch.isfinite(block)).any(1).nonzero().flatten()[:limit] + start).tolist()
+    return []
 
 
 def class_counts(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -262,12 +278,9 @@ def make_problem(
         if torch.is_floating_point(labels) and not bool((labels == labels.round()).all()):
             raise ValueError("`labels` must be integers in 0..K-1.")
     labels = labels.to(device=features.device, dtype=torch.int64)
-    chunk = row_chunk(features.shape[1])
-    for start in range(0, features.shape[0], chunk):  # chunked: features may be memory-mapped
-        block = features[start : start + chunk]
-        if not all_finite(block):
-            bad = ((~torch.isfinite(block)).any(1).nonzero().flatten()[:5] + start).tolist()
-            raise ValueError(f"`features` contain NaN or inf (first bad rows: {bad}).")
+    bad = nonfinite_rows(features)
+    if bad:
+        raise ValueError(f"`features` contain NaN or inf (first bad rows: {bad}).")
     lo, hi = int(labels.min()), int(labels.max())
     if n_classes is None:
         n_classes = hi + 1

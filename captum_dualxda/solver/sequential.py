@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import importlib.util
 import json
@@ -156,18 +157,57 @@ def _cache_key(feature_dtype: str) -> Dict[str, Any]:
     import llvmlite
     import llvmlite.binding as ll
 
-    numba_init = os.stat(importlib.util.find_spec("numba").origin)
     return {
         "format": _CACHE_FORMAT,
         "dtype": feature_dtype,
-        "kernels": hashlib.sha256(_KERNEL_SOURCE.read_bytes()).hexdigest(),
+        "kernels": _kernel_source_digest(),
         "python": sys.implementation.cache_tag,
         "llvmlite": llvmlite.__version__,
-        "numba": [numba_init.st_size, numba_init.st_mtime_ns],
+        "numba": _installation_stamp("numba"),
         "triple": ll.get_process_triple(),
         "cpu": ll.get_host_cpu_name(),
         "features": ll.get_host_cpu_features().flatten(),
     }
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_source_digest() -> str:
+    """SHA-256 of the kernels' source (part of every cache key)."""
+    return hashlib.sha256(_KERNEL_SOURCE.read_bytes()).hexdigest()
+
+
+def _installation_stamp(module: str) -> List[int]:
+    """Size and modification time of an installed package's ``__init__`` (changes on reinstall)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return []
+    stat = os.stat(spec.origin)
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _write_files(folder: Path, files: List[Tuple[str, bytes]]) -> bool:
+    """Publish ``files`` (name, content) in ``folder``, in order, each atomically.
+
+    Each is written to a temporary name, then all are renamed in order (parallel processes may
+    race; readers never see a partial file). False, with nothing left behind, where the folder
+    cannot be written.
+    """
+    token = f"{os.getpid()}.{uuid.uuid4().hex}"
+    temporaries: List[Path] = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in files:
+            temporaries.append(folder / f".{name}.{token}")
+            with open(temporaries[-1], "xb") as file:  # permissions from the umask, like numba's cache
+                file.write(data)
+        for (name, _), temporary in zip(files, temporaries):
+            os.replace(temporary, folder / name)
+    except OSError:  # read-only or full
+        for temporary in temporaries:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+        return False
+    return True
 
 
 def _cache_dirs() -> List[Path]:
@@ -228,17 +268,9 @@ def _write_cache_file(header: Dict[str, Any], objects: List[bytes]) -> Optional[
     header = dict(header, sizes=[len(o) for o in objects], sha256=hashlib.sha256(payload).hexdigest())
     data = json.dumps(header, sort_keys=True).encode() + b"\n" + payload
     name = _cache_name(header["key"])
-    for folder in _cache_dirs():
-        temporary = folder / f".{name}.{os.getpid()}.{uuid.uuid4().hex}"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with open(temporary, "xb") as file:  # permissions from the umask, like numba's cache
-                file.write(data)
-            os.replace(temporary, folder / name)
+    for folder in _cache_dirs():  # the first writable one
+        if _write_files(folder, [(name, data)]):
             return folder / name
-        except OSError:  # read-only or full: try the next folder
-            with contextlib.suppress(OSError):
-                temporary.unlink()
     return None
 
 
@@ -302,15 +334,6 @@ def _cpu_identity() -> Optional[str]:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def _installation_stamp(module: str) -> List[int]:
-    """Size and modification time of an installed package's ``__init__`` (changes on reinstall)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        return []
-    stat = os.stat(spec.origin)
-    return [stat.st_size, stat.st_mtime_ns]
-
-
 def _library_key(feature_dtype: str) -> Optional[Dict[str, Any]]:
     """What the shared library depends on, read without llvmlite; None where it cannot be used."""
     cpu = _cpu_identity()
@@ -319,7 +342,7 @@ def _library_key(feature_dtype: str) -> Optional[Dict[str, Any]]:
     return {
         "format": _CACHE_FORMAT,
         "dtype": feature_dtype,
-        "kernels": hashlib.sha256(_KERNEL_SOURCE.read_bytes()).hexdigest(),
+        "kernels": _kernel_source_digest(),
         "python": sys.implementation.cache_tag,
         "numba": _installation_stamp("numba"),
         "llvmlite": _installation_stamp("llvmlite"),
@@ -400,24 +423,12 @@ def _build_library(feature_dtype: str, module: Any, stubs: List[str], symbols: D
             return None
         data = Path(output).read_bytes()
     header = {"key": library_key, "symbols": symbols, "sha256": hashlib.sha256(data).hexdigest()}
-    for folder in _cache_dirs():
+    for folder in _cache_dirs():  # the first writable one
         library_path, header_path = _library_paths(folder, library_key)
-        token = f"{os.getpid()}.{uuid.uuid4().hex}"
-        temporaries = [folder / f".{library_path.name}.{token}", folder / f".{header_path.name}.{token}"]
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with open(temporaries[0], "xb") as file:
-                file.write(data)
-            with open(temporaries[1], "x") as file:
-                json.dump(header, file, sort_keys=True)
-            os.replace(temporaries[0], library_path)  # the library first: a header names a complete file
-            os.replace(temporaries[1], header_path)
-        except OSError:  # read-only or full: try the next folder
-            for temporary in temporaries:
-                with contextlib.suppress(OSError):
-                    temporary.unlink()
-            continue
-        return _load_library(feature_dtype)
+        # the library first: a header always names a complete file
+        files = [(library_path.name, data), (header_path.name, json.dumps(header, sort_keys=True).encode())]
+        if _write_files(folder, files):
+            return _load_library(feature_dtype)
     return None
 
 
