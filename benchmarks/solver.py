@@ -342,6 +342,7 @@ def run_case(case: Case, quick: bool, repeats: int, ref_tol: float, cold: ColdRu
     n, d = x.shape
     k = int(y.max()) + 1
     sq = float((x.astype(np.float64) ** 2).sum(1).mean())
+    zero_columns = int(np.count_nonzero(~np.any(x, axis=0)))  # dead units: dropped by our solver
     rows = []
     for C in CS:
         problem = make_problem(xt, yt, C, True, 1.0)
@@ -374,7 +375,7 @@ def run_case(case: Case, quick: bool, repeats: int, ref_tol: float, cold: ColdRu
         scores = xt.double() @ ours.weight.T + ours.intercept
         rows.append(
             dict(
-                case=case.name, n=n, d=d, K=k, C=C, sq=sq,
+                case=case.name, n=n, d=d, zero_columns=zero_columns, K=k, C=C, sq=sq,
                 acc=float((scores.argmax(1) == yt).double().mean()),
                 sklearn=sk_time, sk_cold=sk_cold, sk_passes=sk_passes, sk_sub=sk_sub,
                 ours=ours_time, ours_cold=ours_cold, first_ever=first_ever["time"],
@@ -392,6 +393,11 @@ def run_case(case: Case, quick: bool, repeats: int, ref_tol: float, cold: ColdRu
             flush=True,
         )
     return rows
+
+
+def _seconds(t: float) -> str:
+    """Three significant digits (sub-0.1 s fits would otherwise print as 0.01 or 0.02)."""
+    return f"{t:.3g}"
 
 
 def _warm_up() -> float:
@@ -460,20 +466,20 @@ def main(argv=None) -> None:
     )
     print()
     print(
-        "| case | n | d | K | mean ‖x‖² | C | train acc | sklearn cold [s] | sklearn warm [s] | ours cold [s] "
+        "| case | n | d | all-zero columns | K | mean ‖x‖² | C | train acc | sklearn cold [s] | sklearn warm [s] | ours cold [s] "
         "| ours warm [s] | ours first ever [s] | solver only [s] | speed-up cold | speed-up warm "
         "| passes ours/sklearn (median over the cold seeds) | our rel. gap | our primal subopt | sklearn primal subopt "
         "| ours at ≤ sklearn's subopt: tol, [s], speed-up |"
     )
-    print("|" + "---|" * 20)
+    print("|" + "---|" * 21)
     for r in rows:
         print(
-            f"| {r['case']} | {r['n']} | {r['d']} | {r['K']} | {r['sq']:.0f} | {r['C']:g} | {r['acc']:.3f} "
-            f"| {r['sk_cold']:.2f} | {r['sklearn']:.2f} | {r['ours_cold']:.2f} | {r['ours']:.2f} "
-            f"| {r['first_ever']:.1f} | {r['solver']:.2f} | {r['sk_cold'] / r['ours_cold']:.1f}x "
+            f"| {r['case']} | {r['n']} | {r['d']} | {r['zero_columns']} | {r['K']} | {r['sq']:.0f} | {r['C']:g} "
+            f"| {r['acc']:.3f} | {_seconds(r['sk_cold'])} | {_seconds(r['sklearn'])} | {_seconds(r['ours_cold'])} "
+            f"| {_seconds(r['ours'])} | {r['first_ever']:.1f} | {_seconds(r['solver'])} | {r['sk_cold'] / r['ours_cold']:.1f}x "
             f"| {r['sklearn'] / r['ours']:.1f}x | {r['passes']:g}/{r['sk_passes']:g} | {r['gap']:.1e} "
             f"| {r['ours_sub']:.1e} | {r['sk_sub']:.1e} "
-            f"| {r['tol']:.2g}, {r['matched']:.2f}, {r['sklearn'] / r['matched']:.1f}x |"
+            f"| {r['tol']:.2g}, {_seconds(r['matched'])}, {r['sklearn'] / r['matched']:.1f}x |"
         )
     print()
     ref_gaps = ", ".join(f"{r['ref_gap']:.0e}" for r in rows)

@@ -133,7 +133,11 @@ def test_self_influence_is_the_diagonal(setup):
 def test_dataset_and_dataloader_agree_and_progress_changes_nothing(setup, digits_cnn):
     dualda, train, xt, net = setup
     other = DualDA(digits_cnn, digits_cnn.fc, DataLoader(train, batch_size=17), C=0.01, show_progress=True)
-    assert torch.equal(other.coefficients, dualda.coefficients)
+    quiet = DualDA(digits_cnn, digits_cnn.fc, DataLoader(train, batch_size=17), C=0.01)
+    assert torch.equal(other.coefficients, quiet.coefficients)  # the progress bar changes nothing
+    # other batch sizes change the features' last bits (the convolutions' blocking): the same
+    # solution up to that rounding, not bit for bit
+    assert torch.allclose(other.coefficients, dualda.coefficients, rtol=0, atol=1e-8)
     pred = net(xt).argmax(1)
     a = dualda.influence((xt, pred))
     b = other.influence(DataLoader(TensorDataset(xt, pred), batch_size=4), show_progress=True)

@@ -21,7 +21,9 @@ from captum_dualxda.solver import (  # noqa: E402
     primal_objective,
     project_crammer_singer,
 )
+from captum_dualxda.solver import sequential  # noqa: E402
 from captum_dualxda.solver.sequential import (  # noqa: E402
+    drop_zero_columns,
     evaluate_optimality_compiled,
     solve_sequential,
     solve_subproblem,
@@ -181,6 +183,72 @@ def test_subproblem_is_the_projection_when_the_true_class_is_active():
             (alpha - torch.from_numpy(grad) / curvature)[None], torch.tensor([y]), C
         )[0].numpy()
         np.testing.assert_allclose(solve_subproblem(b, curvature, y, C), target, atol=1e-12 * max(1, C))
+
+
+def test_closed_form_pair_subproblem_matches_liblinear_transcription():
+    """Two active classes (the common case once shrinking settles) are solved in closed form."""
+    from captum_dualxda.solver._sequential_kernels import _subproblem_pair
+
+    rng = np.random.default_rng(2)
+    out = np.empty(2)
+    for case in range(2000):
+        curvature = float(10 ** rng.uniform(-3, 3))
+        C = float(10 ** rng.uniform(-5, 2))
+        y_pos = int(rng.integers(0, 2)) if case % 3 else 2 + int(rng.integers(0, 3))
+        b = rng.normal(size=2) * (curvature * C if case % 2 else 1.0)
+        if case % 7 == 0:
+            b[1] = b[0]  # tie
+        expected = np.array(liblinear_solve_sub_problem(curvature, y_pos, C, 2, list(b)))
+        _subproblem_pair(b, curvature, y_pos, C, out)
+        # the transcription cancels terms of size |b| / A: both are exact to that scale
+        scale = max(C, float(np.abs(expected).max()), float(np.abs(b).max()) / curvature)
+        assert float(np.abs(out - expected).max()) <= 1e-12 * scale, (case, out, expected)
+        assert out.sum() == pytest.approx(-C if y_pos >= 2 else 0.0, abs=1e-12 * scale)
+
+
+# all-zero feature columns (dead ReLU units) -----------------------------------------------------
+
+
+def test_zero_columns_are_dropped_without_changing_the_solution():
+    x, y = make_data(900, 24, 5, 11)
+    dead = [0, 3, 4, 9, 17, 23]
+    wide = torch.zeros(900, 30)
+    live = [j for j in range(30) if j not in dead]
+    wide[:, live] = x
+    compact, columns = drop_zero_columns(wide.numpy())
+    assert columns.tolist() == live and compact.flags.c_contiguous
+    assert np.array_equal(compact, x.numpy())
+    a = fit_crammer_singer(wide, y, C=0.2, seed=5)
+    b = fit_crammer_singer(x, y, C=0.2, seed=5)
+    # the kernels see the very same compact features: bitwise the same dual variables
+    assert torch.equal(a.alpha, b.alpha) and a.n_iter == b.n_iter
+    assert a.weight.shape == (5, 30) and float(a.weight[:, dead].abs().max()) == 0.0
+    assert torch.equal(a.weight[:, live], b.weight) and torch.equal(a.intercept, b.intercept)
+    assert (a.primal, a.dual, a.residual) == (b.primal, b.dual, b.residual)
+
+
+def test_zero_column_scan_keeps_late_columns_and_respects_its_limits(monkeypatch):
+    rng = np.random.default_rng(3)
+    x = np.zeros((50, 16), dtype=np.float32)
+    x[:, :8] = rng.random((50, 8))
+    x[49, 12] = 0.5  # nonzero in the last row only, found by a chunked scan
+    compact, columns = drop_zero_columns(x, chunk_rows=7)
+    assert columns.tolist() == list(range(8)) + [12]
+    assert np.array_equal(compact, x[:, columns])
+    dense = rng.random((40, 32))
+    dense[:, 5] = 0.0  # one dead column of 32 (< 1/16): not worth a copy
+    assert drop_zero_columns(dense)[0] is dense and drop_zero_columns(dense)[1] is None
+    assert drop_zero_columns(np.zeros((6, 4)))[1] is None  # nothing left: kept as it is
+    monkeypatch.setattr(sequential, "_COMPACT_MAX_BYTES", 0)  # too large to copy: solved as given
+    assert drop_zero_columns(x)[0] is x
+    xt, yt = make_data(400, 12, 3, 12)
+    wide = torch.cat([xt, torch.zeros(400, 4)], 1)
+    uncompressed = fit_crammer_singer(wide, yt, C=0.3)
+    monkeypatch.undo()
+    compressed = fit_crammer_singer(wide, yt, C=0.3)
+    assert uncompressed.converged and compressed.converged
+    assert float(uncompressed.weight[:, 12:].abs().max()) == 0.0
+    assert_same_optimum(uncompressed, compressed, wide)
 
 
 # (c) warm starts --------------------------------------------------------------------------------

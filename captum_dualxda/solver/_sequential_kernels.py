@@ -32,6 +32,10 @@ _FAST = {"reassoc", "contract", "nsz", "arcp"}
 
 _CONTINUE, _PROPOSE_STOP, _MAX_ITER = 0, 1, 2
 
+# Prefetch the next sample only when the active samples' data exceed this many bytes (beyond a
+# core's L2 cache): smaller working sets are served from cache and the hints only cost time.
+_PREFETCH_MIN_BYTES = 1 << 20
+
 ENTRY_POINTS = ("squared_norms", "rebuild_weights", "run_passes", "certificate", "subproblem")
 """Names of the C entry points, in the order of :func:`compile_entry_points`."""
 
@@ -76,68 +80,63 @@ def _prefetch_sample(x, alpha, alpha_index, i):  # pragma: no cover - compiled
         _prefetch(idx, m)
 
 
-@njit(nogil=True, fastmath=_FAST)
-def _axpy(w, delta, x):  # pragma: no cover - compiled
-    for j in range(x.shape[0]):
-        w[j] += delta * x[j]
+@njit(nogil=True, inline="always")
+def _add_scaled_row(weight, cls, delta, x, i):  # pragma: no cover - compiled
+    """``weight[cls] += delta * x[i]`` (inlined: element indexing, no array views)."""
+    for j in range(x.shape[1]):
+        weight[cls, j] += delta * x[i, j]
 
 
-@njit(nogil=True, fastmath=_FAST)
-def _dot4(w, c0, c1, c2, c3, x):  # pragma: no cover - compiled
-    """Rows ``c0..c3`` of ``w`` dotted with ``x``, sharing the loads of ``x`` (float64 sums)."""
-    a0 = 0.0
-    a1 = 0.0
-    a2 = 0.0
-    a3 = 0.0
-    for j in range(x.shape[0]):
-        v = np.float64(x[j])
-        a0 += w[c0, j] * v
-        a1 += w[c1, j] * v
-        a2 += w[c2, j] * v
-        a3 += w[c3, j] * v
-    return a0, a1, a2, a3
+@njit(nogil=True, inline="always")
+def _row_scores(weight, classes, row, size, x, i, out):  # pragma: no cover - compiled
+    """``out[m] = weight[classes[row, m]] . x[i]`` for ``m < size`` (float64 sums).
 
-
-@njit(nogil=True, fastmath=_FAST)
-def _dot2(w, c0, c1, x):  # pragma: no cover - compiled
-    a0 = 0.0
-    a1 = 0.0
-    for j in range(x.shape[0]):
-        v = np.float64(x[j])
-        a0 += w[c0, j] * v
-        a1 += w[c1, j] * v
-    return a0, a1
-
-
-@njit(nogil=True, fastmath=_FAST)
-def _dot1(w, c0, x):  # pragma: no cover - compiled
-    a0 = 0.0
-    for j in range(x.shape[0]):
-        a0 += w[c0, j] * x[j]
-    return a0
-
-
-@njit(nogil=True)
-def _scores(weight, idx, size, x, out):  # pragma: no cover - compiled
-    """``out[m] = weight[idx[m]] . x`` for ``m < size``, four (then two, one) classes at a time."""
+    Four (then two, one) classes at a time share the loads of ``x[i]``. Inlined into its callers,
+    which are compiled with reassociation so that LLVM vectorises the sums.
+    """
+    d = x.shape[1]
     m = 0
     while m + 4 <= size:
-        a0, a1, a2, a3 = _dot4(weight, idx[m], idx[m + 1], idx[m + 2], idx[m + 3], x)
+        c0 = classes[row, m]
+        c1 = classes[row, m + 1]
+        c2 = classes[row, m + 2]
+        c3 = classes[row, m + 3]
+        a0 = 0.0
+        a1 = 0.0
+        a2 = 0.0
+        a3 = 0.0
+        for j in range(d):
+            v = np.float64(x[i, j])
+            a0 += weight[c0, j] * v
+            a1 += weight[c1, j] * v
+            a2 += weight[c2, j] * v
+            a3 += weight[c3, j] * v
         out[m] = a0
         out[m + 1] = a1
         out[m + 2] = a2
         out[m + 3] = a3
         m += 4
     if m + 2 <= size:
-        a0, a1 = _dot2(weight, idx[m], idx[m + 1], x)
+        c0 = classes[row, m]
+        c1 = classes[row, m + 1]
+        a0 = 0.0
+        a1 = 0.0
+        for j in range(d):
+            v = np.float64(x[i, j])
+            a0 += weight[c0, j] * v
+            a1 += weight[c1, j] * v
         out[m] = a0
         out[m + 1] = a1
         m += 2
     if m < size:
-        out[m] = _dot1(weight, idx[m], x)
+        c0 = classes[row, m]
+        a0 = 0.0
+        for j in range(d):
+            a0 += weight[c0, j] * x[i, j]
+        out[m] = a0
 
 
-@njit(nogil=True)
+@njit(nogil=True, inline="always")
 def _next_random(state):  # pragma: no cover - compiled
     """SplitMix64 step on ``state[0]`` (uint64); returns a uint64."""
     z = state[0] + np.uint64(0x9E3779B97F4A7C15)
@@ -147,7 +146,18 @@ def _next_random(state):  # pragma: no cover - compiled
     return z ^ (z >> np.uint64(31))
 
 
-@njit(nogil=True)
+@njit(nogil=True, inline="always")
+def _random_below(state, bound):  # pragma: no cover - compiled
+    """An int64 in ``0..bound-1`` (``0 < bound < 2**32``) from the top 32 random bits.
+
+    Multiply and shift instead of a 64-bit modulo (Lemire's reduction): one multiplication
+    instead of a division per visited sample.
+    """
+    high = _next_random(state) >> np.uint64(32)
+    return np.int64((high * np.uint64(bound)) >> np.uint64(32))
+
+
+@njit(nogil=True, inline="always")
 def _subproblem(b, a_i, y_pos, c_y, size, out, work):  # pragma: no cover - compiled
     """Exact minimiser of ``1/2 a_i ||a||^2 + b.a`` over the active classes of one sample.
 
@@ -190,7 +200,30 @@ def _subproblem(b, a_i, y_pos, c_y, size, out, work):  # pragma: no cover - comp
         out[m] = step if step < bound else bound
 
 
-@njit(nogil=True)
+@njit(nogil=True, inline="always")
+def _subproblem_pair(b, a_i, y_pos, c_y, out):  # pragma: no cover - compiled
+    """:func:`_subproblem` for two active classes, in closed form (one division, no sorting).
+
+    With the true class active (``y_pos < 2``) the pair is ``alpha_y = -alpha_other = t`` with
+    ``0 <= t <= c_y``, minimising ``a_i t^2 + (b_y - b_other) t``; with the true class shrunk
+    (``y_pos >= 2``) it is ``alpha_0 = t``, ``alpha_1 = -c_y - t`` with ``-c_y <= t <= 0``.
+    """
+    if y_pos < 2:
+        other = 1 - y_pos
+        t = (b[other] - b[y_pos]) / (2.0 * a_i)
+        t = t if t > 0.0 else 0.0
+        t = t if t < c_y else c_y
+        out[y_pos] = t
+        out[other] = -t
+    else:
+        t = (b[1] - b[0] - a_i * c_y) / (2.0 * a_i)
+        t = t if t < 0.0 else 0.0
+        t = t if t > -c_y else -c_y
+        out[0] = t
+        out[1] = -c_y - t
+
+
+@njit(nogil=True, fastmath=_FAST)
 def _run_passes(
     x, y, s, c, sq_norms, alpha, weight, bias_weight, alpha_index, class_active, y_index,
     order, ints, floats, rng, eps, max_iter, n_passes, scratch,
@@ -207,32 +240,34 @@ def _run_passes(
     shifted = scratch[1]
     new = scratch[2]
     work = scratch[3]
+    # bytes of features and dual state one pass touches per sample: prefetching only pays off
+    # when the active samples do not fit in the core's caches anyway
+    sample_bytes = x.shape[1] * x.itemsize + k * (alpha.itemsize + alpha_index.itemsize)
     for _ in range(n_passes):
         if ints[0] >= max_iter:
             return _MAX_ITER
         active = ints[1]
         stopping = -np.inf
         for j in range(active):
-            r = j + np.int64(_next_random(rng) % np.uint64(active - j))
+            r = j + _random_below(rng, active - j)
             tmp = order[j]
             order[j] = order[r]
             order[r] = tmp
+        prefetch = active * sample_bytes > _PREFETCH_MIN_BYTES
         pos = 0
         while pos < active:
             i = order[pos]
-            if pos + 1 < active:
+            if prefetch and pos + 1 < active:
                 _prefetch_sample(x, alpha, alpha_index, order[pos + 1])
             a_i = sq_norms[i]
             if a_i <= 0.0:
                 pos += 1
                 continue
-            idx = alpha_index[i]
             size = class_active[i]
             y_pos = y_index[i]
-            xi = x[i]
-            _scores(weight, idx, size, xi, grad)
+            _row_scores(weight, alpha_index, i, size, x, i, grad)
             for m in range(size):
-                grad[m] += s * bias_weight[idx[m]] + 1.0
+                grad[m] += s * bias_weight[alpha_index[i, m]] + 1.0
             if y_pos < size:
                 grad[y_pos] -= 1.0
             min_g = np.inf
@@ -240,7 +275,7 @@ def _run_passes(
             for m in range(size):
                 bound = c if m == y_pos else 0.0
                 g = grad[m]
-                if alpha[i, idx[m]] < bound and g < min_g:
+                if alpha[i, alpha_index[i, m]] < bound and g < min_g:
                     min_g = g
                 if g > max_g:
                     max_g = g
@@ -248,14 +283,14 @@ def _run_passes(
             m = 0
             while m < size:
                 bound = c if m == y_pos else 0.0
-                if alpha[i, idx[m]] == bound and grad[m] < min_g:
+                if alpha[i, alpha_index[i, m]] == bound and grad[m] < min_g:
                     size -= 1
                     while size > m:
                         bound = c if size == y_pos else 0.0
-                        if not (alpha[i, idx[size]] == bound and grad[size] < min_g):
-                            tmp = idx[m]
-                            idx[m] = idx[size]
-                            idx[size] = tmp
+                        if not (alpha[i, alpha_index[i, size]] == bound and grad[size] < min_g):
+                            tmp = alpha_index[i, m]
+                            alpha_index[i, m] = alpha_index[i, size]
+                            alpha_index[i, size] = tmp
                             g = grad[m]
                             grad[m] = grad[size]
                             grad[size] = g
@@ -279,14 +314,17 @@ def _run_passes(
             if max_g - min_g > stopping:
                 stopping = max_g - min_g
             for m in range(size):
-                shifted[m] = grad[m] - a_i * alpha[i, idx[m]]
-            _subproblem(shifted, a_i, y_pos, c, size, new, work)
+                shifted[m] = grad[m] - a_i * alpha[i, alpha_index[i, m]]
+            if size == 2:  # the common case once shrinking has settled
+                _subproblem_pair(shifted, a_i, y_pos, c, new)
+            else:
+                _subproblem(shifted, a_i, y_pos, c, size, new, work)
             for m in range(size):
-                cls = idx[m]
+                cls = alpha_index[i, m]
                 delta = new[m] - alpha[i, cls]
                 alpha[i, cls] = new[m]
                 if abs(delta) >= 1e-12:
-                    _axpy(weight[cls], delta, xi)
+                    _add_scaled_row(weight, cls, delta, x, i)
                     bias_weight[cls] += s * delta
         ints[1] = active
         ints[0] += 1
@@ -307,18 +345,23 @@ def _reactivate(class_active, ints, k):  # pragma: no cover - compiled
     ints[2] = 1
 
 
-@njit(nogil=True)
+@njit(nogil=True, fastmath=_FAST)
 def _rebuild_weights(x, s, alpha, weight, bias_weight):  # pragma: no cover - compiled
     """``weight = alpha^T x`` and ``bias_weight = s alpha.sum(0)`` in float64 (rows with alpha = 0 skipped)."""
     weight[:] = 0.0
     bias_weight[:] = 0.0
     for i in range(x.shape[0]):
-        xi = x[i]
         for m in range(alpha.shape[1]):
             a = alpha[i, m]
             if a != 0.0:
-                _axpy(weight[m], a, xi)
+                _add_scaled_row(weight, m, a, x, i)
                 bias_weight[m] += s * a
+
+
+@njit(nogil=True, fastmath=_FAST)
+def _scores(weight, classes, row, size, x, i, out):  # pragma: no cover - compiled
+    """:func:`_row_scores` compiled with reassociation, for callers that must not be (the certificate)."""
+    _row_scores(weight, classes, row, size, x, i, out)
 
 
 @njit(nogil=True)
@@ -329,7 +372,7 @@ def _certificate(
 
     Writes ``residuals[i] = A_i ||alpha_i - Proj(alpha_i - G_i / A_i)||_inf`` (0 where
     ``A_i = 0``) and returns ``sum_i max_m (G_i^m - G_i^{y_i})``, the hinge-loss sum of the primal.
-    ``scratch`` is ``(4, K)`` float64 work space, ``all_classes`` the int32 ``0..K-1``.
+    ``scratch`` is ``(4, K)`` float64 work space, ``all_classes`` the ``(1, K)`` int32 ``0..K-1``.
     """
     k = alpha.shape[1]
     grad = scratch[0]
@@ -338,9 +381,8 @@ def _certificate(
     work = scratch[3]
     loss = 0.0
     for i in range(x.shape[0]):
-        xi = x[i]
         yi = y[i]
-        _scores(weight, all_classes, k, xi, grad)
+        _scores(weight, all_classes, 0, k, x, i, grad)
         top = -np.inf
         for m in range(k):
             grad[m] += s * bias_weight[m] + (0.0 if m == yi else 1.0)
@@ -410,7 +452,7 @@ def _c_certificate(
     return _certificate(
         carray(x, (n, d)), carray(y, (n,)), s, c, carray(sq_norms, (n,)), carray(alpha, (n, k)),
         carray(weight, (k, d)), carray(bias_weight, (k,)), carray(residuals, (n,)),
-        carray(scratch, (4, k)), carray(all_classes, (k,)),
+        carray(scratch, (4, k)), carray(all_classes, (1, k)),
     )
 
 
