@@ -251,6 +251,65 @@ def test_zero_column_scan_keeps_late_columns_and_respects_its_limits(monkeypatch
     assert_same_optimum(uncompressed, compressed, wide)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_screening_after_reactivation_reaches_the_same_optimum(monkeypatch, dtype):
+    """Shrinking from one matrix product after each reactivation changes what is visited, not the optimum."""
+    x, y = make_data(2500, 40, 12, 13, mean_sq_norm=20.0, dtype=dtype)
+    calls = []
+    screen = sequential._screen_reactivated
+
+    def counted(*args):
+        before = int(args[-2][4][1])  # active samples before screening (ints[1])
+        screen(*args)
+        calls.append((before, int(args[-2][4][1])))
+
+    monkeypatch.setattr(sequential, "_screen_reactivated", counted)
+    monkeypatch.setattr(sequential, "_SCREEN_MIN_WORK", float("inf"))
+    plain = fit_crammer_singer(x, y, C=0.5, seed=1)
+    assert not calls
+    monkeypatch.setattr(sequential, "_SCREEN_MIN_WORK", 0.0)
+    monkeypatch.setattr(sequential, "_SCREEN_BLOCK_ELEMENTS", 12 * 300)  # several blocks of rows
+    screened = fit_crammer_singer(x, y, C=0.5, seed=1)
+    assert calls and all(after < before for before, after in calls)  # it did shrink
+    assert plain.converged and screened.converged and screened.residual <= 1e-4
+    check_contract(screened, 2500, 12, 0.5)
+    assert_same_optimum(screened, plain, x)
+
+
+def test_screening_shrinks_only_beyond_the_rounding_margin():
+    """A class at its bound is shrunk only if its gradient is below the free one by more than the
+    rounding bound of float32 scores; the sample then leaves the active set."""
+    kernels = sequential._kernels("float32")
+    x = np.array([[1.0], [1.0]], dtype=np.float32)
+    sq = np.array([1.0, 1.0])
+    k = 3
+    alpha = np.zeros((2, k))  # true class 0 free (0 < C), the others at their bound 0
+    # gradients: true class 0, class 1: w_1 + 1, class 2: w_2 + 1 (intercept scaling 0)
+    # class 1's gradient -3e-7 is below the free one, but within the margin 2 (d + 2) u max ||w||
+    # = 7.2e-7 of float32 scores; without the margin it would be shrunk
+    weight = np.array([[0.0], [-1.0 - 3e-7], [-2.0]])
+    assert float(np.float32(weight[1, 0])) + 1.0 < -2e-7
+    alpha_index = np.tile(np.arange(k, dtype=np.int32), (2, 1))
+    class_active = np.full(2, k, dtype=np.int64)
+    y_index = np.zeros(2, dtype=np.int64)
+    order = np.arange(2, dtype=np.int64)
+    ints = np.array([0, 2, 1], dtype=np.int64)
+    sequential._screen_reactivated(
+        kernels, x, 0.0, 1.0, sq, alpha, weight, np.zeros(k), (alpha_index, class_active, y_index, order, ints),
+        np.empty((4, k)),
+    )
+    # class 2 (gradient -1) is shrunk, class 1 stays: two classes left
+    assert class_active.tolist() == [2, 2] and ints[1] == 2
+    assert sorted(alpha_index[0, :2].tolist()) == [0, 1] and alpha_index[0, 2] == 2
+    weight[1, 0] = -3.0  # now both rivals are clearly below: one class left, the samples leave
+    class_active[:] = k
+    sequential._screen_reactivated(
+        kernels, x, 0.0, 1.0, sq, alpha, weight, np.zeros(k), (alpha_index, class_active, y_index, order, ints),
+        np.empty((4, k)),
+    )
+    assert class_active.tolist() == [1, 1] and ints[1] == 0
+
+
 # (c) warm starts --------------------------------------------------------------------------------
 
 

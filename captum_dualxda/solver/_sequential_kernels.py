@@ -30,13 +30,13 @@ __all__ = ["compile_entry_points", "ENTRY_POINTS"]
 # "nnan"/"ninf": the solver compares against +-inf sentinels.
 _FAST = {"reassoc", "contract", "nsz", "arcp"}
 
-_CONTINUE, _PROPOSE_STOP, _MAX_ITER = 0, 1, 2
+_CONTINUE, _PROPOSE_STOP, _MAX_ITER, _REACTIVATED = 0, 1, 2, 3
 
 # Prefetch the next sample only when the active samples' data exceed this many bytes (beyond a
 # core's L2 cache): smaller working sets are served from cache and the hints only cost time.
 _PREFETCH_MIN_BYTES = 1 << 20
 
-ENTRY_POINTS = ("squared_norms", "rebuild_weights", "run_passes", "certificate", "subproblem")
+ENTRY_POINTS = ("squared_norms", "rebuild_weights", "run_passes", "certificate", "subproblem", "screen")
 """Names of the C entry points, in the order of :func:`compile_entry_points`."""
 
 
@@ -223,6 +223,38 @@ def _subproblem_pair(b, a_i, y_pos, c_y, out):  # pragma: no cover - compiled
         out[1] = -c_y - t
 
 
+@njit(nogil=True, inline="always")
+def _shrink_classes(alpha, alpha_index, i, grad, size, y_pos, c, threshold):  # pragma: no cover - compiled
+    """Class shrinking of sample ``i``: move classes at their bound with ``grad < threshold`` behind
+    its active list (``alpha_index[i]`` and ``grad`` swapped alike); returns ``(size, y_pos)``.
+
+    ``threshold`` is the smallest gradient of a free class (minus a rounding margin in
+    :func:`_screen`).
+    """
+    m = 0
+    while m < size:
+        bound = c if m == y_pos else 0.0
+        if alpha[i, alpha_index[i, m]] == bound and grad[m] < threshold:
+            size -= 1
+            while size > m:
+                bound = c if size == y_pos else 0.0
+                if not (alpha[i, alpha_index[i, size]] == bound and grad[size] < threshold):
+                    tmp = alpha_index[i, m]
+                    alpha_index[i, m] = alpha_index[i, size]
+                    alpha_index[i, size] = tmp
+                    g = grad[m]
+                    grad[m] = grad[size]
+                    grad[size] = g
+                    if y_pos == size:
+                        y_pos = m
+                    elif y_pos == m:
+                        y_pos = size
+                    break
+                size -= 1
+        m += 1
+    return size, y_pos
+
+
 @njit(nogil=True, fastmath=_FAST)
 def _run_passes(
     x, y, s, c, sq_norms, alpha, weight, bias_weight, alpha_index, class_active, y_index,
@@ -233,7 +265,8 @@ def _run_passes(
     ``ints = [iteration, active_samples, start_from_all]``, ``floats = [eps_shrink]``: the
     schedule state that survives between calls; ``scratch`` is ``(4, K)`` float64 work space.
     Returns ``_CONTINUE`` (chunk done), ``_PROPOSE_STOP`` (a pass over everything had violation
-    ``< eps``) or ``_MAX_ITER``.
+    ``< eps``), ``_MAX_ITER``, or ``_REACTIVATED`` (the shrinking tolerance was lowered and every
+    sample and class reactivated; the next pass runs over everything).
     """
     k = alpha.shape[1]
     grad = scratch[0]
@@ -279,28 +312,7 @@ def _run_passes(
                     min_g = g
                 if g > max_g:
                     max_g = g
-            # class shrinking: classes at their bound whose gradient is below every free one
-            m = 0
-            while m < size:
-                bound = c if m == y_pos else 0.0
-                if alpha[i, alpha_index[i, m]] == bound and grad[m] < min_g:
-                    size -= 1
-                    while size > m:
-                        bound = c if size == y_pos else 0.0
-                        if not (alpha[i, alpha_index[i, size]] == bound and grad[size] < min_g):
-                            tmp = alpha_index[i, m]
-                            alpha_index[i, m] = alpha_index[i, size]
-                            alpha_index[i, size] = tmp
-                            g = grad[m]
-                            grad[m] = grad[size]
-                            grad[size] = g
-                            if y_pos == size:
-                                y_pos = m
-                            elif y_pos == m:
-                                y_pos = size
-                            break
-                        size -= 1
-                m += 1
+            size, y_pos = _shrink_classes(alpha, alpha_index, i, grad, size, y_pos, c, min_g)
             class_active[i] = size
             y_index[i] = y_pos
             if size <= 1:  # sample shrinking
@@ -333,6 +345,7 @@ def _run_passes(
                 return _PROPOSE_STOP
             _reactivate(class_active, ints, k)
             floats[0] = max(floats[0] / 2.0, eps)
+            return _REACTIVATED  # the driver may screen (:func:`_screen`) before the next pass
         else:
             ints[2] = 0
     return _CONTINUE
@@ -343,6 +356,40 @@ def _reactivate(class_active, ints, k):  # pragma: no cover - compiled
     class_active[:] = k
     ints[1] = class_active.shape[0]
     ints[2] = 1
+
+
+@njit(nogil=True)
+def _screen(scores, start, s, c, sq_norms, alpha, bias_weight, alpha_index, class_active, y_index, margin, scratch):  # pragma: no cover - compiled
+    """Class and sample shrinking for rows ``start..start+len(scores)-1`` from precomputed scores.
+
+    ``scores[r, m] = w_m . x_{start + r}`` (a matrix product, in the features' dtype) replace the
+    per-sample scores of the pass over everything that follows a reactivation: a class is shrunk
+    only if its gradient is below the smallest free one by more than ``2 margin ||x_i||``, a
+    bound on the rounding of both (``margin = (d + 2) u max_m ||w_m||``, ``u`` the unit roundoff
+    of the features' dtype). Rows with at most one class left get ``class_active = 1``; the driver
+    then removes them from the active samples. ``scratch`` is ``(4, K)`` float64 work space.
+    """
+    grad = scratch[0]
+    for r in range(scores.shape[0]):
+        i = start + r
+        a_i = sq_norms[i]
+        if a_i <= 0.0:
+            continue
+        size = class_active[i]
+        y_pos = y_index[i]
+        for m in range(size):
+            cls = alpha_index[i, m]
+            grad[m] = scores[r, cls] + s * bias_weight[cls] + 1.0
+        if y_pos < size:
+            grad[y_pos] -= 1.0
+        min_g = np.inf
+        for m in range(size):
+            bound = c if m == y_pos else 0.0
+            if alpha[i, alpha_index[i, m]] < bound and grad[m] < min_g:
+                min_g = grad[m]
+        size, y_pos = _shrink_classes(alpha, alpha_index, i, grad, size, y_pos, c, min_g - 2.0 * margin * np.sqrt(a_i))
+        class_active[i] = size
+        y_index[i] = y_pos
 
 
 @njit(nogil=True, fastmath=_FAST)
@@ -456,6 +503,16 @@ def _c_certificate(
     )
 
 
+def _c_screen(
+    scores, start, count, s, c, sq_norms, n, alpha, k, bias_weight, alpha_index, class_active, y_index, margin, scratch,
+):  # pragma: no cover - compiled
+    _screen(
+        carray(scores, (count, k)), start, s, c, carray(sq_norms, (n,)), carray(alpha, (n, k)),
+        carray(bias_weight, (k,)), carray(alpha_index, (n, k)), carray(class_active, (n,)), carray(y_index, (n,)),
+        margin, carray(scratch, (4, k)),
+    )
+
+
 def _c_subproblem(b, a_i, y_pos, c_y, size, out, work):  # pragma: no cover - compiled
     _subproblem(carray(b, (size,)), a_i, y_pos, c_y, size, carray(out, (size,)), carray(work, (size,)))
 
@@ -493,6 +550,7 @@ def compile_entry_points(feature_dtype: str, cache: bool = False) -> Dict[str, o
         ),
         "certificate": types.float64(x, i8, i8, i8p, f8, f8, f8p, f8p, i8, f8p, f8p, f8p, f8p, i4p),
         "subproblem": types.void(f8p, f8, i8, f8, i8, f8p, f8p),
+        "screen": types.void(x, i8, i8, f8, f8, f8p, i8, f8p, i8, f8p, i4p, i8p, i8p, f8, f8p),
     }
     functions = {
         "squared_norms": _c_squared_norms,
@@ -500,6 +558,7 @@ def compile_entry_points(feature_dtype: str, cache: bool = False) -> Dict[str, o
         "run_passes": _c_run_passes,
         "certificate": _c_certificate,
         "subproblem": _c_subproblem,
+        "screen": _c_screen,
     }
     return {
         name: cfunc(signatures[name], cache=cache, nopython=True, error_model="numpy", boundscheck=False)(
