@@ -6,7 +6,7 @@ of the kernels is cached on disk yet (a first run, a new machine, or changed sou
 importing numba and initialising its compiler costs about a second in a fresh process, far more
 than loading the machine code (see docs/solver.md, "Cold start").
 
-:func:`compile_entry_points` compiles five C-callable functions (``numba.cfunc``) for one feature
+:func:`compile_entry_points` compiles six C-callable functions (``numba.cfunc``) for one feature
 dtype. They take raw pointers and sizes, so they can also be called without numba: by ctypes from
 the machine code that :mod:`.sequential` caches. The kernels therefore must never need numba's
 runtime: no allocation (work space comes in ``scratch``), no exception (``error_model="numpy"``,

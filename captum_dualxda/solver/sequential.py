@@ -29,9 +29,11 @@ element indexing instead of array views): scores of four active classes at a tim
 of ``x_i`` (fastmath reassociation so LLVM vectorises the float64 sums), the next sample's
 features and dual state are prefetched while the current one is solved when the active samples do
 not fit in the core's cache, the shuffle draws its indices with a multiply-shift instead of a
-division, and the class lists are int32 (``n K`` of them, as in LIBLINEAR). On the 1,797 x 128
-digits features of ``benchmarks/solver.py`` (60 all-zero columns) these changes together made a
-fit about 1.6x faster than the previous kernels at the same number of passes.
+division, and the class lists are int32 (``n K`` of them, as in LIBLINEAR). After each
+reactivation of a large problem (a pass over everything of at least ``1e7`` multiply-adds), all
+scores come from one matrix product and the shrinking rule is applied to them with a margin for
+its rounding before the next pass (:func:`_screen_reactivated`), instead of one sample at a time.
+docs/solver.md, "2.5 The cost of a pass", has the measurements.
 
 Precision: features stay in their dtype (float32 is fine), ``alpha``, ``W`` and all arithmetic of
 the subproblem are float64 (dot products accumulate in float64). Measured alternatives: a float32
