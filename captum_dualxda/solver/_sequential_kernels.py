@@ -224,6 +224,30 @@ def _subproblem_pair(b, a_i, y_pos, c_y, out):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, inline="always")
+def _gradient_spread(grad, alpha, alpha_index, bias_weight, i, size, y_pos, s, c):  # pragma: no cover - compiled
+    """Turn sample ``i``'s active scores ``grad[:size]`` into its gradient, in place; return
+    ``(min_free, max_g)``: the smallest gradient of a class below its bound, and the largest.
+
+    ``G^m = w_m . x_i + s b_m + 1`` for ``m != y_i``, without the ``+ 1`` for ``y_i`` (the class
+    at position ``y_pos``; ``y_pos >= size`` when it is shrunk).
+    """
+    for m in range(size):
+        grad[m] += s * bias_weight[alpha_index[i, m]] + 1.0
+    if y_pos < size:
+        grad[y_pos] -= 1.0
+    min_free = np.inf
+    max_g = -np.inf
+    for m in range(size):
+        bound = c if m == y_pos else 0.0
+        g = grad[m]
+        if alpha[i, alpha_index[i, m]] < bound and g < min_free:
+            min_free = g
+        if g > max_g:
+            max_g = g
+    return min_free, max_g
+
+
+@njit(nogil=True, inline="always")
 def _shrink_classes(alpha, alpha_index, i, grad, size, y_pos, c, threshold):  # pragma: no cover - compiled
     """Class shrinking of sample ``i``: move classes at their bound with ``grad < threshold`` behind
     its active list (``alpha_index[i]`` and ``grad`` swapped alike); returns ``(size, y_pos)``.
@@ -299,19 +323,7 @@ def _run_passes(
             size = class_active[i]
             y_pos = y_index[i]
             _row_scores(weight, alpha_index, i, size, x, i, grad)
-            for m in range(size):
-                grad[m] += s * bias_weight[alpha_index[i, m]] + 1.0
-            if y_pos < size:
-                grad[y_pos] -= 1.0
-            min_g = np.inf
-            max_g = -np.inf
-            for m in range(size):
-                bound = c if m == y_pos else 0.0
-                g = grad[m]
-                if alpha[i, alpha_index[i, m]] < bound and g < min_g:
-                    min_g = g
-                if g > max_g:
-                    max_g = g
+            min_g, max_g = _gradient_spread(grad, alpha, alpha_index, bias_weight, i, size, y_pos, s, c)
             size, y_pos = _shrink_classes(alpha, alpha_index, i, grad, size, y_pos, c, min_g)
             class_active[i] = size
             y_index[i] = y_pos
@@ -378,15 +390,8 @@ def _screen(scores, start, s, c, sq_norms, alpha, bias_weight, alpha_index, clas
         size = class_active[i]
         y_pos = y_index[i]
         for m in range(size):
-            cls = alpha_index[i, m]
-            grad[m] = scores[r, cls] + s * bias_weight[cls] + 1.0
-        if y_pos < size:
-            grad[y_pos] -= 1.0
-        min_g = np.inf
-        for m in range(size):
-            bound = c if m == y_pos else 0.0
-            if alpha[i, alpha_index[i, m]] < bound and grad[m] < min_g:
-                min_g = grad[m]
+            grad[m] = scores[r, alpha_index[i, m]]
+        min_g, _ = _gradient_spread(grad, alpha, alpha_index, bias_weight, i, size, y_pos, s, c)
         size, y_pos = _shrink_classes(alpha, alpha_index, i, grad, size, y_pos, c, min_g - 2.0 * margin * np.sqrt(a_i))
         class_active[i] = size
         y_index[i] = y_pos
@@ -407,7 +412,8 @@ def _rebuild_weights(x, s, alpha, weight, bias_weight):  # pragma: no cover - co
 
 @njit(nogil=True, fastmath=_FAST)
 def _scores(weight, classes, row, size, x, i, out):  # pragma: no cover - compiled
-    """:func:`_row_scores` compiled with reassociation, for callers that must not be (the certificate)."""
+    """:func:`_row_scores` as a function of its own, compiled with reassociation, for callers whose
+    other arithmetic must stay exact (the certificate)."""
     _row_scores(weight, classes, row, size, x, i, out)
 
 
