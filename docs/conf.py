@@ -1,0 +1,84 @@
+"""Sphinx configuration: ``python -m sphinx -W --keep-going -b html docs docs/_build``.
+
+The API reference is generated from the docstrings (numpy style, read by napoleon); the tutorials
+are rendered from the notebooks in ``tutorials/`` with the outputs they were committed with (never
+executed here); the Markdown pages in this folder are read by MyST.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from importlib.metadata import version as _version
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+project = "captum_dualxda"
+author = "The captum_dualxda developers"
+copyright = "2026, the captum_dualxda developers"
+release = _version("captum_dualxda")
+version = release
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.viewcode",
+    "myst_nb",
+]
+
+# MyST (Markdown pages) and myst-nb (notebooks, rendered with their committed outputs).
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
+nb_execution_mode = "off"
+myst_enable_extensions = ["colon_fence", "dollarmath"]
+myst_heading_anchors = 4
+suppress_warnings = ["mystnb.unknown_mime_type"]
+
+# Docstrings: numpy style.
+napoleon_google_docstring = False
+napoleon_numpy_docstring = True
+napoleon_use_rtype = False
+napoleon_use_ivar = True
+napoleon_preprocess_types = False
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented"
+autodoc_default_options = {"members": True, "show-inheritance": True}
+autosummary_generate = False
+# quanda is an optional extra with conflicting pins; its adapter is documented without it.
+autodoc_mock_imports = ["quanda"]
+
+
+templates_path: list = []
+exclude_patterns = ["_build", "jupyter_execute", "Thumbs.db", ".DS_Store", "_tutorials/.ipynb_checkpoints"]
+
+html_theme = "furo"
+html_title = f"captum_dualxda {release}"
+
+
+def _copy_tutorials() -> None:
+    """Copy the notebooks from ``tutorials/`` into ``docs/_tutorials/`` (git-ignored) to render them."""
+    target = HERE / "_tutorials"
+    target.mkdir(exist_ok=True)
+    for notebook in sorted((ROOT / "tutorials").glob("*.ipynb")):
+        destination = target / notebook.name
+        if not destination.exists() or destination.read_bytes() != notebook.read_bytes():
+            shutil.copyfile(notebook, destination)
+
+
+_copy_tutorials()
+
+# Links that point out of docs/ on GitHub point to the pages that render the same files here.
+_LINKS = {"../benchmarks/README.md": "results.md", "../CHANGELOG.md": "changelog.md"}
+
+
+def _rewrite_links(app, docname, source) -> None:  # noqa: ANN001 (Sphinx event signature)
+    for old, new in _LINKS.items():
+        source[0] = source[0].replace(f"]({old}", f"]({new}")
+
+
+def setup(app):  # noqa: ANN001, ANN201 (Sphinx entry point)
+    app.connect("source-read", _rewrite_links)
