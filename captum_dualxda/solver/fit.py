@@ -9,9 +9,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
+from .._validation import ArgumentTypeError, check_flag, check_integer, check_seed
 from .bdcd import BackendOutput, solve_bdcd
 from .gap import evaluate_optimality
-from .._validation import ArgumentTypeError, check_flag, check_integer, check_seed
 from .problem import DEFAULT_C, CrammerSingerResult, check_positive_number, class_counts, make_problem
 from .sparse_dual import DualVariables, RowSparseDual, dual_row_slices, dual_rows, dual_to_dense, set_dual_rows
 
@@ -382,7 +382,7 @@ def check_Cs(Cs: Sequence[float]) -> List[float]:
     ------
     ValueError
         ``Cs`` is empty or not a sequence, or an entry is not a finite number ``> 0`` (the
-        message names it, e.g. ```Cs[1]```).
+        message names it, e.g. ``Cs[1]``).
     """
     try:
         values = list(Cs)
