@@ -7,7 +7,6 @@ or Hugging Face's dict with them under ``"labels"`` (:func:`split_batch`).
 """
 from __future__ import annotations
 
-import numbers
 import random
 from collections.abc import Mapping
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -28,6 +27,7 @@ from torch.utils.data import (
 )
 from torch.utils.data.dataloader import default_collate
 
+from ._validation import check_integer
 from .distributed import shard_indices
 
 __all__ = ["as_dataloader", "split_batch", "iterate_batches", "dataset_items"]
@@ -116,9 +116,7 @@ def as_dataloader(data: Union[Dataset, DataLoader], batch_size: int, argument: s
     if isinstance(data, DataLoader):
         loader = data
     elif isinstance(data, Dataset) or hasattr(data, "__getitem__"):
-        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
-        loader = DataLoader(data, batch_size=int(batch_size), shuffle=False)
+        loader = DataLoader(data, batch_size=check_integer(batch_size, "batch_size", low=1), shuffle=False)
     else:
         raise TypeError(f"`{argument}` must be a torch Dataset or DataLoader, got {type(data).__name__}.")
     dataset = loader.dataset

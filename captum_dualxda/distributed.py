@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ._validation import check_integer
+
 __all__ = [
     "is_distributed",
     "rank_and_world_size",
@@ -150,10 +152,8 @@ def assemble_strided(
         is not a rank, or ``chunk_rows < 1``.
     """
     rank, world = rank_and_world_size()
-    if not 0 <= dst < world:
-        raise ValueError(f"`dst` must lie in 0..{world - 1}, got {dst}.")
-    if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
-        raise ValueError(f"`chunk_rows` must be None or an integer >= 1, got {chunk_rows!r}.")
+    dst = check_integer(dst, "dst", low=0, high=world - 1)
+    chunk_rows = check_integer(chunk_rows, "chunk_rows", low=1, optional=True)
     expected = len(shard_indices(n, rank, world))
     if local is None:
         if rank != dst or out is None:

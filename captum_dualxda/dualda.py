@@ -11,7 +11,6 @@ This class is the Captum face of the core: the model probe and feature extractio
 """
 from __future__ import annotations
 
-import numbers
 import os
 import time
 import warnings
@@ -24,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ._validation import check_flag, check_integer, check_positive, check_seed
 from .cache import check_writable_dir, entry_lock
 from .deprecation import positional_deprecated
 from .distributed import all_reduce_sum, broadcast_object, is_distributed, merge_topk, rank_and_world_size
@@ -33,7 +33,7 @@ from .features import batch_features, check_autocast, layer_name, model_device, 
 from .fit import DualDAState, fit_fingerprint, fit_state, load_state, save_state
 from .solver import ConvergenceWarning
 from .solver.fit import CONVERGENCE_ADVICE
-from .solver.problem import DEFAULT_C, check_positive_number
+from .solver.problem import DEFAULT_C
 from .store import FeatureStore, scratch_path
 from .support import warn_absent
 
@@ -189,17 +189,21 @@ class DualDA(DataInfluence):
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}.")
-        check_positive_number(C, "C")
-        check_positive_number(tol, "tol")
-        if not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"`max_iter` must be an integer >= 1, got {max_iter!r}.")
+        C = check_positive(C, "C")
+        tol = check_positive(tol, "tol")
+        max_iter = check_integer(max_iter, "max_iter", low=1)
+        seed = check_seed(seed)
+        fit_intercept = check_flag(fit_intercept, "fit_intercept")
+        show_progress = check_flag(show_progress, "show_progress")
+        distributed = check_flag(distributed, "distributed", optional=True)
+        memory_budget = check_integer(memory_budget, "memory_budget", low=0, optional=True, what="a number of bytes")
         self.model = model
         self.final_fc_layer = resolve_linear_layer(model, final_fc_layer)
         self.autocast = check_autocast(autocast, model_device(model))
         self.layer_name = layer_name(model, self.final_fc_layer)
         self.train_dataset = train_dataset
-        self.batch_size = batch_size
-        self.train_dataloader = as_dataloader(train_dataset, batch_size)
+        self.train_dataloader = as_dataloader(train_dataset, batch_size)  # checks batch_size for a Dataset
+        self.batch_size = batch_size if isinstance(train_dataset, DataLoader) else int(batch_size)
         self.C = float(C)
         self.fit_intercept = bool(fit_intercept)
         self.tol = float(tol)
@@ -211,8 +215,6 @@ class DualDA(DataInfluence):
         self.cache_dir = check_writable_dir(cache_dir, "cache_dir") if cache_dir is not None else None
         self.cache_path: Optional[str] = None
         self.distributed = is_distributed() if distributed is None else bool(distributed)
-        if memory_budget is not None and (not isinstance(memory_budget, int) or memory_budget < 0):
-            raise ValueError(f"`memory_budget` must be None or a number of bytes >= 0, got {memory_budget!r}.")
         self.memory_budget = memory_budget
         if memory_budget is not None and self.cache_dir is None:
             raise ValueError("`memory_budget` needs `cache_dir`: out-of-core features are memory-mapped there.")
@@ -442,9 +444,10 @@ class DualDA(DataInfluence):
         """
         if not isinstance(inputs, DataLoader):
             split_batch(inputs)  # validate before any work
-        if k is not None and (not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1):
-            raise ValueError(f"`k` must be None or an integer >= 1, got {k!r}.")
-        return _influence_route_to_helpers(self, inputs, None if k is None else int(k), proponents, show_progress=show_progress)
+        k = check_integer(k, "k", low=1, optional=True)
+        proponents = check_flag(proponents, "proponents")
+        show_progress = check_flag(show_progress, "show_progress")
+        return _influence_route_to_helpers(self, inputs, k, proponents, show_progress=show_progress)
 
     def _influence(self, inputs: Any, show_progress: bool = False) -> torch.Tensor:
         """All scores, ``(n_test, n_train)``; distributed, the disjoint per-rank parts are summed."""

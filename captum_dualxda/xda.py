@@ -31,6 +31,7 @@ from tqdm import tqdm
 from zennit.attribution import Attributor
 from zennit.core import Composite
 
+from ._validation import check_flag, check_integer
 from .features import call_model, hf_last_token, model_device, output_logits, pooled_positions, resolve_linear_layer
 from .checkpoints import weights_restored
 from .deprecation import positional_deprecated, renamed_arguments
@@ -732,6 +733,8 @@ def xda_pairs(
     """
     if not isinstance(xda, XDA):
         raise TypeError(f"`xda` must be an XDA attributor, got {type(xda).__name__}.")
+    feature_batch_size = check_integer(feature_batch_size, "feature_batch_size", low=1)
+    show_progress = check_flag(show_progress, "show_progress")
     if getattr(dualda, "checkpoints", None):
         return _checkpoint_pairs(dualda, xda, test_inputs, targets, train_indices, feature_batch_size, show_progress)
     if xda.model is not dualda.model:
