@@ -191,7 +191,7 @@ def sweep_C(
         for batch in _model_input_batches(test_inputs, 256):
             phi, out = batch_features_and_output(model, layer, batch)
             phis.append(phi.float().to(device))
-            logits.append(output_logits(out).detach().double().cpu())
+            logits.append(output_logits(out, layer.out_features).detach().double().cpu())
         test_phi, test_logits = torch.cat(phis), torch.cat(logits)
         test_pred = test_logits.argmax(1)
 

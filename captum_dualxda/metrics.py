@@ -694,7 +694,7 @@ def surrogate_fidelity(dualda: Any, inputs: Any, batch_size: int = 256) -> Fidel
     net, sur = [], []
     for batch in _model_input_batches(inputs, batch_size):
         phi, output = batch_features_and_output(dualda.model, dualda.final_fc_layer, batch)
-        net.append(output_logits(output).detach().double().cpu())
+        net.append(output_logits(output, dualda.final_fc_layer.out_features).detach().double().cpu())
         sur.append(surrogate_logits(phi, dualda.weight, dualda.intercept))
     return logit_fidelity(torch.cat(net), torch.cat(sur))
 

@@ -201,7 +201,7 @@ def extract_features(
     """Features and labels of every batch of ``loader``, in loader order.
 
     One pass through the model under one :class:`~captum_dualxda.features.FeatureExtractor`:
-    ``torch.inference_mode()``, eval mode, batches moved to the model's device with
+    ``torch.no_grad()``, eval mode, batches moved to the model's device with
     ``non_blocking=True`` (asynchronous from a loader with ``pin_memory=True``). Each batch's
     features are written straight into storage allocated once when the number of rows is known
     (no list of blocks, no concatenation). Features computed on a CUDA device for storage on the

@@ -411,7 +411,8 @@ class XDA(Attributor):
         One more forward pass to the logits (:func:`~captum_dualxda.features.pooled_positions`).
         """
         with ModelProbe(self.model), torch.no_grad():
-            logits = output_logits(call_model(self.model, input if isinstance(input, Mapping) else (input,)))
+            output = call_model(self.model, input if isinstance(input, Mapping) else (input,))
+            logits = output_logits(output, self.final_fc_layer.out_features)
         return pooled_positions(self.final_fc_layer, layer_input.detach(), logits, hf_last_token(input, self.model))
 
     def forward(
@@ -618,7 +619,7 @@ def _checkpoint_pairs(dualda: Any, xda: "XDA", test_inputs: Any, targets: Any, t
         )
     if targets is None:
         x = _single_input(test_inputs, "test_inputs")
-        targets = _predict(xda.model, _to(x, model_device(xda.model))).cpu()
+        targets = _predict(xda.model, _to(x, model_device(xda.model)), xda.final_fc_layer.out_features).cpu()
     parts: List[XDAPairs] = []
     with weights_restored(dualda.model):
         for path, member in zip(dualda.checkpoints, dualda._members):
@@ -636,10 +637,10 @@ def _checkpoint_pairs(dualda: Any, xda: "XDA", test_inputs: Any, targets: Any, t
     )
 
 
-def _predict(model: nn.Module, x: Union[torch.Tensor, Dict[str, Any]]) -> torch.Tensor:
+def _predict(model: nn.Module, x: Union[torch.Tensor, Dict[str, Any]], n_classes: Optional[int] = None) -> torch.Tensor:
     """``(N,)`` the model's predicted classes (eval mode, no grad, the model left as found)."""
     with ModelProbe(model), torch.no_grad():
-        return output_logits(call_model(model, x if isinstance(x, Mapping) else (x,))).argmax(dim=1)
+        return output_logits(call_model(model, x if isinstance(x, Mapping) else (x,)), n_classes).argmax(dim=1)
 
 
 def _batch_size(x: Union[torch.Tensor, Dict[str, Any]]) -> int:
@@ -756,7 +757,7 @@ def xda_pairs(
     k = idx.shape[1]
 
     if targets is None:
-        targets_t = _predict(xda.model, x).cpu()
+        targets_t = _predict(xda.model, x, xda.final_fc_layer.out_features).cpu()
     else:
         targets_t = torch.as_tensor(targets)
         if torch.is_floating_point(targets_t):
