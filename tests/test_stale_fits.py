@@ -205,14 +205,14 @@ def test_autocast_none_runs_at_the_models_own_precision_inside_an_autocast_block
 # ------------------------------------------------------------------------------------------
 # The model after the fit
 # ------------------------------------------------------------------------------------------
-def fitted(data, model=None):
+def fitted(data):
+    """A fitted DualDA on a small net with batch norm (random weights, eval mode)."""
     x, y, xt = data
-    net = model if model is not None else nn.Sequential(nn.Linear(D, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, K))
-    if model is None:
-        torch.manual_seed(0)
-        for p in net.parameters():
-            nn.init.normal_(p, std=0.5)
-        net.eval()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(D, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, K))
+    for p in net.parameters():
+        nn.init.normal_(p, std=0.5)
+    net.eval()
     return net, DualDA(net, "3", TensorDataset(x, y), C=0.1), xt
 
 
@@ -264,7 +264,8 @@ def _running_stats(net):
 
 @pytest.mark.parametrize("change", [_load_other, _assign_module, _data_assign, _in_place, _running_stats,
                                     lambda net: net.double()],
-                         ids=["load_state_dict", "new_module", "data_assignment", "in_place", "batchnorm_stats", "dtype"])
+                         ids=["load_state_dict", "new_module", "data_assignment", "in_place", "batchnorm_stats",
+                              "dtype"])
 def test_every_kind_of_change_is_seen(change, data):
     net, dualda, xt = fitted(data)
     t = targets(net, xt)
