@@ -409,9 +409,8 @@ class DualDA(DataInfluence):
         if record is None:
             return
         changed = record.changes(self.model)
-        if collective and self.distributed and int(all_reduce_sum(torch.tensor([len(changed)])).item()) and not changed:
-            changed = ["the model of another rank"]
-        if changed:
+        elsewhere = collective and self.distributed and int(all_reduce_sum(torch.tensor([len(changed)])).item()) > 0
+        if changed or elsewhere:
             raise ModelChangedError(record.message(changed, call))
 
     def _batch(self, batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -486,7 +485,8 @@ class DualDA(DataInfluence):
         if k is not None and (not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1):
             raise ValueError(f"`k` must be None or an integer >= 1, got {k!r}.")
         self._check_model("DualDA.influence", collective=True)
-        result = _influence_route_to_helpers(self, inputs, None if k is None else int(k), proponents, show_progress=show_progress)
+        result = _influence_route_to_helpers(self, inputs, None if k is None else int(k), proponents,
+                                             show_progress=show_progress)
         if "_weights" in self.__dict__:
             self._weights.absorb(self.model)
         return result

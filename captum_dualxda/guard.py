@@ -3,11 +3,11 @@
 A DualDA fit (the support vectors' features, the dual variables) belongs to the weights it was
 made with. Scoring test inputs with a model trained further mixes the old fit with the new
 model's features: wrong scores, and heatmaps that disagree with them. :class:`WeightsRecord`
-notes, at the fit, every parameter and persistent buffer of the model (what training and
-checkpoint loading change, ``state_dict()``): the tensor object, its version
-counter (PyTorch bumps it for every in-place change: optimiser steps, ``load_state_dict``,
-``p -= ...`` under ``no_grad``), its storage address (``p.data = ...``, ``model.to(...)``),
-dtype, device and shape, and a SHA-256 digest of its bytes.
+notes, at the fit, every parameter and persistent buffer of the model (``state_dict()``, what
+training and checkpoint loading change): the tensor object, its version counter (PyTorch bumps
+it for every in-place change: optimiser steps, ``load_state_dict``, ``p -= ...`` under
+``no_grad``), its storage address (``p.data = ...``, ``model.to(...)``), dtype and shape, and a
+SHA-256 digest of its bytes.
 
 A check compares the cheap items (microseconds per tensor). Only a tensor whose items differ
 is hashed again; where its bytes are still those of the fit (a checkpoint ensemble that loaded
@@ -20,9 +20,10 @@ block's duration (e.g. batch norm merged into a convolution); a check there judg
 the weights it had when the block was entered (:func:`push_entry_view`).
 
 Not checked: non-persistent buffers, which models use for tables they build and rebuild
-themselves (rotary embeddings, masks; they are part of the cache key all the same), and
-buffers the model's own forward pass rewrites (a counter), found when this package's passes
-change them (:meth:`WeightsRecord.absorb`). A change made through ``p.data`` in place
+themselves (rotary embeddings, masks; they are part of the cache key all the same); buffers the
+model's own forward pass rewrites (a counter), found when this package's passes change them
+(:meth:`WeightsRecord.absorb`); tensors on the ``meta`` device (weights an offloading library
+brings in only during the forward pass). A change made in place through ``p.data``
 (``p.data.add_(...)``) bypasses the version counter and is not seen.
 """
 from __future__ import annotations
@@ -63,14 +64,14 @@ def _live_view(model: nn.Module) -> _View:
         if id(module) in seen:
             continue
         seen.add(id(module))
-        for name, tensor in module._parameters.items():
-            if tensor is not None:
-                view.append((prefix + name, tensor, tensor))
+        for name, parameter in module._parameters.items():
+            if parameter is not None:
+                view.append((prefix + name, parameter, parameter))
         if module._buffers:
             transient = module._non_persistent_buffers_set
-            for name, tensor in module._buffers.items():
-                if tensor is not None and name not in transient:
-                    view.append((prefix + name, tensor, tensor))
+            for name, buffer in module._buffers.items():
+                if buffer is not None and name not in transient:
+                    view.append((prefix + name, buffer, buffer))
         children = [(prefix + name + ".", child) for name, child in module._modules.items() if child is not None]
         stack.extend(reversed(children))
     return view
@@ -111,7 +112,7 @@ def _digest(tensor: torch.Tensor) -> Optional[str]:
     try:
         data = tensor.detach().reshape(-1).cpu().contiguous()
         if data.numel():
-            digest.update(data.view(torch.uint8).numpy())
+            digest.update(data.view(torch.uint8).numpy().data)
     except (RuntimeError, TypeError, NotImplementedError):  # sparse, quantized, meta tensors
         return None
     return digest.hexdigest()
@@ -180,8 +181,8 @@ class WeightsRecord:
         for name, owner, values in _current_view(model):
             seen.add(name)
             entry = self._entries.get(name)
-            if name in self._volatile or (entry is not None and entry.unchanged(owner, values)):
-                continue
+            if name in self._volatile or (entry is not None and entry.unchanged(owner, values)) or values.is_meta:
+                continue  # a meta tensor (weights offloaded, e.g. by accelerate) has no values here to compare
             if entry is None:
                 found.append(f"'{name}' (added)")
             elif entry.same_values(values):
@@ -206,11 +207,12 @@ class WeightsRecord:
 
     @staticmethod
     def message(changed: List[str], call: str) -> str:
-        """The error for ``changed`` (from :meth:`changes`), with the fix."""
+        """The error for ``changed`` (from :meth:`changes`; empty: another process's model), with the fix."""
         shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        what = (f"{shown} of its parameters and buffers differ from the fit's" if changed
+                else "on another rank of the process group; every rank stops")
         return (
-            f"`{call}`: the model changed after this DualDA was fitted ({shown} of its parameters and buffers "
-            "differ from the fit's). The fit's support vectors and dual variables belong to the old weights; "
+            f"`{call}`: the model changed after this DualDA was fitted ({what}). The fit's support vectors and dual variables belong to the old weights; "
             "scoring with the changed model's features would mix the two and give wrong scores. Refit for the "
             "current weights: `DualDA(model, ...)` again (with `cache_dir`, every set of weights is cached under "
             "its own key). Or, to keep using this fit, put the weights it was made with back into the model "
@@ -226,7 +228,7 @@ class WeightsRecord:
         """
         for name, owner, values in _current_view(model):
             entry = self._entries.get(name)
-            if entry is None or name in self._volatile or entry.unchanged(owner, values):
+            if entry is None or name in self._volatile or entry.unchanged(owner, values) or values.is_meta:
                 continue
             if entry.same_values(values):
                 self._entries[name] = _Entry.of(owner, values, entry.digest)

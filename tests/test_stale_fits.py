@@ -373,3 +373,48 @@ def test_a_buffer_the_forward_pass_rewrites_is_no_change(cached, data, tmp_path)
         net.body[0].weight.mul_(2.0)
     with pytest.raises(ModelChangedError, match="'body.0.weight'"):
         dualda.influence((xt, t))
+
+
+def _distributed_worker(rank, init_file, out_dir):
+    import os
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        g = torch.Generator().manual_seed(0)
+        x, y, xt = torch.randn(101, D, generator=g), torch.randint(0, K, (101,), generator=g), torch.randn(4, D)
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(D, 16), nn.ReLU(), nn.Linear(16, K))
+        dualda = DualDA(net, "2", TensorDataset(x, y), C=0.1)
+        t = targets(net, xt)
+        dualda.influence((xt, t))
+        if rank == 1:  # only one rank's model changes: both must raise, neither may wait forever
+            with torch.no_grad():
+                net[0].bias.add_(1.0)
+        try:
+            dualda.influence((xt, t), k=3)
+            outcome = "no error"
+        except ModelChangedError as error:
+            outcome = str(error)
+        with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as stream:
+            stream.write(outcome)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_every_rank_raises_when_one_ranks_model_changed(tmp_path):
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(_distributed_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2,
+                                 join=False, start_method="spawn")
+    for _ in range(120):  # never hang the suite: at most 120 s
+        if context.join(timeout=1):
+            break
+    else:
+        for process in context.processes:
+            process.kill()
+        pytest.fail("a rank hung")
+    outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert all("changed after this DualDA was fitted" in outcome for outcome in outcomes)
+    assert "'0.bias'" in outcomes[1] and "another rank" in outcomes[0]
