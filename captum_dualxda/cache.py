@@ -14,7 +14,7 @@ import tempfile
 import types
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -31,6 +31,15 @@ _ATOMS = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.
 
 _MAX_DEPTH = 64
 """How deep :meth:`Fingerprint.update` follows objects inside objects before refusing."""
+
+
+class _Unreadable(Exception):
+    """An object in the data whose state cannot be read; ``owners``: the objects holding it, inner first."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(kind)
+        self.kind, self.reason = kind, reason
+        self.owners: List[str] = []
 
 
 class Fingerprint:
@@ -63,7 +72,16 @@ class Fingerprint:
             an open file or a C-extension handle), or objects nested deeper than 64 levels.
         """
         for value in values:
-            self._mix(value, set(), 0)
+            try:
+                self._mix(value, set(), 0)
+            except _Unreadable as error:
+                inside = "".join(f" inside a {owner}" for owner in error.owners)
+                raise TypeError(
+                    f"Cannot fingerprint an object of type {error.kind}{inside} in the data for the cache key: its "
+                    f"state cannot be read ({error.reason}). A cache hit after the data changed would return a stale "
+                    "fit, so this is refused: fit without `cache_dir`, or give the batches tensors, arrays, numbers, "
+                    "strings, containers of these, or objects that can be pickled."
+                ) from None
         return self
 
     def _mix(self, value: Any, path: set, depth: int) -> None:
@@ -127,24 +145,24 @@ class Fingerprint:
     def _mix_object(self, value: Any, path: set, depth: int) -> None:
         """An arbitrary object: its class and the state the pickle protocol reads from it."""
         kind = type(value)
+        name = f"{kind.__module__}.{kind.__qualname__}"
         try:
             reduced = value.__reduce_ex__(4)
         except Exception as error:
-            raise TypeError(
-                f"Cannot fingerprint an object of type {kind.__module__}.{kind.__qualname__} in the data for the "
-                f"cache key: its state cannot be read ({error}). A cache hit after the data changed would "
-                "return a stale fit, so this is refused: fit without `cache_dir`, or give the batches tensors, "
-                "arrays, numbers, strings, containers of these, or objects that can be pickled."
-            ) from None
-        self._hash.update(f"R{kind.__module__}.{kind.__qualname__};".encode())
+            raise _Unreadable(name, str(error)) from None
+        self._hash.update(f"R{name};".encode())
         if isinstance(reduced, str):  # a global object, pickled by its name
             self._hash.update(reduced.encode())
             return
         self._hash.update(f"L{len(reduced)}".encode())
-        for part in reduced:
-            if isinstance(part, Iterator):  # list and dict items of the reduction
-                part = list(part)
-            self._mix(part, path, depth)
+        try:
+            for part in reduced:
+                if isinstance(part, Iterator):  # list and dict items of the reduction
+                    part = list(part)
+                self._mix(part, path, depth)
+        except _Unreadable as error:
+            error.owners.append(name)
+            raise
 
     def update_module(self, model: nn.Module) -> "Fingerprint":
         """Mix in the architecture and the whole state of ``model``.
