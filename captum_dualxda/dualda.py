@@ -31,6 +31,7 @@ from .checkpoints import CheckpointLoader, checkpoint_paths, load_state_dict_che
 from .data import ModelInputs, as_dataloader, dataset_items, iterate_batches, split_batch
 from .features import batch_features, check_autocast, layer_name, model_device, resolve_linear_layer
 from .fit import DualDAState, fit_fingerprint, fit_state, load_state, save_state
+from .guard import ModelChangedError, WeightsRecord
 from .solver import ConvergenceWarning
 from .solver.fit import CONVERGENCE_ADVICE
 from .solver.problem import DEFAULT_C
@@ -50,7 +51,11 @@ class DualDA(DataInfluence):
     Parameters
     ----------
     model : nn.Module
-        The classifier ``f(x) = W_f phi(x) + b_f``; it is never modified.
+        The classifier ``f(x) = W_f phi(x) + b_f``; it is never modified. The fit belongs to
+        its weights at construction: once they change (trained further, other weights loaded),
+        ``influence`` raises :class:`~captum_dualxda.guard.ModelChangedError` until the model
+        is refitted or the weights are put back. Train/eval mode and ``requires_grad`` may
+        change freely.
     final_fc_layer : nn.Linear or str
         The final linear layer (or its dotted name); ``phi(x)`` is its input. A head applied to
         every position (decoder classifiers: Llama's or GPT-2's ``score``) gives the input at
@@ -81,7 +86,9 @@ class DualDA(DataInfluence):
         run on the model's device; tensors are moved as needed.
     cache_dir : str, optional
         Directory for the fit. Reloaded only when the model (its class, module structure,
-        weights and buffers), layer, training data, C and solver settings are identical;
+        weights, every buffer, also non-persistent ones, and plain tensor attributes), layer,
+        training data (tensors inside any batch object included; a batch object whose state
+        cannot be read is refused), C and solver settings are identical;
         anything else refits. Writes are atomic, and processes that fit the same configuration
         at the same time take turns (a file lock): the first fits and saves, the others load
         its result. A cached fit that did not converge warns again when loaded.
@@ -105,7 +112,8 @@ class DualDA(DataInfluence):
         ``torch.bfloat16`` or ``torch.float16``: run the model's forward passes (training
         features and test features) under ``torch.autocast`` with that dtype; the features are
         stored, solved and scored in float32 all the same. Default None: the model's own
-        precision. Part of the cache key. Measured against float32 fits
+        precision, also when the call is made inside a ``torch.autocast`` block (which is
+        switched off for these passes). Part of the cache key. Measured against float32 fits
         (``benchmarks/fit.py --scores``, GPU and CPU): on a trained digits CNN, a ResNet-18 and a
         small BERT the support set and the top-10 proponents stayed the same (support Jaccard
         >= 0.99, median top-10 overlap 10 of 10) while single scores moved: median per-test
@@ -232,6 +240,7 @@ class DualDA(DataInfluence):
             return
         if checkpoints_load_func is not None:
             raise ValueError("`checkpoints_load_func` needs `checkpoints`.")
+        self._weights = WeightsRecord(self.model)  # what `influence` checks the model against
         if self.cache_dir is None:
             self._fit(show_progress, None)
             return
@@ -274,6 +283,7 @@ class DualDA(DataInfluence):
             self.device if mmap_path is None else torch.device("cpu"),
             show_progress and self._rank == 0, distributed=self.distributed, out_path=mmap_path, autocast=self.autocast,
         )
+        self._weights.absorb(self.model)  # buffers the model's own forward pass rewrites are not checked
         try:
             state = self._solve(store, labels, key, time.perf_counter() - start, show_progress) if self._rank == 0 else None
             # Distributed, only the small state travels; every rank takes its support vectors'
@@ -379,10 +389,31 @@ class DualDA(DataInfluence):
     # ------------------------------------------------------------------ scoring
     def test_features(self, inputs: ModelInputs) -> torch.Tensor:
         """``(N, d)`` float32 features ``phi(x)`` of model inputs (a tuple for ``model(*inputs)``, a
-        dict for ``model(**inputs)``; eval mode, no grad, ``autocast`` as in the fit), on ``self.device``."""
+        dict for ``model(**inputs)``; eval mode, no grad, ``autocast`` as in the fit), on ``self.device``.
+
+        Raises :class:`~captum_dualxda.guard.ModelChangedError` if the model's parameters or
+        buffers changed since the fit (see :meth:`influence`)."""
         self._single_fit_only("test_features")
+        self._check_model("DualDA.test_features")
+        return self._test_features(inputs)
+
+    def _test_features(self, inputs: ModelInputs) -> torch.Tensor:
         phi = batch_features(self.model, self.final_fc_layer, inputs, self.autocast)
         return phi.to(self.device, self._local.features.dtype)
+
+    def _check_model(self, call: str, collective: bool = False) -> None:
+        """Raise :class:`ModelChangedError` if the model's weights differ from the fit's (single fits).
+
+        ``collective`` (a call every rank makes): distributed, every rank raises when any rank's
+        model changed, so that no rank is left waiting in a collective.
+        """
+        record: Optional[WeightsRecord] = self.__dict__.get("_weights")
+        if record is None:
+            return
+        changed = record.changes(self.model)
+        elsewhere = collective and self.distributed and int(all_reduce_sum(torch.tensor([len(changed)])).item()) > 0
+        if changed or elsewhere:
+            raise ModelChangedError(record.message(changed, call))
 
     def _batch(self, batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(phi (N, d), targets (N,))`` of one Captum batch, checked, on ``self.device``."""
@@ -392,7 +423,7 @@ class DualDA(DataInfluence):
                 f"`inputs` targets must lie in 0..{self.n_classes - 1}, found "
                 f"{int(targets.min())}..{int(targets.max())}."
             )
-        phi = self.test_features(inputs)
+        phi = self._test_features(inputs)
         if phi.shape[0] != targets.shape[0]:
             raise ValueError(
                 f"`inputs` has {phi.shape[0]} samples but {targets.shape[0]} targets in its last element."
@@ -441,13 +472,26 @@ class DualDA(DataInfluence):
             ``k=None``: ``(n_test, n_train)`` float32, ``[i, j] = a_j^{c_i} phi(x_j).phi(x_i)``.
             Otherwise ``KMostInfluentialResults(indices, influence_scores)``, both
             ``(n_test, k)``; indices int64 into ``train_dataset``.
+
+        Raises
+        ------
+        captum_dualxda.guard.ModelChangedError
+            A parameter or buffer of the model holds other values than at the fit (the model
+            was trained further, other weights were loaded, its dtype changed): the fit belongs
+            to the old weights. Refit, or load the fitted weights back. Checked cheaply on
+            every call (version counters; a tensor is hashed only when its counter moved); a
+            checkpoint ensemble loads its own weights for every call and is not checked.
         """
         if not isinstance(inputs, DataLoader):
             split_batch(inputs)  # validate before any work
         k = check_integer(k, "k", low=1, optional=True)
         proponents = check_flag(proponents, "proponents")
         show_progress = check_flag(show_progress, "show_progress")
-        return _influence_route_to_helpers(self, inputs, k, proponents, show_progress=show_progress)
+        self._check_model("DualDA.influence", collective=True)
+        result = _influence_route_to_helpers(self, inputs, k, proponents, show_progress=show_progress)
+        if "_weights" in self.__dict__:
+            self._weights.absorb(self.model)
+        return result
 
     def _influence(self, inputs: Any, show_progress: bool = False) -> torch.Tensor:
         """All scores, ``(n_test, n_train)``; distributed, the disjoint per-rank parts are summed."""

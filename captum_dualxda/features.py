@@ -343,6 +343,21 @@ def check_autocast(autocast: Any, device: torch.device, argument: str = "autocas
     return autocast
 
 
+def forward_precision(device: torch.device, autocast: Optional[torch.dtype]) -> Any:
+    """The precision context of this package's forward passes on ``device``.
+
+    ``torch.autocast(dtype=autocast)`` when a dtype is given. With None, any ``torch.autocast``
+    the caller has active for that device type is switched off: the model runs in its own
+    precision, which is what a fit with ``autocast=None`` promises (and what its cache key
+    stands for), wherever the call is made from.
+    """
+    if autocast is not None:
+        return torch.autocast(device.type, dtype=autocast)
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class FeatureExtractor:
     """Context manager: ``phi`` (and the model output) of many batches through one model probe.
 
@@ -364,7 +379,8 @@ class FeatureExtractor:
     autocast : torch.dtype, optional
         ``torch.bfloat16`` or ``torch.float16``: mixed-precision forward passes (validated with
         :func:`check_autocast`). The features come back in the dtype the layer saw
-        (half precision); callers cast them.
+        (half precision); callers cast them. None: the model's own precision, also inside a
+        caller's ``torch.autocast`` block (:func:`forward_precision`).
 
     Examples
     --------
@@ -398,11 +414,8 @@ class FeatureExtractor:
             in the pass; it sees more rows than the model returns logits for; or it sees several
             positions per sample and the model's logits are none of them.
         """
-        precision = (
-            torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else contextlib.nullcontext()
-        )
         self._probe.captured = []  # only this pass's calls of the layer
-        with torch.no_grad(), precision:
+        with torch.no_grad(), forward_precision(self.device, self.autocast):
             output = call_model(self.model, inputs_to(inputs, self.device, non_blocking=True))
             layer_input = self._probe.features()
             if layer_input.ndim == 2:

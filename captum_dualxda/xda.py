@@ -35,6 +35,7 @@ from ._validation import check_flag, check_integer
 from .features import call_model, hf_last_token, model_device, output_logits, pooled_positions, resolve_linear_layer
 from .checkpoints import weights_restored
 from .deprecation import positional_deprecated, renamed_arguments
+from .guard import WeightsRecord, pop_entry_view, push_entry_view
 from .probe import ModelProbe
 
 __all__ = ["XDA", "XDAPairs", "xda_pairs", "UnsupportedModelError", "unsupported_layers", "missing_canonizer"]
@@ -308,6 +309,9 @@ class XDA(Attributor):
         # eval mode and records what the canonizers replace.
         probe = ModelProbe(self.model, objects=True).__enter__()
         self._probes.append(probe)
+        # A fit's check of the model (DualDA) inside the block sees the weights as they are now,
+        # not the canonizers' temporary ones.
+        push_entry_view(self.model)
         try:
             super().__enter__()
         except BaseException:
@@ -316,6 +320,7 @@ class XDA(Attributor):
                 if self.composite is not None:
                     self.composite.remove()
             finally:
+                pop_entry_view(self.model)
                 probe.__exit__(None, None, None)
             raise
         return self
@@ -332,6 +337,7 @@ class XDA(Attributor):
             super().__exit__(exc_type, exc_value, traceback)
         finally:
             if self._probes:
+                pop_entry_view(self.model)
                 self._probes.pop().__exit__(exc_type, exc_value, traceback)
         return False
 
@@ -725,6 +731,9 @@ def xda_pairs(
 
     Raises
     ------
+    captum_dualxda.guard.ModelChangedError
+        The model's parameters or buffers changed since ``dualda`` was fitted (as for
+        ``dualda.influence``): refit, or load the fitted weights back.
     ValueError
         ``xda`` explains another model or layer than ``dualda``; ``train_indices`` has the wrong
         shape or is out of range; ``targets`` has the wrong shape or is out of range; the
@@ -744,6 +753,9 @@ def xda_pairs(
         raise ValueError(
             "`xda` uses a different feature layer than `dualda` (xda.final_fc_layer is not dualda.final_fc_layer)."
         )
+    check_model = getattr(dualda, "_check_model", None)
+    if check_model is not None:  # the coefficients belong to the weights of the fit
+        check_model("xda_pairs")
     x = _single_input(test_inputs, "test_inputs")
     text = isinstance(x, Mapping)
     if not text and x.ndim < 2:
@@ -820,6 +832,8 @@ def xda_pairs(
             run_all()
     else:
         run_all()
+    if isinstance(getattr(dualda, "__dict__", {}).get("_weights"), WeightsRecord):
+        dualda._weights.absorb(dualda.model)
 
     return XDAPairs(
         scores=scores.cpu(),
