@@ -262,5 +262,6 @@ def test_a_model_that_caches_tensors_in_forward_trains_after_every_call(where, d
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     dualda = DualDA(model, "head.fc", train, C=1.0)  # its first forward pass builds the cache
     assert _sgd_step_moves_every_parameter(model, optimizer, x, y)
+    dualda = DualDA(model, "head.fc", train, C=1.0)  # refit for the trained weights (else ModelChangedError)
     dualda.influence((x_test, torch.zeros(7, dtype=torch.long)))
     assert _sgd_step_moves_every_parameter(model, optimizer, x, y)
