@@ -25,6 +25,7 @@ __all__ = [
     "gather_strided",
     "assemble_strided",
     "stable_topk",
+    "topk_of_candidates",
     "merge_topk",
 ]
 
@@ -220,8 +221,8 @@ def stable_topk(values: torch.Tensor, k: int, largest: bool) -> Tuple[torch.Tens
     """Top-``k`` of every row in the top-k order: by value, ties to the lower column.
 
     The same result as ``torch.sort(values, dim=1, descending=largest, stable=True)`` cut to
-    ``k`` columns (NaN counts as the largest value, as there), at the cost of a
-    ``torch.topk`` and a few elementwise passes (a full sort only for rows holding NaN).
+    ``k`` columns (NaN counts as the largest value, as there), for the cost of two
+    ``torch.topk`` and two elementwise passes (a full sort only when NaN is among the best).
 
     Parameters
     ----------
@@ -242,17 +243,21 @@ def stable_topk(values: torch.Tensor, k: int, largest: bool) -> Tuple[torch.Tens
     k = min(int(k), m)
     if k == 0 or b == 0:
         return values[:, :k], torch.zeros((b, k), dtype=torch.long, device=values.device)
-    if bool(torch.isnan(values).any()):
+    top = torch.topk(values, k, dim=1, largest=largest, sorted=False)
+    if bool(torch.isnan(top.values).any()):
         columns = torch.sort(values, dim=1, descending=largest, stable=True).indices[:, :k]
         return values.gather(1, columns), columns
-    top = torch.topk(values, k, dim=1, largest=largest, sorted=False).values
-    kth = top.amin(1, keepdim=True) if largest else top.amax(1, keepdim=True)
-    better = values > kth if largest else values < kth
-    tied = values == kth
-    # Every row keeps its strictly better values and, of the values tied with its k-th, the leftmost ones.
+    # The k-th value of each row: every value strictly better is in `top`; of the values tied with it,
+    # the leftmost `need` complete the row (torch.topk picks tied ones in no defined order).
+    kth = top.values.amin(1, keepdim=True) if largest else top.values.amax(1, keepdim=True)
+    better = top.values > kth if largest else top.values < kth
     need = k - better.sum(1, keepdim=True)
-    chosen = better | (tied & (torch.cumsum(tied, dim=1, dtype=torch.int32) <= need))
-    columns = chosen.nonzero()[:, 1].reshape(b, k)  # increasing within each row
+    position = torch.arange(m, dtype=torch.int32 if m < 2**31 - 1 else torch.long, device=values.device)
+    tied = torch.where(values == kth, position, m)  # m: not tied
+    leftmost = torch.topk(tied, int(need.max()), dim=1, largest=False, sorted=True).values.long()
+    keep = torch.cat([better, torch.arange(leftmost.shape[1], device=values.device) < need], 1)
+    columns = torch.cat([top.indices, leftmost], 1)[keep].reshape(b, k)  # k kept per row
+    columns = torch.sort(columns, dim=1).values
     picked = values.gather(1, columns)
     order = torch.sort(picked, dim=1, descending=largest, stable=True).indices
     return picked.gather(1, order), columns.gather(1, order)
@@ -281,12 +286,12 @@ def merge_topk(values: torch.Tensor, indices: torch.Tensor, k: int, largest: boo
         ``(b, k)`` (in one process ``(b, min(k, k_local))``), identical on every rank.
     """
     if not is_distributed():
-        return _topk_order(values, indices, torch.zeros_like(indices, dtype=torch.bool), k, largest)
+        return topk_of_candidates(values, indices, k, largest)
     world = dist.get_world_size()
     comm = communication_device()
     b = values.shape[0]
     if values.shape[1] > k:  # keep this rank's best k
-        values, indices = _topk_order(values, indices, torch.zeros_like(indices, dtype=torch.bool), k, largest)
+        values, indices = topk_of_candidates(values, indices, k, largest)
     pad_values = torch.zeros((b, k), dtype=values.dtype, device=comm)
     pad_indices = torch.full((b, k), -1, dtype=torch.long, device=comm)  # -1: no candidate
     pad_values[:, : values.shape[1]] = values.to(comm)
@@ -297,20 +302,42 @@ def merge_topk(values: torch.Tensor, indices: torch.Tensor, k: int, largest: boo
     dist.all_gather(all_indices, pad_indices)
     merged_values = torch.cat(all_values, 1)
     merged_indices = torch.cat(all_indices, 1)
-    top_values, top_indices = _topk_order(merged_values, merged_indices, merged_indices < 0, k, largest)
+    top_values, top_indices = topk_of_candidates(merged_values, merged_indices, k, largest, empty=merged_indices < 0)
     if bool((top_indices < 0).any()):
         raise ValueError(f"The ranks hold fewer than k={k} candidates together.")
     return top_values.to(values.device), top_indices.to(values.device)
 
 
-def _topk_order(values: torch.Tensor, indices: torch.Tensor, empty: torch.Tensor, k: int,
-                largest: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The first ``k`` of each row ordered by: ``empty`` slots last, then value, then lower index."""
+def topk_of_candidates(values: torch.Tensor, indices: torch.Tensor, k: int, largest: bool,
+                       empty: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The top-``k`` of a few candidates per row, given in any order, in the top-k order.
+
+    For short rows (a few times ``k``): three stable sorts of the whole row.
+
+    Parameters
+    ----------
+    values : torch.Tensor
+        ``(b, c)`` the candidates' scores.
+    indices : torch.Tensor
+        ``(b, c)`` int64 their indices (distinct within a row), which break ties.
+    k : int
+        Wanted; rows keep ``min(k, c)``.
+    largest : bool
+    empty : torch.Tensor, optional
+        ``(b, c)`` bool slots that hold no candidate; they go last.
+
+    Returns
+    -------
+    values, indices : torch.Tensor
+        ``(b, min(k, c))`` ordered by value (largest first if ``largest``), ties to the lower index.
+    """
     order = torch.sort(indices, dim=1, stable=True).indices
     by_value = torch.sort(values.gather(1, order), dim=1, descending=largest, stable=True).indices
     order = order.gather(1, by_value)
-    by_slot = torch.sort(empty.gather(1, order).to(torch.uint8), dim=1, stable=True).indices
-    order = order.gather(1, by_slot)[:, :k]
+    if empty is not None:
+        by_slot = torch.sort(empty.gather(1, order).to(torch.uint8), dim=1, stable=True).indices
+        order = order.gather(1, by_slot)
+    order = order[:, :k]
     return values.gather(1, order), indices.gather(1, order)
 
 

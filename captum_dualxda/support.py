@@ -18,7 +18,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .distributed import stable_topk
+from .distributed import stable_topk, topk_of_candidates
 from .solver.problem import row_chunk
 from .solver.sparse_dual import DualVariables, RowSparseDual, dual_rows
 
@@ -239,11 +239,15 @@ class SupportSet:
         values, indices : torch.Tensor
             ``(N, min(k, len(candidates)))`` sorted scores and their int64 training indices.
         """
-        scores = self.scores(phi, targets)
-        padded = scores.new_zeros(scores.shape[0], candidates.numel())
-        padded[:, torch.searchsorted(candidates, self.indices)] = scores
-        values, columns = stable_topk(padded, k, largest)
-        return values, candidates[columns]
+        values, columns = stable_topk(self.scores(phi, targets), k, largest)  # columns: increasing indices
+        indices = self.indices[columns]
+        zero = candidates[~torch.isin(candidates, self.indices)]
+        if zero.numel():  # scores 0 of samples off the support: merged in the same order
+            n = values.shape[0]
+            values = torch.cat([values, values.new_zeros(n, zero.numel())], 1)
+            indices = torch.cat([indices, zero.expand(n, -1)], 1)
+            values, indices = topk_of_candidates(values, indices, k, largest)
+        return values, indices
 
 
 def warn_absent(absent_classes: torch.Tensor, targets: torch.Tensor, stacklevel: int = 4) -> None:

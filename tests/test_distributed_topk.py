@@ -188,6 +188,13 @@ def test_stable_topk_equals_a_stable_sort():
             top_values, columns = stable_topk(values, k, largest)
             assert torch.equal(columns, order[:, :k])
             torch.testing.assert_close(top_values, values.gather(1, order[:, :k]), rtol=0, atol=0, equal_nan=True)
+    sparse = torch.randn(20, 300, generator=g, dtype=torch.float64)
+    sparse[torch.rand(20, 300, generator=g) < 0.9] = 0.0
+    sparse[:, 150:160] = sparse[:, 10:20]  # equal non-zero values
+    for largest in (True, False):
+        order = torch.sort(sparse, dim=1, descending=largest, stable=True).indices
+        for k in (1, 8, 30, 31, 45, 200, 300):
+            assert torch.equal(stable_topk(sparse, k, largest)[1], order[:, :k])
     empty_values, empty_columns = stable_topk(values[:, :0], 3, True)
     assert empty_values.shape == empty_columns.shape == (7, 0)
 
