@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ._validation import check_flag, check_integer, check_positive, check_seed
 from .cache import check_writable_dir, entry_lock
 from .deprecation import positional_deprecated
-from .distributed import all_reduce_sum, broadcast_object, is_distributed, merge_topk, rank_and_world_size
+from .distributed import all_reduce_sum, broadcast_object, is_distributed, merge_topk, rank_and_world_size, stable_topk
 from .checkpoints import CheckpointLoader, checkpoint_paths, load_state_dict_checkpoint, weights_restored
 from .data import ModelInputs, as_dataloader, dataset_items, iterate_batches, split_batch
 from .features import batch_features, check_autocast, layer_name, model_device, resolve_linear_layer
@@ -462,7 +462,8 @@ class DualDA(DataInfluence):
             samples per test sample (clipped to ``n_train``).
         proponents : bool
             With ``k``: the most positive scores (descending) if True, the most negative
-            (ascending) otherwise.
+            (ascending) otherwise; equal scores (such as the zeros of samples off the support)
+            in increasing training index, with or without a process group.
         show_progress : bool
             A tqdm bar over test batches.
 
@@ -504,12 +505,13 @@ class DualDA(DataInfluence):
         return torch.cat(rows)
 
     def _get_k_most_influential(self, inputs: Any, k: int, proponents: bool = True, show_progress: bool = False) -> KMostInfluentialResults:
-        """Exact top-``k``: the support vectors plus ``k`` zero-score samples (on rank 0) are candidates."""
+        """Exact top-``k`` in the top-k order (ties to the lower index): the support vectors plus the
+        ``k`` lowest samples that are no support vector on any rank (added on rank 0) are candidates."""
         k = min(k, self.n_train)
         if self._members:
-            top = self._ensemble_scores(inputs, show_progress, lambda scores: torch.topk(scores, k, dim=1, largest=proponents))
-            return KMostInfluentialResults(torch.cat([t.indices for t in top]), torch.cat([t.values for t in top]))
-        candidates = self._local.candidates(k if self._rank == 0 else 0)
+            top = self._ensemble_scores(inputs, show_progress, lambda scores: stable_topk(scores, k, proponents))
+            return KMostInfluentialResults(torch.cat([t[1] for t in top]), torch.cat([t[0] for t in top]))
+        candidates = self._local.candidates(k if self._rank == 0 else 0, self.support_indices)
         indices, values = [], []
         for batch in self._batches(inputs, show_progress):
             top_values, top_indices = self._local.top_k(*self._batch(batch), k, proponents, candidates)
