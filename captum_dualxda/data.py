@@ -301,11 +301,6 @@ def split_batch(batch: Any, argument: str = "inputs") -> Tuple[ModelInputs, torc
     return inputs, targets.long()
 
 
-_COMPARED = 1 << 22
-"""At most this many values are compared per input of a batch (``m * m`` pairs of rows and items,
-times the positions compared), so the input check stays a small fraction of collating."""
-
-
 class CheckedCollate:
     """A loader's ``collate_fn`` that refuses batches that are not its dataset items, in order.
 
@@ -339,20 +334,32 @@ class CheckedCollate:
         return batch
 
 
-def _item_label(item: Any) -> Optional[int]:
-    """The integer label of one dataset item (Captum's last element, or a dict's ``"labels"`` /
-    ``"label"``), or None when it has none that is an integer."""
+def _raw_label(item: Any) -> Any:
+    """What one dataset item holds as its label: Captum's last element, or a dict's ``"labels"`` /
+    ``"label"``; None for an item without one."""
+    if isinstance(item, (tuple, list)):
+        return item[-1] if len(item) >= 2 else None
     if isinstance(item, Mapping):
-        raw = next((item[k] for k in LABEL_KEYS if k in item), None)
-    elif isinstance(item, (tuple, list)) and len(item) >= 2:
-        raw = item[-1]
-    else:
-        return None
-    if isinstance(raw, np.ndarray) and raw.size == 1:
-        raw = raw.reshape(-1)[0]
-    elif isinstance(raw, torch.Tensor) and raw.numel() == 1:
-        raw = raw.reshape(-1)[0].item()
-    return int(raw) if isinstance(raw, numbers.Integral) else None
+        return next((item[k] for k in LABEL_KEYS if k in item), None)
+    return None
+
+
+def _item_labels(items: List[Any]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(positions, labels)``: the items that carry an integer label, and their labels (int64)."""
+    raws = [_raw_label(item) for item in items]
+    if all(isinstance(raw, torch.Tensor) and raw.ndim == 0 for raw in raws):  # a TensorDataset's items
+        stacked = torch.stack(raws).cpu()
+        if not (stacked.is_floating_point() or stacked.is_complex()):
+            return torch.arange(len(items)), stacked.long()
+    known = []
+    for i, raw in enumerate(raws):
+        if isinstance(raw, torch.Tensor):
+            raw = raw.item() if raw.numel() == 1 else None
+        elif isinstance(raw, np.ndarray):
+            raw = raw.reshape(-1)[0] if raw.size == 1 else None
+        if isinstance(raw, (int, np.integer)):
+            known.append((i, int(raw)))
+    return torch.tensor([i for i, _ in known], dtype=torch.long), torch.tensor([y for _, y in known], dtype=torch.long)
 
 
 def _input_columns(items: List[Any], inputs: ModelInputs) -> Iterator[Tuple[Any, Any, List[Any]]]:
@@ -368,48 +375,98 @@ def _input_columns(items: List[Any], inputs: ModelInputs) -> Iterator[Tuple[Any,
             yield position, value, [item[position] for item in items]
 
 
-def _matches(column: Any, values: List[Any]) -> Optional[torch.Tensor]:
-    """``(m, m)`` bool, ``[i, j]``: row ``i`` of a batch's input ``column`` holds item ``j``'s value.
+_COMPARED = 1024
+"""Values compared per row and item of an input (spread over the row), so the input check costs a
+small fraction of collating."""
 
-    Compared where the ``collate_fn`` passes the values through: stacked (equal values at up to
-    ``_COMPARED / m**2`` positions spread over the row), or 1-D sequences padded on the right or
-    the left (the item's leading, respectively trailing, values). None where it cannot tell
-    (values that are not numbers, other shapes, a very large batch).
+_LIST_ENDS = 64
+"""Values compared at each end of a sequence that an item holds as a Python list (token ids)."""
+
+_Way = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _ends(value: Any, dtype: torch.dtype, w: int) -> Optional[Tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(length, first values, last values)`` (at most ``w`` each) of a 1-D sequence: a tensor, an
+    array or a flat list; None for anything else. A list is converted only at its ends."""
+    if isinstance(value, (list, tuple)):
+        if value and not isinstance(value[0], numbers.Number):
+            return None
+        n = len(value)
+        k = min(n, w)
+        return n, torch.as_tensor(value[:k], dtype=dtype), torch.as_tensor(value[n - k :], dtype=dtype)
+    sequence = torch.as_tensor(value)
+    if sequence.ndim != 1:
+        return None
+    n = sequence.shape[0]
+    k = min(n, w)
+    return n, sequence[:k].detach().cpu().to(dtype), sequence[n - k :].detach().cpu().to(dtype)
+
+
+def _ways(column: Any, values: List[Any]) -> Optional[List[_Way]]:
+    """How a row of a batch's input ``column`` may hold an item's value, as ``(rows, items, valid, possible)``.
+
+    Row ``i`` holds item ``j``'s value in one such way when ``possible[j]`` and ``rows[i]``
+    equals ``items[j]`` wherever ``valid[j]`` (``rows``, ``items``, ``valid``: ``(m, w)``;
+    ``possible``: ``(m,)``). The ways are those of a ``collate_fn`` that passes the values
+    through: stacked in any shape with the same number of values (compared at up to
+    :data:`_COMPARED` positions spread over the row), or 1-D sequences padded on the right or
+    on the left (the item's first, respectively last, values; :data:`_LIST_ENDS` of them for
+    Python lists). None where none applies (values that are not numbers, other shapes).
     """
     m = len(values)
-    if not isinstance(column, torch.Tensor) or column.ndim == 0 or column.shape[0] != m or m * m > _COMPARED:
+    if not isinstance(column, torch.Tensor) or column.ndim == 0 or column.shape[0] != m:
         return None
-    width = _COMPARED // (m * m)
-    try:
-        items = [torch.as_tensor(value).detach().cpu().to(column.dtype) for value in values]
-    except Exception:  # strings, images, ragged lists: nothing to compare
+    dtype = column.dtype
+    flat = column.detach().reshape(m, -1)
+    width = flat.shape[1]
+    if width == 0:
         return None
-    rows = column.detach()
-    if all(item.shape == rows.shape[1:] for item in items):
-        flat = rows.reshape(m, -1)
-        if flat.shape[1] == 0:
+    if not any(isinstance(value, (list, tuple)) for value in values):
+        try:
+            items = [value if isinstance(value, torch.Tensor) and value.dtype == dtype else torch.as_tensor(value).to(dtype)
+                     for value in values]
+        except Exception:  # strings, images: nothing to compare
             return None
-        positions = torch.linspace(0, flat.shape[1] - 1, min(width, flat.shape[1])).round().long()
-        picked = flat[:, positions.to(flat.device)].cpu()
-        wanted = torch.stack([item.reshape(-1)[positions] for item in items])
-        return (picked[:, None, :] == wanted[None, :, :]).all(-1)
-    if rows.ndim != 2 or any(item.ndim != 1 or item.shape[0] == 0 for item in items):
+        if all(item.numel() == width for item in items):
+            step = -(-width // _COMPARED)  # every step-th value: at most _COMPARED of them, spread over the row
+            picked = flat[:, ::step].cpu()
+            if step == 1 and all(item.shape == items[0].shape for item in items):  # small items: one copy of all
+                wanted = torch.stack(items).detach().reshape(m, -1).cpu()
+            else:
+                wanted = torch.stack([item.detach().reshape(-1)[::step].cpu() for item in items])
+            return [(picked, wanted, torch.ones_like(wanted, dtype=torch.bool), torch.ones(m, dtype=torch.bool))]
+        window = _COMPARED
+    else:
+        window = _LIST_ENDS
+    if column.ndim != 2:
         return None
-    length = rows.shape[1]
-    w = min(length, width)
-    rows = rows.cpu()
-    lead = torch.zeros(m, w, dtype=rows.dtype)  # each item's first values, left-aligned
-    trail = torch.zeros(m, w, dtype=rows.dtype)  # each item's last values, right-aligned
-    lead_mask = torch.zeros(m, w, dtype=torch.bool)
-    trail_mask = torch.zeros(m, w, dtype=torch.bool)
-    fits = torch.tensor([item.shape[0] <= length for item in items])
-    for j, item in enumerate(items):
-        k = min(item.shape[0], w)
-        lead[j, :k], lead_mask[j, :k] = item[:k], True
-        trail[j, w - k:], trail_mask[j, w - k:] = item[item.shape[0] - k:], True
-    right = ((rows[:, None, :w] == lead[None]) | ~lead_mask[None]).all(-1)
-    left = ((rows[:, None, length - w:] == trail[None]) | ~trail_mask[None]).all(-1) & fits[None, :]
-    return right | left
+    w = min(width, window)
+    try:
+        ends = [_ends(value, dtype, w) for value in values]
+    except Exception:  # ragged or non-numeric lists
+        return None
+    if any(end is None or end[0] == 0 for end in ends):
+        return None
+    rows = flat.cpu()
+    lead = torch.zeros(m, w, dtype=dtype)  # each item's first values, left-aligned
+    trail = torch.zeros(m, w, dtype=dtype)  # each item's last values, right-aligned
+    lead_valid = torch.zeros(m, w, dtype=torch.bool)
+    trail_valid = torch.zeros(m, w, dtype=torch.bool)
+    for j, (_, first, last) in enumerate(ends):  # type: ignore[misc]
+        k = first.shape[0]
+        lead[j, :k], lead_valid[j, :k] = first, True
+        trail[j, w - k :], trail_valid[j, w - k :] = last, True
+    fits = torch.tensor([end[0] <= width for end in ends])  # type: ignore[index]  # left padding keeps whole items
+    return [(rows[:, :w], lead, lead_valid, torch.ones(m, dtype=torch.bool)), (rows[:, width - w :], trail, trail_valid, fits)]
+
+
+def _holds(ways: List[_Way], row: Optional[int] = None) -> torch.Tensor:
+    """``(m,)`` bool: whether row ``i`` holds item ``i`` (``row`` None), or whether row ``row`` holds item ``j``."""
+    held = torch.zeros(ways[0][1].shape[0], dtype=torch.bool)
+    for rows, items, valid, possible in ways:
+        seen = rows if row is None else rows[row][None]
+        held |= ((seen == items) | ~valid).all(-1) & possible
+    return held
 
 
 def check_batch(items: List[Any], batch: Any, argument: str = "train_dataset") -> None:
@@ -454,10 +511,8 @@ def check_batch(items: List[Any], batch: Any, argument: str = "train_dataset") -
             f"The collate_fn of `{argument}` made a batch of {labels.numel()} samples from {m} dataset items: it "
             f"{'drops' if labels.numel() < m else 'adds'} samples (e.g. skips unreadable ones). {fix}"
         )
-    known = [(i, label) for i, label in enumerate(_item_label(item) for item in items) if label is not None]
-    if known:
-        rows = torch.tensor([i for i, _ in known])
-        expected = torch.tensor([label for _, label in known])
+    rows, expected = _item_labels(items)
+    if rows.numel():
         found = labels.cpu()[rows]
         wrong = (found != expected).nonzero().flatten()
         if wrong.numel():
@@ -470,16 +525,25 @@ def check_batch(items: List[Any], batch: Any, argument: str = "train_dataset") -
                 f"batch by length) or changes their labels. {fix}"
             )
     for name, column, values in _input_columns(items, inputs):
-        match = _matches(column, values)
-        if match is None or not bool(match.any(1).all()) or bool(match.diagonal().all()):
+        try:
+            ways = _ways(column, values)
+            if ways is None:
+                continue
+            moved = (~_holds(ways)).nonzero().flatten().tolist()
+            sources = []
+            for row in moved:  # a reordering when every such row holds another item's value
+                held = _holds(ways, row).nonzero().flatten()
+                if held.numel() == 0:
+                    break  # the collate_fn changes this input: nothing to conclude from it
+                sources.append(int(held[0]))
+        except RuntimeError:  # values on several devices, or of sizes that do not stack
             continue
-        row = int((~match.diagonal()).nonzero()[0])
-        source = int(match[row].nonzero()[0])
-        where = f"`{name}`" if isinstance(name, str) else f"element {name}"
-        raise ValueError(
-            f"The collate_fn of `{argument}` reorders samples: row {row} of a batch holds the model input ({where}) of "
-            f"its dataset item {source}, not of item {row} (e.g. it sorts a batch by length). {fix}"
-        )
+        if moved and len(sources) == len(moved):
+            where = f"`{name}`" if isinstance(name, str) else f"element {name}"
+            raise ValueError(
+                f"The collate_fn of `{argument}` reorders samples: row {moved[0]} of a batch holds the model input "
+                f"({where}) of its item {sources[0]}, not of item {moved[0]} (e.g. it sorts a batch by length). {fix}"
+            )
 
 
 def iterate_batches(inputs: Union[Batch, DataLoader], argument: str = "inputs") -> Iterator[Any]:

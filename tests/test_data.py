@@ -93,7 +93,7 @@ def test_a_sort_that_only_swaps_samples_with_equal_labels_is_refused_by_their_in
     x, y = train_set.tensors
     order = torch.argsort(y, stable=True)
     by_class = TensorDataset(x[order], y[order])  # stored class by class: the labels stay in order
-    with pytest.raises(ValueError, match=r"row \d+ of a batch holds the model input \(element 0\) of its dataset item"):
+    with pytest.raises(ValueError, match=r"row \d+ of a batch holds the model input \(element 0\) of its item \d+, not of item"):
         DualDA(digits_cnn, "fc", DataLoader(by_class, batch_size=32, collate_fn=_by_label_then_brightness), C=0.01)
 
 
@@ -245,9 +245,14 @@ def test_checking_a_custom_sampler_leaves_its_next_epoch_as_it_was(kind, how, tr
     assert list(used) == list(untouched)
 
 
-def test_a_fit_leaves_the_users_sampler_generator_as_it_was(train_set, digits_cnn):
+@pytest.mark.parametrize("how", ["custom sampler", "shuffle with a generator"])
+def test_a_fit_leaves_the_users_sampler_generator_as_it_was(how, train_set, digits_cnn):
     used, untouched = _TorchGenerator(200, 11), _TorchGenerator(200, 11)
-    DualDA(digits_cnn, "fc", DataLoader(train_set, batch_size=32, sampler=used), C=0.01)
+    if how == "custom sampler":
+        loader = DataLoader(train_set, batch_size=32, sampler=used)
+    else:
+        loader = DataLoader(train_set, batch_size=32, shuffle=True, generator=used.generator)
+    DualDA(digits_cnn, "fc", loader, C=0.01)
     assert torch.equal(used.generator.get_state(), untouched.generator.get_state())
 
 
