@@ -536,7 +536,7 @@ def check_batch(items: List[Any], batch: Any, argument: str = "train_dataset") -
                 if held.numel() == 0:
                     break  # the collate_fn changes this input: nothing to conclude from it
                 sources.append(int(held[0]))
-        except RuntimeError:  # values on several devices, or of sizes that do not stack
+        except (RuntimeError, TypeError):  # values on several devices, or of sizes that do not stack
             continue
         if moved and len(sources) == len(moved):
             where = f"`{name}`" if isinstance(name, str) else f"element {name}"

@@ -321,7 +321,7 @@ def extract_features(
 def _row_count_error(rows: int, n: int) -> ValueError:
     """The error for a loader that yields another number of samples than ``len(dataset)``."""
     return ValueError(
-        f"`train_dataset` yields {'more than ' if rows > n else ''}{rows} samples but its dataset has {n} items "
+        f"`train_dataset` yields {'at least ' if rows > n else ''}{rows} samples but its dataset has {n} items "
         "(`len(dataset)`): index j of every result addresses `dataset[j]`, so each item must give one sample, "
         "read once. Check the dataset's `__len__` and the DataLoader's `collate_fn`."
     )

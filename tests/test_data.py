@@ -77,9 +77,20 @@ def test_every_reader_of_training_data_refuses_a_collate_fn_that_skips_samples(t
         training_loss(digits_cnn, DataLoader(_Unreadable(train_set, 3), batch_size=32, collate_fn=_skip_unreadable))
 
 
-def test_extraction_refuses_a_loader_that_yields_fewer_samples_than_its_dataset(train_set, digits_cnn):
-    loader = DataLoader(_Unreadable(train_set, 150), batch_size=50, collate_fn=_skip_unreadable)  # unchecked
-    with pytest.raises(ValueError, match=r"yields 199 samples but its dataset has 200 items"):
+def _twice(items):  # every sample twice, e.g. two augmented views
+    return default_collate(list(items) + list(items))
+
+
+def test_a_collate_fn_that_adds_samples_is_refused(train_set):
+    with pytest.raises(ValueError, match="made a batch of 64 samples from 32 dataset items: it adds samples"):
+        next(iter(as_dataloader(DataLoader(train_set, batch_size=32, collate_fn=_twice), 8)))
+
+
+@pytest.mark.parametrize("collate, found", [(_skip_unreadable, "yields 199 samples"), (_twice, r"yields at least 300 samples")])
+def test_extraction_refuses_a_loader_that_yields_another_number_of_samples_than_its_dataset(collate, found, train_set, digits_cnn):
+    dataset = _Unreadable(train_set, 150) if collate is _skip_unreadable else train_set
+    loader = DataLoader(dataset, batch_size=50, collate_fn=collate)  # not through as_dataloader: unchecked batches
+    with pytest.raises(ValueError, match=found + " but its dataset has 200 items"):
         extract_features(digits_cnn, digits_cnn.fc, loader)
 
 
