@@ -8,6 +8,7 @@ or Hugging Face's dict with them under ``"labels"`` (:func:`split_batch`).
 from __future__ import annotations
 
 import copy
+import copyreg
 import numbers
 import random
 from collections.abc import Mapping
@@ -58,8 +59,8 @@ def _private_copy(sampler: Any, depth: int = 2) -> Any:
 
     A shallow copy whose own attributes that iteration may change are copies too: its random
     generators (torch, NumPy, ``random``), lists, dicts, sets, integer index arrays and tensors,
-    and the samplers it wraps (``depth`` levels). Attributes rebound by ``__iter__`` (an epoch
-    counter) change the copy only. State kept elsewhere (a closure, a global, an object of
+    and the samplers it wraps (``depth`` levels), in its ``__dict__`` or its slots. Attributes
+    rebound by ``__iter__`` (an epoch counter) change the copy only. State kept elsewhere (a closure, a global, an object of
     another kind held by the sampler) is shared. ``sampler`` itself when it cannot be copied (a
     generator object, which can be iterated only once anyway).
     """
@@ -67,20 +68,27 @@ def _private_copy(sampler: Any, depth: int = 2) -> Any:
         clone = copy.copy(sampler)
     except Exception:
         return sampler
-    attributes = getattr(clone, "__dict__", None)
-    if not isinstance(attributes, dict) or clone is sampler:
+    if clone is sampler:
         return clone
-    for name, value in attributes.items():
+    names = list(getattr(clone, "__dict__", {})) + [n for n in copyreg._slotnames(type(clone)) if hasattr(clone, n)]
+    for name in names:
+        value = getattr(clone, name)
         if isinstance(value, _RANDOM_STATES):
-            attributes[name] = _copy_generator(value)
+            value = _copy_generator(value)
         elif isinstance(value, (list, dict, set)):
-            attributes[name] = copy.copy(value)
+            value = copy.copy(value)
         elif isinstance(value, np.ndarray) and value.dtype.kind in "iub":
-            attributes[name] = value.copy()
+            value = value.copy()
         elif isinstance(value, torch.Tensor) and not (value.is_floating_point() or value.is_complex()):
-            attributes[name] = value.clone()
+            value = value.clone()
         elif depth > 0 and isinstance(value, Sampler):
-            attributes[name] = _private_copy(value, depth - 1)
+            value = _private_copy(value, depth - 1)
+        else:
+            continue
+        try:
+            object.__setattr__(clone, name, value)
+        except Exception:  # a read-only attribute: the sampler is enumerated as it is
+            return sampler
     return clone
 
 
@@ -100,7 +108,7 @@ def _sampler_order(loader: DataLoader, n: int) -> Optional[str]:
     iterated once, indices only, no data: a private copy of it (:func:`_private_copy`), so its
     own generators, lists and counters are left as they were (the user's next epoch draws the
     order it would have drawn), with the global random states of ``random``, NumPy and torch
-    restored.
+    (and CUDA's, once initialised) restored.
     """
     batches = loader.batch_sampler
     # A BatchSampler is judged by the sampler it batches (a dropped last batch is undone anyway);
@@ -118,7 +126,8 @@ def _sampler_order(loader: DataLoader, n: int) -> Optional[str]:
         indices = [int(i) for i in sampler.indices]
     else:
         python_state, numpy_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
+        accelerators = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=accelerators):
             try:
                 indices = [i for item in _private_copy(sampler) for i in _drawn_indices(item)]
             except Exception as error:  # a sampler that cannot be iterated here

@@ -228,6 +228,19 @@ class _EpochSeeded(_TorchGenerator):
         return iter(torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist())
 
 
+class _Slotted(Sampler):
+    __slots__ = ("n", "generator")
+
+    def __init__(self, n, seed):
+        self.n, self.generator = n, torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        return iter(torch.randperm(self.n, generator=self.generator).tolist())
+
+    def __len__(self):
+        return self.n
+
+
 class _Batches(Sampler):
     """A custom batch sampler over a custom sampler."""
 
@@ -242,7 +255,7 @@ class _Batches(Sampler):
         return -(-len(self.sampler) // self.size)
 
 
-@pytest.mark.parametrize("kind", [_TorchGenerator, _NumpyGenerator, _ShuffledInPlace, _EpochSeeded])
+@pytest.mark.parametrize("kind", [_TorchGenerator, _NumpyGenerator, _ShuffledInPlace, _EpochSeeded, _Slotted])
 @pytest.mark.parametrize("how", ["sampler", "BatchSampler", "custom batch_sampler"])
 def test_checking_a_custom_sampler_leaves_its_next_epoch_as_it_was(kind, how, train_set):
     used, untouched = kind(200, 7), kind(200, 7)
