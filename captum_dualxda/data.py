@@ -486,8 +486,11 @@ def check_batch(items: List[Any], batch: Any, argument: str = "train_dataset") -
     input that the ``collate_fn`` passes through (stacked, or 1-D sequences padded on either
     side) is not a reordering of the items' values: when every row of such an input equals the
     value of some item, each must equal its own item's. So a ``collate_fn`` that drops, adds or
-    reorders samples is refused, also where their labels are equal. Not detectable: a
-    ``collate_fn`` that transforms the inputs and swaps only samples with equal labels.
+    reorders samples is refused, also where their labels are equal. Inputs are compared at up
+    to :data:`_COMPARED` values spread over each row (:data:`_LIST_ENDS` at each end of a
+    sequence given as a Python list), so items that agree there count as equal. Not
+    detectable: a ``collate_fn`` that transforms the inputs and swaps only samples with equal
+    labels.
 
     Parameters
     ----------
