@@ -60,9 +60,9 @@ def _private_copy(sampler: Any, depth: int = 2) -> Any:
     A shallow copy whose own attributes that iteration may change are copies too: its random
     generators (torch, NumPy, ``random``), lists, dicts, sets, integer index arrays and tensors,
     and the samplers it wraps (``depth`` levels), in its ``__dict__`` or its slots. Attributes
-    rebound by ``__iter__`` (an epoch counter) change the copy only. State kept elsewhere (a closure, a global, an object of
-    another kind held by the sampler) is shared. ``sampler`` itself when it cannot be copied (a
-    generator object, which can be iterated only once anyway).
+    rebound by ``__iter__`` (an epoch counter) change the copy only. State kept elsewhere (a
+    closure, a global, an object of another kind held by the sampler) is shared. ``sampler``
+    itself when it cannot be copied (a generator object, which can be iterated only once anyway).
     """
     try:
         clone = copy.copy(sampler)
@@ -432,8 +432,10 @@ def _ways(column: Any, values: List[Any]) -> Optional[List[_Way]]:
         return None
     if not any(isinstance(value, (list, tuple)) for value in values):
         try:
-            items = [value if isinstance(value, torch.Tensor) and value.dtype == dtype else torch.as_tensor(value).to(dtype)
-                     for value in values]
+            items = [
+                value if isinstance(value, torch.Tensor) and value.dtype == dtype else torch.as_tensor(value).to(dtype)
+                for value in values
+            ]
         except Exception:  # strings, images: nothing to compare
             return None
         if all(item.numel() == width for item in items):
@@ -466,7 +468,8 @@ def _ways(column: Any, values: List[Any]) -> Optional[List[_Way]]:
         lead[j, :k], lead_valid[j, :k] = first, True
         trail[j, w - k :], trail_valid[j, w - k :] = last, True
     fits = torch.tensor([end[0] <= width for end in ends])  # type: ignore[index]  # left padding keeps whole items
-    return [(rows[:, :w], lead, lead_valid, torch.ones(m, dtype=torch.bool)), (rows[:, width - w :], trail, trail_valid, fits)]
+    right = (rows[:, :w], lead, lead_valid, torch.ones(m, dtype=torch.bool))
+    return [right, (rows[:, width - w :], trail, trail_valid, fits)]
 
 
 def _holds(ways: List[_Way], row: Optional[int] = None) -> torch.Tensor:

@@ -311,7 +311,8 @@ class DualDA(DataInfluence):
     def _extract(self, show_progress: bool, key: Optional[str],
                  observe: Optional[Callable[[Any], Any]] = None) -> Tuple[FeatureStore, torch.Tensor]:
         """This process's training features (in memory, or memory-mapped above ``memory_budget``) and all labels."""
-        mmap_path = scratch_path(self.cache_dir, key, self.train_dataloader, self.final_fc_layer.in_features, self.memory_budget)
+        mmap_path = scratch_path(self.cache_dir, key, self.train_dataloader, self.final_fc_layer.in_features,
+                                 self.memory_budget)
         return FeatureStore.extract(
             self.model, self.final_fc_layer, self.train_dataloader,
             self.device if mmap_path is None else torch.device("cpu"),
