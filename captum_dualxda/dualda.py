@@ -20,11 +20,11 @@ import torch
 from captum.influence import DataInfluence
 from captum.influence._utils.common import KMostInfluentialResults, _influence_route_to_helpers
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm import tqdm
 
 from ._validation import check_flag, check_integer, check_positive, check_seed
-from .cache import check_writable_dir, entry_lock
+from .cache import Fingerprint, check_writable_dir, entry_lock
 from .deprecation import positional_deprecated
 from .distributed import all_reduce_sum, broadcast_object, is_distributed, merge_topk, rank_and_world_size, stable_topk
 from .checkpoints import CheckpointLoader, checkpoint_paths, load_state_dict_checkpoint, weights_restored
@@ -68,7 +68,15 @@ class DualDA(DataInfluence):
         index ``j`` of every result addresses ``dataset[j]``: a Dataset with ``batch_size``; a
         DataLoader's dataset with its ``collate_fn``, ``num_workers`` and ``pin_memory`` even
         when it shuffles or drops its last batch (a loader whose sampler leaves samples out or
-        repeats them is refused; an ``IterableDataset`` is read in iteration order).
+        repeats them is refused, and so is ``batch_size=None``; a custom sampler is checked on a
+        private copy, its generator left as it was). Every batch the ``collate_fn`` makes is
+        checked against its dataset items: one row each, in order, with the item's label (a
+        ``collate_fn`` that skips unreadable samples or sorts a batch is refused; see
+        :func:`~captum_dualxda.data.check_batch` for what is guaranteed). An ``IterableDataset``
+        is read in iteration order, once per fit; as a stream has no samples by index,
+        ``train_inputs`` (XDA, ``xda_pairs``) needs a map-style Dataset, and a stream that can be
+        read only once cannot be read again (checkpoint ensembles, ``rank_label_issues`` at
+        another C).
     C : float
         SVM regularisation, ``> 0`` (default ``1e-3``). Smaller C gives more support vectors
         (denser attributions) and converges in fewer passes; typical values 1e-5 .. 1. The
@@ -91,7 +99,9 @@ class DualDA(DataInfluence):
         cannot be read is refused), C and solver settings are identical;
         anything else refits. Writes are atomic, and processes that fit the same configuration
         at the same time take turns (a file lock): the first fits and saves, the others load
-        its result. A cached fit that did not converge warns again when loaded.
+        its result. A cached fit that did not converge warns again when loaded. An
+        ``IterableDataset`` is read once: fingerprinted while its features are extracted, so a
+        cached fit then saves the solve, not the extraction.
     show_progress : bool
         tqdm bars for feature extraction and the solver.
     seed : int
@@ -244,6 +254,9 @@ class DualDA(DataInfluence):
         if self.cache_dir is None:
             self._fit(show_progress, None)
             return
+        if isinstance(self.train_dataloader.dataset, IterableDataset) and not self.distributed:
+            self._fit_stream(show_progress)
+            return
         key = fit_fingerprint(self.model, self.layer_name, self.train_dataloader, self.C, self.fit_intercept,
                               self.tol, self.max_iter, self.seed, self.backend, autocast=self.autocast)
         self.cache_path = os.path.join(self.cache_dir, f"dualda-{key[:32]}.pt")
@@ -254,8 +267,13 @@ class DualDA(DataInfluence):
             self._fit(show_progress, key)
 
     # ------------------------------------------------------------------ fitting
-    def _fit(self, show_progress: bool, key: Optional[str]) -> None:
-        """Load the state from the cache or fit it, then keep it (every rank, collectively)."""
+    def _fit(self, show_progress: bool, key: Optional[str],
+             extracted: Optional[Tuple[FeatureStore, torch.Tensor, float]] = None) -> None:
+        """Load the state from the cache or fit it, then keep it (every rank, collectively).
+
+        ``extracted``: ``(store, labels, start time)`` of features already extracted (a stream,
+        fingerprinted in the same pass); the store is closed here.
+        """
         state = load_state(self.cache_path, key) if self.cache_path is not None and self._rank == 0 else None  # type: ignore[arg-type]
         if self.distributed:
             # Rank 0 alone decides whether the cache hits: cache directories may be node-local and
@@ -265,6 +283,8 @@ class DualDA(DataInfluence):
             data = broadcast_object(None if state is None else state.to_dict())
             state = None if data is None else DualDAState.from_dict(data)
         if state is not None:
+            if extracted is not None:
+                extracted[0].close()
             self._keep(state)
             self.fit_stats["from_cache"] = True
             if not self.fit_stats["converged"]:
@@ -273,16 +293,14 @@ class DualDA(DataInfluence):
                     f"reaching tol={self.tol:g} (residual {self.fit_stats['residual']:.3g}): its dual "
                     f"variables are not optimal. {CONVERGENCE_ADVICE}",
                     ConvergenceWarning,
-                    stacklevel=4,
+                    stacklevel=4 if extracted is None else 5,
                 )
             return
-        start = time.perf_counter()
-        mmap_path = scratch_path(self.cache_dir, key, self.train_dataloader, self.final_fc_layer.in_features, self.memory_budget)
-        store, labels = FeatureStore.extract(
-            self.model, self.final_fc_layer, self.train_dataloader,
-            self.device if mmap_path is None else torch.device("cpu"),
-            show_progress and self._rank == 0, distributed=self.distributed, out_path=mmap_path, autocast=self.autocast,
-        )
+        if extracted is None:
+            start = time.perf_counter()
+            store, labels = self._extract(show_progress, key)
+        else:
+            store, labels, start = extracted
         self._weights.absorb(self.model)  # buffers the model's own forward pass rewrites are not checked
         try:
             state = self._solve(store, labels, key, time.perf_counter() - start, show_progress) if self._rank == 0 else None
@@ -301,6 +319,39 @@ class DualDA(DataInfluence):
         self.fit_stats["from_cache"] = False
         if self.cache_path is not None and self._rank == 0:
             save_state(state, self.cache_path)  # type: ignore[arg-type]
+
+    def _extract(self, show_progress: bool, key: Optional[str],
+                 observe: Optional[Callable[[Any], Any]] = None) -> Tuple[FeatureStore, torch.Tensor]:
+        """This process's training features (in memory, or memory-mapped above ``memory_budget``) and all labels."""
+        mmap_path = scratch_path(self.cache_dir, key, self.train_dataloader, self.final_fc_layer.in_features,
+                                 self.memory_budget)
+        return FeatureStore.extract(
+            self.model, self.final_fc_layer, self.train_dataloader,
+            self.device if mmap_path is None else torch.device("cpu"),
+            show_progress and self._rank == 0, distributed=self.distributed, out_path=mmap_path, autocast=self.autocast,
+            observe=observe,
+        )
+
+    def _fit_stream(self, show_progress: bool) -> None:
+        """Fit an ``IterableDataset`` with a cache, reading it once: fingerprinted while extracted.
+
+        A stream may be readable only once, so its part of the cache key is taken in the pass
+        that extracts its features (every batch hashed before the model sees it); a cache hit
+        then saves the solve, not the extraction.
+        """
+        start = time.perf_counter()
+        data = Fingerprint()
+        store, labels = self._extract(show_progress, None, observe=data.update)
+        self._weights.absorb(self.model)  # also on a cache hit: this pass ran the model
+        try:
+            settings = fit_fingerprint(self.model, self.layer_name, (), self.C, self.fit_intercept, self.tol,
+                                       self.max_iter, self.seed, self.backend, autocast=self.autocast)
+            key = Fingerprint().update("one pass", settings, data.hexdigest()).hexdigest()
+            self.cache_path = os.path.join(self.cache_dir, f"dualda-{key[:32]}.pt")  # type: ignore[arg-type]
+            with entry_lock(self.cache_path, show_progress):
+                self._fit(show_progress, key, (store, labels, start))
+        finally:
+            store.close()
 
     def _solve(self, store: FeatureStore, labels: torch.Tensor, key: Optional[str], extraction_time: float,
                show_progress: bool) -> Union[DualDAState, Exception]:
