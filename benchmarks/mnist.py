@@ -21,11 +21,12 @@ Methods
   (``std``: after 1, 1.5 and 2 epochs; the 1-epoch variants: after 1/3, 2/3 and 1 epoch; mean of
   three fits).
 * ``TracInCPFast``: Captum, final layer, the same three checkpoints, ``CrossEntropyLoss(reduction="sum")``.
-* ``TRAK-1`` / ``TRAK-3`` (dattri 0.3): on the last two linear layers (``features.9`` 500 -> 100 and
-  ``classifier``; 51,110 of the 1.27M parameters), 512 projection dimensions, TRAK's output
-  ``log(p / (1 - p))``; final checkpoint / three checkpoints. All parameters are out of reach on 2
-  CPU cores at n = 60,000 (the projection alone is about 80 TFLOP per checkpoint): a stated
-  reduced setting.
+* ``TRAK-1`` / ``TRAK-3`` (dattri 0.3): a REDUCED setting, on the final layer only (``classifier``,
+  1,010 of the 1.27M parameters), 512 projection dimensions, TRAK's output ``log(p / (1 - p))``;
+  final checkpoint / three checkpoints. All parameters are out of reach on 2 shared CPU cores at
+  n = 60,000 (the projection alone is about 80 TFLOP per checkpoint), and so were the last two
+  layers (51,110 parameters: about 25 CPU seconds per batch of 500 training images at the load
+  of the run, an hour per checkpoint).
 * ``RPS`` (dattri 0.3): representer points on ``classifier``, dattri's defaults (l2 0.003, up to
   3000 fine-tuning epochs on the 100-d features of all 60,000 images).
 * ``Grad-Cos``: cosine similarity of the final layer's loss gradients (closed form:
@@ -52,10 +53,12 @@ Metrics (implemented here after quanda 0.5's definitions, on the dense score mat
 * top-k cardinality (``std``, k = 10): unique training samples among all test samples' top-10,
   divided by 10 * 2,000 (quanda ``TopKCardinalityMetric``).
 * sparsity (``std``): mean fraction of exactly-zero scores per test sample; mean Hoyer sparsity.
-* time: fit (everything before the first explanation: DualDA's feature extraction and SVM fit,
+* time (wall clock and CPU seconds of the worker process, all threads; CPU time is what a loaded
+  shared machine distorts least): fit (everything before the first explanation: DualDA's feature extraction and SVM fit,
   TRAK's projected gradients and kernel inverse, RPS's fine-tuning), explaining the 2,000 test
   samples (dense score matrix, test forward passes included), total, and the growth of the
-  subprocess' peak resident memory over its value after loading data and model. DualDA also
+  subprocess' peak resident memory over its value after loading data and model, up to the end
+  of the explanation (the dense 2,000 x 60,000 float32 score matrix alone is 480 MB). DualDA also
   reports ``influence(..., k=10)`` for proponents and opponents.
 
 ``--budget`` (seconds, wall clock, for all the methods together) and ``--method-budget`` (per
@@ -92,7 +95,7 @@ from mnist_cnn import SHORTCUT_CLASS, VARIANTS, load_checkpoint, make_variant, t
 
 METHODS = ("DualDA C=1e-05", "DualDA C=0.001", "DualDA C=0.1", "DualDA ensemble x3 C=0.001", "TracInCPFast",
            "TRAK-1", "TRAK-3", "RPS", "Grad-Cos", "random")
-TRAK_LAYERS = ["features.9.weight", "features.9.bias", "classifier.weight", "classifier.bias"]
+TRAK_LAYERS = ["classifier.weight", "classifier.bias"]
 TOP_K = 10
 PAPER_DUALDA_TOTAL_S = 11.0  # the paper's figure: DualDA, 2,000 MNIST explanations, their GPU (read off the figure)
 WORK = os.path.join(HERE, ".cache", "mnist", "work")
@@ -166,8 +169,9 @@ def _peak_mb() -> float:
     return _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _grad_parts(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 2000) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Final-layer gradient factors: ``r = softmax - onehot(y)`` ``(N, K)`` and ``[phi, 1]`` ``(N, d + 1)`` (float64)."""
+def _grad_parts(net: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                batch: int = 2000) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Final-layer gradient factors: ``r = softmax - onehot(y)`` ``(N, K)``, ``[phi, 1]`` ``(N, d + 1)``, float64."""
     rs, phis = [], []
     with torch.no_grad():
         for i in range(0, len(y), batch):
@@ -213,7 +217,7 @@ def worker(method: str, variant: str, result_path: str) -> None:
 
     need_scores = variant != "corrupt"
     explainer: Any = None
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if method.startswith("DualDA"):
         C = float(method.split("C=")[1])
         with warnings.catch_warnings():
@@ -251,17 +255,18 @@ def worker(method: str, variant: str, result_path: str) -> None:
         explainer = (r, phi)
     elif method != "random":
         raise ValueError(f"unknown method {method!r}")
-    result["fit_s"] = time.perf_counter() - t0
+    result["fit_s"], result["fit_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
     save()
 
     scores: Optional[torch.Tensor] = None
     if need_scores:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if method.startswith("DualDA") or method == "TracInCPFast":
             scores = explainer.influence((xt, predicted))
         elif method.startswith("TRAK"):
             with torch.no_grad():
-                scores = explainer.attribute(torch.utils.data.DataLoader(TensorDataset(xt, predicted), batch_size=500)).T
+                test_loader = torch.utils.data.DataLoader(TensorDataset(xt, predicted), batch_size=500)
+                scores = explainer.attribute(test_loader).T
         elif method == "RPS":
             loader = torch.utils.data.DataLoader
             scores = explainer.attribute(loader(train_set, batch_size=1000), loader(TensorDataset(xt, predicted),
@@ -275,14 +280,15 @@ def worker(method: str, variant: str, result_path: str) -> None:
                                  / norm_train[None, :]).float() for i in range(0, len(rt), 200)])
         else:
             scores = torch.from_numpy(np.random.default_rng(0).standard_normal((len(xt), len(y)), dtype=np.float32))
-        result["explain_s"] = time.perf_counter() - t0
+        result["explain_s"], result["explain_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
         scores = scores.float()
+        result["explain_peak_mb"] = _peak_mb() - result["baseline_mb"]  # before the metrics' own copies
         save()
         if method.startswith("DualDA") and "ensemble" not in method:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             explainer.influence((xt, predicted), k=TOP_K, proponents=True)
             explainer.influence((xt, predicted), k=TOP_K, proponents=False)
-            result["top10_both_s"] = time.perf_counter() - t0
+            result["top10_both_s"], result["top10_both_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
             save()
 
     from captum_dualxda.metrics import hoyer_sparsity, mislabel_auc, zero_fraction
@@ -304,7 +310,7 @@ def worker(method: str, variant: str, result_path: str) -> None:
             self_inf = explainer.self_influence()
         elif method.startswith("TRAK"):
             with torch.no_grad():
-                self_inf = explainer.self_attribute(torch.utils.data.DataLoader(train_set, batch_size=500))
+                self_inf = explainer.self_attribute()  # over the cached training set
         elif method == "Grad-Cos":
             r, phi = explainer
             self_inf = (r * r).sum(1) * (phi * phi).sum(1)  # squared gradient norm (grad-dot self-influence)
@@ -396,10 +402,10 @@ def prepare(variants: Sequence[str]) -> Dict[str, Any]:
         entry = dict(checkpoints=paths, test_accuracy=acc, n_special=int(data.special.numel()))
         if variant == "std":
             with torch.no_grad():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 for i in range(0, len(data.y_train), 1000):
                     net(data.x_train[i:i + 1000])
-                entry["forward_60k_s"] = time.perf_counter() - t0
+                entry["forward_60k_s"], entry["forward_60k_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
         if variant == "corrupt":
             with torch.no_grad():
                 pred = torch.cat([net(data.x_train[i:i + 1000]).argmax(1) for i in range(0, len(data.y_train), 1000)])
@@ -459,31 +465,80 @@ def tables(results: List[Dict[str, Any]], info: Dict[str, Any], methods: Sequenc
     quality = "\n".join(lines)
 
     fwd = info.get("std", {}).get("forward_60k_s")
-    lines = ["| method | fit [s] | explain 2,000 [s] | total [s] | total / forward pass over 60k | peak memory +MB | "
-             "top-10 both signs [s] | note |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    fwd_cpu = info.get("std", {}).get("forward_60k_cpu_s")
+    lines = ["| method | fit [s] | explain 2,000 [s] | total [s] | total / forward pass over 60k | fit CPU [s] | "
+             "explain CPU [s] | total CPU / forward CPU | peak memory +MB | top-10 both signs [s] (CPU) | note |",
+             "|---|" + "---:|" * 9 + "---|"]
     for m in methods:
         r = by.get((m, "std"))
         if r is None:
-            lines.append(f"| {m} | not run | | | | | | |")
+            lines.append(f"| {m} | not run | | | | | | | | | |")
             continue
         fit, explain = r.get("fit_s"), r.get("explain_s")
         total = fit + explain if fit is not None and explain is not None else None
         note = []
         if "n_support" in r:
-            note.append(f"{r['n_support']:,} SV, {r.get('passes')} passes, extraction {_f(r.get('extraction_s'), '.1f')} s"
-                        f" + solve {_f(r.get('solve_s'), '.1f')} s")
+            note.append(f"{r['n_support']:,} SV, {r.get('passes')} passes, extraction "
+                        f"{_f(r.get('extraction_s'), '.1f')} s + solve {_f(r.get('solve_s'), '.1f')} s")
         if r.get("timed_out"):
             note.append("stopped at the method budget")
         if r.get("error"):
             note.append("error: " + r["error"][:100])
+        fit_c, explain_c = r.get("fit_cpu_s"), r.get("explain_cpu_s")
+        total_c = fit_c + explain_c if fit_c is not None and explain_c is not None else None
+        top = r.get("top10_both_s")
+        top_text = f"{_f(top, '.2f')} ({_f(r.get('top10_both_cpu_s'), '.2f')})" if top is not None else "–"
         lines.append(f"| {m} | {_f(fit, '.1f')} | {_f(explain, '.1f')} | {_f(total, '.1f')} | "
-                     f"{_f(total / fwd if total and fwd else None, '.2f')} | {_f(r.get('peak_mb'), '.0f')} | "
-                     f"{_f(r.get('top10_both_s'), '.2f')} | {'; '.join(note)} |")
-    lines.append(f"| DualDA (the paper's figure, their GPU) | | | ≈ {PAPER_DUALDA_TOTAL_S:.0f} | | | | read off the figure |")
+                     f"{_f(total / fwd if total and fwd else None, '.2f')} | {_f(fit_c, '.1f')} | "
+                     f"{_f(explain_c, '.1f')} | "
+                     f"{_f(total_c / fwd_cpu if total_c and fwd_cpu else None, '.2f')} | "
+                     f"{_f(r.get('explain_peak_mb', r.get('peak_mb')), '.0f')} | "
+                     f"{top_text} | {'; '.join(note)} |")
+    lines.append(f"| DualDA (the paper's figure, their GPU) | | | ≈ {PAPER_DUALDA_TOTAL_S:.0f} | | | | | | | "
+                 "read off the figure |")
+    if fwd is not None:
+        lines.append(f"| one plain forward pass over the 60,000 training images | | | {fwd:.1f} | 1 | | | "
+                     f"{'1' if fwd_cpu else '–'} | | | CPU {_f(fwd_cpu, '.1f')} s |")
     return quality + "\n\n" + "\n".join(lines)
 
 
 README_BEGIN, README_END = "<!-- mnist.py tables: begin -->", "<!-- mnist.py tables: end -->"
+
+
+def write_readme(text: str) -> None:
+    """Replace the text between the MNIST markers of benchmarks/README.md."""
+    readme = os.path.join(HERE, "README.md")
+    with open(readme) as handle:
+        content = handle.read()
+    if README_BEGIN not in content or README_END not in content:
+        raise SystemExit(f"benchmarks/README.md has no {README_BEGIN} ... {README_END} markers")
+    before, rest = content.split(README_BEGIN, 1)
+    content = before + README_BEGIN + "\n" + text + "\n" + README_END + rest.split(README_END, 1)[1]
+    with open(readme, "w") as handle:
+        handle.write(content)
+
+
+def merge(paths: Sequence[str], readme: bool) -> int:
+    """One set of tables from several runs' JSON files (their headers listed; later files win per cell)."""
+    results: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    info: Dict[str, Any] = {}
+    headers, not_run = [], []
+    for path in paths:
+        with open(path) as handle:
+            run = json.load(handle)
+        headers.append(run["header"])
+        info.update(run["info"])
+        for result in run["results"]:
+            results[result["method"], result["variant"]] = result
+        not_run += run["not_run"]
+    methods = [m for m in METHODS if any(key[0] == m for key in results)]
+    text = "Runs:\n" + "\n".join(f"- {h}" for h in headers) + "\n\n" + tables(list(results.values()), info, methods)
+    if not_run:
+        text += "\n\nNot run or not finished within the budget:\n" + "\n".join(f"- {line}" for line in not_run)
+    print(text)
+    if readme:
+        write_readme(text)
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -494,6 +549,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--method-budget", type=float, default=1800.0, help="seconds per method and variant")
     parser.add_argument("--out", default=None, help="write all results as JSON")
     parser.add_argument("--write-readme", action="store_true", help="replace the tables in benchmarks/README.md")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="only build the tables from the --out files of earlier runs (e.g. one run per variant, "
+                             "run side by side), then exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -502,6 +560,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.worker:
         worker(args.worker, args.variant, args.result)
         return 0
+    if args.merge:
+        return merge(args.merge, args.write_readme)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [m for m in methods if m not in METHODS] + [v for v in variants if v not in VARIANTS]
@@ -539,12 +599,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     std = info.get("std", {})
     header = (
         f"{started:%Y-%m-%d %H:%M}, `python benchmarks/mnist.py {' '.join(argv or sys.argv[1:])}`, "
-        f"{platform.machine()}, {os.cpu_count()} CPU cores (torch {torch.__version__}, {torch.get_num_threads()} threads), "
-        f"Python {platform.python_version()}; load average {load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f} at the start, "
+        f"{platform.machine()}, {os.cpu_count()} CPU cores (torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads), Python {platform.python_version()}; load average {load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f} "
+        f"at the start, "
         f"{load1[0]:.1f} / {load1[1]:.1f} / {load1[2]:.1f} at the end; methods {time.perf_counter() - t_start:.0f} s. "
         + "Test accuracy on the 2,000 explained images: "
         + ", ".join(f"{v} {info[v]['test_accuracy']:.3f}" for v in variants)
-        + (f"; the corrupt network fits {info['corrupt']['fits_flipped']:.1%} of its flipped labels" if "corrupt" in info else "")
+        + (f"; the corrupt network fits {info['corrupt']['fits_flipped']:.1%} of its flipped labels"
+           if "corrupt" in info else "")
         + (f"; {info['mark']['shortcut_rows']} marked test images of other classes are predicted as 2 (the shortcut "
            f"rows)" if "mark" in info else "")
         + (f". One plain forward pass over the 60,000 training images: {std['forward_60k_s']:.1f} s." if std else ".")
@@ -557,14 +619,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         with open(args.out, "w") as handle:
             json.dump(dict(header=header, info=info, results=results, not_run=not_run, markdown=text), handle, indent=1)
     if args.write_readme:
-        readme = os.path.join(HERE, "README.md")
-        with open(readme) as handle:
-            content = handle.read()
-        if README_BEGIN in content and README_END in content:
-            before, rest = content.split(README_BEGIN, 1)
-            content = before + README_BEGIN + "\n" + text + "\n" + README_END + rest.split(README_END, 1)[1]
-            with open(readme, "w") as handle:
-                handle.write(content)
+        write_readme(text)
     return 0
 
 

@@ -48,7 +48,7 @@ import math
 import os
 import sys
 import time
-from typing import Dict, List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional
 
 import numpy as np
 import torch

@@ -112,9 +112,9 @@ def sweep(ns: List[int], Cs: List[float], show_progress: bool = True) -> Dict[st
 def table(report: Dict[str, Any]) -> str:
     """One row per (n, C); the best C per n by agreement and by self-influence AUC is marked."""
     rows = report["rows"]
-    best_agree = {n: max((r for r in rows if r["n"] == n), key=lambda r: r["agreement"])["C"] for n in {r["n"] for r in rows}}
-    best_auc = {n: max((r for r in rows if r["n"] == n), key=lambda r: r["self_influence_auc"])["C"]
-                for n in {r["n"] for r in rows}}
+    ns = {r["n"] for r in rows}
+    best_agree = {n: max((r for r in rows if r["n"] == n), key=lambda r: r["agreement"])["C"] for n in ns}
+    best_auc = {n: max((r for r in rows if r["n"] == n), key=lambda r: r["self_influence_auc"])["C"] for n in ns}
     lines = ["| n | C | n·C | agreement | surrogate acc | SV | zero scores | passes | fit [s] | label-error AUC "
              "(self-influence) | label-error AUC (hinge) | passes / fit [s] (corrupt) |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]

@@ -39,7 +39,8 @@ dattri's setting, reproduced from its benchmark code (``dattri/benchmark``: ``da
 
 DualDA rows: ``DualDA C=...`` on full model 0; ``DualDA seeds xk``: mean of the score matrices of
 full models 0..k-1 (one fit each); ``DualDA half xk``: the same on TRAK's checkpoints (the first k
-half-data models); ``DualDA epochs x3``: full model 0's states after 1/3, 2/3 and all epochs. Five full models (seeds 1000-1004).
+half-data models); ``DualDA epochs x3``: full model 0's states after 1/3, 2/3 and all epochs.
+Five full models (seeds 1000-1004).
 
 Cache: ``benchmarks/.cache/mnist_lds/<model>-<key>/`` (key: the settings, torch version and the
 source of the data, model and training functions); one file per trained model, so an interrupted
@@ -148,9 +149,11 @@ SETTINGS = {
 }
 
 
+States = List[Dict[str, torch.Tensor]]
+
+
 def train_models(setting: Setting, x: torch.Tensor, y: torch.Tensor, subsets: Sequence[np.ndarray],
-                 seeds: Sequence[int], save_epochs: Sequence[int] = ()) -> Tuple[List[Dict[str, torch.Tensor]],
-                                                                               Dict[int, List[Dict[str, torch.Tensor]]]]:
+                 seeds: Sequence[int], save_epochs: Sequence[int] = ()) -> Tuple[States, Dict[int, States]]:
     """Train one model per (subset, seed) with dattri's recipe, all at once (vectorised over the models).
 
     Each model is what ``train_model`` gives for its subset and seed: initialised after
@@ -364,7 +367,8 @@ def ground_truth(setting: Setting, data: Optional[Tuple[torch.Tensor, ...]] = No
             net = setting.model()
             net.load_state_dict(state)
             out = test_outputs(net.eval(), x_test, y_test)
-            _atomic_save({"state": state, "subset": torch.from_numpy(subset_indices(i)), "seconds": seconds, **out}, path)
+            _atomic_save({"state": state, "subset": torch.from_numpy(subset_indices(i)), "seconds": seconds, **out},
+                         path)
         if show_progress:
             _progress(first + len(group), len(todo), f"retraining {setting.name} on half subsets", start)
     loaded = {path: torch.load(path) for _, _, path in jobs}
@@ -603,7 +607,8 @@ def if_cg_scores(setting: Setting, path: str, data: Tuple[torch.Tensor, ...], gt
             attributor.cache(_loader(x_train, y_train, 5000))
             t1 = _clock()
             with torch.no_grad():
-                s = attributor.attribute(_loader(x_train, y_train, 500), _loader(x_test, y_test, 500)).T.double().numpy()
+                s = attributor.attribute(_loader(x_train, y_train, 500), _loader(x_test, y_test, 500))
+                s = s.T.double().numpy()
             t2 = _clock()
         fit_s, explain_s = fit_s + t1 - t0, explain_s + t2 - t1
         value = score(s, gt).mean
@@ -743,15 +748,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     header = (f"{datetime.datetime.now():%Y-%m-%d %H:%M}, `python benchmarks/mnist_lds.py --model {setting.name}`, "
               f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch "
               f"{torch.__version__} ({torch.get_num_threads()} threads); load average {load0[0]:.1f} at start, "
-              f"{load1[0]:.1f} at end; total {time.perf_counter() - t0:.0f} s (retraining/loading {report['prep_s']:.0f} s, "
+              f"{load1[0]:.1f} at end; total {time.perf_counter() - t0:.0f} s (retraining/loading "
+              f"{report['prep_s']:.0f} s, "
               f"{report['retrain_s_per_model']:.1f} s per retrained model). M = {report['n_subsets']} subsets of 2,500 "
               f"of the first 5,000 training images; 500 test images; full model 0's test accuracy "
               f"{report['test_accuracy']:.3f}; its forward pass over the 500 test images "
               f"{report['forward_ms_per_test']:.3g} ms per image.")
     text = header + "\n\n" + table(report)
     if ceil:
-        text += (f"\n\nSeed-noise ceiling ({ceil['n']} subsets trained with a second seed): Spearman correlation of the "
-                 f"two seeds' targets {ceil['rho']:.3f} ± {ceil['rho_se']:.3f} per test image; a subset-only "
+        text += (f"\n\nSeed-noise ceiling ({ceil['n']} subsets trained with a second seed): Spearman correlation "
+                 f"of the two seeds' targets {ceil['rho']:.3f} ± {ceil['rho_se']:.3f} per test image; a subset-only "
                  f"predictor reaches at most about sqrt(rho) = {ceil['ceiling']:.3f}.")
     if report["skipped"]:
         text += "\n\nNot run within the budget: " + "; ".join(report["skipped"]) + "."
