@@ -256,8 +256,12 @@ def subset_indices(i: int, seed: int = 0) -> np.ndarray:
 
 def cache_dir(setting: Setting) -> str:
     """``benchmarks/.cache/mnist_lds/<model>-<hash of settings, torch version and code>``."""
-    code = "".join(inspect.getsource(f) for f in (setting.model, train_models, load_data, subset_indices, test_outputs))
-    text = json.dumps(dict(s=repr(setting), torch=torch.__version__, code=code), sort_keys=True)
+    functions = (setting.model, train_models, load_data, subset_indices, test_outputs)
+    code = "".join(inspect.getsource(f) for f in functions)
+    # the fields by name (not repr): the same key whether this file runs as a script or is imported
+    fields = dict(name=setting.name, model=setting.model.__name__, final_layer=setting.final_layer,
+                  epochs=setting.epochs, batch_size=setting.batch_size, lr=setting.lr, momentum=setting.momentum)
+    text = json.dumps(dict(s=fields, torch=torch.__version__, code=code), sort_keys=True)
     root = os.path.join(CACHE_ROOT, f"{setting.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}")
     os.makedirs(root, exist_ok=True)
     return root
@@ -630,8 +634,11 @@ def dattri_available() -> bool:
 
 # --------------------------------------------------------------------------------------------- the benchmark
 def run(setting: Setting, budget: float, Cs: Sequence[float], trak_ks: Sequence[int], with_if: bool,
-        show_progress: bool = True) -> Dict[str, Any]:
-    """Every method's LDS and time in one run; methods that would start after ``budget`` s are skipped."""
+        show_progress: bool = True, only: Sequence[str] = ()) -> Dict[str, Any]:
+    """Every method's LDS and time in one run; methods that would start after ``budget`` s are skipped.
+
+    ``only``: if given, run just the methods whose name contains one of these strings.
+    """
     data = load_data()
     t_prep = _clock()
     gt = ground_truth(setting, data, show_progress=show_progress)
@@ -650,6 +657,8 @@ def run(setting: Setting, budget: float, Cs: Sequence[float], trak_ks: Sequence[
     start = _clock()
 
     def add(name: str, make: Callable[[], Timed], family: str) -> None:
+        if only and not any(part in name for part in only):
+            return
         if _clock() - start > budget:
             skipped.append(name)
             return
@@ -730,6 +739,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="dattri's IF (CG): auto = for the LR only")
     parser.add_argument("--out", default=None, help="also write the report as JSON")
     parser.add_argument("--prepare-only", action="store_true", help="only train (or find) the models, then exit")
+    parser.add_argument("--only", default="", help="comma-separated name parts: run only the matching methods")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     setting = SETTINGS[args.model]
@@ -742,7 +752,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     report = run(setting, args.budget, [float(c) for c in args.Cs.split(",")], [int(k) for k in args.trak.split(",")],
-                 args.if_cg == "yes" or (args.if_cg == "auto" and setting.name == "lr"), not args.quiet)
+                 args.if_cg == "yes" or (args.if_cg == "auto" and setting.name == "lr"), not args.quiet,
+                 [part for part in args.only.split(",") if part])
     load1 = os.getloadavg()
     ceil = report["ceiling"]
     header = (f"{datetime.datetime.now():%Y-%m-%d %H:%M}, `python benchmarks/mnist_lds.py --model {setting.name}`, "
