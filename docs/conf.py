@@ -7,6 +7,7 @@ executed here); the Markdown pages in this folder are read by MyST.
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from importlib.metadata import version as _version
@@ -71,13 +72,22 @@ def _copy_tutorials() -> None:
 
 _copy_tutorials()
 
-# Links that point out of docs/ on GitHub point to the pages that render the same files here.
-_LINKS = {"../benchmarks/README.md": "results.md", "../CHANGELOG.md": "changelog.md"}
+# Links that point out of docs/ on GitHub (to the benchmarks' README, the changelog, a notebook) point
+# to the pages that render the same files here, from any depth of docs/.
+_LINK = re.compile(r"\]\(((?:\.\./)+)(benchmarks/README\.md|CHANGELOG\.md|tutorials/([\w-]+)\.ipynb)(#[^)\s]*)?\)")
 
 
 def _rewrite_links(app, docname, source) -> None:  # noqa: ANN001 (Sphinx event signature)
-    for old, new in _LINKS.items():
-        source[0] = source[0].replace(f"]({old}", f"]({new}")
+    depth = docname.count("/")
+
+    def target(match: re.Match) -> str:
+        if len(match.group(1)) != 3 * (depth + 1):  # not a link out of docs/
+            return match.group(0)
+        page = {"benchmarks/README.md": "results.md", "CHANGELOG.md": "changelog.md"}.get(match.group(2))
+        page = page or f"_tutorials/{match.group(3)}.ipynb"
+        return f"]({'../' * depth}{page}{match.group(4) or ''})"
+
+    source[0] = _LINK.sub(target, source[0])
 
 
 def _close_heading_gaps(text: str) -> str:
