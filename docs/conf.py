@@ -77,7 +77,7 @@ _copy_tutorials()
 _LINK = re.compile(r"\]\(((?:\.\./)+)(benchmarks/README\.md|CHANGELOG\.md|tutorials/([\w-]+)\.ipynb)(#[^)\s]*)?\)")
 
 
-def _rewrite_links(app, docname, source) -> None:  # noqa: ANN001 (Sphinx event signature)
+def _rewrite_links(app, docname, source) -> None:
     depth = docname.count("/")
 
     def target(match: re.Match) -> str:
@@ -113,11 +113,11 @@ def _close_heading_gaps(text: str) -> str:
     return "\n".join(lines)
 
 
-def _included(app, relative_path, parent_docname, content) -> None:  # noqa: ANN001 (Sphinx event signature)
+def _included(app, relative_path, parent_docname, content) -> None:
     if Path(relative_path).name == "README.md" and Path(relative_path).parent.name == "benchmarks":
         content[0] = _close_heading_gaps(content[0])
 
 
-def setup(app):  # noqa: ANN001, ANN201 (Sphinx entry point)
+def setup(app):
     app.connect("source-read", _rewrite_links)
     app.connect("include-read", _included)

@@ -35,11 +35,11 @@ def code_blocks(path: Path, title: str | None = None) -> list:
         start = text.index(f"\n## {title}")
         end = text.find("\n## ", start + 1)
         text = text[start : end if end != -1 else None]
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
 
 
 def run_block(code: str, where: str, namespace: dict) -> dict:
-    exec(compile(code, where, "exec"), namespace)
+    exec(compile(code, where, "exec"), namespace)  # noqa: S102 (the examples are the code under test)
     return namespace
 
 
