@@ -28,11 +28,12 @@ step_wheel() {
     work=$(mktemp -d)
     rm -rf dist
     "$VENV_PYTHON" -m pip install --quiet build twine
-    "$VENV_PYTHON" -m build --outdir dist .
+    "$VENV_PYTHON" -m build --outdir dist . > "$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
+    ls -l dist
     "$VENV_PYTHON" -m twine check --strict dist/*
-    # The sdist carries what a wheel needs (rebuilding from it is what `pip install <sdist>` does).
-    tar -tzf dist/captum_dualxda-*.tar.gz | grep -q "captum_dualxda/py.typed"
-    unzip -l dist/captum_dualxda-*.whl | grep -q "captum_dualxda/py.typed"
+    # Both carry the type marker and the licence (grep reads all input: no SIGPIPE under pipefail).
+    tar -tzf dist/captum_dualxda-*.tar.gz | grep -E "captum_dualxda/py.typed|/LICENSE$" | wc -l | grep -qx 2
+    "$VENV_PYTHON" -m zipfile -l dist/captum_dualxda-*.whl | grep -E "captum_dualxda/py.typed|/LICENSE " | wc -l | grep -qx 2
     echo "build + twine check: $((SECONDS - start)) s"
 
     python3 -m venv "$work/venv"
@@ -65,7 +66,7 @@ EOF
 
 step_python() {  # step_python VERSION: the core tests on that pyenv Python
     local version=$1 start=$SECONDS dir interpreter
-    interpreter=$(PYENV_VERSION=$version pyenv which python)
+    interpreter=$(PYENV_VERSION=$version pyenv which python 2> /dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}/versions/$version/bin/python")
     dir=$(mktemp -d)/venv
     "$interpreter" -m venv "$dir"
     "$dir/bin/python" -m pip install --quiet --upgrade pip
