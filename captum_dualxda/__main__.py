@@ -2,7 +2,7 @@
 
 The summary table goes to stdout, progress bars to stderr; ``--no-progress`` turns them off.
 Exit codes: 0 success, 2 invalid arguments (including an ``--out`` that is not a writable
-directory), checked before any training.
+directory or holds files the demo did not write), checked before any training.
 """
 from __future__ import annotations
 
@@ -46,14 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     demo.add_argument("--out", default="demo_out", metavar="DIR",
-                      help="directory for figures and self_influence.csv (created; default: demo_out)")
+                      help="directory for figures and self_influence.csv (created; default: demo_out); must be "
+                           "empty or hold only an earlier demo run's outputs, which are replaced")
     demo.add_argument("--flip-rate", type=float, default=0.1, metavar="R",
                       help="fraction of training labels flipped, in [0, 1) (default: 0.1)")
     demo.add_argument("--C", type=float, default=DEFAULT_C, dest="C",
                       help=f"SVM regularisation of DualDA, > 0 (default: {DEFAULT_C:g})")
     demo.add_argument("--k", type=_integer, default=4,
                       help="proponents and opponents shown per explained test sample, >= 1 (default: 4)")
-    demo.add_argument("--seed", type=_integer, default=0, help="random seed (default: 0)")
+    demo.add_argument("--seed", type=_integer, default=0, help="random seed, in 0..2**63-1 (default: 0)")
     demo.add_argument("--n-explain", type=_integer, default=3, metavar="N",
                       help="test samples explained with an XDA figure, >= 0 (default: 3)")
     demo.add_argument("--epochs", type=_integer, default=DEFAULT_EPOCHS,
@@ -88,10 +89,10 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     The checks are :func:`~captum_dualxda.demo.check_demo_arguments` (the same as
     :func:`~captum_dualxda.demo.run_demo`'s), reported under the option's name.
     """
-    from .demo import check_demo_arguments
+    from .demo import check_demo_arguments, check_out_dir
 
     try:
-        check_demo_arguments(args.flip_rate, args.C, args.k, args.n_explain, args.epochs, args.n_train)
+        check_demo_arguments(args.flip_rate, args.C, args.k, args.n_explain, args.epochs, args.n_train, args.seed)
     except ValueError as error:
         name = re.search(r"`(\w+)`", str(error))
         option = "--" + name.group(1).replace("_", "-") if name else "demo"
@@ -99,6 +100,10 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     problem = _out_problem(args.out)
     if problem is not None:
         parser.error(f"argument --out: {problem}; pass a writable directory (it is created if missing)")
+    try:
+        check_out_dir(args.out, "out")
+    except ValueError as error:
+        parser.error(f"argument --out: {error}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

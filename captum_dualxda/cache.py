@@ -7,12 +7,14 @@ renamed into place, so an interrupted write never leaves a file that later loads
 from __future__ import annotations
 
 import contextlib
+import enum
 import hashlib
 import os
-from collections.abc import Mapping
 import tempfile
+import types
 import warnings
-from typing import Any, Dict, Iterable, Iterator, Optional
+from collections.abc import Iterator, Mapping
+from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -23,8 +25,25 @@ from tqdm import tqdm
 __all__ = ["Fingerprint", "atomic_save", "load_cache", "check_writable_dir", "entry_lock"]
 
 
+_ATOMS = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.layout,
+          torch.memory_format, np.generic, np.dtype, enum.Enum, slice, range)
+"""Values whose ``repr`` shows all they hold (hashed by type name and ``repr``)."""
+
+_MAX_DEPTH = 64
+"""How deep :meth:`Fingerprint.update` follows objects inside objects before refusing."""
+
+
+class _Unreadable(Exception):
+    """An object in the data whose state cannot be read; ``owners``: the objects holding it, inner first."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(kind)
+        self.kind, self.reason = kind, reason
+        self.owners: List[str] = []
+
+
 class Fingerprint:
-    """Incremental SHA-256 over tensors, numbers and strings.
+    """Incremental SHA-256 over tensors, arrays, containers, numbers, strings and objects.
 
     Examples
     --------
@@ -35,41 +54,141 @@ class Fingerprint:
         self._hash = hashlib.sha256()
 
     def update(self, *values: Any) -> "Fingerprint":
-        """Mix values in: tensors by dtype, shape and bytes; containers element-wise; else ``repr``."""
+        """Mix values in, each by everything it holds.
+
+        Tensors by dtype, shape and bytes; NumPy arrays likewise; lists, tuples and mappings
+        element by element (mappings in key order), sets by their sorted elements' digests; numbers,
+        strings and other values whose ``repr`` shows all they hold (``torch.dtype``, enums, ...) by
+        type and ``repr``; classes and functions by qualified name. Any other object (a dataclass,
+        a graph batch, a plain class holding tensors) by its class and the state Python's pickle
+        protocol reads from it (``__reduce_ex__``: its ``__dict__`` and ``__slots__``, or the
+        object's own reduction), followed recursively, so a tensor inside an object is hashed in
+        full, never through an abbreviating ``repr``.
+
+        Raises
+        ------
+        TypeError
+            An object whose state cannot be read (a type neither listed above nor picklable, e.g.
+            an open file or a C-extension handle), or objects nested deeper than 64 levels.
+        """
         for value in values:
-            if isinstance(value, torch.Tensor):
-                tensor = value.detach().cpu().contiguous()
-                self._hash.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
-                if tensor.dtype == torch.bfloat16:
-                    tensor = tensor.float()
-                self._hash.update(tensor.numpy().tobytes() if tensor.numel() else b"")
-            elif isinstance(value, np.ndarray):
-                self._hash.update(f"A{value.dtype}{value.shape}".encode())
-                self._hash.update(np.ascontiguousarray(value).tobytes())
-            elif isinstance(value, (list, tuple)):
-                self._hash.update(f"L{len(value)}".encode())
-                self.update(*value)
-            elif isinstance(value, Mapping):  # dicts and Hugging Face BatchEncodings
-                self._hash.update(f"D{len(value)}".encode())
-                for key in sorted(value, key=str):
-                    self.update(str(key), value[key])
-            else:
-                self._hash.update(f"{type(value).__name__}:{value!r};".encode())
+            try:
+                self._mix(value, set(), 0)
+            except _Unreadable as error:
+                inside = "".join(f" inside a {owner}" for owner in error.owners)
+                raise TypeError(
+                    f"Cannot fingerprint an object of type {error.kind}{inside} in the data for the cache key: its "
+                    f"state cannot be read ({error.reason}). A cache hit after the data changed would return a stale "
+                    "fit, so this is refused: fit without `cache_dir`, or give the batches tensors, arrays, numbers, "
+                    "strings, containers of these, or objects that can be pickled."
+                ) from None
         return self
 
+    def _mix(self, value: Any, path: set, depth: int) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            self._hash.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+            if tensor.dtype == torch.bfloat16:
+                tensor = tensor.float()
+            self._hash.update(tensor.numpy().tobytes() if tensor.numel() else b"")
+            return
+        if isinstance(value, np.ndarray) and value.dtype != object:
+            self._hash.update(f"A{value.dtype}{value.shape}".encode())
+            self._hash.update(np.ascontiguousarray(value).tobytes())
+            return
+        if isinstance(value, _ATOMS):
+            self._hash.update(f"{type(value).__name__}:{value!r};".encode())
+            return
+        if isinstance(value, (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
+            name = getattr(value, "__qualname__", getattr(value, "__name__", "?"))
+            self._hash.update(f"G{getattr(value, '__module__', None)}.{name};".encode())
+            return
+        if id(value) in path:  # a reference cycle: the object is already being hashed above
+            self._hash.update(b"cycle;")
+            return
+        if depth >= _MAX_DEPTH:
+            raise TypeError(
+                f"Cannot fingerprint the data for the cache key: objects nested more than {_MAX_DEPTH} levels "
+                f"deep (reached a {type(value).__qualname__}). Fit without `cache_dir`, or give the batches a "
+                "flatter structure."
+            )
+        path.add(id(value))
+        try:
+            self._mix_container(value, path, depth + 1)
+        finally:
+            path.discard(id(value))
+
+    def _mix_container(self, value: Any, path: set, depth: int) -> None:
+        if isinstance(value, np.ndarray):  # object arrays: element by element
+            self._hash.update(f"O{value.shape}".encode())
+            for item in value.flat:
+                self._mix(item, path, depth)
+        elif isinstance(value, (list, tuple)):
+            self._hash.update(f"L{len(value)}".encode())
+            for item in value:
+                self._mix(item, path, depth)
+        elif isinstance(value, Mapping):  # dicts and Hugging Face BatchEncodings
+            self._hash.update(f"D{len(value)}".encode())
+            for key in sorted(value, key=str):
+                self._mix(str(key), path, depth)
+                self._mix(value[key], path, depth)
+        elif isinstance(value, (set, frozenset)):  # iteration order varies between processes
+            digests = []
+            for item in value:
+                inner = Fingerprint()
+                inner._mix(item, path, depth)
+                digests.append(inner.hexdigest())
+            self._hash.update(f"S{len(value)}:{','.join(sorted(digests))};".encode())
+        else:
+            self._mix_object(value, path, depth)
+
+    def _mix_object(self, value: Any, path: set, depth: int) -> None:
+        """An arbitrary object: its class and the state the pickle protocol reads from it."""
+        kind = type(value)
+        name = f"{kind.__module__}.{kind.__qualname__}"
+        try:
+            reduced = value.__reduce_ex__(4)
+        except Exception as error:
+            raise _Unreadable(name, str(error)) from None
+        self._hash.update(f"R{name};".encode())
+        if isinstance(reduced, str):  # a global object, pickled by its name
+            self._hash.update(reduced.encode())
+            return
+        self._hash.update(f"L{len(reduced)}".encode())
+        try:
+            for part in reduced:
+                if isinstance(part, Iterator):  # list and dict items of the reduction
+                    part = list(part)
+                self._mix(part, path, depth)
+        except _Unreadable as error:
+            error.owners.append(name)
+            raise
+
     def update_module(self, model: nn.Module) -> "Fingerprint":
-        """Mix in the architecture and every parameter and buffer of ``model``.
+        """Mix in the architecture and the whole state of ``model``.
 
         The architecture is each submodule's dotted name, class (module and qualified name)
         and ``extra_repr()`` (kernel sizes, strides, ...): a changed module tree with equal
-        weights gives another fingerprint. Code inside ``forward`` that no module records
-        cannot be seen.
+        weights gives another fingerprint. The state is the ``state_dict()`` (parameters,
+        persistent buffers, extra state), every non-persistent buffer (e.g. an input
+        normalisation registered with ``persistent=False``), and each submodule's plain tensor,
+        number and string attributes (a tensor kept without ``register_buffer``, a scale factor),
+        apart from the ``training`` flag. Code inside ``forward`` that no module records cannot
+        be seen.
         """
         for name, module in model.named_modules():
             kind = type(module)
             self.update(name, f"{kind.__module__}.{kind.__qualname__}", module.extra_repr())
-        for name, tensor in model.state_dict().items():
+        state = model.state_dict()
+        for name, tensor in state.items():
             self.update(name, tensor)
+        for name, buffer in model.named_buffers():
+            if name not in state:
+                self.update("buffer", name, buffer)
+        for name, module in model.named_modules():
+            for attribute, value in sorted(vars(module).items()):
+                if attribute != "training" and isinstance(value, (torch.Tensor, *_ATOMS)):
+                    self.update("attribute", name, attribute, value)
         return self
 
     def update_batches(self, batches: Iterable[Any]) -> "Fingerprint":

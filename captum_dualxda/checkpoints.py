@@ -5,7 +5,8 @@ DualDA fits one SVM per checkpoint and averages their scores (see
 ``TracInCP``: ``checkpoints`` is a directory, a list of paths or an iterator of paths, and
 ``checkpoints_load_func(model, path)`` loads one into ``model`` in place (its return value, a
 learning rate for TracIn, is ignored). Unlike TracIn, the model is always given back with the
-parameters and buffers it had before: :func:`weights_restored` puts them back on exit.
+parameters and buffers it had before (the same objects, with their values): :func:`weights_restored`
+puts them back on exit.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, List, Union
 import torch
 from torch import nn
 
-from .probe import model_lock
+from .probe import ModelState, model_lock
 
 __all__ = ["CheckpointLoader", "checkpoint_paths", "weights_restored", "load_state_dict_checkpoint"]
 
@@ -90,13 +91,16 @@ def checkpoint_paths(checkpoints: Union[str, Iterable[str]], name: str = "checkp
 
 @contextlib.contextmanager
 def weights_restored(model: nn.Module) -> Iterator[None]:
-    """Load checkpoints into ``model`` in the block as you like; its previous values come back on exit.
+    """Load checkpoints into ``model`` in the block as you like; it comes back as it was on exit.
 
     Holds the model's lock (:func:`~captum_dualxda.probe.model_lock`) for the block, so no other
     thread of this package runs the model with a checkpoint loaded. On exit, also after an
-    exception, every parameter and buffer gets the value it had on entry, in place (the same
-    tensor objects). The values are copied once on entry, however many checkpoints the block
-    loads.
+    exception, every module holds the very submodules, Parameter and buffer objects it held on entry (a
+    loader calling ``load_state_dict(..., assign=True)`` replaces them; an optimiser built before
+    keeps training the model), each with the value it had on entry (written back in place only
+    where it changed), and every training flag and ``requires_grad`` is as on entry
+    (:class:`~captum_dualxda.probe.ModelState`). The values are copied once on entry, however
+    many checkpoints the block loads.
 
     Parameters
     ----------
@@ -110,11 +114,22 @@ def weights_restored(model: nn.Module) -> Iterator[None]:
     ...         phi.append(model(x))
     """
     with model_lock(model):
-        saved = {name: value.detach().clone() for name, value in model.state_dict(keep_vars=True).items()}
+        children = [(m, dict(m._modules)) for m in model.modules()]
+        state = ModelState(model, objects=True)
+        tensors = {id(t): t for m in model.modules() for t in [*m._parameters.values(), *m._buffers.values()]
+                   if t is not None}
+        saved = [(t, t.detach().clone()) for t in tensors.values()]
         try:
             yield
         finally:
+            for module, submodules in children:
+                if module._modules != submodules:  # a loader that replaced submodules
+                    module._modules.clear()
+                    module._modules.update(submodules)
+            state.restore()
             with torch.no_grad():
-                for name, value in model.state_dict(keep_vars=True).items():
-                    if name in saved:
-                        value.copy_(saved[name])
+                for tensor, value in saved:
+                    if (tensor.shape, tensor.dtype, tensor.device) != (value.shape, value.dtype, value.device):
+                        tensor.data = value  # the loader swapped the object's data for another shape or dtype
+                    elif not torch.equal(tensor, value):
+                        tensor.copy_(value)

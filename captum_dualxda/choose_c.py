@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ._validation import check_flag, check_integer, check_positive, check_seed
 from .deprecation import positional_deprecated
 from .data import as_dataloader
 from .features import batch_features_and_output, model_device, output_logits, resolve_linear_layer
@@ -35,6 +36,7 @@ from .metrics import (
     zero_fraction,
 )
 from .solver import fit_crammer_singer_path
+from .solver.fit import check_Cs
 from .solver.problem import row_squared_norms, support_mask
 from .store import extract_features
 from .support import SupportSet
@@ -138,8 +140,10 @@ def sweep_C(
         model inputs, or a DataLoader of Captum batches (labels ignored). Enables the columns
         ``zero_fraction``, ``hoyer``, ``class_detection``, ``agreement`` and ``cosine``.
     flipped : array-like, optional
-        ``(n_train,)`` boolean mask (or indices) of known mislabelled training samples. Enables
-        the mislabel AUC columns.
+        Known mislabelled training samples, as for :func:`~captum_dualxda.metrics.mislabel_auc`:
+        a ``(n_train,)`` boolean or 0/1 mask, or their distinct indices. Enables the mislabel
+        AUC columns; checked before the features are extracted when ``train_dataset`` has a
+        length.
     k : int
         Proponents per test input for ``class_detection``.
     baselines : bool
@@ -156,8 +160,24 @@ def sweep_C(
     list of SweepRow
         Use :func:`format_markdown` to print them.
     """
+    # Every setting is checked before the features are extracted.
+    values = sorted(check_Cs(Cs))
+    k = check_integer(k, "k", low=1)
+    baselines = check_flag(baselines, "baselines")
+    fit_intercept = check_flag(fit_intercept, "fit_intercept")
+    tol = check_positive(tol, "tol")
+    max_iter = check_integer(max_iter, "max_iter", low=1)
+    seed = check_seed(seed)
+    show_progress = check_flag(show_progress, "show_progress")
     layer = resolve_linear_layer(model, final_fc_layer)
     loader = as_dataloader(train_dataset, batch_size)
+    if flipped is not None:
+        try:
+            n_expected: Optional[int] = len(loader.dataset)  # type: ignore[arg-type]
+        except TypeError:
+            n_expected = None
+        if n_expected is not None:
+            _flags(flipped, n_expected)
     device = torch.device(device) if device is not None else model_device(model)
     features, labels = extract_features(model, layer, loader, device, show_progress, desc="sweep_C features")
     n_train = features.shape[0]
@@ -171,11 +191,10 @@ def sweep_C(
         for batch in _model_input_batches(test_inputs, 256):
             phi, out = batch_features_and_output(model, layer, batch)
             phis.append(phi.float().to(device))
-            logits.append(output_logits(out).detach().double().cpu())
+            logits.append(output_logits(out, layer.out_features).detach().double().cpu())
         test_phi, test_logits = torch.cat(phis), torch.cat(logits)
         test_pred = test_logits.argmax(1)
 
-    values = sorted(float(c) for c in Cs)
     results = fit_crammer_singer_path(
         features, labels, values, fit_intercept=fit_intercept, tol=tol, max_iter=max_iter, seed=seed,
         n_classes=layer.out_features, backend=backend, device=device, show_progress=show_progress,

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
+import json
 import math
 import os
 import sys
@@ -41,12 +43,12 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
+from ._validation import SEED_RANGE, check_flag, check_integer, check_positive, check_real, check_seed
 from .cache import check_writable_dir
 from .dualda import DEFAULT_C, DualDA
 from .label_issues import LABEL_ISSUES_C, rank_label_issues
 from .metrics import mislabel_auc, mislabel_detection_curve, surrogate_fidelity, training_loss
 from .solver import fit_crammer_singer
-from .solver.problem import check_positive_number
 from .visualization import explain_figure, image_for_display
 from .xda import XDA, xda_pairs
 
@@ -58,6 +60,7 @@ __all__ = [
     "train_cnn",
     "run_demo",
     "check_demo_arguments",
+    "check_out_dir",
     "DEFAULT_C",
     "DEFAULT_EPOCHS",
 ]
@@ -147,6 +150,10 @@ def load_digits_data(
     from sklearn.datasets import load_digits
 
     _check_rate(flip_rate)
+    seed = check_seed(seed)
+    test_fraction = check_real(test_fraction, "test_fraction", low=0.0, high=1.0, low_inclusive=False,
+                               high_inclusive=False)
+    standardize = check_flag(standardize, "standardize")
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
     labels = torch.tensor(digits.target, dtype=torch.long)
@@ -155,8 +162,7 @@ def load_digits_data(
     n_test = int(round(test_fraction * len(labels)))
     test_idx, train_idx = order[:n_test], order[n_test:]
     if n_train is not None:
-        if n_train < 2:
-            raise ValueError(f"`n_train` must be >= 2, got {n_train}.")
+        n_train = check_integer(n_train, "n_train", low=2)
         if n_train > len(train_idx):
             warnings.warn(
                 f"`n_train`={n_train} exceeds the {len(train_idx)} training samples available; using all "
@@ -238,8 +244,11 @@ def train_cnn(
     DigitsCNN
         In eval mode.
     """
-    if epochs < 1:
-        raise ValueError(f"`epochs` must be >= 1, got {epochs}.")
+    epochs = check_integer(epochs, "epochs", low=1)
+    seed = check_seed(seed, high=SEED_RANGE[1] - 1)  # seed + 1 seeds the batch order
+    lr = check_positive(lr, "lr")
+    batch_size = check_integer(batch_size, "batch_size", low=1)
+    show_progress = check_flag(show_progress, "show_progress")
     torch.manual_seed(seed)
     net = DigitsCNN()
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
@@ -524,21 +533,127 @@ def _warm_up_solver(show_progress: bool) -> float:
 # --------------------------------------------------------------------------------------------
 # Validation and the run
 # --------------------------------------------------------------------------------------------
-def _check_rate(flip_rate: float) -> None:
-    if not isinstance(flip_rate, (int, float)) or isinstance(flip_rate, bool) or not 0 <= flip_rate < 1:
-        raise ValueError(f"`flip_rate` must be a number in [0, 1), got {flip_rate!r}.")
+def _check_rate(flip_rate: float) -> float:
+    return check_real(flip_rate, "flip_rate", low=0.0, high=1.0, high_inclusive=False)
+
+
+#: Seeds the demo accepts: it seeds NumPy (non-negative seeds only) and torch with them.
+DEMO_SEED_RANGE = (0, 2**63 - 1)
 
 
 def check_demo_arguments(flip_rate: float, C: float, k: int, n_explain: int, epochs: int,
-                         n_train: Optional[int]) -> None:
-    """Validate :func:`run_demo` settings before any work; raise ValueError naming the bad one."""
+                         n_train: Optional[int], seed: int = 0) -> None:
+    """Validate :func:`run_demo` settings before any work; raise ValueError naming the bad one.
+
+    ``seed`` must lie in ``0..2**63 - 1``; numbers may be NumPy scalars, booleans are refused.
+    """
     _check_rate(flip_rate)
-    check_positive_number(C, "C")
-    for name, value, low in (("k", k, 1), ("n_explain", n_explain, 0), ("epochs", epochs, 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
-    if n_train is not None and (not isinstance(n_train, int) or n_train < 20):
-        raise ValueError(f"`n_train` must be None or an integer >= 20, got {n_train!r}.")
+    check_positive(C, "C")
+    check_integer(k, "k", low=1)
+    check_integer(n_explain, "n_explain", low=0)
+    check_integer(epochs, "epochs", low=1)
+    check_integer(n_train, "n_train", low=20, optional=True)
+    check_seed(seed, low=DEMO_SEED_RANGE[0], high=DEMO_SEED_RANGE[1])
+
+
+#: The file in which the demo records the outputs it wrote into its directory (name -> SHA-256).
+OUTPUT_MANIFEST = ".captum_dualxda_demo.json"
+# Files the operating system puts into folders one opens; the demo leaves them alone.
+_SYSTEM_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _recorded_outputs(directory: str) -> Dict[str, str]:
+    """``name -> sha256`` of the files an earlier run recorded in ``directory`` ({} if none)."""
+    try:
+        with open(os.path.join(directory, OUTPUT_MANIFEST)) as handle:
+            recorded = json.load(handle).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(recorded, dict):
+        return {}
+    return {str(name): str(digest) for name, digest in recorded.items()}
+
+
+def check_out_dir(out_dir: str, argument: str = "out_dir") -> List[str]:
+    """Check that ``out_dir`` holds nothing but an earlier demo run's outputs; return those.
+
+    The demo writes its figures and ``self_influence.csv`` under fixed names and records each
+    file it wrote (with its SHA-256) in ``OUTPUT_MANIFEST``. A directory that is missing or
+    empty is fine. Otherwise every entry must be an output recorded there and unchanged since;
+    anything else (a file of the user's, even one named like an output, an output the user
+    edited, a subfolder, a link) is refused, so the demo never overwrites or deletes it. Files
+    the operating system adds (``.DS_Store``, ``Thumbs.db``, ``desktop.ini``) are ignored.
+
+    Parameters
+    ----------
+    out_dir : str
+        The output directory.
+    argument : str
+        Its name in the error message.
+
+    Returns
+    -------
+    list of str
+        Paths of the earlier run's outputs (and the record), which :func:`run_demo` removes so
+        that the directory holds only the new run's files.
+
+    Raises
+    ------
+    ValueError
+        ``out_dir`` holds something the demo did not write; the message lists it.
+    """
+    directory = os.path.abspath(out_dir)
+    if not os.path.isdir(directory):
+        return []
+    names = sorted(name for name in os.listdir(directory) if name not in _SYSTEM_FILES)
+    recorded = _recorded_outputs(directory)
+    foreign, changed = [], []
+    for name in names:
+        path = os.path.join(directory, name)
+        plain_file = os.path.isfile(path) and not os.path.islink(path)
+        if name == OUTPUT_MANIFEST or (name.startswith(OUTPUT_MANIFEST + ".") and name.endswith(".tmp")):
+            if not plain_file:  # the record (or an interrupted write of it) is a plain file
+                foreign.append(name)
+        elif name not in recorded or not plain_file:
+            foreign.append(name)
+        elif _sha256(path) != recorded[name]:
+            changed.append(name)
+    if foreign or changed:
+        def listed(items: List[str]) -> str:
+            return ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+
+        found = [f"files the demo did not write ({listed(foreign)})"] if foreign else []
+        found += [f"outputs changed since the demo wrote them ({listed(changed)})"] if changed else []
+        raise ValueError(
+            f"`{argument}` = {directory!r} holds {' and '.join(found)}; the demo writes its figures and "
+            "self_influence.csv there and never overwrites, deletes or mixes with other files. Pass an "
+            "empty or new directory, or move those files."
+        )
+    return [os.path.join(directory, name) for name in names]
+
+
+class _OutputRecord:
+    """Records every file the run writes in ``OUTPUT_MANIFEST`` (rewritten after each file)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.files: Dict[str, str] = {}
+
+    def add(self, path: str) -> None:
+        self.files[os.path.basename(path)] = _sha256(path)
+        target = os.path.join(self.directory, OUTPUT_MANIFEST)
+        partial = f"{target}.{os.getpid()}.tmp"
+        with open(partial, "w") as handle:
+            json.dump({"written_by": "python -m captum_dualxda demo", "files": self.files}, handle, indent=1)
+        os.replace(partial, target)
 
 
 @contextlib.contextmanager
@@ -574,7 +689,9 @@ def run_demo(
     ----------
     out_dir : str
         Directory for the PNG figures and ``self_influence.csv`` (created if missing; must be
-        writable, checked before any training).
+        writable, checked before any training). It must be empty or hold only an earlier demo
+        run's outputs (:func:`check_out_dir`), which are removed first, so the directory ends
+        up with this run's files alone (and ``OUTPUT_MANIFEST``, the record of them).
     flip_rate : float
         Fraction of training labels flipped to another class, in ``[0, 1)``.
     C : float
@@ -583,7 +700,7 @@ def run_demo(
         Proponents and opponents (each) per explained test sample, ``>= 1``.
     seed : int
         Seeds the split, the flips, the network and the solver: same seed, same numbers (timings
-        aside).
+        aside). In ``0..2**63 - 1``.
     n_explain : int
         Test samples explained with an XDA figure (the first ``n_explain`` of the test set).
     epochs : int
@@ -606,10 +723,17 @@ def run_demo(
     Raises
     ------
     ValueError
-        Invalid settings, or ``out_dir`` is not a writable directory.
+        Invalid settings, ``out_dir`` is not a writable directory, or it holds files the demo
+        did not write.
     """
-    check_demo_arguments(flip_rate, C, k, n_explain, epochs, n_train)
+    check_demo_arguments(flip_rate, C, k, n_explain, epochs, n_train, seed)
+    show_progress = check_flag(show_progress, "show_progress")
+    check_positive(dpi, "dpi")
+    num_threads = check_integer(num_threads, "num_threads", low=1, optional=True)
+    stale = check_out_dir(out_dir, "out_dir")
     out_dir = check_writable_dir(out_dir, "out_dir")
+    for path in stale:  # the earlier run's outputs: gone before this run writes its own
+        os.remove(path)
     with _torch_threads(num_threads):
         return _run(out_dir, flip_rate, C, k, seed, n_explain, epochs, n_train, show_progress, dpi)
 
@@ -668,6 +792,7 @@ def _run(out_dir: str, flip_rate: float, C: float, k: int, seed: int, n_explain:
     loss_found_top10 = _found_in_top(train_loss, flipped, 0.10)
 
     files: Dict[str, str] = {}
+    record = _OutputRecord(out_dir)  # what this run wrote, so the next run may replace it
     explained = list(range(min(n_explain, len(test_pred))))
     # EpsilonPlus (z+ on the conv layers, the first one included): on 8x8 inputs in [0, 1] its
     # heatmaps follow the strokes. EpsilonPlusFlat's flat rule on the first layer spreads relevance
@@ -699,6 +824,7 @@ def _run(out_dir: str, flip_rate: float, C: float, k: int, seed: int, n_explain:
         path = os.path.join(out_dir, f"explanation_{i}.png")
         fig.savefig(path, dpi=dpi)
         files[f"explanation_{i}"] = path
+        record.add(path)
 
     if flipped.any():  # flip_rate=0: nothing to detect, no curve
         path = os.path.join(out_dir, "mislabel_detection.png")
@@ -710,9 +836,11 @@ def _run(out_dir: str, flip_rate: float, C: float, k: int, seed: int, n_explain:
             ("random order", random_scores, random_auc, dict(color="0.4", lw=1.2)),
         ]).savefig(path, dpi=dpi)
         files["mislabel_detection"] = path
+        record.add(path)
     path = os.path.join(out_dir, "mislabel_suspects.png")
     _suspects_figure(data, [("DualDA\nself-influence", self_inf), ("rank_label_issues", hinge)]).savefig(path, dpi=dpi)
     files["mislabel_suspects"] = path
+    record.add(path)
 
     path = os.path.join(out_dir, "self_influence.csv")
     with open(path, "w", newline="") as handle:
@@ -723,6 +851,7 @@ def _run(out_dir: str, flip_rate: float, C: float, k: int, seed: int, n_explain:
             writer.writerow([int(j), int(data.y_train[j]), int(data.y_train_clean[j]), int(flipped[j]),
                              f"{float(self_inf[j]):.6g}", f"{float(hinge[j]):.6g}", int(issue_flags[j])])
     files["self_influence"] = path
+    record.add(path)
 
     return DemoResult(
         test_accuracy=test_accuracy,

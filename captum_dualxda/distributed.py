@@ -1,5 +1,9 @@
 """``torch.distributed`` helpers: deterministic sharding, in-order gathers, exact top-k merges.
 
+Top-k order: the ``k`` largest (or smallest) values, ties (e.g. the many exact zeros of a sparse
+score row) broken towards the lower index, so the result is one well-defined list however the
+candidates were split (:func:`stable_topk` within a rank, :func:`merge_topk` over ranks).
+
 DualDA scales out with PyTorch's own engine. Every helper here is a no-op in a single process
 (``torch.distributed`` not initialised), so the same code runs with and without ``torchrun``.
 Sharding is strided: rank ``r`` of ``W`` owns indices ``r, r + W, r + 2W, ...``, which loses or
@@ -14,12 +18,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ._validation import check_integer
+
 __all__ = [
     "is_distributed",
     "rank_and_world_size",
     "shard_indices",
     "gather_strided",
     "assemble_strided",
+    "stable_topk",
+    "topk_of_candidates",
     "merge_topk",
 ]
 
@@ -150,10 +158,8 @@ def assemble_strided(
         is not a rank, or ``chunk_rows < 1``.
     """
     rank, world = rank_and_world_size()
-    if not 0 <= dst < world:
-        raise ValueError(f"`dst` must lie in 0..{world - 1}, got {dst}.")
-    if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
-        raise ValueError(f"`chunk_rows` must be None or an integer >= 1, got {chunk_rows!r}.")
+    dst = check_integer(dst, "dst", low=0, high=world - 1)
+    chunk_rows = check_integer(chunk_rows, "chunk_rows", low=1, optional=True)
     expected = len(shard_indices(n, rank, world))
     if local is None:
         if rank != dst or out is None:
@@ -211,31 +217,83 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return comm.to(tensor.device)
 
 
+def stable_topk(values: torch.Tensor, k: int, largest: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` of every row in the top-k order: by value, ties to the lower column.
+
+    The same result as ``torch.sort(values, dim=1, descending=largest, stable=True)`` cut to
+    ``k`` columns (NaN counts as the largest value, as there), for the cost of two
+    ``torch.topk`` and two elementwise passes (a full sort only when NaN is among the best).
+
+    Parameters
+    ----------
+    values : torch.Tensor
+        ``(b, m)`` floating point; columns in the order that breaks ties (increasing training
+        index).
+    k : int
+        Columns wanted; clipped to ``m``.
+    largest : bool
+        Largest values first (descending) if True, smallest first (ascending) otherwise.
+
+    Returns
+    -------
+    values, columns : torch.Tensor
+        ``(b, min(k, m))`` the selected values in top-k order and their int64 column positions.
+    """
+    b, m = values.shape
+    k = min(int(k), m)
+    if k == 0 or b == 0:
+        return values[:, :k], torch.zeros((b, k), dtype=torch.long, device=values.device)
+    top = torch.topk(values, k, dim=1, largest=largest, sorted=False)
+    if bool(torch.isnan(top.values).any()):
+        columns = torch.sort(values, dim=1, descending=largest, stable=True).indices[:, :k]
+        return values.gather(1, columns), columns
+    # The k-th value of each row: every value strictly better is in `top`; of the values tied with it,
+    # the leftmost `need` complete the row (torch.topk picks tied ones in no defined order).
+    kth = top.values.amin(1, keepdim=True) if largest else top.values.amax(1, keepdim=True)
+    better = top.values > kth if largest else top.values < kth
+    need = k - better.sum(1, keepdim=True)
+    position = torch.arange(m, dtype=torch.int32 if m < 2**31 - 1 else torch.long, device=values.device)
+    tied = torch.where(values == kth, position, m)  # m: not tied
+    leftmost = torch.topk(tied, int(need.max()), dim=1, largest=False, sorted=True).values.long()
+    keep = torch.cat([better, torch.arange(leftmost.shape[1], device=values.device) < need], 1)
+    columns = torch.cat([top.indices, leftmost], 1)[keep].reshape(b, k)  # k kept per row
+    columns = torch.sort(columns, dim=1).values
+    picked = values.gather(1, columns)
+    order = torch.sort(picked, dim=1, descending=largest, stable=True).indices
+    return picked.gather(1, order), columns.gather(1, order)
+
+
 def merge_topk(values: torch.Tensor, indices: torch.Tensor, k: int, largest: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Exact global top-``k`` from every rank's local top-``k``.
+    """Exact global top-``k`` from every rank's local top-``k``, in the top-k order.
+
+    Each rank passes the top-``k`` of its own candidates (ties to the lower index, as
+    :func:`stable_topk` gives them); the candidate sets of the ranks must be disjoint. The
+    result is the top-``k`` of their union: by value, ties to the lower global index. In one
+    process: ``values`` and ``indices`` put in that order and cut to ``k``.
 
     Parameters
     ----------
     values, indices : torch.Tensor
-        ``(b, k_local)`` this rank's best scores and their global indices (``k_local <= k``;
-        ranks may differ).
+        ``(b, k_local)`` this rank's best scores and their int64 global indices (ranks may
+        differ, ``k_local = 0`` included; beyond ``k`` only this rank's best ``k`` count).
     k : int
+        Wanted; at most the number of candidates over all ranks together.
     largest : bool
 
     Returns
     -------
     values, indices : torch.Tensor
-        ``(b, k)``, sorted, identical on every rank.
+        ``(b, k)`` (in one process ``(b, min(k, k_local))``), identical on every rank.
     """
     if not is_distributed():
-        top = torch.topk(values, k, dim=1, largest=largest, sorted=True)
-        return top.values, indices.gather(1, top.indices)
+        return topk_of_candidates(values, indices, k, largest)
     world = dist.get_world_size()
     comm = communication_device()
     b = values.shape[0]
-    fill = float("-inf") if largest else float("inf")
-    pad_values = torch.full((b, k), fill, dtype=values.dtype, device=comm)
-    pad_indices = torch.full((b, k), -1, dtype=torch.long, device=comm)
+    if values.shape[1] > k:  # keep this rank's best k
+        values, indices = topk_of_candidates(values, indices, k, largest)
+    pad_values = torch.zeros((b, k), dtype=values.dtype, device=comm)
+    pad_indices = torch.full((b, k), -1, dtype=torch.long, device=comm)  # -1: no candidate
     pad_values[:, : values.shape[1]] = values.to(comm)
     pad_indices[:, : indices.shape[1]] = indices.to(comm)
     all_values = [torch.empty_like(pad_values) for _ in range(world)]
@@ -244,8 +302,43 @@ def merge_topk(values: torch.Tensor, indices: torch.Tensor, k: int, largest: boo
     dist.all_gather(all_indices, pad_indices)
     merged_values = torch.cat(all_values, 1)
     merged_indices = torch.cat(all_indices, 1)
-    top = torch.topk(merged_values, k, dim=1, largest=largest, sorted=True)
-    return top.values.to(values.device), merged_indices.gather(1, top.indices).to(values.device)
+    top_values, top_indices = topk_of_candidates(merged_values, merged_indices, k, largest, empty=merged_indices < 0)
+    if bool((top_indices < 0).any()):
+        raise ValueError(f"The ranks hold fewer than k={k} candidates together.")
+    return top_values.to(values.device), top_indices.to(values.device)
+
+
+def topk_of_candidates(values: torch.Tensor, indices: torch.Tensor, k: int, largest: bool,
+                       empty: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The top-``k`` of a few candidates per row, given in any order, in the top-k order.
+
+    For short rows (a few times ``k``): three stable sorts of the whole row.
+
+    Parameters
+    ----------
+    values : torch.Tensor
+        ``(b, c)`` the candidates' scores.
+    indices : torch.Tensor
+        ``(b, c)`` int64 their indices (distinct within a row), which break ties.
+    k : int
+        Wanted; rows keep ``min(k, c)``.
+    largest : bool
+    empty : torch.Tensor, optional
+        ``(b, c)`` bool slots that hold no candidate; they go last.
+
+    Returns
+    -------
+    values, indices : torch.Tensor
+        ``(b, min(k, c))`` ordered by value (largest first if ``largest``), ties to the lower index.
+    """
+    order = torch.sort(indices, dim=1, stable=True).indices
+    by_value = torch.sort(values.gather(1, order), dim=1, descending=largest, stable=True).indices
+    order = order.gather(1, by_value)
+    if empty is not None:
+        by_slot = torch.sort(empty.gather(1, order).to(torch.uint8), dim=1, stable=True).indices
+        order = order.gather(1, by_slot)
+    order = order[:, :k]
+    return values.gather(1, order), indices.gather(1, order)
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -11,7 +11,6 @@ This class is the Captum face of the core: the model probe and feature extractio
 """
 from __future__ import annotations
 
-import numbers
 import os
 import time
 import warnings
@@ -21,19 +20,21 @@ import torch
 from captum.influence import DataInfluence
 from captum.influence._utils.common import KMostInfluentialResults, _influence_route_to_helpers
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm import tqdm
 
-from .cache import check_writable_dir, entry_lock
+from ._validation import check_flag, check_integer, check_positive, check_seed
+from .cache import Fingerprint, check_writable_dir, entry_lock
 from .deprecation import positional_deprecated
-from .distributed import all_reduce_sum, broadcast_object, is_distributed, merge_topk, rank_and_world_size
+from .distributed import all_reduce_sum, broadcast_object, is_distributed, merge_topk, rank_and_world_size, stable_topk
 from .checkpoints import CheckpointLoader, checkpoint_paths, load_state_dict_checkpoint, weights_restored
 from .data import ModelInputs, as_dataloader, dataset_items, iterate_batches, split_batch
 from .features import batch_features, check_autocast, layer_name, model_device, resolve_linear_layer
 from .fit import DualDAState, fit_fingerprint, fit_state, load_state, save_state
+from .guard import ModelChangedError, WeightsRecord
 from .solver import ConvergenceWarning
 from .solver.fit import CONVERGENCE_ADVICE
-from .solver.problem import DEFAULT_C, check_positive_number
+from .solver.problem import DEFAULT_C
 from .store import FeatureStore, scratch_path
 from .support import warn_absent
 
@@ -50,7 +51,11 @@ class DualDA(DataInfluence):
     Parameters
     ----------
     model : nn.Module
-        The classifier ``f(x) = W_f phi(x) + b_f``; it is never modified.
+        The classifier ``f(x) = W_f phi(x) + b_f``; it is never modified. The fit belongs to
+        its weights at construction: once they change (trained further, other weights loaded),
+        ``influence`` raises :class:`~captum_dualxda.guard.ModelChangedError` until the model
+        is refitted or the weights are put back. Train/eval mode and ``requires_grad`` may
+        change freely.
     final_fc_layer : nn.Linear or str
         The final linear layer (or its dotted name); ``phi(x)`` is its input. A head applied to
         every position (decoder classifiers: Llama's or GPT-2's ``score``) gives the input at
@@ -63,7 +68,15 @@ class DualDA(DataInfluence):
         index ``j`` of every result addresses ``dataset[j]``: a Dataset with ``batch_size``; a
         DataLoader's dataset with its ``collate_fn``, ``num_workers`` and ``pin_memory`` even
         when it shuffles or drops its last batch (a loader whose sampler leaves samples out or
-        repeats them is refused; an ``IterableDataset`` is read in iteration order).
+        repeats them is refused, and so is ``batch_size=None``; a custom sampler is checked on a
+        private copy, its generator left as it was). Every batch the ``collate_fn`` makes is
+        checked against its dataset items: one row each, in order, with the item's label (a
+        ``collate_fn`` that skips unreadable samples or sorts a batch is refused; see
+        :func:`~captum_dualxda.data.check_batch` for what is guaranteed). An ``IterableDataset``
+        is read in iteration order, once per fit; as a stream has no samples by index,
+        ``train_inputs`` (XDA, ``xda_pairs``) needs a map-style Dataset, and a stream that can be
+        read only once cannot be read again (checkpoint ensembles, ``rank_label_issues`` at
+        another C).
     C : float
         SVM regularisation, ``> 0`` (default ``1e-3``). Smaller C gives more support vectors
         (denser attributions) and converges in fewer passes; typical values 1e-5 .. 1. The
@@ -81,10 +94,14 @@ class DualDA(DataInfluence):
         run on the model's device; tensors are moved as needed.
     cache_dir : str, optional
         Directory for the fit. Reloaded only when the model (its class, module structure,
-        weights and buffers), layer, training data, C and solver settings are identical;
+        weights, every buffer, also non-persistent ones, and plain tensor attributes), layer,
+        training data (tensors inside any batch object included; a batch object whose state
+        cannot be read is refused), C and solver settings are identical;
         anything else refits. Writes are atomic, and processes that fit the same configuration
         at the same time take turns (a file lock): the first fits and saves, the others load
-        its result. A cached fit that did not converge warns again when loaded.
+        its result. A cached fit that did not converge warns again when loaded. An
+        ``IterableDataset`` is read once: fingerprinted while its features are extracted, so a
+        cached fit then saves the solve, not the extraction.
     show_progress : bool
         tqdm bars for feature extraction and the solver.
     seed : int
@@ -105,7 +122,8 @@ class DualDA(DataInfluence):
         ``torch.bfloat16`` or ``torch.float16``: run the model's forward passes (training
         features and test features) under ``torch.autocast`` with that dtype; the features are
         stored, solved and scored in float32 all the same. Default None: the model's own
-        precision. Part of the cache key. Measured against float32 fits
+        precision, also when the call is made inside a ``torch.autocast`` block (which is
+        switched off for these passes). Part of the cache key. Measured against float32 fits
         (``benchmarks/fit.py --scores``, GPU and CPU): on a trained digits CNN, a ResNet-18 and a
         small BERT the support set and the top-10 proponents stayed the same (support Jaccard
         >= 0.99, median top-10 overlap 10 of 10) while single scores moved: median per-test
@@ -189,17 +207,21 @@ class DualDA(DataInfluence):
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}.")
-        check_positive_number(C, "C")
-        check_positive_number(tol, "tol")
-        if not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"`max_iter` must be an integer >= 1, got {max_iter!r}.")
+        C = check_positive(C, "C")
+        tol = check_positive(tol, "tol")
+        max_iter = check_integer(max_iter, "max_iter", low=1)
+        seed = check_seed(seed)
+        fit_intercept = check_flag(fit_intercept, "fit_intercept")
+        show_progress = check_flag(show_progress, "show_progress")
+        distributed = check_flag(distributed, "distributed", optional=True)
+        memory_budget = check_integer(memory_budget, "memory_budget", low=0, optional=True, what="a number of bytes")
         self.model = model
         self.final_fc_layer = resolve_linear_layer(model, final_fc_layer)
         self.autocast = check_autocast(autocast, model_device(model))
         self.layer_name = layer_name(model, self.final_fc_layer)
         self.train_dataset = train_dataset
-        self.batch_size = batch_size
-        self.train_dataloader = as_dataloader(train_dataset, batch_size)
+        self.train_dataloader = as_dataloader(train_dataset, batch_size)  # checks batch_size for a Dataset
+        self.batch_size = batch_size if isinstance(train_dataset, DataLoader) else int(batch_size)
         self.C = float(C)
         self.fit_intercept = bool(fit_intercept)
         self.tol = float(tol)
@@ -211,8 +233,6 @@ class DualDA(DataInfluence):
         self.cache_dir = check_writable_dir(cache_dir, "cache_dir") if cache_dir is not None else None
         self.cache_path: Optional[str] = None
         self.distributed = is_distributed() if distributed is None else bool(distributed)
-        if memory_budget is not None and (not isinstance(memory_budget, int) or memory_budget < 0):
-            raise ValueError(f"`memory_budget` must be None or a number of bytes >= 0, got {memory_budget!r}.")
         self.memory_budget = memory_budget
         if memory_budget is not None and self.cache_dir is None:
             raise ValueError("`memory_budget` needs `cache_dir`: out-of-core features are memory-mapped there.")
@@ -230,8 +250,12 @@ class DualDA(DataInfluence):
             return
         if checkpoints_load_func is not None:
             raise ValueError("`checkpoints_load_func` needs `checkpoints`.")
+        self._weights = WeightsRecord(self.model)  # what `influence` checks the model against
         if self.cache_dir is None:
             self._fit(show_progress, None)
+            return
+        if isinstance(self.train_dataloader.dataset, IterableDataset) and not self.distributed:
+            self._fit_stream(show_progress)
             return
         key = fit_fingerprint(self.model, self.layer_name, self.train_dataloader, self.C, self.fit_intercept,
                               self.tol, self.max_iter, self.seed, self.backend, autocast=self.autocast)
@@ -243,8 +267,13 @@ class DualDA(DataInfluence):
             self._fit(show_progress, key)
 
     # ------------------------------------------------------------------ fitting
-    def _fit(self, show_progress: bool, key: Optional[str]) -> None:
-        """Load the state from the cache or fit it, then keep it (every rank, collectively)."""
+    def _fit(self, show_progress: bool, key: Optional[str],
+             extracted: Optional[Tuple[FeatureStore, torch.Tensor, float]] = None) -> None:
+        """Load the state from the cache or fit it, then keep it (every rank, collectively).
+
+        ``extracted``: ``(store, labels, start time)`` of features already extracted (a stream,
+        fingerprinted in the same pass); the store is closed here.
+        """
         state = load_state(self.cache_path, key) if self.cache_path is not None and self._rank == 0 else None  # type: ignore[arg-type]
         if self.distributed:
             # Rank 0 alone decides whether the cache hits: cache directories may be node-local and
@@ -254,6 +283,8 @@ class DualDA(DataInfluence):
             data = broadcast_object(None if state is None else state.to_dict())
             state = None if data is None else DualDAState.from_dict(data)
         if state is not None:
+            if extracted is not None:
+                extracted[0].close()
             self._keep(state)
             self.fit_stats["from_cache"] = True
             if not self.fit_stats["converged"]:
@@ -262,16 +293,15 @@ class DualDA(DataInfluence):
                     f"reaching tol={self.tol:g} (residual {self.fit_stats['residual']:.3g}): its dual "
                     f"variables are not optimal. {CONVERGENCE_ADVICE}",
                     ConvergenceWarning,
-                    stacklevel=4,
+                    stacklevel=4 if extracted is None else 5,
                 )
             return
-        start = time.perf_counter()
-        mmap_path = scratch_path(self.cache_dir, key, self.train_dataloader, self.final_fc_layer.in_features, self.memory_budget)
-        store, labels = FeatureStore.extract(
-            self.model, self.final_fc_layer, self.train_dataloader,
-            self.device if mmap_path is None else torch.device("cpu"),
-            show_progress and self._rank == 0, distributed=self.distributed, out_path=mmap_path, autocast=self.autocast,
-        )
+        if extracted is None:
+            start = time.perf_counter()
+            store, labels = self._extract(show_progress, key)
+        else:
+            store, labels, start = extracted
+        self._weights.absorb(self.model)  # buffers the model's own forward pass rewrites are not checked
         try:
             state = self._solve(store, labels, key, time.perf_counter() - start, show_progress) if self._rank == 0 else None
             # Distributed, only the small state travels; every rank takes its support vectors'
@@ -289,6 +319,39 @@ class DualDA(DataInfluence):
         self.fit_stats["from_cache"] = False
         if self.cache_path is not None and self._rank == 0:
             save_state(state, self.cache_path)  # type: ignore[arg-type]
+
+    def _extract(self, show_progress: bool, key: Optional[str],
+                 observe: Optional[Callable[[Any], Any]] = None) -> Tuple[FeatureStore, torch.Tensor]:
+        """This process's training features (in memory, or memory-mapped above ``memory_budget``) and all labels."""
+        mmap_path = scratch_path(self.cache_dir, key, self.train_dataloader, self.final_fc_layer.in_features,
+                                 self.memory_budget)
+        return FeatureStore.extract(
+            self.model, self.final_fc_layer, self.train_dataloader,
+            self.device if mmap_path is None else torch.device("cpu"),
+            show_progress and self._rank == 0, distributed=self.distributed, out_path=mmap_path, autocast=self.autocast,
+            observe=observe,
+        )
+
+    def _fit_stream(self, show_progress: bool) -> None:
+        """Fit an ``IterableDataset`` with a cache, reading it once: fingerprinted while extracted.
+
+        A stream may be readable only once, so its part of the cache key is taken in the pass
+        that extracts its features (every batch hashed before the model sees it); a cache hit
+        then saves the solve, not the extraction.
+        """
+        start = time.perf_counter()
+        data = Fingerprint()
+        store, labels = self._extract(show_progress, None, observe=data.update)
+        self._weights.absorb(self.model)  # also on a cache hit: this pass ran the model
+        try:
+            settings = fit_fingerprint(self.model, self.layer_name, (), self.C, self.fit_intercept, self.tol,
+                                       self.max_iter, self.seed, self.backend, autocast=self.autocast)
+            key = Fingerprint().update("one pass", settings, data.hexdigest()).hexdigest()
+            self.cache_path = os.path.join(self.cache_dir, f"dualda-{key[:32]}.pt")  # type: ignore[arg-type]
+            with entry_lock(self.cache_path, show_progress):
+                self._fit(show_progress, key, (store, labels, start))
+        finally:
+            store.close()
 
     def _solve(self, store: FeatureStore, labels: torch.Tensor, key: Optional[str], extraction_time: float,
                show_progress: bool) -> Union[DualDAState, Exception]:
@@ -377,10 +440,31 @@ class DualDA(DataInfluence):
     # ------------------------------------------------------------------ scoring
     def test_features(self, inputs: ModelInputs) -> torch.Tensor:
         """``(N, d)`` float32 features ``phi(x)`` of model inputs (a tuple for ``model(*inputs)``, a
-        dict for ``model(**inputs)``; eval mode, no grad, ``autocast`` as in the fit), on ``self.device``."""
+        dict for ``model(**inputs)``; eval mode, no grad, ``autocast`` as in the fit), on ``self.device``.
+
+        Raises :class:`~captum_dualxda.guard.ModelChangedError` if the model's parameters or
+        buffers changed since the fit (see :meth:`influence`)."""
         self._single_fit_only("test_features")
+        self._check_model("DualDA.test_features")
+        return self._test_features(inputs)
+
+    def _test_features(self, inputs: ModelInputs) -> torch.Tensor:
         phi = batch_features(self.model, self.final_fc_layer, inputs, self.autocast)
         return phi.to(self.device, self._local.features.dtype)
+
+    def _check_model(self, call: str, collective: bool = False) -> None:
+        """Raise :class:`ModelChangedError` if the model's weights differ from the fit's (single fits).
+
+        ``collective`` (a call every rank makes): distributed, every rank raises when any rank's
+        model changed, so that no rank is left waiting in a collective.
+        """
+        record: Optional[WeightsRecord] = self.__dict__.get("_weights")
+        if record is None:
+            return
+        changed = record.changes(self.model)
+        elsewhere = collective and self.distributed and int(all_reduce_sum(torch.tensor([len(changed)])).item()) > 0
+        if changed or elsewhere:
+            raise ModelChangedError(record.message(changed, call))
 
     def _batch(self, batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(phi (N, d), targets (N,))`` of one Captum batch, checked, on ``self.device``."""
@@ -390,7 +474,7 @@ class DualDA(DataInfluence):
                 f"`inputs` targets must lie in 0..{self.n_classes - 1}, found "
                 f"{int(targets.min())}..{int(targets.max())}."
             )
-        phi = self.test_features(inputs)
+        phi = self._test_features(inputs)
         if phi.shape[0] != targets.shape[0]:
             raise ValueError(
                 f"`inputs` has {phi.shape[0]} samples but {targets.shape[0]} targets in its last element."
@@ -429,7 +513,8 @@ class DualDA(DataInfluence):
             samples per test sample (clipped to ``n_train``).
         proponents : bool
             With ``k``: the most positive scores (descending) if True, the most negative
-            (ascending) otherwise.
+            (ascending) otherwise; equal scores (such as the zeros of samples off the support)
+            in increasing training index, with or without a process group.
         show_progress : bool
             A tqdm bar over test batches.
 
@@ -439,12 +524,26 @@ class DualDA(DataInfluence):
             ``k=None``: ``(n_test, n_train)`` float32, ``[i, j] = a_j^{c_i} phi(x_j).phi(x_i)``.
             Otherwise ``KMostInfluentialResults(indices, influence_scores)``, both
             ``(n_test, k)``; indices int64 into ``train_dataset``.
+
+        Raises
+        ------
+        captum_dualxda.guard.ModelChangedError
+            A parameter or buffer of the model holds other values than at the fit (the model
+            was trained further, other weights were loaded, its dtype changed): the fit belongs
+            to the old weights. Refit, or load the fitted weights back. Checked cheaply on
+            every call (version counters; a tensor is hashed only when its counter moved); a
+            checkpoint ensemble loads its own weights for every call and is not checked.
         """
         if not isinstance(inputs, DataLoader):
             split_batch(inputs)  # validate before any work
-        if k is not None and (not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1):
-            raise ValueError(f"`k` must be None or an integer >= 1, got {k!r}.")
-        return _influence_route_to_helpers(self, inputs, None if k is None else int(k), proponents, show_progress=show_progress)
+        k = check_integer(k, "k", low=1, optional=True)
+        proponents = check_flag(proponents, "proponents")
+        show_progress = check_flag(show_progress, "show_progress")
+        self._check_model("DualDA.influence", collective=True)
+        result = _influence_route_to_helpers(self, inputs, k, proponents, show_progress=show_progress)
+        if "_weights" in self.__dict__:
+            self._weights.absorb(self.model)
+        return result
 
     def _influence(self, inputs: Any, show_progress: bool = False) -> torch.Tensor:
         """All scores, ``(n_test, n_train)``; distributed, the disjoint per-rank parts are summed."""
@@ -457,12 +556,13 @@ class DualDA(DataInfluence):
         return torch.cat(rows)
 
     def _get_k_most_influential(self, inputs: Any, k: int, proponents: bool = True, show_progress: bool = False) -> KMostInfluentialResults:
-        """Exact top-``k``: the support vectors plus ``k`` zero-score samples (on rank 0) are candidates."""
+        """Exact top-``k`` in the top-k order (ties to the lower index): the support vectors plus the
+        ``k`` lowest samples that are no support vector on any rank (added on rank 0) are candidates."""
         k = min(k, self.n_train)
         if self._members:
-            top = self._ensemble_scores(inputs, show_progress, lambda scores: torch.topk(scores, k, dim=1, largest=proponents))
-            return KMostInfluentialResults(torch.cat([t.indices for t in top]), torch.cat([t.values for t in top]))
-        candidates = self._local.candidates(k if self._rank == 0 else 0)
+            top = self._ensemble_scores(inputs, show_progress, lambda scores: stable_topk(scores, k, proponents))
+            return KMostInfluentialResults(torch.cat([t[1] for t in top]), torch.cat([t[0] for t in top]))
+        candidates = self._local.candidates(k if self._rank == 0 else 0, self.support_indices)
         indices, values = [], []
         for batch in self._batches(inputs, show_progress):
             top_values, top_indices = self._local.top_k(*self._batch(batch), k, proponents, candidates)

@@ -112,16 +112,58 @@ def call_model(model: nn.Module, inputs: ModelInputs) -> Any:
     return model(**inputs) if isinstance(inputs, Mapping) else model(*inputs)
 
 
-def output_logits(output: Any) -> torch.Tensor:
-    """The logits in a model output: the tensor itself, ``output.logits`` (a Hugging Face
-    ``ModelOutput``), or the first element of a tuple."""
+def output_logits(output: Any, n_classes: Optional[int] = None) -> torch.Tensor:
+    """The logits in a model output.
+
+    The tensor itself; ``output.logits`` (a Hugging Face ``ModelOutput``) or ``output["logits"]``;
+    or, in a tuple or list (e.g. ``(features, logits)``, or ``(loss, logits)`` of
+    ``return_dict=False``), its element shaped ``(N, n_classes)`` (``(N, K)`` of any width without
+    ``n_classes``) when exactly one is, or its only tensor.
+
+    Parameters
+    ----------
+    output : Any
+        What the model returned.
+    n_classes : int, optional
+        ``K``, the outputs of the final layer: the width the logits must have.
+
+    Returns
+    -------
+    torch.Tensor
+        The logits, usually ``(N, K)``.
+
+    Raises
+    ------
+    ValueError
+        A tuple or list in which no element, or several, has the logits' shape.
+    TypeError
+        An output with no tensor to take.
+    """
     if isinstance(output, torch.Tensor):
         return output
     logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, Mapping):
+        logits = output.get("logits")
     if isinstance(logits, torch.Tensor):
         return logits
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
+    if isinstance(output, (tuple, list)):
+        tensors = [(i, v) for i, v in enumerate(output) if isinstance(v, torch.Tensor)]
+        if len(tensors) == 1:
+            return tensors[0][1]
+        fits = [(i, v) for i, v in tensors if v.ndim == 2 and (n_classes is None or v.shape[1] == n_classes)]
+        if len(fits) == 1:
+            return fits[0][1]
+        if tensors:
+            shapes = ", ".join(f"[{i}]: {tuple(v.shape)}" for i, v in tensors)
+            wanted = f"(N, {n_classes})" if n_classes is not None else "(N, K)"
+            found = "none has" if not fits else f"{len(fits)} ({', '.join(f'[{i}]' for i, _ in fits)}) have"
+            raise ValueError(
+                f"The model returns a {type(output).__name__} of {len(output)} elements (tensors {shapes}) and "
+                f"{found} the logits' shape {wanted}, so the logits cannot be told apart. Make the model return the "
+                "logits alone, e.g. a wrapper module whose forward returns `model(x)[i]`"
+                + ("; or, if one of them is the logits, `final_fc_layer` is not the layer computing them."
+                   if not fits and n_classes is not None else ".")
+            )
     raise TypeError(f"Cannot find the logits in a model output of type {type(output).__name__}.")
 
 
@@ -131,19 +173,32 @@ def check_layer_makes_the_logits(layer: nn.Linear, layer_input: torch.Tensor, ou
     With one vector per sample, ``phi`` must be the input of the layer whose outputs are the
     class scores: a layer with another number of outputs is an inner layer (e.g. the ``dense``
     layer of a RoBERTa-style head, before ``out_proj``), and the SVM would be fitted on the wrong
-    representation, with the wrong classes. Only the shapes are compared, so models returning
-    log-probabilities or scaled logits pass; outputs without recognisable logits are not checked.
+    representation, with the wrong classes; a layer that sees more (or fewer) rows than the model
+    returns logits for sees several vectors per sample (e.g. ``(N*T, d)`` flattened before the
+    head). Only the shapes are compared, so models returning log-probabilities or scaled logits
+    pass; outputs without recognisable logits are not checked.
 
     Raises
     ------
     ValueError
-        The logits have ``N`` rows and a number of columns other than ``layer.out_features``.
+        The logits have another number of rows than ``layer_input``, or ``N`` rows and a number
+        of columns other than ``layer.out_features``; the output is a tuple without one element
+        shaped like logits (:func:`output_logits`).
     """
     try:
-        logits = output_logits(output)
+        logits = output_logits(output, layer.out_features)
     except TypeError:
         return
-    if logits.ndim == 2 and logits.shape[0] == layer_input.shape[0] and logits.shape[1] != layer.out_features:
+    if logits.ndim >= 1 and logits.shape[0] != layer_input.shape[0]:
+        raise ValueError(
+            f"`final_fc_layer` received {layer_input.shape[0]} rows (input shape {tuple(layer_input.shape)}) but the "
+            f"model returns logits of shape {tuple(logits.shape)}, for {logits.shape[0]} samples: the model gives the "
+            "layer several vectors per sample (e.g. reshaped to (N*T, d) before the final layer and combined "
+            "after it), or another set of rows. DualDA needs the one feature vector per sample that the logits "
+            "are computed from: pass a model whose final layer sees (N, d), or (N, T, d) when the logits are "
+            "those of one position."
+        )
+    if logits.ndim == 2 and logits.shape[1] != layer.out_features:
         raise ValueError(
             f"`final_fc_layer` has {layer.out_features} outputs but the model returns logits of shape "
             f"{tuple(logits.shape)}: phi must be the input of the layer that computes the {logits.shape[1]} "
@@ -288,6 +343,21 @@ def check_autocast(autocast: Any, device: torch.device, argument: str = "autocas
     return autocast
 
 
+def forward_precision(device: torch.device, autocast: Optional[torch.dtype]) -> Any:
+    """The precision context of this package's forward passes on ``device``.
+
+    ``torch.autocast(dtype=autocast)`` when a dtype is given. With None, any ``torch.autocast``
+    the caller has active for that device type is switched off: the model runs in its own
+    precision, which is what a fit with ``autocast=None`` promises (and what its cache key
+    stands for), wherever the call is made from.
+    """
+    if autocast is not None:
+        return torch.autocast(device.type, dtype=autocast)
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class FeatureExtractor:
     """Context manager: ``phi`` (and the model output) of many batches through one model probe.
 
@@ -295,8 +365,11 @@ class FeatureExtractor:
     mode, a pre-hook on ``layer``) for every batch of a pass, instead of one per batch; on exit
     everything is restored. Each call moves the inputs to the model's device
     (``non_blocking``, so pinned batches are copied asynchronously), runs the model under
-    ``torch.inference_mode()`` (or ``torch.no_grad()``), optionally under
-    ``torch.autocast(dtype=autocast)``, and returns the captured features.
+    ``torch.no_grad()``, optionally under ``torch.autocast(dtype=autocast)``, and returns the
+    captured features. Not ``torch.inference_mode()``: a tensor the model creates and keeps during
+    the pass (a cached causal mask or rotary table, on any submodule, in a list, a class attribute
+    or a global cache) would be an inference tensor, and the model's next training step would fail
+    on it; the forward pass costs the same under both.
 
     Parameters
     ----------
@@ -306,12 +379,8 @@ class FeatureExtractor:
     autocast : torch.dtype, optional
         ``torch.bfloat16`` or ``torch.float16``: mixed-precision forward passes (validated with
         :func:`check_autocast`). The features come back in the dtype the layer saw
-        (half precision); callers cast them.
-    inference : bool
-        Run under ``torch.inference_mode()`` (no autograd bookkeeping at all: the fastest); its
-        results are inference tensors, which cannot be modified in place or take part in
-        autograd later, so extraction copies them into its own storage (so are tensors that a
-        model creates and keeps during its forward pass, e.g. a cache). False: ``no_grad``.
+        (half precision); callers cast them. None: the model's own precision, also inside a
+        caller's ``torch.autocast`` block (:func:`forward_precision`).
 
     Examples
     --------
@@ -319,12 +388,11 @@ class FeatureExtractor:
     ...     phis = [extract(inputs)[0] for inputs in batches]
     """
 
-    def __init__(self, model: nn.Module, layer: nn.Linear, autocast: Optional[torch.dtype] = None, inference: bool = True) -> None:
+    def __init__(self, model: nn.Module, layer: nn.Linear, autocast: Optional[torch.dtype] = None) -> None:
         self.model = model
         self.layer = layer
         self.device = model_device(model)
         self.autocast = check_autocast(autocast, self.device)
-        self.inference = inference
         self._probe = ModelProbe(model, layer, flatten=False)
 
     def __enter__(self) -> "FeatureExtractor":
@@ -342,20 +410,19 @@ class FeatureExtractor:
         RuntimeError
             The forward pass never reached ``layer``.
         ValueError
-            The layer's outputs are not the model's logits (an inner layer), or it sees several
+            The layer's outputs are not the model's logits (an inner layer); it ran more than once
+            in the pass; it sees more rows than the model returns logits for; or it sees several
             positions per sample and the model's logits are none of them.
         """
-        grad = torch.inference_mode() if self.inference else torch.no_grad()
-        precision = (
-            torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else contextlib.nullcontext()
-        )
-        with grad, precision:
+        self._probe.captured = []  # only this pass's calls of the layer
+        with torch.no_grad(), forward_precision(self.device, self.autocast):
             output = call_model(self.model, inputs_to(inputs, self.device, non_blocking=True))
             layer_input = self._probe.features()
             if layer_input.ndim == 2:
                 check_layer_makes_the_logits(self.layer, layer_input, output)
                 return layer_input, output
-            return pooled_features(self.layer, layer_input, output_logits(output), hf_last_token(inputs, self.model)), output
+            return pooled_features(self.layer, layer_input, output_logits(output, self.layer.out_features),
+                                   hf_last_token(inputs, self.model)), output
 
 
 def batch_features_and_output(
@@ -382,7 +449,7 @@ def batch_features_and_output(
     output : Any
         The model output.
     """
-    with FeatureExtractor(model, layer, autocast=autocast, inference=False) as extract:
+    with FeatureExtractor(model, layer, autocast=autocast) as extract:
         return extract(inputs)
 
 

@@ -22,7 +22,7 @@ from .support import SupportSet
 
 __all__ = ["DualDAState", "STATE_VERSION", "fit_state", "fit_fingerprint", "save_state", "load_state", "hinge_loss", "surrogate_logits"]
 
-STATE_VERSION = 5
+STATE_VERSION = 6
 """Version of :class:`DualDAState` and of cache files; a file with another version refits."""
 
 
@@ -247,7 +247,8 @@ def fit_state(
 def fit_fingerprint(model: torch.nn.Module, layer_name: str, loader: Iterable[Any], *settings: Any,
                     autocast: Optional[torch.dtype] = None) -> str:
     """The cache key of a fit: state version, layer, solver settings, the forward passes' precision,
-    the model (class, module tree, weights, buffers) and every training batch, hashed with SHA-256.
+    the model (class, module tree, weights, every buffer, plain tensor attributes) and every training
+    batch (tensors inside any object in full), hashed with SHA-256 (:meth:`Fingerprint.update`).
 
     Parameters
     ----------
@@ -259,13 +260,19 @@ def fit_fingerprint(model: torch.nn.Module, layer_name: str, loader: Iterable[An
     *settings
         ``C``, ``fit_intercept``, ``tol``, ``max_iter``, ``seed``, ``backend``.
     autocast : torch.dtype, optional
-        The mixed-precision dtype of the forward passes (mixed in only when set, so keys of
-        full-precision fits are those of earlier versions).
+        The mixed-precision dtype of the forward passes, mixed in only when set: without it the
+        extraction switches off any ``torch.autocast`` the caller has active, so the model's own
+        precision is the only one a key without it can stand for.
 
     Returns
     -------
     str
         64 hexadecimal digits.
+
+    Raises
+    ------
+    TypeError
+        A batch holds an object whose state cannot be read (see :meth:`Fingerprint.update`).
     """
     fp = Fingerprint().update("captum_dualxda.DualDA", STATE_VERSION)
     fp.update(layer_name, *settings)

@@ -21,10 +21,10 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from ._validation import check_flag, check_positive
 from .dualda import DualDA
 from .fit import hinge_loss
 from .solver import fit_crammer_singer
-from .solver.problem import check_positive_number
 from .store import FeatureStore, scratch_path
 
 __all__ = ["LabelIssues", "rank_label_issues", "LABEL_ISSUES_C"]
@@ -132,7 +132,8 @@ def rank_label_issues(dualda: DualDA, *, C: Optional[float] = None, show_progres
             "`dualda` is a checkpoint ensemble; rank label issues with a DualDA fitted on one model "
             "(the final checkpoint, loaded into the model)."
         )
-    C = LABEL_ISSUES_C if C is None else check_positive_number(C, "C")
+    C = LABEL_ISSUES_C if C is None else check_positive(C, "C")
+    show_progress = check_flag(show_progress, "show_progress")
     if C == dualda.C:
         losses = dualda.train_hinge_loss.detach().float().cpu()
     else:

@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ._validation import check_flag, check_integer
 from .data import as_dataloader, split_batch
 from .deprecation import renamed_arguments
 from .features import batch_features_and_output, call_model, inputs_to, model_device, output_logits
@@ -75,21 +76,67 @@ def _numpy(values: Any, name: str, ndim: Optional[int] = None) -> np.ndarray:
     return array
 
 
-def _flags(flipped: ArrayLike, n: int) -> np.ndarray:
-    """Boolean ``(n,)`` mask from a boolean mask or from an array of indices."""
-    array = _numpy(flipped, "flipped", 1)
+def _mask_or_indices(array: np.ndarray, n: int, name: str, where: str = "") -> np.ndarray:
+    """Boolean ``(n,)`` mask from a 1-D boolean mask, a 0/1 vector or an array of distinct indices.
+
+    The rule, the same for every argument of this module that takes a set of training samples:
+
+    - a boolean vector (NumPy ``bool``, ``torch.bool``) is a mask and must have ``n`` entries;
+    - a vector with ``n`` entries, all 0 or 1, is a mask too (scikit-learn's ``y_true``
+      convention: ``flags.astype(int)``, ``(noisy != clean).long()``), whatever its numeric
+      dtype; such a vector could also be read as a list of indices only when its entries are
+      distinct, i.e. for ``n <= 2`` (``[0, 1]``, ``[1, 0]``, ``[0]``), which is refused as
+      ambiguous;
+    - any other integer vector lists indices in ``0..n-1``, each at most once (a repeated index
+      is refused: it is what a 0/1 vector of the wrong length looks like);
+    - an empty vector selects nothing.
+    """
     if array.dtype == bool:
         if array.shape[0] != n:
-            raise ValueError(f"`flipped` mask has {array.shape[0]} entries, the scores {n}.")
+            raise ValueError(f"`{name}` is a mask with {array.shape[0]} entries, but there are {n} samples{where}.")
         return array
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        raise ValueError("`flipped` must be a boolean mask or an array of integer indices.")
     mask = np.zeros(n, dtype=bool)
-    if array.size:
-        if array.min() < 0 or array.max() >= n:
-            raise ValueError(f"`flipped` indices must lie in 0..{n - 1}.")
-        mask[array.astype(np.int64)] = True
+    if array.size == 0:
+        return mask
+    integer = np.issubdtype(array.dtype, np.integer)
+    if not integer and not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"`{name}` must be a boolean mask or an array of integer indices, got dtype {array.dtype}.")
+    if array.shape[0] == n and bool(np.isin(array, (0, 1)).all()):
+        if integer and np.unique(array).size == array.size:
+            raise ValueError(
+                f"`{name}` = {array.tolist()} is ambiguous: with {n} sample(s) it reads both as a 0/1 mask and as "
+                f"the indices {sorted(set(array.tolist()))}. Pass a boolean mask (`flags.astype(bool)`, "
+                "`flags.bool()`) or the indices (`np.flatnonzero(flags)`)."
+            )
+        return array.astype(bool)
+    if not integer:
+        raise ValueError(
+            f"`{name}` must be a boolean mask, a 0/1 vector with one entry per sample ({n}{where}) or an array of "
+            f"integer indices, got dtype {array.dtype} with {array.shape[0]} entries."
+        )
+    if array.min() < 0 or array.max() >= n:
+        raise ValueError(
+            f"`{name}` has indices outside 0..{n - 1}{where}: found {int(array.min())}..{int(array.max())}."
+        )
+    indices = array.astype(np.int64)
+    if np.unique(indices).size != indices.size:
+        values, counts = np.unique(indices, return_counts=True)
+        zero_one = bool(np.isin(array, (0, 1)).all())
+        hint = (
+            f" It holds only 0 and 1: as a 0/1 mask it would need one entry per sample ({n}{where}), not "
+            f"{array.shape[0]}." if zero_one else ""
+        )
+        raise ValueError(
+            f"`{name}` repeats a training index ({int(values[counts > 1][0])}); indices list each sample once.{hint} "
+            "Pass a boolean mask with one entry per sample, or distinct indices."
+        )
+    mask[indices] = True
     return mask
+
+
+def _flags(flipped: ArrayLike, n: int, name: str = "flipped") -> np.ndarray:
+    """Boolean ``(n,)`` mask of ``flipped``: a mask, a 0/1 vector or indices (:func:`_mask_or_indices`)."""
+    return _mask_or_indices(_numpy(flipped, name, 1), n, name, " (one per score)")
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:
@@ -120,7 +167,10 @@ def mislabel_auc(scores: ArrayLike, flipped: ArrayLike) -> float:
         ``(n_train,)`` real scores, higher = more suspicious (e.g. self-influence). NaN is
         not allowed.
     flipped : array-like
-        ``(n_train,)`` boolean mask of mislabelled samples, or an integer array of their indices.
+        The mislabelled samples: a ``(n_train,)`` boolean mask; a ``(n_train,)`` vector of 0s and
+        1s (scikit-learn's ``y_true``, e.g. ``flags.astype(int)`` or ``(noisy != clean).long()``),
+        read as a mask whatever its dtype; or an integer array of their distinct indices. A 0/1
+        vector that could be either (``n_train <= 2``, distinct entries) is refused as ambiguous.
 
     Returns
     -------
@@ -130,7 +180,9 @@ def mislabel_auc(scores: ArrayLike, flipped: ArrayLike) -> float:
     Raises
     ------
     ValueError
-        If there are no flipped or no clean samples (the AUC is undefined), or on NaN scores.
+        If there are no flipped or no clean samples (the AUC is undefined), on NaN scores, or
+        when ``flipped`` is not a mask of ``n_train`` entries or distinct indices in range (the
+        message says how to pass a mask or indices).
     """
     values = _numpy(scores, "scores", 1).astype(np.float64)
     if np.isnan(values).any():
@@ -159,7 +211,8 @@ def mislabel_detection_curve(scores: ArrayLike, flipped: ArrayLike) -> Tuple[np.
     scores : array-like
         ``(n_train,)`` scores, higher = more suspicious.
     flipped : array-like
-        ``(n_train,)`` boolean mask or integer indices of the mislabelled samples.
+        The mislabelled samples, as for :func:`mislabel_auc`: a ``(n_train,)`` boolean or 0/1
+        mask, or their distinct integer indices.
 
     Returns
     -------
@@ -171,7 +224,8 @@ def mislabel_detection_curve(scores: ArrayLike, flipped: ArrayLike) -> Tuple[np.
     Raises
     ------
     ValueError
-        If no sample is flipped (the fraction found is undefined), or on mismatched shapes.
+        If no sample is flipped (the fraction found is undefined), on mismatched shapes, repeated
+        or out-of-range indices, or an ambiguous ``flipped``.
     """
     values = _numpy(scores, "scores", 1).astype(np.float64)
     mask = _flags(flipped, values.shape[0])
@@ -246,6 +300,7 @@ def training_loss(model: nn.Module, train_dataset: Union[Dataset, DataLoader], b
     torch.Tensor
         ``(n_train,)`` float32 on the CPU, higher = more suspicious.
     """
+    show_progress = check_flag(show_progress, "show_progress")
     losses = [
         nn.functional.cross_entropy(logits.float(), labels, reduction="none").cpu()
         for logits, labels in _forward_batches(model, train_dataset, batch_size, show_progress)
@@ -324,9 +379,7 @@ def class_detection(
         The mean over test samples, or ``(n_test,)`` float64 with ``reduction="none"``.
     """
     matrix = _numpy(scores, "scores", 2).astype(np.float64)
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"`k` must be an integer >= 1, got {k!r}.")
-    k = min(k, matrix.shape[1])
+    k = min(check_integer(k, "k", low=1), matrix.shape[1])
     top = np.argsort(-matrix, axis=1, kind="stable")[:, :k]
     return class_detection_from_indices(top, train_labels, targets, reduction)
 
@@ -438,7 +491,10 @@ class LDSResult(NamedTuple):
 
 
 def _subset_masks(subsets: Any, n_train: int) -> np.ndarray:
-    """``(M, n_train)`` bool masks from masks, a 2-D index array or a sequence of index arrays."""
+    """``(M, n_train)`` bool masks from masks, a 2-D index array or a sequence of index arrays.
+
+    Each row follows :func:`_mask_or_indices`'s rule.
+    """
     if isinstance(subsets, (torch.Tensor, np.ndarray)):
         rows = list(_numpy(subsets, "subsets", 2))
     elif isinstance(subsets, (list, tuple)):
@@ -447,26 +503,13 @@ def _subset_masks(subsets: Any, n_train: int) -> np.ndarray:
         raise TypeError(f"`subsets` must be an array, a tensor or a list of index arrays, got {type(subsets).__name__}.")
     masks = np.zeros((len(rows), n_train), dtype=bool)
     for m, row in enumerate(rows):
-        if row.dtype == bool:
-            if row.shape[0] != n_train:
-                raise ValueError(
-                    f"`subsets` row {m} is a mask over {row.shape[0]} training samples, but `scores` has "
-                    f"{n_train} columns; `scores` must be (n_test, n_train) (dattri's attributors return "
-                    f"(n_train, n_test): pass the transpose)."
-                )
-            masks[m] = row
-            continue
-        if row.size and not np.issubdtype(row.dtype, np.integer):
-            raise ValueError(f"`subsets` must hold boolean masks or integer indices, got dtype {row.dtype} in row {m}.")
-        if row.size and (row.min() < 0 or row.max() >= n_train):
+        if row.dtype == bool and row.shape[0] != n_train:  # the likely cause: a transposed score matrix
             raise ValueError(
-                f"`subsets` row {m} has indices outside 0..{n_train - 1} (the columns of `scores`, which "
-                f"must be (n_test, n_train))."
+                f"`subsets` row {m} is a mask over {row.shape[0]} training samples, but `scores` has "
+                f"{n_train} columns; `scores` must be (n_test, n_train) (dattri's attributors return "
+                f"(n_train, n_test): pass the transpose)."
             )
-        indices = row.astype(np.int64)
-        if np.unique(indices).size != indices.size:
-            raise ValueError(f"`subsets` row {m} repeats a training index; a subset lists each sample once.")
-        masks[m, indices] = True
+        masks[m] = _mask_or_indices(row, n_train, f"subsets[{m}]", " (the columns of `scores`)")
     return masks
 
 
@@ -494,10 +537,11 @@ def lds(scores: ArrayLike, subsets: Any, margins: ArrayLike) -> LDSResult:
         training sample ``i``'s score for test sample ``t`` (Captum's layout; dattri's
         attributors return the transpose). Must be finite.
     subsets : array-like or sequence of array-like
-        The ``M`` training subsets: a ``(M, n_train)`` boolean mask, a ``(M, s)`` integer array of
-        training indices (equal-size subsets, dattri's layout), or a list of ``M`` 1-D index
-        arrays or masks (subsets of different sizes). Indices must lie in ``0..n_train - 1``
-        and not repeat within a subset. ``M >= 2``.
+        The ``M`` training subsets: a ``(M, n_train)`` boolean or 0/1 mask, a ``(M, s)`` integer
+        array of training indices (equal-size subsets, dattri's layout), or a list of ``M`` 1-D
+        index arrays or masks (subsets of different sizes). Indices must lie in
+        ``0..n_train - 1`` and not repeat within a subset. ``M >= 2``. A row is read with the rule
+        of :func:`mislabel_auc`'s ``flipped``.
     margins : array-like
         ``(M, n_test)`` output of the model retrained on subset ``m`` for test sample ``t``.
         Must be finite.
@@ -646,10 +690,11 @@ def surrogate_fidelity(dualda: Any, inputs: Any, batch_size: int = 256) -> Fidel
     -------
     Fidelity
     """
+    batch_size = check_integer(batch_size, "batch_size", low=1)
     net, sur = [], []
     for batch in _model_input_batches(inputs, batch_size):
         phi, output = batch_features_and_output(dualda.model, dualda.final_fc_layer, batch)
-        net.append(output_logits(output).detach().double().cpu())
+        net.append(output_logits(output, dualda.final_fc_layer.out_features).detach().double().cpu())
         sur.append(surrogate_logits(phi, dualda.weight, dualda.intercept))
     return logit_fidelity(torch.cat(net), torch.cat(sur))
 

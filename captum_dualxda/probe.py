@@ -10,7 +10,8 @@ Everything in this package that runs the user's model goes through :class:`Model
   with a frozen (eval) BatchNorm comes back with that BatchNorm still in eval mode;
 - puts the whole model in eval mode (no dropout, BatchNorm on running statistics);
 - optionally captures the INPUT of one layer (``phi``, flattened to ``(N, d)``) with a forward
-  pre-hook that only listens to the probing thread, and removes the hook on exit.
+  pre-hook that only listens to the probing thread, and removes the hook on exit; a layer that
+  runs more than once in one forward pass is refused (:meth:`ModelProbe.features`).
 
 Examples
 --------
@@ -230,18 +231,36 @@ class ModelProbe:
             return None
 
     def features(self) -> torch.Tensor:
-        """The first input of ``layer`` captured since the last call, ``(N, d)``; clears the list.
+        """The input of ``layer`` in the one forward pass since the last call, ``(N, d)``; clears the list.
 
         Raises
         ------
         RuntimeError
             The forward pass never reached ``layer``.
+        ValueError
+            ``layer`` ran more than once in the pass (two views averaged, test-time augmentation,
+            a head shared by several inputs): which call's input is ``phi`` is undefined.
         """
         if not self.captured:
             raise RuntimeError(
                 f"The forward pass never reached `{self.argument}` ({self.layer}): it is not used by "
                 "`model.forward`, so its input (the features) cannot be captured."
             )
-        phi = self.captured[0]
+        phi, calls = self.captured[0], len(self.captured)
         self.captured = []
+        if calls > 1:
+            raise ValueError(
+                f"`{self.argument}` ({self._layer_name()}: {self.layer}) ran {calls} times in one forward pass of "
+                "the model (e.g. two views averaged, test-time augmentation, or a head shared by several inputs): "
+                "its input is no single feature vector per sample, and the logits are not one linear function of "
+                "one of them. Pass a model whose forward calls this layer once (e.g. a wrapper that combines the "
+                "views' features before the final layer, or that explains one view)."
+            )
         return phi
+
+    def _layer_name(self) -> str:
+        """``layer``'s dotted name in the model, quoted (or its class name when not found)."""
+        for name, module in self.model.named_modules():
+            if module is self.layer:
+                return f"`{name}`" if name else "the model itself"
+        return type(self.layer).__name__

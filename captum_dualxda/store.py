@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from .data import shard_loader, split_batch
@@ -98,6 +98,7 @@ class FeatureStore:
         out_path: Optional[str] = None,
         *,
         autocast: Optional[torch.dtype] = None,
+        observe: Optional[Callable[[Any], Any]] = None,
     ) -> Tuple["FeatureStore", torch.Tensor]:
         """Extract the features of ``loader`` (see :func:`extract_features`).
 
@@ -113,7 +114,7 @@ class FeatureStore:
         path = _local_path(out_path, rank)
         try:
             features, labels = extract_features(model, layer, loader, device, show_progress, distributed=distributed,
-                                                out_path=out_path, autocast=autocast)
+                                                out_path=out_path, autocast=autocast, observe=observe)
         except BaseException:
             cls._remove(path)
             raise
@@ -197,11 +198,12 @@ def extract_features(
     out_path: Optional[str] = None,
     *,
     autocast: Optional[torch.dtype] = None,
+    observe: Optional[Callable[[Any], Any]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Features and labels of every batch of ``loader``, in loader order.
 
     One pass through the model under one :class:`~captum_dualxda.features.FeatureExtractor`:
-    ``torch.inference_mode()``, eval mode, batches moved to the model's device with
+    ``torch.no_grad()``, eval mode, batches moved to the model's device with
     ``non_blocking=True`` (asynchronous from a loader with ``pin_memory=True``). Each batch's
     features are written straight into storage allocated once when the number of rows is known
     (no list of blocks, no concatenation). Features computed on a CUDA device for storage on the
@@ -235,6 +237,9 @@ def extract_features(
     autocast : torch.dtype, optional
         ``torch.bfloat16`` or ``torch.float16``: run the forward passes under
         ``torch.autocast`` (mixed precision); the features are stored in float32 all the same.
+    observe : callable, optional
+        Called with every batch as the loader yields it, before the model sees it (e.g.
+        :meth:`~captum_dualxda.cache.Fingerprint.update`: a fingerprint taken in the same pass).
 
     Returns
     -------
@@ -250,7 +255,10 @@ def extract_features(
     Raises
     ------
     ValueError
-        ``distributed`` with an IterableDataset or a dataset without a length.
+        ``distributed`` with an IterableDataset or a dataset without a length; a loader that
+        yields another number of samples than its dataset's length (index ``j`` of the result
+        must be ``dataset[j]``); an IterableDataset that yields nothing (a one-pass stream read
+        before).
     """
     device = torch.device("cpu") if device is None else torch.device(device)
     rank, world = rank_and_world_size() if distributed else (0, 1)
@@ -276,12 +284,28 @@ def extract_features(
         total = len(loader)
     except TypeError:
         total = None
+    rows = 0
     with FeatureExtractor(model, layer, autocast=autocast) as extract:
         for batch in tqdm(loader, total=total, desc=desc, disable=not show_progress, leave=False):
+            if observe is not None:
+                observe(batch)
             inputs, targets = split_batch(batch, "train_dataset")
+            rows += targets.shape[0]
+            if n_local is not None and rows > n_local:
+                raise _row_count_error(rows, n_local)
             sink.write(extract(inputs)[0])
             labels.append(targets.cpu())
     sink.flush()
+    if n_local is not None and rows != n_local:
+        raise _row_count_error(rows, n_local)
+    if n_local is None and rows == 0 and isinstance(loader.dataset, IterableDataset):
+        raise ValueError(
+            "`train_dataset` (an IterableDataset) yielded no samples. A stream that can be read only once (a "
+            "generator, a network stream) is read once per fit, so what reads the training data again finds it used "
+            "up: the next checkpoint of an ensemble, `rank_label_issues` at another C, a second DualDA on the same "
+            "stream. Pass a dataset that can be read again (a map-style Dataset, or an IterableDataset whose "
+            "`__iter__` starts over)."
+        )
     label_tensor = (torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)).to(device)
     if world == 1:
         return sink.result(), label_tensor
@@ -292,6 +316,15 @@ def extract_features(
     held = sink.held(wire)
     assemble_strided(None if rank == 0 else held.to(wire), n_total, out=sink.target if rank == 0 else None)  # type: ignore[arg-type]
     return sink.result(assembled=True), label_tensor
+
+
+def _row_count_error(rows: int, n: int) -> ValueError:
+    """The error for a loader that yields another number of samples than ``len(dataset)``."""
+    return ValueError(
+        f"`train_dataset` yields {'at least ' if rows > n else ''}{rows} samples but its dataset has {n} items "
+        "(`len(dataset)`): index j of every result addresses `dataset[j]`, so each item must give one sample, "
+        "read once. Check the dataset's `__len__` and the DataLoader's `collate_fn`."
+    )
 
 
 class _HostCopies:

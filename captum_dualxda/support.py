@@ -18,6 +18,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from .distributed import stable_topk, topk_of_candidates
 from .solver.problem import row_chunk
 from .solver.sparse_dual import DualVariables, RowSparseDual, dual_rows
 
@@ -191,28 +192,62 @@ class SupportSet:
         dense[:, self.indices] = scores
         return dense
 
-    def candidates(self, zeros: int) -> torch.Tensor:
-        """The support vectors' indices followed by the first ``zeros`` non-support indices.
+    def candidates(self, zeros: int, support: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Increasing training indices: this set's support vectors and the ``zeros`` lowest samples
+        that are no support vector at all.
 
-        Non-support samples score exactly 0, so with ``zeros >= k`` these candidates contain a
-        top-``k`` of every score row (:meth:`top_k`).
+        Samples off the support score exactly 0, and the top-k order breaks ties towards the lower
+        index, so with ``zeros >= k`` no other sample can enter a top-``k`` (:meth:`top_k`).
+
+        Parameters
+        ----------
+        zeros : int
+            How many zero-score samples to add.
+        support : torch.Tensor, optional
+            ``(n_sv,)`` int64 indices of ALL support vectors when this set is one rank's shard
+            (:meth:`shard`): the added samples must score 0 on every rank. Default: this set's.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(len(self) + min(zeros, free),)`` int64 on this device, increasing.
         """
-        mask = torch.ones(self.n_train, dtype=torch.bool)
-        mask[self.indices.cpu()] = False
-        return torch.cat([self.indices, mask.nonzero().flatten()[:zeros].to(self.device)])
+        off_support = torch.ones(self.n_train, dtype=torch.bool)
+        off_support[(self.indices if support is None else support).cpu()] = False
+        off_support[self.indices.cpu()] = False
+        zero = off_support.nonzero().flatten()[:zeros].to(self.device)
+        return torch.sort(torch.cat([self.indices, zero])).values
 
     def top_k(self, phi: torch.Tensor, targets: torch.Tensor, k: int, largest: bool, candidates: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The ``k`` largest (or smallest) scores among ``candidates`` (see :meth:`candidates`).
+
+        Top-k order: by score, ties to the lower training index (:func:`~.distributed.stable_topk`).
+
+        Parameters
+        ----------
+        phi : torch.Tensor
+            ``(N, d)`` test features, dtype of ``features``, on this device.
+        targets : torch.Tensor
+            ``(N,)`` int64 classes to explain, on this device.
+        k : int
+        largest : bool
+        candidates : torch.Tensor
+            Increasing int64 indices holding this set's (:meth:`candidates`); the others score 0.
 
         Returns
         -------
         values, indices : torch.Tensor
             ``(N, min(k, len(candidates)))`` sorted scores and their int64 training indices.
         """
-        scores = self.scores(phi, targets)
-        padded = torch.cat([scores, scores.new_zeros(scores.shape[0], candidates.numel() - len(self))], dim=1)
-        top = torch.topk(padded, min(k, candidates.numel()), dim=1, largest=largest, sorted=True)
-        return top.values, candidates[top.indices]
+        values, columns = stable_topk(self.scores(phi, targets), k, largest)  # columns: increasing indices
+        indices = self.indices[columns]
+        zero = candidates[~torch.isin(candidates, self.indices)]
+        if zero.numel():  # scores 0 of samples off the support: merged in the same order
+            n = values.shape[0]
+            values = torch.cat([values, values.new_zeros(n, zero.numel())], 1)
+            indices = torch.cat([indices, zero.expand(n, -1)], 1)
+            values, indices = topk_of_candidates(values, indices, k, largest)
+        return values, indices
 
 
 def warn_absent(absent_classes: torch.Tensor, targets: torch.Tensor, stacklevel: int = 4) -> None:

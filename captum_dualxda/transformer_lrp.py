@@ -44,6 +44,8 @@ from torch import nn
 from zennit.canonizers import Canonizer
 from zennit.core import Composite
 
+from ._validation import check_positive
+
 __all__ = ["TransformerComposite", "transformer_composite", "half_product", "half_matmul", "spread_bias"]
 
 ATTENTION_NAME = "captum_dualxda_lrp"
@@ -545,10 +547,8 @@ def transformer_composite(model: nn.Module, attention: str = "cp", zero_params: 
         raise ValueError(f"`attention` must be one of {ATTENTION_RULES}, got {attention!r}.")
     if not (zero_params is None or (isinstance(zero_params, str) and zero_params == "bias")):
         raise ValueError(f"`zero_params` must be 'bias' or None, got {zero_params!r}.")
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not (0 < epsilon < math.inf):
-        raise ValueError(f"`epsilon` must be a positive finite number, got {epsilon!r}.")
+    epsilon = check_positive(epsilon, "epsilon")
     zero_bias = zero_params == "bias"
-    epsilon = float(epsilon)
     canonizers: List[Canonizer] = [
         ForwardCanonizer(_is_norm, functools.partial(_layer_norm, zero_bias=zero_bias, epsilon=epsilon)),
         ForwardCanonizer(_is_rms_norm, _rms_norm),

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.gridspec import GridSpec
 from zennit.image import palette as zennit_palette
 
+from ._validation import check_flag, check_integer, check_positive
 from .deprecation import renamed_arguments
 from .features import model_device
 from .probe import ModelProbe
@@ -160,9 +161,7 @@ def heatmap_rgb(
         scale = np.abs(maps).max(axis=(1, 2), keepdims=True)
         scale[scale == 0] = 1.0
     else:
-        if not np.isfinite(vmax) or vmax <= 0:
-            raise ValueError(f"`vmax` must be a finite number > 0, got {vmax!r}.")
-        scale = np.full((maps.shape[0], 1, 1), float(vmax))
+        scale = np.full((maps.shape[0], 1, 1), check_positive(vmax, "vmax"))
     unit = (maps + scale) / (2 * scale)                       # [-vmax, vmax] -> [0, 1]
     index = (unit * 255).clip(0, 255).astype(np.uint8)        # same quantisation as imgify
     rgb = _palette(cmap, level)[index]
@@ -406,6 +405,7 @@ def plot_explanation(
     """
     if heatmap_scale not in ("pair", "panel", "figure"):
         raise ValueError(f"`heatmap_scale` must be 'pair', 'panel' or 'figure', got {heatmap_scale!r}.")
+    panel_size = check_positive(panel_size, "panel_size")
     test = torch.as_tensor(_to_numpy(test_image, "test_image"))
     if test.ndim == 4:
         if test.shape[0] != 1:
@@ -566,8 +566,9 @@ def explain_figure(
     """
     from .xda import xda_pairs  # local import: visualization works without XDA
 
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"`k` must be an integer >= 1, got {k!r}.")
+    k = check_integer(k, "k", low=1)
+    skip_zero = check_flag(skip_zero, "skip_zero")
+    show_progress = check_flag(show_progress, "show_progress")
     x = _to_tensor(test_input)
     sample_ndim = _to_tensor(dualda.train_inputs([0])[0]).ndim
     if x.ndim == sample_ndim - 1:

@@ -31,9 +31,11 @@ from tqdm import tqdm
 from zennit.attribution import Attributor
 from zennit.core import Composite
 
+from ._validation import check_flag, check_integer
 from .features import call_model, hf_last_token, model_device, output_logits, pooled_positions, resolve_linear_layer
 from .checkpoints import weights_restored
 from .deprecation import positional_deprecated, renamed_arguments
+from .guard import WeightsRecord, pop_entry_view, push_entry_view
 from .probe import ModelProbe
 
 __all__ = ["XDA", "XDAPairs", "xda_pairs", "UnsupportedModelError", "unsupported_layers", "missing_canonizer"]
@@ -307,6 +309,9 @@ class XDA(Attributor):
         # eval mode and records what the canonizers replace.
         probe = ModelProbe(self.model, objects=True).__enter__()
         self._probes.append(probe)
+        # A fit's check of the model (DualDA) inside the block sees the weights as they are now,
+        # not the canonizers' temporary ones.
+        push_entry_view(self.model)
         try:
             super().__enter__()
         except BaseException:
@@ -315,6 +320,7 @@ class XDA(Attributor):
                 if self.composite is not None:
                     self.composite.remove()
             finally:
+                pop_entry_view(self.model)
                 probe.__exit__(None, None, None)
             raise
         return self
@@ -331,6 +337,7 @@ class XDA(Attributor):
             super().__exit__(exc_type, exc_value, traceback)
         finally:
             if self._probes:
+                pop_entry_view(self.model)
                 self._probes.pop().__exit__(exc_type, exc_value, traceback)
         return False
 
@@ -410,7 +417,8 @@ class XDA(Attributor):
         One more forward pass to the logits (:func:`~captum_dualxda.features.pooled_positions`).
         """
         with ModelProbe(self.model), torch.no_grad():
-            logits = output_logits(call_model(self.model, input if isinstance(input, Mapping) else (input,)))
+            output = call_model(self.model, input if isinstance(input, Mapping) else (input,))
+            logits = output_logits(output, self.final_fc_layer.out_features)
         return pooled_positions(self.final_fc_layer, layer_input.detach(), logits, hf_last_token(input, self.model))
 
     def forward(
@@ -617,7 +625,7 @@ def _checkpoint_pairs(dualda: Any, xda: "XDA", test_inputs: Any, targets: Any, t
         )
     if targets is None:
         x = _single_input(test_inputs, "test_inputs")
-        targets = _predict(xda.model, _to(x, model_device(xda.model))).cpu()
+        targets = _predict(xda.model, _to(x, model_device(xda.model)), xda.final_fc_layer.out_features).cpu()
     parts: List[XDAPairs] = []
     with weights_restored(dualda.model):
         for path, member in zip(dualda.checkpoints, dualda._members):
@@ -635,10 +643,10 @@ def _checkpoint_pairs(dualda: Any, xda: "XDA", test_inputs: Any, targets: Any, t
     )
 
 
-def _predict(model: nn.Module, x: Union[torch.Tensor, Dict[str, Any]]) -> torch.Tensor:
+def _predict(model: nn.Module, x: Union[torch.Tensor, Dict[str, Any]], n_classes: Optional[int] = None) -> torch.Tensor:
     """``(N,)`` the model's predicted classes (eval mode, no grad, the model left as found)."""
     with ModelProbe(model), torch.no_grad():
-        return output_logits(call_model(model, x if isinstance(x, Mapping) else (x,))).argmax(dim=1)
+        return output_logits(call_model(model, x if isinstance(x, Mapping) else (x,)), n_classes).argmax(dim=1)
 
 
 def _batch_size(x: Union[torch.Tensor, Dict[str, Any]]) -> int:
@@ -723,6 +731,9 @@ def xda_pairs(
 
     Raises
     ------
+    captum_dualxda.guard.ModelChangedError
+        The model's parameters or buffers changed since ``dualda`` was fitted (as for
+        ``dualda.influence``): refit, or load the fitted weights back.
     ValueError
         ``xda`` explains another model or layer than ``dualda``; ``train_indices`` has the wrong
         shape or is out of range; ``targets`` has the wrong shape or is out of range; the
@@ -732,6 +743,8 @@ def xda_pairs(
     """
     if not isinstance(xda, XDA):
         raise TypeError(f"`xda` must be an XDA attributor, got {type(xda).__name__}.")
+    feature_batch_size = check_integer(feature_batch_size, "feature_batch_size", low=1)
+    show_progress = check_flag(show_progress, "show_progress")
     if getattr(dualda, "checkpoints", None):
         return _checkpoint_pairs(dualda, xda, test_inputs, targets, train_indices, feature_batch_size, show_progress)
     if xda.model is not dualda.model:
@@ -740,6 +753,9 @@ def xda_pairs(
         raise ValueError(
             "`xda` uses a different feature layer than `dualda` (xda.final_fc_layer is not dualda.final_fc_layer)."
         )
+    check_model = getattr(dualda, "_check_model", None)
+    if check_model is not None:  # the coefficients belong to the weights of the fit
+        check_model("xda_pairs")
     x = _single_input(test_inputs, "test_inputs")
     text = isinstance(x, Mapping)
     if not text and x.ndim < 2:
@@ -753,7 +769,7 @@ def xda_pairs(
     k = idx.shape[1]
 
     if targets is None:
-        targets_t = _predict(xda.model, x).cpu()
+        targets_t = _predict(xda.model, x, xda.final_fc_layer.out_features).cpu()
     else:
         targets_t = torch.as_tensor(targets)
         if torch.is_floating_point(targets_t):
@@ -816,6 +832,8 @@ def xda_pairs(
             run_all()
     else:
         run_all()
+    if isinstance(getattr(dualda, "__dict__", {}).get("_weights"), WeightsRecord):
+        dualda._weights.absorb(dualda.model)
 
     return XDAPairs(
         scores=scores.cpu(),

@@ -118,6 +118,9 @@ def test_run_demo_runs_on_one_thread_and_restores_the_setting(tmp_path, monkeypa
     (dict(flip_rate=1.0), "flip_rate"), (dict(flip_rate=-0.1), "flip_rate"),
     (dict(C=0.0), "`C`"), (dict(C=float("nan")), "`C`"), (dict(k=0), "`k`"),
     (dict(n_explain=-1), "n_explain"), (dict(epochs=0), "epochs"),
+    (dict(seed=-1), "`seed`"), (dict(seed=2**63), "`seed`"), (dict(seed=True), "`seed`"), (dict(seed=1.0), "`seed`"),
+    (dict(k=np.float64(2)), "`k`"), (dict(C=True), "`C`"), (dict(dpi=0), "`dpi`"), (dict(num_threads=0), "`num_threads`"),
+    (dict(show_progress="no"), "`show_progress`"),
 ])
 def test_run_demo_rejects_bad_settings_before_training(kwargs, word, tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "train_cnn", lambda *a, **k: pytest.fail("trained despite bad settings"))
@@ -202,11 +205,64 @@ def test_cli_unwritable_out_is_a_clear_error(make_out, tmp_path, capsys, monkeyp
     (["--flip-rate", "1"], "--flip-rate"), (["--flip-rate", "-0.5"], "--flip-rate"),
     (["--C", "0"], "--C"), (["--C", "-1"], "--C"), (["--C", "nan"], "--C"),
     (["--k", "0"], "--k"), (["--k", "two"], "--k"), (["--epochs", "0"], "--epochs"),
+    (["--seed", "-1"], "--seed"), (["--seed", str(2**63)], "--seed"), (["--seed", str(2**64)], "--seed"),
 ])
 def test_cli_rejects_bad_arguments(args, word, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(demo, "train_cnn", lambda *a, **k: pytest.fail("trained despite bad arguments"))
     assert main(["demo", "--out", str(tmp_path), *args]) == 2
     assert word in capsys.readouterr().err
+
+
+def test_run_demo_accepts_numpy_settings_and_a_large_seed(tmp_path):
+    result = demo.run_demo(str(tmp_path), **{**SMALL, "n_train": np.int64(60), "epochs": np.int64(1),
+                                             "n_explain": np.int64(0), "k": np.int64(2), "seed": 2**63 - 1,
+                                             "C": np.float32(0.5), "flip_rate": np.float32(0.25)})
+    assert result.n_train == 60 and result.seed == 2**63 - 1 and result.C == 0.5
+
+
+@pytest.mark.parametrize("kind", ["same_name", "other_name", "subfolder", "link"])
+def test_out_holding_other_files_is_refused_before_training(kind, tmp_path, capsys, monkeypatch):
+    """The user's files in --out are never overwritten, deleted or mixed with the demo's."""
+    monkeypatch.setattr(demo, "train_cnn", lambda *a, **k: pytest.fail("trained despite a used --out"))
+    out = tmp_path / "out"
+    out.mkdir()
+    name = {"same_name": "self_influence.csv", "other_name": "notes.txt", "subfolder": "figures",
+            "link": "mislabel_suspects.png"}[kind]
+    if kind == "subfolder":
+        (out / name).mkdir()
+    elif kind == "link":
+        (tmp_path / "elsewhere.png").write_bytes(b"mine")
+        (out / name).symlink_to(tmp_path / "elsewhere.png")
+    else:
+        (out / name).write_text("my own data\n")
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["demo", "--out", str(out), *SMALL_ARGS]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and name in err and "did not write" in err
+    with pytest.raises(ValueError, match="`out_dir`.*did not write"):
+        demo.run_demo(str(out), **SMALL)
+    assert sorted(p.name for p in out.iterdir()) == before
+    if kind in ("same_name", "other_name"):
+        assert (out / name).read_text() == "my own data\n"
+
+
+def test_a_second_run_replaces_the_first_runs_outputs(tmp_path, monkeypatch):
+    settings = {**SMALL, "n_train": 60, "epochs": 1}
+    first = demo.run_demo(str(tmp_path), **{**settings, "n_explain": 2})
+    assert {"explanation_0", "explanation_1"} <= set(first.files)
+    second = demo.run_demo(str(tmp_path), **{**settings, "n_explain": 0, "flip_rate": 0.0})
+    written = {os.path.basename(path) for path in second.files.values()}
+    assert "mislabel_detection.png" not in written  # nothing flipped: no curve this time
+    # Only the second run's files (and the record of them) are left: no stale figures.
+    assert {p.name for p in tmp_path.iterdir()} == written | {demo.OUTPUT_MANIFEST}
+    assert demo.check_out_dir(str(tmp_path)) != []  # they may be replaced by a third run
+    # An output the user changed afterwards is theirs now: refused, never overwritten.
+    csv_path = tmp_path / "self_influence.csv"
+    csv_path.write_text(csv_path.read_text() + "my note\n")
+    monkeypatch.setattr(demo, "train_cnn", lambda *a, **k: pytest.fail("trained despite a changed output"))
+    with pytest.raises(ValueError, match="changed since the demo wrote them \\(self_influence.csv\\)"):
+        demo.run_demo(str(tmp_path), **settings)
+    assert csv_path.read_text().endswith("my note\n")
 
 
 def test_cli_help_and_missing_command(capsys):

@@ -79,8 +79,106 @@ def test_mislabel_detection_curve_errors():
     with pytest.raises(ValueError, match="entries"):
         mislabel_detection_curve([0.9, 0.1, 0.4], [True, False])
     # every sample flipped is fine for the curve (unlike the AUC): the diagonal
-    inspected, found = mislabel_detection_curve([0.9, 0.1], np.array([0, 1]))
+    inspected, found = mislabel_detection_curve([0.9, 0.1, 0.4], np.array([0, 1, 2]))
     np.testing.assert_allclose(found, inspected)
+    inspected, found = mislabel_detection_curve([0.9, 0.1], np.array([True, True]))
+    np.testing.assert_allclose(found, inspected)
+
+
+def _planted_flags(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    flags = rng.random(n) < 0.1
+    return rng.normal(size=n) + 3 * flags, flags
+
+
+@pytest.mark.parametrize("spell", [
+    lambda f: f.astype(int), lambda f: f.astype(np.int8), lambda f: f.astype(np.uint8), lambda f: f.astype(float),
+    lambda f: torch.from_numpy(f).long(), lambda f: torch.from_numpy(f).float(), lambda f: f.astype(int).tolist(),
+    lambda f: torch.from_numpy(f), lambda f: np.flatnonzero(f), lambda f: torch.from_numpy(np.flatnonzero(f)),
+])
+def test_mislabel_metrics_read_01_flags_as_a_mask_like_sklearn(spell):
+    """scikit-learn's ``y_true`` convention: a 0/1 vector with one entry per sample is a mask."""
+    from sklearn.metrics import roc_auc_score
+
+    scores, flags = _planted_flags()
+    expected = roc_auc_score(flags, scores)
+    assert expected > 0.95
+    assert mislabel_auc(scores, spell(flags)) == pytest.approx(expected, abs=1e-12)
+    inspected, found = mislabel_detection_curve(scores, spell(flags))
+    reference = np.r_[0.0, np.cumsum(flags[np.argsort(-scores, kind="stable")]) / flags.sum()]
+    np.testing.assert_array_equal(found, reference)
+    assert found[len(scores) // 10] > 0.8
+
+
+def test_mislabel_flags_that_cannot_be_read_safely_are_refused_with_the_fix():
+    # [0, 1] for two samples: the mask "sample 1" or the indices "samples 0 and 1"
+    for ambiguous in (np.array([0, 1]), torch.tensor([1, 0])):
+        with pytest.raises(ValueError, match="ambiguous") as info:
+            mislabel_detection_curve([0.3, 0.7], ambiguous)
+        assert "astype(bool)" in str(info.value) and "np.flatnonzero" in str(info.value)
+    # a 0/1 vector of the wrong length is not read as the indices {0, 1}
+    with pytest.raises(ValueError, match="one entry per sample") as info:
+        mislabel_auc(np.arange(6.0), np.array([0, 1, 1, 0, 0]))
+    assert "repeats a training index" in str(info.value)
+    with pytest.raises(ValueError, match="repeats a training index"):
+        mislabel_auc(np.arange(6.0), np.array([4, 2, 4]))
+    with pytest.raises(ValueError, match="outside 0..5"):
+        mislabel_auc(np.arange(6.0), np.array([1, 6]))
+    with pytest.raises(ValueError, match="integer indices"):
+        mislabel_auc(np.arange(6.0), np.array([0.0, 2.0]))  # float indices: neither a 0/1 mask nor integers
+    with pytest.raises(ValueError, match="entries"):
+        mislabel_auc(np.arange(6.0), np.ones(5, dtype=bool))
+    # indices that happen to be 0 and 1 (fewer than n entries, distinct) stay indices
+    assert mislabel_auc([5.0, 4.0, 1.0, 2.0], [0, 1]) == 1.0
+
+
+def test_lds_reads_01_rows_with_the_same_rule():
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=(3, 8))
+    masks = rng.random((6, 8)) < 0.5
+    margins = rng.normal(size=(6, 3))
+    expected = lds(scores, masks, margins)
+    for spelled in (masks.astype(int), torch.from_numpy(masks).long(), [row.astype(int) for row in masks],
+                    [np.flatnonzero(row) for row in masks]):
+        np.testing.assert_array_equal(lds(scores, spelled, margins).per_sample, expected.per_sample)
+
+
+class _Identity(nn.Module):
+    """``fc`` on the input itself: ``phi(x) = x``."""
+
+    def __init__(self, d, k):
+        super().__init__()
+        self.fc = nn.Linear(d, k)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_sweep_C_reads_01_flags_as_a_mask_and_refuses_bad_ones_before_extraction():
+    from conftest import clustered_features
+
+    x, y = clustered_features(n=150, d=6, k=3, noise=0.0, seed=2)
+    rng = np.random.default_rng(0)
+    flags = rng.random(len(y)) < 0.1
+    y[flags] = (y[flags] + 1) % 3
+    torch.manual_seed(0)
+    net = _Identity(6, 3).eval()
+    train = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    reference = sweep_C(net, "fc", train, Cs=[0.1], flipped=flags)
+    assert reference[0].auc_hinge_loss > 0.9
+    for spelled in (flags.astype(int), torch.from_numpy(flags).long(), np.flatnonzero(flags)):
+        rows = sweep_C(net, "fc", train, Cs=[0.1], flipped=spelled)
+        assert [(r.auc_self_influence, r.auc_hinge_loss, r.auc) for r in rows] == \
+            [(r.auc_self_influence, r.auc_hinge_loss, r.auc) for r in reference]
+    calls = []
+    handle = net.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        for bad in (flags[:-1].astype(int), np.array([3, 3]), flags[:-1]):
+            with pytest.raises(ValueError, match="`flipped`"):
+                sweep_C(net, "fc", train, Cs=[0.1], flipped=bad)
+    finally:
+        handle.remove()
+    assert calls == []
 
 
 # ---------------------------------------------------------------------------- class detection

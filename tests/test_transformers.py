@@ -471,8 +471,8 @@ def test_heatmaps_stay_finite_when_a_pre_activation_is_exactly_zero():
 
 @pytest.mark.parametrize("kwargs, match", [({"zero_params": "weight"}, "`zero_params` must be 'bias' or None"),
                                            ({"zero_params": ["bias"]}, "`zero_params` must be 'bias' or None"),
-                                           ({"epsilon": 0.0}, "`epsilon` must be a positive finite number"),
-                                           ({"epsilon": float("nan")}, "`epsilon` must be a positive finite number")])
+                                           ({"epsilon": 0.0}, "`epsilon` must be a finite real number > 0"),
+                                           ({"epsilon": float("nan")}, "`epsilon` must be a finite real number > 0")])
 def test_transformer_composite_rejects_bad_zero_params_and_epsilon(kwargs, match):
     with pytest.raises(ValueError, match=match):
         transformer_composite(bert(), **kwargs)

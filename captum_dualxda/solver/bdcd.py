@@ -42,6 +42,7 @@ from typing import Dict, Iterator, Optional
 import torch
 from tqdm import tqdm
 
+from .._validation import check_flag, check_integer
 from .gap import evaluate_optimality, primal_weights
 from .problem import CrammerSingerProblem
 from .projection import project_crammer_singer
@@ -142,8 +143,11 @@ def solve_bdcd(
     BackendOutput
         ``stats`` holds ``"restarts"`` (momentum restarts) and ``"block_size"``.
     """
-    if block_size is not None and (not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1):
-        raise ValueError(f"`block_size` must be a positive integer, got {block_size!r}.")
+    block_size = check_integer(block_size, "block_size", low=1, optional=True)
+    refresh_every = check_integer(refresh_every, "refresh_every", low=1)
+    capacity = check_integer(capacity, "capacity", low=1, optional=True)
+    sparse = check_flag(sparse, "sparse")
+    acceleration = check_flag(acceleration, "acceleration")
     x = problem.features
     device = x.device
     n, k = problem.n_samples, problem.n_classes

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import time
 import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
+from .._validation import ArgumentTypeError, check_flag, check_integer, check_seed
 from .bdcd import BackendOutput, solve_bdcd
 from .gap import evaluate_optimality
 from .problem import DEFAULT_C, CrammerSingerResult, check_positive_number, class_counts, make_problem
@@ -239,9 +239,11 @@ def fit_crammer_singer(
         ``alpha`` ``(n, K)``, ``weight`` ``(K, d)``, ``intercept`` ``(K,)`` (float64, on the
         solver's device), objectives, relative ``gap`` and ``n_iter``.
     """
-    check_positive_number(tol, "tol")
-    if int(max_iter) < 1:
-        raise ValueError(f"`max_iter` must be >= 1, got {max_iter!r}.")
+    tol = check_positive_number(tol, "tol")
+    max_iter = check_integer(max_iter, "max_iter", low=1)
+    seed = check_seed(seed)
+    show_progress = check_flag(show_progress, "show_progress")
+    sparse_alpha = check_flag(sparse_alpha, "sparse_alpha", optional=True)
     problem = make_problem(features, labels, C, fit_intercept, intercept_scaling, n_classes)
     present = class_counts(problem.labels, problem.n_classes).nonzero().flatten().to(problem.labels.device)
     if present.numel() < problem.n_classes:
@@ -373,6 +375,24 @@ def _fit_present_classes(problem, present: torch.Tensor, warm_start: Optional[Cr
     return dataclasses.replace(result, alpha=_expand_classes(result.alpha, present, K), weight=weight, intercept=intercept)
 
 
+def check_Cs(Cs: Sequence[float]) -> List[float]:
+    """The values of ``Cs`` as floats; each must be a finite real number ``> 0`` (NumPy scalars too).
+
+    Raises
+    ------
+    ValueError
+        ``Cs`` is empty or not a sequence, or an entry is not a finite number ``> 0`` (the
+        message names it, e.g. ``Cs[1]``).
+    """
+    try:
+        values = list(Cs)
+    except TypeError:
+        raise ArgumentTypeError(f"`Cs` must be a non-empty sequence of numbers > 0, got {Cs!r}.") from None
+    if not values:
+        raise ValueError("`Cs` must contain at least one value of C.")
+    return [check_positive_number(c, f"Cs[{i}]") for i, c in enumerate(values)]
+
+
 def fit_crammer_singer_path(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -431,18 +451,10 @@ def fit_crammer_singer_path(
     for reserved in ("C", "warm_start"):
         if reserved in kwargs:
             raise TypeError(f"`{reserved}` is set by fit_crammer_singer_path; pass `Cs` instead.")
-    try:
-        values = list(Cs)
-    except TypeError:
-        raise ValueError(f"`Cs` must be a non-empty sequence of numbers > 0, got {Cs!r}.") from None
-    if not values:
-        raise ValueError("`Cs` must contain at least one value of C.")
-    for c in values:
-        if not isinstance(c, numbers.Real) or isinstance(c, bool) or not math.isfinite(c) or c <= 0:
-            raise ValueError(f"Every entry of `Cs` must be a finite number > 0, got {c!r}.")
+    values = check_Cs(Cs)
     results: List[CrammerSingerResult] = []
     previous: Optional[CrammerSingerResult] = None
     for c in values:
-        previous = fit_crammer_singer(features, labels, C=float(c), warm_start=previous, **kwargs)
+        previous = fit_crammer_singer(features, labels, C=c, warm_start=previous, **kwargs)
         results.append(previous)
     return results

@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .._validation import check_flag, check_integer, check_positive
 from .sparse_dual import DualVariables, RowSparseDual, dual_row_slices
 
 __all__ = ["CrammerSingerProblem", "CrammerSingerResult", "make_problem"]
@@ -29,21 +30,17 @@ surrogate's hinge loss ranks flipped labels best; large C needs up to 100,000 pa
 
 
 def check_positive_number(value: object, name: str) -> float:
-    """Return ``value`` as a float if it is a finite real number ``> 0``.
+    """Return ``value`` as a float if it is a finite real number ``> 0`` (NumPy scalars included).
+
+    The package's one rule for such arguments, :func:`captum_dualxda._validation.check_positive`.
 
     Raises
     ------
     ValueError
-        Naming the argument ``name`` otherwise (booleans are rejected too).
+        Naming the argument ``name`` otherwise (booleans are rejected too; a value of the wrong
+        type raises ``ArgumentTypeError``, a ``TypeError`` that is also a ``ValueError``).
     """
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
-    return float(value)
+    return check_positive(value, name)
 
 
 @dataclass
@@ -252,11 +249,9 @@ def make_problem(
         With the name of the offending argument.
     """
     check_positive_number(C, "C")
-    if fit_intercept:
-        if not math.isfinite(intercept_scaling) or intercept_scaling <= 0:
-            raise ValueError(
-                f"`intercept_scaling` must be a finite number > 0, got {intercept_scaling!r}."
-            )
+    if check_flag(fit_intercept, "fit_intercept"):
+        check_positive(intercept_scaling, "intercept_scaling")
+    n_classes = check_integer(n_classes, "n_classes", low=2, optional=True)
     features = torch.as_tensor(features)
     labels = torch.as_tensor(labels)
     if features.ndim != 2:
