@@ -400,7 +400,7 @@ def overlapping_features(n: int, d: int, k: int, seed: int, spread: float = 0.6,
     return torch.from_numpy(x.astype(dtype)), torch.from_numpy(y)
 
 
-def sklearn_primal(x, y, C: float, fit_intercept: bool) -> "tuple[float, torch.Tensor]":
+def sklearn_primal(x, y, C: float, fit_intercept: bool) -> tuple[float, torch.Tensor]:
     """scikit-learn's (LIBLINEAR's) primal objective and ``(K, d + 1)`` weights at ``tol=1e-4``."""
     svm = pytest.importorskip("sklearn.svm")
     with warnings.catch_warnings():
@@ -415,31 +415,33 @@ def sklearn_primal(x, y, C: float, fit_intercept: bool) -> "tuple[float, torch.T
 
 
 @pytest.mark.parametrize(
-    "n, d, k, seed, spread, C, dtype",
+    "n, d, k, seed, spread, C, dtype, budget",
     [
-        (500, 16, 3, 0, 0.6, 1.0, np.float64),
-        (500, 16, 3, 1, 0.6, 1.0, np.float32),
-        (800, 24, 4, 2, 0.6, 1.0, np.float32),
-        (600, 16, 3, 3, 0.8, 0.1, np.float64),
-        (500, 32, 3, 0, 0.6, 10.0, np.float64),
-        (400, 16, 5, 4, 0.5, 10.0, np.float32),
+        (500, 16, 3, 0, 0.6, 1.0, np.float64, 10_000),
+        (500, 16, 3, 1, 0.6, 1.0, np.float32, 10_000),
+        (800, 24, 4, 2, 0.6, 1.0, np.float32, 10_000),
+        (2000, 64, 3, 2, 0.6, 1.0, np.float32, 20_000),  # issue 21 item 7's size
+        (600, 16, 3, 3, 0.8, 0.1, np.float64, 10_000),
+        (500, 32, 3, 0, 0.6, 10.0, np.float64, 20_000),
+        (400, 16, 5, 4, 0.5, 10.0, np.float32, 20_000),
     ],
 )
-def test_hard_overlapping_problems_converge(n, d, k, seed, spread, C, dtype):
+def test_hard_overlapping_problems_converge(n, d, k, seed, spread, C, dtype, budget):
     """No intercept, positive overlapping features, C up to 10: the plain method (and LIBLINEAR)
-    needed 23,000 to over 100,000 passes here; the solver must converge well within 20,000 and
-    its solution must be certified by the independent PyTorch certificate."""
+    needed 6,000 to over 100,000 passes here (seeds 0-4); with momentum and the natural-residual
+    measure the solver needed at most 6,700 (at least 2x below ``budget``), and its solution must
+    be certified by the independent PyTorch certificate."""
     x, y = overlapping_features(n, d, k, seed, spread, dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
-        result = fit_crammer_singer(x, y, C=C, fit_intercept=False, max_iter=20_000)
-    assert result.converged and result.n_iter < 20_000
+        result = fit_crammer_singer(x, y, C=C, fit_intercept=False, max_iter=budget)
+    assert result.converged and result.n_iter < budget
     check_contract(result, n, k, C)
     problem = make_problem(x, y, C, False, 1.0)
     report = evaluate_optimality(problem, result.alpha)  # PyTorch, independent of the kernels
     assert report.residual <= 1e-4
     assert report.gap <= 1e-4 * n * C  # gap_i <= C (max G - min free G): small at the stopping point
-    if C <= 1.0:  # LIBLINEAR's solution (up to 100,000 passes; too slow at C = 10): same optimum
+    if C <= 1.0 and n <= 1000:  # LIBLINEAR's solution (up to 100,000 passes; slow at C = 10): same optimum
         p_sk, w_sk = sklearn_primal(x, y, C, False)
         assert result.primal <= p_sk + 1e-5 * abs(p_sk)
         dist = float((full_weight(result) - w_sk).norm())
@@ -447,7 +449,8 @@ def test_hard_overlapping_problems_converge(n, d, k, seed, spread, C, dtype):
 
 
 def test_tighter_tol_gives_a_tighter_solution_on_a_hard_problem():
-    x, y = overlapping_features(500, 16, 3, 0)
+    # issue 21 item 7's size: 100,000 passes without converging at either tol before, and a larger gap at 1e-6
+    x, y = overlapping_features(2000, 64, 3, 2, dtype=np.float32)
     loose = fit_crammer_singer(x, y, C=1.0, fit_intercept=False, tol=1e-4)
     tight = fit_crammer_singer(x, y, C=1.0, fit_intercept=False, tol=1e-6)
     assert loose.converged and tight.converged

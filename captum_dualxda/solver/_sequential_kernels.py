@@ -300,9 +300,15 @@ def _run_passes(
     ``_ITERATION ... _RESTARTS`` and ``_EPS_SHRINK ... _ACCEPTED_OWN``); ``scratch`` is ``(4, K)``
     float64 work space. With ``acceleration`` every pass ends with :func:`_momentum` (``previous``,
     ``weight_previous``, ``bias_previous``, ``touched`` and ``touched_list`` are its state).
-    Returns ``_CONTINUE`` (chunk done), ``_PROPOSE_STOP`` (a pass over everything had violation
-    ``< eps``), ``_MAX_ITER``, or ``_REACTIVATED`` (the shrinking tolerance was lowered and every
-    sample and class reactivated; the next pass runs over everything).
+    Returns ``_CONTINUE`` (chunk done), ``_PROPOSE_STOP`` (a pass over everything had largest
+    natural residual ``< eps``), ``_MAX_ITER``, or ``_REACTIVATED`` (the shrinking tolerance was
+    lowered and every sample and class reactivated; the next pass runs over everything).
+
+    The measure of a pass is the largest natural residual ``r_i = A_i max_m |delta_i^m|`` of the
+    samples it visited (``delta_i`` the exact step of the block: :func:`_certificate`'s quantity,
+    at the point the sample was visited), not LIBLINEAR's ``v_i = max G - min free G``:
+    ``r_i <= v_i``, and ``r_i = v_i / 2`` for a sample with two free classes, so with ``v_i`` the
+    passes could not propose stopping at points whose exact residual already met ``eps``.
 
     ``W`` always moves by exactly the change stored in ``alpha`` (no threshold on the step), so
     ``W = alpha^T X`` up to the rounding of the updates, whatever the scale of the problem.
@@ -352,18 +358,18 @@ def _run_passes(
                 order[active] = i
                 continue
             pos += 1
-            if max_g - min_g <= 1e-12:
+            if max_g - min_g <= 1e-12:  # v_i (gradient units: the margins are 1) bounds r_i below
                 continue
-            if max_g - min_g > stopping:
-                stopping = max_g - min_g
             for m in range(size):
                 shifted[m] = grad[m] - a_i * alpha[i, alpha_index[i, m]]
             if size == 2:  # the common case once shrinking has settled
                 _subproblem_pair(shifted, a_i, y_pos, c, new)
             else:
                 _subproblem(shifted, a_i, y_pos, c, size, new, work)
-            changed = _apply_row(x, y, s, alpha, weight, bias_weight, alpha_index, floats, i, size, new)
-            if changed and acceleration:
+            step = _apply_row(x, y, s, alpha, weight, bias_weight, alpha_index, floats, i, size, new)
+            if a_i * step > stopping:  # the natural residual r_i of the sample (docstring)
+                stopping = a_i * step
+            if step > 0.0 and acceleration:
                 if touched[i] == 0:
                     touched_list[ints[_TOUCHED]] = i
                     ints[_TOUCHED] += 1
@@ -391,9 +397,9 @@ def _run_passes(
 @njit(nogil=True, inline="always")
 def _apply_row(x, y, s, alpha, weight, bias_weight, alpha_index, floats, i, size, new):  # pragma: no cover - compiled
     """Set sample ``i``'s active entries of ``alpha`` to ``new[:size]`` and move ``W`` (and the
-    running ``sum_i alpha_i^{y_i}``, ``floats[_OWN]``) by exactly the changes; returns whether any
-    entry changed."""
-    changed = False
+    running ``sum_i alpha_i^{y_i}``, ``floats[_OWN]``) by exactly the changes, however small;
+    returns the largest ``|change|`` (``0.0``: nothing changed)."""
+    step = 0.0
     for m in range(size):
         cls = alpha_index[i, m]
         delta = new[m] - alpha[i, cls]
@@ -403,8 +409,8 @@ def _apply_row(x, y, s, alpha, weight, bias_weight, alpha_index, floats, i, size
             bias_weight[cls] += s * delta
             if cls == y[i]:
                 floats[_OWN] += delta
-            changed = True
-    return changed
+            step = max(step, abs(delta))
+    return step
 
 
 @njit(nogil=True, fastmath=_FAST)
