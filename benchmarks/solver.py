@@ -452,7 +452,7 @@ def run_case(case: Case, quick: bool, repeats: int, ref_tol: float, cold: ColdRu
         rows.append(
             dict(
                 case=case.name, n=n, d=d, zero_columns=zero_columns, K=k, C=C, sq=sq, intercept=fi,
-                sk_converged=sk_passes < 100000,
+                sk_converged=sk_passes < 100000, converged=ours.converged,
                 acc=float((scores.argmax(1) == yt).double().mean()),
                 sklearn=sk_time, sk_cold=sk_cold, sk_passes=sk_passes, sk_sub=sk_sub,
                 ours=ours_time, ours_cold=ours_cold, first_ever=first_ever["time"],
@@ -571,6 +571,8 @@ def main(argv=None) -> None:
     plain = sorted({r["case"] for r in rows if not r["intercept"]})
     if plain:
         print(f"Fitted without an intercept (fit_intercept=False): {', '.join(plain)}.")
+    ours_capped = [f"{r['case']} C={r['C']:g}" for r in rows if not r["converged"]]
+    print(f"Our warm fits (seed 0) that did not converge: {', '.join(ours_capped) if ours_capped else 'none'}.")
     capped = [f"{r['case']} C={r['C']:g}" for r in rows if not r["sk_converged"]]
     if capped:
         print(f"sklearn stopped at its 100,000 passes (median over the seeds; not converged): {', '.join(capped)}.")
