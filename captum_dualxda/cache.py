@@ -22,6 +22,8 @@ from filelock import FileLock, Timeout
 from torch import nn
 from tqdm import tqdm
 
+from .exceptions import UnreadableState
+
 __all__ = ["Fingerprint", "atomic_save", "load_cache", "check_writable_dir", "entry_lock"]
 
 
@@ -31,15 +33,6 @@ _ATOMS = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.
 
 _MAX_DEPTH = 64
 """How deep :meth:`Fingerprint.update` follows objects inside objects before refusing."""
-
-
-class _Unreadable(Exception):
-    """An object in the data whose state cannot be read; ``owners``: the objects holding it, inner first."""
-
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(kind)
-        self.kind, self.reason = kind, reason
-        self.owners: List[str] = []
 
 
 class Fingerprint:
@@ -74,7 +67,7 @@ class Fingerprint:
         for value in values:
             try:
                 self._mix(value, set(), 0)
-            except _Unreadable as error:
+            except UnreadableState as error:
                 inside = "".join(f" inside a {owner}" for owner in error.owners)
                 raise TypeError(
                     f"Cannot fingerprint an object of type {error.kind}{inside} in the data for the cache key: its "
@@ -149,7 +142,7 @@ class Fingerprint:
         try:
             reduced = value.__reduce_ex__(4)
         except Exception as error:
-            raise _Unreadable(name, str(error)) from None
+            raise UnreadableState(name, str(error)) from None
         self._hash.update(f"R{name};".encode())
         if isinstance(reduced, str):  # a global object, pickled by its name
             self._hash.update(reduced.encode())
@@ -160,7 +153,7 @@ class Fingerprint:
                 if isinstance(part, Iterator):  # list and dict items of the reduction
                     part = list(part)
                 self._mix(part, path, depth)
-        except _Unreadable as error:
+        except UnreadableState as error:
             error.owners.append(name)
             raise
 

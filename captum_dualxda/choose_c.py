@@ -19,8 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ._validation import check_flag, check_integer, check_positive, check_seed
-from .deprecation import positional_deprecated
+from ._utils.validation import check_flag, check_integer, check_positive, check_seed
 from .data import as_dataloader
 from .features import batch_features_and_output, model_device, output_logits, resolve_linear_layer
 from .fit import hinge_loss, surrogate_logits
@@ -37,7 +36,8 @@ from .metrics import (
 )
 from .solver import fit_crammer_singer_path
 from .solver.fit import check_Cs
-from .solver.problem import row_squared_norms, support_mask
+from ._utils.chunking import row_squared_norms
+from .solver.problem import support_mask
 from .store import extract_features
 from .support import SupportSet
 
@@ -99,7 +99,6 @@ class SweepRow:
         return dataclasses.asdict(self)
 
 
-@positional_deprecated
 def sweep_C(
     model: nn.Module,
     final_fc_layer: Union[nn.Linear, str],

@@ -31,14 +31,13 @@ from torch.utils.data import (
 )
 from torch.utils.data.dataloader import default_collate
 
-from ._validation import check_integer
+from ._utils.inputs import LABEL_KEYS, ModelInputs
+from ._utils.validation import check_integer
 from .distributed import shard_indices
 
 __all__ = ["as_dataloader", "split_batch", "iterate_batches", "dataset_items", "CheckedCollate"]
 
 Batch = Union[Tuple[Any, ...], List[Any], Mapping[str, Any]]
-ModelInputs = Union[Tuple[Any, ...], Dict[str, Any]]
-"""Positional model inputs ``model(*inputs)`` or keyword inputs ``model(**inputs)``."""
 
 
 _RANDOM_STATES = (torch.Generator, np.random.Generator, np.random.RandomState, random.Random)
@@ -253,10 +252,6 @@ def _reordered(loader: DataLoader, batch_size: int, dataset: Optional[Dataset] =
     if loader.num_workers > 0:
         options["prefetch_factor"] = loader.prefetch_factor
     return DataLoader(loader.dataset if dataset is None else dataset, **options)
-
-
-LABEL_KEYS = ("labels", "label")
-"""Keys under which a dict batch holds its labels (Hugging Face's convention), in this order."""
 
 
 def split_batch(batch: Any, argument: str = "inputs") -> Tuple[ModelInputs, torch.Tensor]:

@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
-from ._validation import SEED_RANGE, check_flag, check_integer, check_positive, check_real, check_seed
+from ._utils.validation import SEED_RANGE, check_flag, check_integer, check_positive, check_real, check_seed
 from .cache import check_writable_dir
 from .dualda import DEFAULT_C, DualDA
 from .label_issues import LABEL_ISSUES_C, rank_label_issues

@@ -23,16 +23,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm import tqdm
 
-from ._validation import check_flag, check_integer, check_positive, check_seed
+from ._utils.validation import check_flag, check_integer, check_positive, check_seed
 from .cache import Fingerprint, check_writable_dir, entry_lock
-from .deprecation import positional_deprecated
 from .distributed import all_reduce_sum, broadcast_object, is_distributed, merge_topk, rank_and_world_size, stable_topk
 from .checkpoints import CheckpointLoader, checkpoint_paths, load_state_dict_checkpoint, weights_restored
-from .data import ModelInputs, as_dataloader, dataset_items, iterate_batches, split_batch
+from ._utils.inputs import ModelInputs
+from .data import as_dataloader, dataset_items, iterate_batches, split_batch
 from .features import batch_features, check_autocast, layer_name, model_device, resolve_linear_layer
 from .fit import DualDAState, fit_fingerprint, fit_state, load_state, save_state
-from .guard import ModelChangedError, WeightsRecord
-from .solver import ConvergenceWarning
+from .exceptions import ConvergenceWarning, ModelChangedError
+from .guard import WeightsRecord
 from .solver.fit import CONVERGENCE_ADVICE
 from .solver.problem import DEFAULT_C
 from .store import FeatureStore, scratch_path
@@ -53,7 +53,7 @@ class DualDA(DataInfluence):
     model : nn.Module
         The classifier ``f(x) = W_f phi(x) + b_f``; it is never modified. The fit belongs to
         its weights at construction: once they change (trained further, other weights loaded),
-        ``influence`` raises :class:`~captum_dualxda.guard.ModelChangedError` until the model
+        ``influence`` raises :class:`~captum_dualxda.exceptions.ModelChangedError` until the model
         is refitted or the weights are put back. Train/eval mode and ``requires_grad`` may
         change freely.
     final_fc_layer : nn.Linear or str
@@ -182,7 +182,6 @@ class DualDA(DataInfluence):
     >>> scores = dualda.influence((x_test, net(x_test).argmax(1)))      # (n_test, n_train)
     """
 
-    @positional_deprecated
     def __init__(
         self,
         model: nn.Module,
@@ -442,7 +441,7 @@ class DualDA(DataInfluence):
         """``(N, d)`` float32 features ``phi(x)`` of model inputs (a tuple for ``model(*inputs)``, a
         dict for ``model(**inputs)``; eval mode, no grad, ``autocast`` as in the fit), on ``self.device``.
 
-        Raises :class:`~captum_dualxda.guard.ModelChangedError` if the model's parameters or
+        Raises :class:`~captum_dualxda.exceptions.ModelChangedError` if the model's parameters or
         buffers changed since the fit (see :meth:`influence`)."""
         self._single_fit_only("test_features")
         self._check_model("DualDA.test_features")
@@ -527,7 +526,7 @@ class DualDA(DataInfluence):
 
         Raises
         ------
-        captum_dualxda.guard.ModelChangedError
+        captum_dualxda.exceptions.ModelChangedError
             A parameter or buffer of the model holds other values than at the fit (the model
             was trained further, other weights were loaded, its dtype changed): the fit belongs
             to the old weights. Refit, or load the fitted weights back. Checked cheaply on

@@ -17,7 +17,7 @@ from typing import Any, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .data import ModelInputs
+from ._utils.inputs import ModelInputs, call_model, inputs_to
 from .probe import ModelProbe
 
 __all__ = [
@@ -94,22 +94,6 @@ def model_device(model: nn.Module) -> torch.device:
     for tensor in list(model.parameters()) + list(model.buffers()):
         return tensor.device
     return torch.device("cpu")
-
-
-def inputs_to(inputs: ModelInputs, device: torch.device, non_blocking: bool = False) -> ModelInputs:
-    """Model inputs with every tensor moved to ``device`` (tuple or dict, as given).
-
-    ``non_blocking=True`` makes copies from pinned host memory to an accelerator asynchronous
-    (a DataLoader with ``pin_memory=True``); it changes nothing for other copies.
-    """
-    if isinstance(inputs, Mapping):
-        return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-    return tuple(v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for v in inputs)
-
-
-def call_model(model: nn.Module, inputs: ModelInputs) -> Any:
-    """``model(**inputs)`` for a dict (Hugging Face), ``model(*inputs)`` for a tuple (Captum)."""
-    return model(**inputs) if isinstance(inputs, Mapping) else model(*inputs)
 
 
 def output_logits(output: Any, n_classes: Optional[int] = None) -> torch.Tensor:

@@ -17,7 +17,8 @@ import torch
 
 from .cache import Fingerprint, atomic_save, load_cache
 from .solver import fit_crammer_singer
-from .solver.problem import nonfinite_rows, row_chunk, row_squared_norms, support_mask
+from ._utils.chunking import nonfinite_rows, row_chunk, row_squared_norms
+from .solver.problem import support_mask
 from .support import SupportSet
 
 __all__ = ["DualDAState", "STATE_VERSION", "fit_state", "fit_fingerprint", "save_state", "load_state", "hinge_loss", "surrogate_logits"]

@@ -37,17 +37,15 @@ from typing import Dict, List, Optional, Set, Tuple
 import torch
 from torch import nn
 
-__all__ = ["ModelChangedError", "WeightsRecord", "push_entry_view", "pop_entry_view"]
+from .exceptions import ModelChangedError
+
+__all__ = ["WeightsRecord", "push_entry_view", "pop_entry_view"]
 
 _View = List[Tuple[str, torch.Tensor, torch.Tensor]]
 """``(name, the Parameter or buffer object, a tensor with its values)`` of every model tensor."""
 
 _ENTRY_VIEWS: "weakref.WeakKeyDictionary[nn.Module, List[_View]]" = weakref.WeakKeyDictionary()
 _ENTRY_VIEWS_GUARD = threading.Lock()
-
-
-class ModelChangedError(RuntimeError):
-    """The model's parameters or buffers hold other values than when the fit was made."""
 
 
 def _live_view(model: nn.Module) -> _View:

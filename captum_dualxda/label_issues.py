@@ -21,7 +21,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ._validation import check_flag, check_positive
+from ._utils.validation import check_flag, check_positive
 from .dualda import DualDA
 from .fit import hinge_loss
 from .solver import fit_crammer_singer

@@ -20,7 +20,7 @@ Counterfactual quality (do the scores predict retraining?):
 Surrogate fidelity (does the SVM on ``phi`` behave like the network?):
     :func:`logit_fidelity` (two logit matrices), :func:`surrogate_fidelity` (a DualDA + inputs).
 Choosing ``C`` lives in :mod:`captum_dualxda.choose_c` (``sweep_C``, ``SweepRow``,
-``format_markdown``; also importable from here).
+``format_markdown``).
 """
 from __future__ import annotations
 
@@ -35,10 +35,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ._validation import check_flag, check_integer
+from ._utils.validation import check_flag, check_integer
 from .data import as_dataloader, split_batch
-from .deprecation import renamed_arguments
-from .features import batch_features_and_output, call_model, inputs_to, model_device, output_logits
+from ._utils.inputs import call_model, inputs_to
+from .features import batch_features_and_output, model_device, output_logits
 from .fit import surrogate_logits
 from .probe import ModelProbe
 
@@ -317,7 +317,6 @@ def _labels_of(train_labels: ArrayLike, targets: ArrayLike, n_test: int) -> Tupl
     return labels, explained
 
 
-@renamed_arguments(classes="targets")
 def class_detection_from_indices(
     indices: ArrayLike, train_labels: ArrayLike, targets: ArrayLike, reduction: str = "mean"
 ) -> Union[float, np.ndarray]:
@@ -331,7 +330,7 @@ def class_detection_from_indices(
     train_labels : array-like
         ``(n_train,)`` integer training labels (the labels the model was trained on).
     targets : array-like
-        ``(n_test,)`` explained classes, normally the network's predictions (formerly ``classes``).
+        ``(n_test,)`` explained classes, normally the network's predictions.
     reduction : {"mean", "none"}
         ``"mean"``: the average over test samples (a float); ``"none"``: ``(n_test,)`` float64.
 
@@ -349,7 +348,6 @@ def class_detection_from_indices(
     return _reduce(per_sample, reduction)
 
 
-@renamed_arguments(classes="targets")
 def class_detection(
     scores: ArrayLike, train_labels: ArrayLike, targets: ArrayLike, k: int = 5, reduction: str = "mean"
 ) -> Union[float, np.ndarray]:
@@ -368,7 +366,7 @@ def class_detection(
     train_labels : array-like
         ``(n_train,)`` integer training labels.
     targets : array-like
-        ``(n_test,)`` explained classes, normally the network's predictions (formerly ``classes``).
+        ``(n_test,)`` explained classes, normally the network's predictions.
     k : int
         Number of proponents per test sample (clipped to ``n_train``).
     reduction : {"mean", "none"}
@@ -384,7 +382,6 @@ def class_detection(
     return class_detection_from_indices(top, train_labels, targets, reduction)
 
 
-@renamed_arguments(classes="targets")
 def random_class_detection(train_labels: ArrayLike, targets: ArrayLike, reduction: str = "mean") -> Union[float, np.ndarray]:
     """Expected class detection of a random ranking: the frequency of each explained class.
 
@@ -393,7 +390,7 @@ def random_class_detection(train_labels: ArrayLike, targets: ArrayLike, reductio
     train_labels : array-like
         ``(n_train,)`` integer training labels.
     targets : array-like
-        ``(n_test,)`` explained classes (formerly ``classes``).
+        ``(n_test,)`` explained classes.
     reduction : {"mean", "none"}
 
     Returns
@@ -698,11 +695,3 @@ def surrogate_fidelity(dualda: Any, inputs: Any, batch_size: int = 256) -> Fidel
         sur.append(surrogate_logits(phi, dualda.weight, dualda.intercept))
     return logit_fidelity(torch.cat(net), torch.cat(sur))
 
-
-def __getattr__(name: str) -> Any:
-    """``sweep_C``, ``SweepRow`` and ``format_markdown`` moved to :mod:`captum_dualxda.choose_c`."""
-    if name in ("sweep_C", "SweepRow", "format_markdown"):
-        from . import choose_c
-
-        return getattr(choose_c, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

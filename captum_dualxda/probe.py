@@ -29,6 +29,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from .exceptions import FeaturesReached
+
 __all__ = ["ModelProbe", "ModelState", "model_lock"]
 
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -54,10 +56,6 @@ def model_lock(model: nn.Module) -> threading.RLock:
             lock = threading.RLock()
             _LOCKS[model] = lock
         return lock
-
-
-class FeaturesReached(Exception):
-    """Raised by a stopping probe's hook once ``phi`` is captured, to end the forward pass early."""
 
 
 class ModelState:

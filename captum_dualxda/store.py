@@ -19,10 +19,10 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
+from ._utils.chunking import row_chunk
 from .data import shard_loader, split_batch
 from .distributed import assemble_strided, gather_strided, rank_and_world_size, shard_indices, write_strided_rows
 from .features import FeatureExtractor
-from .solver.problem import row_chunk
 
 __all__ = ["FeatureStore", "extract_features", "scratch_path"]
 

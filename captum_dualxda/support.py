@@ -18,8 +18,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from ._utils.chunking import row_chunk
 from .distributed import stable_topk, topk_of_candidates
-from .solver.problem import row_chunk
 from .solver.sparse_dual import DualVariables, RowSparseDual, dual_rows
 
 __all__ = ["SupportSet", "warn_absent"]

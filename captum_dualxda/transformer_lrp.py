@@ -44,7 +44,7 @@ from torch import nn
 from zennit.canonizers import Canonizer
 from zennit.core import Composite
 
-from ._validation import check_positive
+from ._utils.validation import check_positive
 
 __all__ = ["TransformerComposite", "transformer_composite", "half_product", "half_matmul", "spread_bias"]
 

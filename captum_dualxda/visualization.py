@@ -24,8 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.gridspec import GridSpec
 from zennit.image import palette as zennit_palette
 
-from ._validation import check_flag, check_integer, check_positive
-from .deprecation import renamed_arguments
+from ._utils.validation import check_flag, check_integer, check_positive
 from .features import model_device
 from .probe import ModelProbe
 
@@ -337,7 +336,6 @@ def _heatmap_scales(non_empty: List[Tuple[str, InfluentialSamples]], heatmap_sca
     return scales
 
 
-@renamed_arguments(predicted_class="targets")
 def plot_explanation(
     test_image: ArrayLike,
     targets: int,
@@ -367,7 +365,7 @@ def plot_explanation(
     test_image : torch.Tensor or numpy.ndarray
         ``(C, H, W)``, ``(1, C, H, W)`` or ``(H, W)`` float, C = 1 (greyscale) or 3 (RGB).
     targets : int
-        The class explained (normally the network's prediction; formerly ``predicted_class``).
+        The class explained (normally the network's prediction).
     proponents : InfluentialSamples or None
         Training samples with positive scores (may be empty or None).
     opponents : InfluentialSamples, optional
@@ -506,7 +504,6 @@ def _to_tensor(x: Any) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 
 
-@renamed_arguments(target="targets")
 def explain_figure(
     dualda: Any,
     test_input: torch.Tensor,
@@ -534,7 +531,7 @@ def explain_figure(
     test_input : torch.Tensor
         ``(C, H, W)`` or ``(1, C, H, W)`` float, one model input.
     targets : int, optional
-        Class to explain; default: the model's prediction (formerly ``target``).
+        Class to explain; default: the model's prediction.
     k : int
         Number of proponents and of opponents (each).
     xda : XDA, optional

@@ -31,10 +31,11 @@ from tqdm import tqdm
 from zennit.attribution import Attributor
 from zennit.core import Composite
 
-from ._validation import check_flag, check_integer
-from .features import call_model, hf_last_token, model_device, output_logits, pooled_positions, resolve_linear_layer
+from ._utils.validation import check_flag, check_integer
+from ._utils.inputs import call_model
+from .features import hf_last_token, model_device, output_logits, pooled_positions, resolve_linear_layer
 from .checkpoints import weights_restored
-from .deprecation import positional_deprecated, renamed_arguments
+from .exceptions import UnsupportedModelError
 from .guard import WeightsRecord, pop_entry_view, push_entry_view
 from .probe import ModelProbe
 
@@ -49,10 +50,6 @@ def _run(probe: ModelProbe, input: Any) -> None:
         probe.run(**input)
     else:
         probe.run(input)
-
-
-class UnsupportedModelError(RuntimeError):
-    """The composite's rules cannot propagate relevance through some layers of the model."""
 
 
 #: Layer types that Zennit's built-in rules do not propagate relevance through: attention and
@@ -211,8 +208,8 @@ class XDA(Attributor):
         afterwards: training flags of every submodule, Parameter objects, requires_grad flags and
         hooks.  Only single-input models ``model(x)`` are supported.
     final_fc_layer : torch.nn.Linear or str
-        The final linear layer (or its dotted name; the same argument as DualDA's, formerly
-        called ``feature_layer``, e.g. ``"fc"`` or ``"classifier.6"``); its
+        The final linear layer (or its dotted name; the same argument as DualDA's, e.g.
+        ``"fc"`` or ``"classifier.6"``); its
         input is ``phi``.  If the layer is called more than once in a forward pass the first call
         is used.
     composite : zennit.core.Composite, optional
@@ -231,7 +228,7 @@ class XDA(Attributor):
     Attributes
     ----------
     final_fc_layer : torch.nn.Linear
-        The resolved final linear layer (also readable as ``feature_layer``, its former name).
+        The resolved final linear layer.
 
     Raises
     ------
@@ -250,7 +247,6 @@ class XDA(Attributor):
     ...         phi_j, heat = xda(x_j, lambda phi: phi * r)
     """
 
-    @renamed_arguments(feature_layer="final_fc_layer")
     def __init__(
         self,
         model: nn.Module,
@@ -273,13 +269,8 @@ class XDA(Attributor):
             raise UnsupportedModelError(_unsupported_message(model, composite, "the model has attention layers"))
         advice = missing_canonizer(model, composite)
         if advice is not None:
-            warnings.warn(advice, UserWarning, stacklevel=3)  # __init__ is wrapped once (renamed_arguments)
+            warnings.warn(advice, UserWarning, stacklevel=2)
         self._probes: List[ModelProbe] = []
-
-    @property
-    def feature_layer(self) -> nn.Linear:
-        """The former name of :attr:`final_fc_layer`."""
-        return self.final_fc_layer
 
     # -- context management -----------------------------------------------------------------
     def _check_composite(self) -> None:
@@ -676,7 +667,6 @@ def _stack_padded(maps: List[torch.Tensor]) -> torch.Tensor:
     return torch.stack([nn.functional.pad(m, (0, length - m.shape[-1])) for m in maps])
 
 
-@positional_deprecated
 def xda_pairs(
     dualda: Any,
     xda: XDA,
@@ -731,7 +721,7 @@ def xda_pairs(
 
     Raises
     ------
-    captum_dualxda.guard.ModelChangedError
+    captum_dualxda.exceptions.ModelChangedError
         The model's parameters or buffers changed since ``dualda`` was fitted (as for
         ``dualda.influence``): refit, or load the fitted weights back.
     ValueError

@@ -11,11 +11,10 @@ from torch.utils.data import TensorDataset
 
 from captum_dualxda import DualDA
 from captum_dualxda.features import batch_features
+from captum_dualxda.choose_c import SweepRow, format_markdown, sweep_C
 from captum_dualxda.metrics import (
-    SweepRow,
     class_detection,
     class_detection_from_indices,
-    format_markdown,
     hoyer_sparsity,
     lds,
     logit_fidelity,
@@ -24,7 +23,6 @@ from captum_dualxda.metrics import (
     mislabel_scores,
     random_class_detection,
     surrogate_fidelity,
-    sweep_C,
     training_loss,
     zero_fraction,
 )
@@ -328,9 +326,6 @@ def test_sweep_C_without_test_inputs_or_flips(flipped_setup, digits_cnn):
     rows = sweep_C(digits_cnn, "fc", train, Cs=[1e-2], batch_size=100)
     assert len(rows) == 1 and rows[0].agreement is None and rows[0].auc_self_influence is None
     assert rows[0].train_agreement is not None
-    with pytest.warns(DeprecationWarning, match="Cs of sweep_C by position"):  # the old call form still works
-        old = sweep_C(digits_cnn, "fc", train, [1e-2], batch_size=100)
-    assert old[0].n_support == rows[0].n_support
 
 
 def test_format_markdown_cells():

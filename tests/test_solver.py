@@ -209,7 +209,7 @@ def test_bad_data():
 def test_finiteness_check_names_the_bad_rows_and_accepts_sums_that_overflow():
     """NaN / inf anywhere (several row chunks) are found with their rows; finite features whose
     sum overflows float32 (the quick check's sum) are not refused; no NumPy warning leaks out."""
-    from captum_dualxda.solver.problem import all_finite, nonfinite_rows, row_chunk
+    from captum_dualxda._utils.chunking import all_finite, nonfinite_rows, row_chunk
 
     x = torch.zeros(3 * row_chunk(4) + 7, 4)
     assert nonfinite_rows(x) == [] and all_finite(x)

@@ -1,4 +1,4 @@
-"""One validation rule per kind of argument (``captum_dualxda._validation``), at every public entry point.
+"""One validation rule per kind of argument (``captum_dualxda._utils.validation``), at every public entry point.
 
 NumPy scalars (and 0-d arrays and tensors) are numbers like Python's and give the same result;
 booleans are not numbers; flags are booleans only; every message names the argument.
@@ -14,8 +14,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from captum_dualxda import DualDA, fit_crammer_singer, rank_label_issues, transformer_composite
-from captum_dualxda._validation import (
-    ArgumentTypeError,
+from captum_dualxda._utils.validation import (
     check_flag,
     check_integer,
     check_non_negative,
@@ -26,6 +25,7 @@ from captum_dualxda._validation import (
 from captum_dualxda.choose_c import sweep_C
 from captum_dualxda.demo import check_demo_arguments
 from captum_dualxda.distributed import assemble_strided
+from captum_dualxda.exceptions import ArgumentTypeError
 from captum_dualxda.metrics import class_detection, surrogate_fidelity, training_loss
 from captum_dualxda.solver import fit_crammer_singer_path
 from captum_dualxda.visualization import heatmap_rgb

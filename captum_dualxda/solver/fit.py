@@ -9,10 +9,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .._validation import ArgumentTypeError, check_flag, check_integer, check_seed
+from .._utils.validation import check_flag, check_integer, check_positive, check_seed
+from ..exceptions import ArgumentTypeError, ConvergenceWarning
 from .bdcd import BackendOutput, solve_bdcd
 from .gap import evaluate_optimality
-from .problem import DEFAULT_C, CrammerSingerResult, check_positive_number, class_counts, make_problem
+from .problem import DEFAULT_C, CrammerSingerResult, class_counts, make_problem
 from .sparse_dual import DualVariables, RowSparseDual, dual_row_slices, dual_rows, dual_to_dense, set_dual_rows
 
 __all__ = [
@@ -27,10 +28,6 @@ __all__ = [
 
 SPARSE_ALPHA_ENTRIES = 2**27
 """``n K`` above which ``sparse_alpha`` defaults to True on ``"bdcd"`` (dense float64 > 1 GiB)."""
-
-
-class ConvergenceWarning(UserWarning):
-    """The solver stopped at ``max_iter`` before reaching ``tol``."""
 
 
 CONVERGENCE_ADVICE = (
@@ -239,7 +236,7 @@ def fit_crammer_singer(
         ``alpha`` ``(n, K)``, ``weight`` ``(K, d)``, ``intercept`` ``(K,)`` (float64, on the
         solver's device), objectives, relative ``gap`` and ``n_iter``.
     """
-    tol = check_positive_number(tol, "tol")
+    tol = check_positive(tol, "tol")
     max_iter = check_integer(max_iter, "max_iter", low=1)
     seed = check_seed(seed)
     show_progress = check_flag(show_progress, "show_progress")
@@ -390,7 +387,7 @@ def check_Cs(Cs: Sequence[float]) -> List[float]:
         raise ArgumentTypeError(f"`Cs` must be a non-empty sequence of numbers > 0, got {Cs!r}.") from None
     if not values:
         raise ValueError("`Cs` must contain at least one value of C.")
-    return [check_positive_number(c, f"Cs[{i}]") for i, c in enumerate(values)]
+    return [check_positive(c, f"Cs[{i}]") for i, c in enumerate(values)]
 
 
 def fit_crammer_singer_path(
