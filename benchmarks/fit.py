@@ -79,9 +79,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from captum_dualxda import DualDA  # noqa: E402
-from captum_dualxda.features import model_device  # noqa: E402
-from captum_dualxda.fit import fit_fingerprint  # noqa: E402
-from captum_dualxda.store import extract_features  # noqa: E402
+from captum_dualxda._core.features import model_device  # noqa: E402
+from captum_dualxda._core.state import fit_fingerprint  # noqa: E402
+from captum_dualxda._core.store import extract_features  # noqa: E402
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SETTINGS = ("resnet18", "bert")
@@ -280,8 +280,8 @@ def time_setting(setting: Setting, device: torch.device, repeats: int, autocast:
                 host_equal = torch.equal(on_host, on_device.cpu())
         if cache:
             with timed(device) as key:
-                fit_fingerprint(setting.model, dualda.layer_name, dualda.train_dataloader, dualda.C, dualda.fit_intercept,
-                                dualda.tol, dualda.max_iter, dualda.seed, dualda.backend, autocast=autocast)
+                fit_fingerprint(setting.model, dualda.layer_name, dualda.train_dataloader, dualda.settings,
+                                autocast=autocast)
             run["fingerprint"] = key["wall"]
         runs.append(run)
     row: Dict[str, Any] = {key: _median([run[key] for run in runs]) for key in runs[0]}

@@ -259,7 +259,7 @@ def _median_timing(fn: Callable[[], Any], repeats: int) -> Tuple[Any, Timing]:
 
 
 def _surrogate_logits(dualda: DualDA, x: torch.Tensor) -> torch.Tensor:
-    from captum_dualxda.features import batch_features
+    from captum_dualxda._core.features import batch_features
 
     phi = batch_features(dualda.model, dualda.final_fc_layer, (x,)).double()
     return phi @ dualda.weight.double().T + dualda.intercept.double()

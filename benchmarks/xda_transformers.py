@@ -50,7 +50,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from test_transformers import Texts, bert, gpt2, llama, stacked  # noqa: E402
 
 from captum_dualxda import XDA, DualDA, transformer_composite, xda_pairs  # noqa: E402
-from captum_dualxda.transformer_lrp import TransformerComposite  # noqa: E402
+from captum_dualxda.lrp.composites import TransformerComposite  # noqa: E402
 
 VARIANTS = {"cp": {"attention": "cp"}, "cp, biases kept": {"attention": "cp", "zero_params": None},
             "attnlrp": {"attention": "attnlrp"}, "attnlrp, biases kept": {"attention": "attnlrp", "zero_params": None}}

@@ -14,7 +14,7 @@
 from .dualda import DualDA
 from .label_issues import LabelIssues, rank_label_issues
 from .solver import CrammerSingerResult, fit_crammer_singer
-from .transformer_lrp import transformer_composite
+from .lrp.composites import transformer_composite
 from .xda import XDA, XDAPairs, xda_pairs
 
 __version__ = "0.1.0"

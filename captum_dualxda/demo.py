@@ -44,7 +44,7 @@ from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
 from ._utils.validation import SEED_RANGE, check_flag, check_integer, check_positive, check_real, check_seed
-from .cache import check_writable_dir
+from ._core.cache import check_writable_dir
 from .dualda import DEFAULT_C, DualDA
 from .label_issues import LABEL_ISSUES_C, rank_label_issues
 from .metrics import mislabel_auc, mislabel_detection_curve, surrogate_fidelity, training_loss

@@ -21,11 +21,10 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from ._core.pipeline import extract, solve
+from ._core.surrogate import hinge_loss
 from ._utils.validation import check_flag, check_positive
 from .dualda import DualDA
-from .fit import hinge_loss
-from .solver import fit_crammer_singer
-from .store import FeatureStore, scratch_path
 
 __all__ = ["LabelIssues", "rank_label_issues", "LABEL_ISSUES_C"]
 
@@ -127,11 +126,8 @@ def rank_label_issues(dualda: DualDA, *, C: Optional[float] = None, show_progres
     """
     if not isinstance(dualda, DualDA):
         raise TypeError(f"`dualda` must be a fitted captum_dualxda.DualDA, got {type(dualda).__name__}.")
-    if dualda.checkpoints:
-        raise ValueError(
-            "`dualda` is a checkpoint ensemble; rank label issues with a DualDA fitted on one model "
-            "(the final checkpoint, loaded into the model)."
-        )
+    if dualda._ensemble is not None:
+        raise dualda._ensemble.refusal("rank label issues")
     C = LABEL_ISSUES_C if C is None else check_positive(C, "C")
     show_progress = check_flag(show_progress, "show_progress")
     if C == dualda.C:
@@ -144,23 +140,18 @@ def rank_label_issues(dualda: DualDA, *, C: Optional[float] = None, show_progres
 
 def _refit_hinge_loss(dualda: DualDA, C: float, show_progress: bool) -> torch.Tensor:
     """``(n_train,)`` float64 hinge loss of an SVM fitted at ``C`` on freshly extracted features."""
-    loader = dualda.train_dataloader
-    layer = dualda.final_fc_layer
-    mmap_path = scratch_path(dualda.cache_dir, None, loader, layer.in_features, dualda.memory_budget)
-    device = dualda.device if mmap_path is None else torch.device("cpu")
-    store, labels = FeatureStore.extract(dualda.model, layer, loader, device, show_progress, out_path=mmap_path,
-                                         autocast=dualda.autocast)
+    store, labels = extract(
+        dualda.model, dualda.final_fc_layer, dualda.train_dataloader, device=dualda.device, autocast=dualda.autocast,
+        memory_budget=dualda.memory_budget, scratch_dir=dualda.cache_dir, show_progress=show_progress,
+    )
     try:
         if not torch.equal(labels.cpu(), dualda.train_labels.cpu()):
             raise ValueError(
                 "`dualda`'s training data yields other labels than at its fit (a dataset that changed "
                 "or draws randomly); refit DualDA, or pass `C=dualda.C` to rank with its own fit."
             )
-        result = fit_crammer_singer(
-            store.features, labels, C=C, fit_intercept=dualda.fit_intercept, tol=dualda.tol,
-            max_iter=dualda.max_iter, seed=dualda.seed, show_progress=show_progress,
-            n_classes=dualda.n_classes, backend=dualda.backend, device=dualda.device,
-        )
+        (result,) = solve(store.features, labels, dualda.n_classes, dualda.settings.replace(C=C),
+                          device=dualda.device, show_progress=show_progress)
         return hinge_loss(store.features, labels, result.weight, result.intercept)
     finally:
         store.close()

@@ -36,11 +36,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ._utils.validation import check_flag, check_integer
-from .data import as_dataloader, split_batch
+from ._core.data import as_dataloader, split_batch
 from ._utils.inputs import call_model, inputs_to
-from .features import batch_features_and_output, model_device, output_logits
-from .fit import surrogate_logits
-from .probe import ModelProbe
+from ._core.features import batch_features_and_output, model_device, output_logits
+from ._core.surrogate import surrogate_logits
+from ._core.probe import ModelProbe
 
 __all__ = [
     "mislabel_auc",

@@ -25,8 +25,8 @@ from matplotlib.gridspec import GridSpec
 from zennit.image import palette as zennit_palette
 
 from ._utils.validation import check_flag, check_integer, check_positive
-from .features import model_device
-from .probe import ModelProbe
+from ._core.features import model_device
+from ._core.probe import ModelProbe
 
 __all__ = [
     "to_captum_image",

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from captum_dualxda import XDA, DualDA, rank_label_issues, xda_pairs
-from captum_dualxda.checkpoints import checkpoint_paths, weights_restored
+from captum_dualxda._core.checkpoints import checkpoint_paths, weights_restored
 
 
 def make_net(seed: int, bias: bool = True) -> nn.Sequential:

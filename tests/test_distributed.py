@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from captum_dualxda import DualDA
-from captum_dualxda.distributed import assemble_strided, shard_indices
-from captum_dualxda.store import extract_features, shard_path
+from captum_dualxda._core.distributed import assemble_strided, shard_indices
+from captum_dualxda._core.store import extract_features, shard_path
 
 WORLD = 2
 N_TRAIN = 301  # odd: the shards are uneven
@@ -65,7 +65,7 @@ def run_all(net, train, x_test, **kwargs):
         "proponents": tuple(dualda.influence((x_test, pred), k=7)),
         "opponents": tuple(dualda.influence(DataLoader(TensorDataset(x_test, pred), batch_size=5), k=7, proponents=False)),
         "self_influence": dualda.self_influence(),
-        "n_local_support": len(dualda._local),
+        "n_local_support": len(dualda._single("n_local_support").local),
         "n_support": dualda.support_indices.numel(),
         "from_cache": dualda.fit_stats["from_cache"],
         "fit_stats": dualda.fit_stats,
@@ -284,7 +284,7 @@ def test_memory_mapped_extraction_is_a_file_backed_tensor(tmp_path):
 
 
 def test_feature_store_hides_the_rank_arithmetic(tmp_path):
-    from captum_dualxda.store import FeatureStore
+    from captum_dualxda._core.store import FeatureStore
 
     full = torch.arange(7 * 3, dtype=torch.float32).reshape(7, 3)
     whole = FeatureStore(full, 7)

@@ -9,9 +9,9 @@ from captum.influence._utils.common import KMostInfluentialResults
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import captum_dualxda.cache as cache_module
+import captum_dualxda._core.cache as cache_module
 from captum_dualxda import DualDA
-from captum_dualxda.features import batch_features
+from captum_dualxda._core.features import batch_features
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from captum_dualxda import DualDA
-from captum_dualxda.data import as_dataloader
-from captum_dualxda.features import batch_features
-from captum_dualxda.fit import fit_fingerprint
-from captum_dualxda.store import FeatureStore, extract_features
+from captum_dualxda._core.data import as_dataloader
+from captum_dualxda._core.features import batch_features
+from captum_dualxda._core.state import fit_fingerprint
+from captum_dualxda.solver.settings import SolverSettings
+from captum_dualxda._core.store import FeatureStore, extract_features
 
 
 def _reference_features(net: nn.Module, x: torch.Tensor, autocast=None) -> torch.Tensor:
@@ -133,10 +134,11 @@ def test_dualda_with_autocast_scores_with_autocast_features(train, digits, digit
 
 def test_autocast_is_part_of_the_cache_key(train, digits_cnn, tmp_path):
     loader = DataLoader(train, batch_size=100)
-    settings = ("fc", loader, 0.01, True, 1e-4, 100_000, 0, "auto")
-    keys = {dtype: fit_fingerprint(digits_cnn, *settings, autocast=dtype) for dtype in (None, torch.bfloat16, torch.float16)}
+    settings = SolverSettings(C=0.01)
+    keys = {dtype: fit_fingerprint(digits_cnn, "fc", loader, settings, autocast=dtype)
+            for dtype in (None, torch.bfloat16, torch.float16)}
     assert len(set(keys.values())) == 3
-    assert keys[None] == fit_fingerprint(digits_cnn, *settings)  # full-precision keys are unchanged
+    assert keys[None] == fit_fingerprint(digits_cnn, "fc", loader, settings)  # full-precision keys are unchanged
     full = DualDA(digits_cnn, "fc", train, C=0.01, cache_dir=str(tmp_path))
     mixed = DualDA(digits_cnn, "fc", train, C=0.01, cache_dir=str(tmp_path), autocast=torch.bfloat16)
     assert not mixed.fit_stats["from_cache"] and mixed.cache_path != full.cache_path
@@ -147,7 +149,7 @@ def test_autocast_is_part_of_the_cache_key(train, digits_cnn, tmp_path):
 
 @pytest.mark.parametrize("value", [torch.float32, torch.float64, torch.int8, "bf16", "bfloat16", True, 16])
 def test_bad_autocast_values_are_refused_before_any_work(value, train, digits_cnn, monkeypatch):
-    import captum_dualxda.store as store_module
+    import captum_dualxda._core.store as store_module
 
     monkeypatch.setattr(store_module, "extract_features", lambda *a, **k: pytest.fail("extracted despite a bad autocast"))
     with pytest.raises(ValueError, match=r"`autocast` must be None .*torch.bfloat16 or torch.float16, got"):

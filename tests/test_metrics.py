@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from captum_dualxda import DualDA
-from captum_dualxda.features import batch_features
+from captum_dualxda._core.features import batch_features
 from captum_dualxda.choose_c import SweepRow, format_markdown, sweep_C
 from captum_dualxda.metrics import (
     class_detection,

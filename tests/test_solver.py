@@ -146,7 +146,7 @@ def test_projection_properties():
 
 
 def test_cnn_features_match_sklearn(digits, digits_cnn):
-    from captum_dualxda.features import batch_features
+    from captum_dualxda._core.features import batch_features
 
     x, y, _, _ = digits
     phi = batch_features(digits_cnn, digits_cnn.fc, (x[:800],))

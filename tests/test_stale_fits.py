@@ -15,7 +15,7 @@ from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import EpsilonPlusFlat
 
 from captum_dualxda import XDA, DualDA, xda_pairs
-from captum_dualxda.cache import Fingerprint
+from captum_dualxda._core.cache import Fingerprint
 from captum_dualxda.exceptions import ModelChangedError
 
 N, D, K = 300, 8, 3

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 transformers = pytest.importorskip("transformers")
 
 from captum_dualxda import DualDA  # noqa: E402
-from captum_dualxda.cache import Fingerprint  # noqa: E402
+from captum_dualxda._core.cache import Fingerprint  # noqa: E402
 from captum_dualxda.metrics import surrogate_fidelity, training_loss  # noqa: E402
 
 VOCAB, K, PAD = 40, 3, 0
@@ -343,7 +343,7 @@ def test_transformer_composite_rejects_an_unknown_attention_rule():
 # ------------------------------------------------------------------------------------------
 # zero_params="bias" (default): biases and LayerNorm shifts pass their relevance on
 # ------------------------------------------------------------------------------------------
-from captum_dualxda.transformer_lrp import _affine, spread_bias  # noqa: E402
+from captum_dualxda.lrp.rules import affine, spread_bias  # noqa: E402
 
 
 def _heavy_biases(model, scale=0.5, seed=1):
@@ -435,7 +435,7 @@ def test_spread_bias_gives_the_bias_share_by_contribution_size_and_is_finite_whe
     expected = (c * g[..., None] + c.abs() / (c.abs().sum(-1, keepdim=True) + 1e-6) * (b * g)[..., None]).sum(1)
     assert torch.isfinite(grad).all() and torch.allclose(relevance, expected, atol=1e-5)
     # The fused form used for linear layers gives the same output and gradient.
-    fused = _affine(x, w, b, zero_bias=True, epsilon=1e-6)
+    fused = affine(x, w, b, zero_bias=True, epsilon=1e-6)
     assert torch.equal(fused.detach(), torch.nn.functional.linear(x.detach(), w, b))
     assert torch.allclose(torch.autograd.grad(fused, x, g)[0], grad, atol=1e-6)
     # All of the output's relevance reaches the inputs, also where z cancels to 0 (sample 0, unit 0);

@@ -31,10 +31,11 @@ from torch.utils.data import (
 
 from captum_dualxda import DualDA, XDA, xda_pairs
 from captum_dualxda.dualda import DEFAULT_C
-from captum_dualxda.data import as_dataloader
-from captum_dualxda.features import batch_features
-from captum_dualxda.metrics import sweep_C, training_loss
-from captum_dualxda.probe import ModelProbe
+from captum_dualxda._core.data import as_dataloader
+from captum_dualxda._core.features import batch_features
+from captum_dualxda.choose_c import sweep_C
+from captum_dualxda.metrics import training_loss
+from captum_dualxda._core.probe import ModelProbe
 from captum_dualxda.solver import ConvergenceWarning
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -119,7 +120,7 @@ def test_the_loaders_collate_fn_and_workers_are_kept(train_set, digits_cnn):
     (lambda ds: RandomSampler(ds, num_samples=50), "draws 50 samples"),
 ])
 def test_a_loader_that_leaves_samples_out_is_refused_before_any_work(sampler, word, train_set, digits_cnn, monkeypatch):
-    import captum_dualxda.store as store_module
+    import captum_dualxda._core.store as store_module
 
     monkeypatch.setattr(store_module, "extract_features", lambda *a, **k: pytest.fail("extracted despite a bad loader"))
     with pytest.raises(ValueError, match=word) as info:

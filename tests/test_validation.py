@@ -24,7 +24,7 @@ from captum_dualxda._utils.validation import (
 )
 from captum_dualxda.choose_c import sweep_C
 from captum_dualxda.demo import check_demo_arguments
-from captum_dualxda.distributed import assemble_strided
+from captum_dualxda._core.distributed import assemble_strided
 from captum_dualxda.exceptions import ArgumentTypeError
 from captum_dualxda.metrics import class_detection, surrogate_fidelity, training_loss
 from captum_dualxda.solver import fit_crammer_singer_path

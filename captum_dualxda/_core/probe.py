@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .exceptions import FeaturesReached
+from ..exceptions import FeaturesReached
 
 __all__ = ["ModelProbe", "ModelState", "model_lock"]
 

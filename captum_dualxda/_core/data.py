@@ -31,11 +31,11 @@ from torch.utils.data import (
 )
 from torch.utils.data.dataloader import default_collate
 
-from ._utils.inputs import LABEL_KEYS, ModelInputs
-from ._utils.validation import check_integer
+from .._utils.inputs import LABEL_KEYS, ModelInputs, input_batches
+from .._utils.validation import check_integer
 from .distributed import shard_indices
 
-__all__ = ["as_dataloader", "split_batch", "iterate_batches", "dataset_items", "CheckedCollate"]
+__all__ = ["as_dataloader", "split_batch", "iterate_batches", "dataset_items", "CheckedCollate", "model_input_batches"]
 
 Batch = Union[Tuple[Any, ...], List[Any], Mapping[str, Any]]
 
@@ -562,6 +562,16 @@ def iterate_batches(inputs: Union[Batch, DataLoader], argument: str = "inputs") 
     else:
         split_batch(inputs, argument)  # validate before any work
         yield inputs
+
+
+def model_input_batches(inputs: Any, batch_size: int, argument: str = "inputs") -> Iterator[ModelInputs]:
+    """Batches of model inputs (labels dropped) from a Tensor, a tuple or dict of model inputs
+    (:func:`~captum_dualxda._utils.inputs.input_batches`), or a DataLoader of Captum batches."""
+    if isinstance(inputs, DataLoader):
+        for batch in inputs:
+            yield split_batch(batch, argument)[0]
+        return
+    yield from input_batches(inputs, batch_size, argument)
 
 
 def shard_loader(loader: DataLoader, rank: int, world_size: int) -> Tuple[DataLoader, int]:

@@ -18,9 +18,9 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from ._utils.chunking import row_chunk
+from .._utils.chunking import row_chunk
 from .distributed import stable_topk, topk_of_candidates
-from .solver.sparse_dual import DualVariables, RowSparseDual, dual_rows
+from ..solver.sparse_dual import DualVariables, RowSparseDual, dual_rows
 
 __all__ = ["SupportSet", "warn_absent"]
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ._utils.validation import check_integer
+from .._utils.validation import check_integer
 
 __all__ = [
     "is_distributed",

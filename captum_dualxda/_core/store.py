@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
-from ._utils.chunking import row_chunk
+from .._utils.chunking import row_chunk
 from .data import shard_loader, split_batch
 from .distributed import assemble_strided, gather_strided, rank_and_world_size, shard_indices, write_strided_rows
 from .features import FeatureExtractor
@@ -99,6 +99,7 @@ class FeatureStore:
         *,
         autocast: Optional[torch.dtype] = None,
         observe: Optional[Callable[[Any], Any]] = None,
+        desc: str = "DualDA features",
     ) -> Tuple["FeatureStore", torch.Tensor]:
         """Extract the features of ``loader`` (see :func:`extract_features`).
 
@@ -113,7 +114,7 @@ class FeatureStore:
         rank, world = rank_and_world_size() if distributed else (0, 1)
         path = _local_path(out_path, rank)
         try:
-            features, labels = extract_features(model, layer, loader, device, show_progress, distributed=distributed,
+            features, labels = extract_features(model, layer, loader, device, show_progress, desc, distributed=distributed,
                                                 out_path=out_path, autocast=autocast, observe=observe)
         except BaseException:
             cls._remove(path)

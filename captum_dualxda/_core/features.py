@@ -17,7 +17,7 @@ from typing import Any, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ._utils.inputs import ModelInputs, call_model, inputs_to
+from .._utils.inputs import ModelInputs, call_model, inputs_to
 from .probe import ModelProbe
 
 __all__ = [
@@ -407,6 +407,21 @@ class FeatureExtractor:
                 return layer_input, output
             return pooled_features(self.layer, layer_input, output_logits(output, self.layer.out_features),
                                    hf_last_token(inputs, self.model)), output
+
+
+def predict(model: nn.Module, inputs: Any, n_classes: Optional[int] = None) -> torch.Tensor:
+    """``(N,)`` the model's predicted classes (eval mode, no grad, the model left as found).
+
+    Parameters
+    ----------
+    model : nn.Module
+    inputs : tensor, tuple or dict
+        Model inputs on the model's device (:func:`~captum_dualxda._utils.inputs.call_model`).
+    n_classes : int, optional
+        ``K``, to find the logits in an output with several tensors (:func:`output_logits`).
+    """
+    with ModelProbe(model), torch.no_grad():
+        return output_logits(call_model(model, inputs), n_classes).argmax(dim=1)
 
 
 def batch_features_and_output(

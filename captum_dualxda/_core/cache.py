@@ -22,7 +22,7 @@ from filelock import FileLock, Timeout
 from torch import nn
 from tqdm import tqdm
 
-from .exceptions import UnreadableState
+from ..exceptions import UnreadableState
 
 __all__ = ["Fingerprint", "atomic_save", "load_cache", "check_writable_dir", "entry_lock"]
 

@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Set, Tuple
 import torch
 from torch import nn
 
-from .exceptions import ModelChangedError
+from ..exceptions import ModelChangedError
 
 __all__ = ["WeightsRecord", "push_entry_view", "pop_entry_view"]
 
