@@ -16,6 +16,8 @@ from matplotlib.image import imread  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from captum_dualxda import demo  # noqa: E402
+from captum_dualxda.demo import report as demo_report  # noqa: E402
+from captum_dualxda.demo import run as demo_run  # noqa: E402
 from captum_dualxda.__main__ import main  # noqa: E402
 
 SMALL = dict(n_train=240, epochs=2, n_explain=1, k=2, seed=0, show_progress=False, dpi=40)
@@ -103,7 +105,7 @@ def test_run_demo_runs_on_one_thread_and_restores_the_setting(tmp_path, monkeypa
         seen.append(torch.get_num_threads())
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(demo, "train_cnn", spy)
+    monkeypatch.setattr(demo_run, "train_cnn", spy)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -123,7 +125,7 @@ def test_run_demo_runs_on_one_thread_and_restores_the_setting(tmp_path, monkeypa
     (dict(show_progress="no"), "`show_progress`"),
 ])
 def test_run_demo_rejects_bad_settings_before_training(kwargs, word, tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "train_cnn", lambda *a, **k: pytest.fail("trained despite bad settings"))
+    monkeypatch.setattr(demo_run, "train_cnn", lambda *a, **k: pytest.fail("trained despite bad settings"))
     with pytest.raises(ValueError, match=word):
         demo.run_demo(str(tmp_path), **kwargs)
 
@@ -147,12 +149,12 @@ def test_flip_rate_zero_reports_na_instead_of_crashing(tmp_path):
 
 def test_undefined_auc_and_recall_are_nan():
     scores = np.array([0.9, 0.1, 0.8, 0.2])
-    assert np.isnan(demo._auc_or_nan(scores, np.zeros(4, bool)))
-    assert np.isnan(demo._auc_or_nan(scores, np.ones(4, bool)))      # no clean sample either
-    assert np.isnan(demo._found_in_top(scores, np.zeros(4, bool), 0.5))
+    assert np.isnan(demo_report.auc_or_nan(scores, np.zeros(4, bool)))
+    assert np.isnan(demo_report.auc_or_nan(scores, np.ones(4, bool)))      # no clean sample either
+    assert np.isnan(demo_report.found_in_top(scores, np.zeros(4, bool), 0.5))
     positives = np.array([True, False, False, True])
-    assert demo._auc_or_nan(scores, positives) == pytest.approx(roc_auc_score(positives, scores))
-    assert demo._found_in_top(scores, positives, 0.5) == 0.5           # top 2: indices 0 and 2
+    assert demo_report.auc_or_nan(scores, positives) == pytest.approx(roc_auc_score(positives, scores))
+    assert demo_report.found_in_top(scores, positives, 0.5) == 0.5           # top 2: indices 0 and 2
 
 
 def test_load_digits_data_flips_deterministically():
@@ -192,7 +194,7 @@ def test_cli_no_progress(tmp_path, capsys):
 
 @pytest.mark.parametrize("make_out", ["file", "below_file"])
 def test_cli_unwritable_out_is_a_clear_error(make_out, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(demo, "train_cnn", lambda *a, **k: pytest.fail("trained despite a bad --out"))
+    monkeypatch.setattr(demo_run, "train_cnn", lambda *a, **k: pytest.fail("trained despite a bad --out"))
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     out = blocker if make_out == "file" else blocker / "sub"
@@ -208,7 +210,7 @@ def test_cli_unwritable_out_is_a_clear_error(make_out, tmp_path, capsys, monkeyp
     (["--seed", "-1"], "--seed"), (["--seed", str(2**63)], "--seed"), (["--seed", str(2**64)], "--seed"),
 ])
 def test_cli_rejects_bad_arguments(args, word, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(demo, "train_cnn", lambda *a, **k: pytest.fail("trained despite bad arguments"))
+    monkeypatch.setattr(demo_run, "train_cnn", lambda *a, **k: pytest.fail("trained despite bad arguments"))
     assert main(["demo", "--out", str(tmp_path), *args]) == 2
     assert word in capsys.readouterr().err
 
@@ -223,7 +225,7 @@ def test_run_demo_accepts_numpy_settings_and_a_large_seed(tmp_path):
 @pytest.mark.parametrize("kind", ["same_name", "other_name", "subfolder", "link"])
 def test_out_holding_other_files_is_refused_before_training(kind, tmp_path, capsys, monkeypatch):
     """The user's files in --out are never overwritten, deleted or mixed with the demo's."""
-    monkeypatch.setattr(demo, "train_cnn", lambda *a, **k: pytest.fail("trained despite a used --out"))
+    monkeypatch.setattr(demo_run, "train_cnn", lambda *a, **k: pytest.fail("trained despite a used --out"))
     out = tmp_path / "out"
     out.mkdir()
     name = {"same_name": "self_influence.csv", "other_name": "notes.txt", "subfolder": "figures",
@@ -259,7 +261,7 @@ def test_a_second_run_replaces_the_first_runs_outputs(tmp_path, monkeypatch):
     # An output the user changed afterwards is theirs now: refused, never overwritten.
     csv_path = tmp_path / "self_influence.csv"
     csv_path.write_text(csv_path.read_text() + "my note\n")
-    monkeypatch.setattr(demo, "train_cnn", lambda *a, **k: pytest.fail("trained despite a changed output"))
+    monkeypatch.setattr(demo_run, "train_cnn", lambda *a, **k: pytest.fail("trained despite a changed output"))
     with pytest.raises(ValueError, match="changed since the demo wrote them \\(self_influence.csv\\)"):
         demo.run_demo(str(tmp_path), **settings)
     assert csv_path.read_text().endswith("my note\n")
