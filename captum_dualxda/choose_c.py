@@ -20,17 +20,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ._core.data import as_dataloader
+from ._core.data import as_dataloader, model_input_batches
 from ._core.features import batch_features_and_output, model_device, output_logits, resolve_linear_layer
 from ._core.pipeline import extract, solve
 from ._core.support import SupportSet
 from ._core.surrogate import hinge_loss, surrogate_logits
 from ._utils.chunking import row_squared_norms
 from ._utils.validation import check_flag, check_integer
+from ._utils.arrays import ArrayLike, flag_mask
 from .metrics import (
-    ArrayLike,
-    _flags,
-    _model_input_batches,
     class_detection,
     hoyer_sparsity,
     logit_fidelity,
@@ -175,19 +173,19 @@ def sweep_C(
         except TypeError:
             n_expected = None
         if n_expected is not None:
-            _flags(flipped, n_expected)
+            flag_mask(flipped, n_expected)
     device = torch.device(device) if device is not None else model_device(model)
     store, labels = extract(model, layer, loader, device=device, show_progress=show_progress, desc="sweep_C features")
     features = store.features
     n_train = features.shape[0]
     with torch.no_grad():
         train_logits = layer(features.to(layer.weight.device, layer.weight.dtype)).double().cpu()
-    mask = _flags(flipped, n_train) if flipped is not None else None
+    mask = flag_mask(flipped, n_train) if flipped is not None else None
 
     test_phi = test_logits = None
     if test_inputs is not None:
         phis, logits = [], []
-        for batch in _model_input_batches(test_inputs, 256):
+        for batch in model_input_batches(test_inputs, 256, "test_inputs"):
             phi, out = batch_features_and_output(model, layer, batch)
             phis.append(phi.float().to(device))
             logits.append(output_logits(out, layer.out_features).detach().double().cpu())

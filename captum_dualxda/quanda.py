@@ -54,7 +54,8 @@ except ImportError as error:  # pragma: no cover - exercised in the main test en
 import torch
 from torch import nn
 
-from .dualda import DEFAULT_C, DualDA
+from .dualda import DualDA
+from .solver.settings import DEFAULT_C
 from .metrics import mislabel_scores
 
 __all__ = ["DualDAExplainer"]

@@ -39,6 +39,7 @@ from ._core.features import hf_last_token, model_device, output_logits, pooled_p
 from ._core.guard import pop_entry_view, push_entry_view
 from ._core.probe import ModelProbe
 from ._utils.inputs import batch_size_of, call_model, inputs_to, repeat_row, single_input
+from ._utils.arrays import check_index_matrix
 from ._utils.validation import check_flag, check_integer
 from .dualda import DualDA
 from .exceptions import UnsupportedModelError
@@ -441,26 +442,6 @@ class XDAPairs(NamedTuple):
     coefficients: torch.Tensor
 
 
-def _check_train_indices(train_indices: Any, n_test: int, n_train: int) -> torch.Tensor:
-    if hasattr(train_indices, "indices") and not isinstance(train_indices, torch.Tensor):
-        train_indices = train_indices.indices  # a KMostInfluentialResults
-    idx = torch.as_tensor(train_indices)
-    if torch.is_floating_point(idx) or idx.dtype == torch.bool or torch.is_complex(idx):
-        raise TypeError(f"`train_indices` must hold integer indices, got dtype {idx.dtype}.")
-    if idx.ndim != 2 or idx.shape[0] != n_test:
-        raise ValueError(
-            f"`train_indices` must have shape (n_test, k) = ({n_test}, k), got {tuple(idx.shape)}."
-        )
-    if idx.shape[1] == 0:
-        raise ValueError("`train_indices` has k = 0 partners per test sample; nothing to explain.")
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_train):
-        raise ValueError(
-            f"`train_indices` must lie in [0, n_train) = [0, {n_train}), got values in "
-            f"[{int(idx.min())}, {int(idx.max())}]."
-        )
-    return idx.long().cpu()
-
-
 def _ensemble_pairs(dualda: DualDA, xda: XDA, test_inputs: Any, targets: Any, train_indices: Any,
                     feature_batch_size: int, show_progress: bool) -> XDAPairs:
     """:func:`xda_pairs` of a checkpoint ensemble: the mean of the pairs of every checkpoint."""
@@ -579,7 +560,7 @@ def xda_pairs(
     x = inputs_to(x, device, detach=True)
 
     n_train, n_classes = int(dualda.n_train), int(dualda.n_classes)
-    idx = _check_train_indices(train_indices, n_test, n_train)
+    idx = check_index_matrix(train_indices, n_test, n_train)
     k = idx.shape[1]
 
     if targets is None:

@@ -14,7 +14,7 @@ import tempfile
 import types
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, Optional
 
 import numpy as np
 import torch

@@ -35,7 +35,15 @@ from .._utils.inputs import LABEL_KEYS, ModelInputs, input_batches
 from .._utils.validation import check_integer
 from .distributed import shard_indices
 
-__all__ = ["as_dataloader", "split_batch", "iterate_batches", "dataset_items", "CheckedCollate", "model_input_batches"]
+__all__ = [
+    "as_dataloader",
+    "split_batch",
+    "iterate_batches",
+    "dataset_items",
+    "CheckedCollate",
+    "model_input_batches",
+    "shard_loader",
+]
 
 Batch = Union[Tuple[Any, ...], List[Any], Mapping[str, Any]]
 

@@ -29,6 +29,9 @@ __all__ = [
     "stable_topk",
     "topk_of_candidates",
     "merge_topk",
+    "broadcast_object",
+    "write_strided_rows",
+    "all_reduce_sum",
 ]
 
 

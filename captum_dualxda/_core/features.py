@@ -28,6 +28,10 @@ __all__ = [
     "batch_features_and_output",
     "FeatureExtractor",
     "check_autocast",
+    "output_logits",
+    "hf_last_token",
+    "pooled_positions",
+    "predict",
 ]
 
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)

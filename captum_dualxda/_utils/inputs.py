@@ -20,6 +20,7 @@ __all__ = [
     "repeat_row",
     "single_input",
     "input_batches",
+    "LABEL_KEYS",
 ]
 
 ModelInputs = Union[tuple[Any, ...], dict[str, Any]]

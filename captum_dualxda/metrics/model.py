@@ -10,11 +10,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .._core.data import as_dataloader, split_batch
+from .._core.data import as_dataloader, model_input_batches, split_batch
 from .._core.features import batch_features_and_output, model_device, output_logits
 from .._core.probe import ModelProbe
 from .._core.surrogate import surrogate_logits
-from .._utils.inputs import call_model, input_batches, inputs_to
+from .._utils.inputs import call_model, inputs_to
 from .._utils.validation import check_flag, check_integer
 from ..dualda import DualDA
 from .scores import Fidelity, logit_fidelity
@@ -93,15 +93,6 @@ def training_loss(model: nn.Module, train_dataset: Union[Dataset, DataLoader], b
     return torch.cat(losses)
 
 
-def _model_input_batches(inputs: Any, batch_size: int) -> Iterator[Any]:
-    """Batches of model inputs from a Tensor, a tuple or dict of model inputs, or a DataLoader."""
-    if isinstance(inputs, DataLoader):
-        for batch in inputs:
-            yield split_batch(batch, "inputs")[0]
-        return
-    yield from input_batches(inputs, batch_size, "inputs")
-
-
 def surrogate_fidelity(dualda: DualDA, inputs: Any, batch_size: int = 256) -> Fidelity:
     """Agreement between DualDA's SVM surrogate and the network on the given inputs.
 
@@ -124,7 +115,7 @@ def surrogate_fidelity(dualda: DualDA, inputs: Any, batch_size: int = 256) -> Fi
     """
     batch_size = check_integer(batch_size, "batch_size", low=1)
     net, sur = [], []
-    for batch in _model_input_batches(inputs, batch_size):
+    for batch in model_input_batches(inputs, batch_size, "inputs"):
         phi, output = batch_features_and_output(dualda.model, dualda.final_fc_layer, batch)
         net.append(output_logits(output, dualda.final_fc_layer.out_features).detach().double().cpu())
         sur.append(surrogate_logits(phi, dualda.weight, dualda.intercept))

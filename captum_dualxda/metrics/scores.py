@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, Tuple, Union
 import numpy as np
 import torch
 
-from .._utils.arrays import ArrayLike, to_numpy
+from .._utils.arrays import ArrayLike, flag_mask, sample_mask, to_numpy
 from .._utils.validation import check_integer
 
 __all__ = [
@@ -31,69 +31,6 @@ __all__ = [
     "Fidelity",
     "logit_fidelity",
 ]
-
-
-def _mask_or_indices(array: np.ndarray, n: int, name: str, where: str = "") -> np.ndarray:
-    """Boolean ``(n,)`` mask from a 1-D boolean mask, a 0/1 vector or an array of distinct indices.
-
-    The rule, the same for every argument of this module that takes a set of training samples:
-
-    - a boolean vector (NumPy ``bool``, ``torch.bool``) is a mask and must have ``n`` entries;
-    - a vector with ``n`` entries, all 0 or 1, is a mask too (scikit-learn's ``y_true``
-      convention: ``flags.astype(int)``, ``(noisy != clean).long()``), whatever its numeric
-      dtype; such a vector could also be read as a list of indices only when its entries are
-      distinct, i.e. for ``n <= 2`` (``[0, 1]``, ``[1, 0]``, ``[0]``), which is refused as
-      ambiguous;
-    - any other integer vector lists indices in ``0..n-1``, each at most once (a repeated index
-      is refused: it is what a 0/1 vector of the wrong length looks like);
-    - an empty vector selects nothing.
-    """
-    if array.dtype == bool:
-        if array.shape[0] != n:
-            raise ValueError(f"`{name}` is a mask with {array.shape[0]} entries, but there are {n} samples{where}.")
-        return array
-    mask = np.zeros(n, dtype=bool)
-    if array.size == 0:
-        return mask
-    integer = np.issubdtype(array.dtype, np.integer)
-    if not integer and not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"`{name}` must be a boolean mask or an array of integer indices, got dtype {array.dtype}.")
-    if array.shape[0] == n and bool(np.isin(array, (0, 1)).all()):
-        if integer and np.unique(array).size == array.size:
-            raise ValueError(
-                f"`{name}` = {array.tolist()} is ambiguous: with {n} sample(s) it reads both as a 0/1 mask and as "
-                f"the indices {sorted(set(array.tolist()))}. Pass a boolean mask (`flags.astype(bool)`, "
-                "`flags.bool()`) or the indices (`np.flatnonzero(flags)`)."
-            )
-        return array.astype(bool)
-    if not integer:
-        raise ValueError(
-            f"`{name}` must be a boolean mask, a 0/1 vector with one entry per sample ({n}{where}) or an array of "
-            f"integer indices, got dtype {array.dtype} with {array.shape[0]} entries."
-        )
-    if array.min() < 0 or array.max() >= n:
-        raise ValueError(
-            f"`{name}` has indices outside 0..{n - 1}{where}: found {int(array.min())}..{int(array.max())}."
-        )
-    indices = array.astype(np.int64)
-    if np.unique(indices).size != indices.size:
-        values, counts = np.unique(indices, return_counts=True)
-        zero_one = bool(np.isin(array, (0, 1)).all())
-        hint = (
-            f" It holds only 0 and 1: as a 0/1 mask it would need one entry per sample ({n}{where}), not "
-            f"{array.shape[0]}." if zero_one else ""
-        )
-        raise ValueError(
-            f"`{name}` repeats a training index ({int(values[counts > 1][0])}); indices list each sample once.{hint} "
-            "Pass a boolean mask with one entry per sample, or distinct indices."
-        )
-    mask[indices] = True
-    return mask
-
-
-def _flags(flipped: ArrayLike, n: int, name: str = "flipped") -> np.ndarray:
-    """Boolean ``(n,)`` mask of ``flipped``: a mask, a 0/1 vector or indices (:func:`_mask_or_indices`)."""
-    return _mask_or_indices(to_numpy(flipped, name, 1), n, name, " (one per score)")
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:
@@ -144,7 +81,7 @@ def mislabel_auc(scores: ArrayLike, flipped: ArrayLike) -> float:
     values = to_numpy(scores, "scores", 1).astype(np.float64)
     if np.isnan(values).any():
         raise ValueError("`scores` contains NaN.")
-    mask = _flags(flipped, values.shape[0])
+    mask = flag_mask(flipped, values.shape[0])
     n_pos = int(mask.sum())
     n_neg = values.shape[0] - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -185,7 +122,7 @@ def mislabel_detection_curve(scores: ArrayLike, flipped: ArrayLike) -> Tuple[np.
         or out-of-range indices, or an ambiguous ``flipped``.
     """
     values = to_numpy(scores, "scores", 1).astype(np.float64)
-    mask = _flags(flipped, values.shape[0])
+    mask = flag_mask(flipped, values.shape[0])
     n = values.shape[0]
     if not mask.any():
         raise ValueError("`flipped` marks no sample.")
@@ -380,7 +317,7 @@ class LDSResult(NamedTuple):
 def _subset_masks(subsets: Any, n_train: int) -> np.ndarray:
     """``(M, n_train)`` bool masks from masks, a 2-D index array or a sequence of index arrays.
 
-    Each row follows :func:`_mask_or_indices`'s rule.
+    Each row follows :func:`~captum_dualxda._utils.arrays.sample_mask`'s rule.
     """
     if isinstance(subsets, (torch.Tensor, np.ndarray)):
         rows = list(to_numpy(subsets, "subsets", 2))
@@ -398,7 +335,7 @@ def _subset_masks(subsets: Any, n_train: int) -> np.ndarray:
                 f"{n_train} columns; `scores` must be (n_test, n_train) (dattri's attributors return "
                 f"(n_train, n_test): pass the transpose)."
             )
-        masks[m] = _mask_or_indices(row, n_train, f"subsets[{m}]", " (the columns of `scores`)")
+        masks[m] = sample_mask(row, n_train, f"subsets[{m}]", " (the columns of `scores`)")
     return masks
 
 

@@ -8,7 +8,8 @@ point).
 """
 from .fit import ConvergenceWarning, available_backends, fit_crammer_singer, fit_crammer_singer_path
 from .gap import evaluate_optimality, primal_objective
-from .problem import DEFAULT_C, CrammerSingerProblem, CrammerSingerResult, make_problem, support_mask
+from .problem import CrammerSingerProblem, CrammerSingerResult, make_problem, support_mask
+from .settings import DEFAULT_C, SolverSettings
 from .projection import project_crammer_singer
 from .sparse_dual import RowSparseDual, dual_rows, dual_to_dense
 
@@ -18,6 +19,7 @@ __all__ = [
     "available_backends",
     "ConvergenceWarning",
     "DEFAULT_C",
+    "SolverSettings",
     "CrammerSingerProblem",
     "CrammerSingerResult",
     "make_problem",

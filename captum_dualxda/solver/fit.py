@@ -13,7 +13,8 @@ from .._utils.validation import check_flag, check_integer, check_positive, check
 from ..exceptions import ArgumentTypeError, ConvergenceWarning
 from .bdcd import BackendOutput, solve_bdcd
 from .gap import evaluate_optimality
-from .problem import DEFAULT_C, CrammerSingerResult, class_counts, make_problem
+from .problem import CrammerSingerResult, class_counts, make_problem
+from .settings import DEFAULT_C
 from .sparse_dual import DualVariables, RowSparseDual, dual_row_slices, dual_rows, dual_to_dense, set_dual_rows
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "choose_backend",
     "clean_dust",
     "ConvergenceWarning",
+    "CONVERGENCE_ADVICE",
+    "check_Cs",
 ]
 
 

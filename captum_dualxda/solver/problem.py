@@ -17,16 +17,7 @@ from .._utils.chunking import nonfinite_rows, row_squared_norms
 from .._utils.validation import check_flag, check_integer, check_positive
 from .sparse_dual import DualVariables, RowSparseDual, dual_row_slices
 
-__all__ = ["CrammerSingerProblem", "CrammerSingerResult", "make_problem"]
-
-
-DEFAULT_C = 1e-3
-"""The default SVM regularisation of this package (scikit-learn's ``LinearSVC`` uses 1.0).
-
-Measured on the digits CNN of the demo (README, "Choosing C"): the fit converges in a few
-hundred passes even on raw pixel scales, the surrogate agrees best with the network, and the
-surrogate's hinge loss ranks flipped labels best; large C needs up to 100,000 passes.
-"""
+__all__ = ["CrammerSingerProblem", "CrammerSingerResult", "make_problem", "support_mask", "class_counts"]
 
 
 @dataclass

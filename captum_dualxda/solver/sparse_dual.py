@@ -26,6 +26,8 @@ __all__ = [
     "DualVariables",
     "dual_rows",
     "dual_to_dense",
+    "dual_row_slices",
+    "set_dual_rows",
 ]
 
 IndexLike = Union[slice, torch.Tensor]

@@ -19,8 +19,17 @@ from zennit.image import palette as zennit_palette
 
 from .._utils.validation import check_positive
 
-__all__ = ["to_captum_image", "heatmap_rgb", "image_for_display", "ArrayLike", "Denormalize", "SUPPORT_COLOUR",
-           "OPPOSE_COLOUR"]
+__all__ = [
+    "to_captum_image",
+    "heatmap_rgb",
+    "image_for_display",
+    "ArrayLike",
+    "Denormalize",
+    "SUPPORT_COLOUR",
+    "OPPOSE_COLOUR",
+    "to_numpy",
+    "colour_table",
+]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 Denormalize = Optional[Tuple[Union[float, Sequence[float]], Union[float, Sequence[float]]]]
