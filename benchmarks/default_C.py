@@ -24,8 +24,8 @@ import warnings
 import numpy as np
 import torch
 
-from captum_dualxda.demo import load_digits_data, train_cnn
 from captum_dualxda.choose_c import sweep_C
+from captum_dualxda.demo import load_digits_data, train_cnn
 from captum_dualxda.solver import ConvergenceWarning
 
 COLUMNS = ("n_support", "agreement", "class_detection", "auc_self_influence", "auc_hinge_loss", "n_iter", "fit_time")

@@ -48,10 +48,9 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -327,7 +326,7 @@ def _gpu_fit(report: Report, section: str, case: str, method: str, x: torch.Tens
 
 
 def solver_section(report: Report, sizes: Sizes, device: torch.device, Cs: Sequence[float], fit_budget: float,
-                   jobs: "CpuJobs", methods: Sequence[str]) -> None:
+                   jobs: CpuJobs, methods: Sequence[str]) -> None:
     """GPU fits; the CPU fits of the same problems run in ``jobs`` meanwhile."""
     for n, d, k in sizes.solver_shapes:
         case = f"{n:,} x {d} x {k}"

@@ -237,14 +237,14 @@ class Timing:
     def __init__(self, wall: float = 0.0, cpu: float = 0.0) -> None:
         self.wall, self.cpu = wall, cpu
 
-    def __enter__(self) -> "Timing":
+    def __enter__(self) -> Timing:
         self._wall, self._cpu = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.wall, self.cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
 
-    def __add__(self, other: "Timing") -> "Timing":
+    def __add__(self, other: Timing) -> Timing:
         return Timing(self.wall + other.wall, self.cpu + other.cpu)
 
 
@@ -599,7 +599,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", default=None, help="write every number (per-sample LDS included) as JSON here")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    if not 2 <= args.n_subsets or not 0 <= args.n_second <= args.n_subsets:
+    if not args.n_subsets >= 2 or not 0 <= args.n_second <= args.n_subsets:
         parser.error("need --n-subsets >= 2 and 0 <= --n-second <= --n-subsets")
     torch.set_num_threads(1)  # fastest for this tiny CNN (see captum_dualxda.demo.run_demo)
     settings = dict(n_subsets=args.n_subsets, n_second=args.n_second, n_test=args.n_test, fraction=0.5,

@@ -493,7 +493,7 @@ def tracin_fast_scores(setting: Setting, paths: Sequence[str], data: Tuple[torch
 
 def similarity_scores(setting: Setting, path: str, data: Tuple[torch.Tensor, ...]) -> Timed:
     """Label-signed cosine similarity of the final layer's inputs (``+`` same label, ``-`` otherwise)."""
-    from captum_dualxda.features import batch_features
+    from captum_dualxda._core.features import batch_features
 
     x_train, y_train, x_test, y_test = data
     net = load_model(setting, path)

@@ -288,6 +288,7 @@ def worker(setting: str, method: str, workdir: str, result_path: str) -> None:
     loss_sum = nn.CrossEntropyLoss(reduction="sum")
     tracin_batch = info["tracin_batch"]
     import captum  # noqa: F401  (import cost outside the measured phases)
+
     from captum_dualxda import DualDA
 
     if method.startswith("DualDA"):
@@ -478,7 +479,7 @@ def mislabel_table(results: List[Dict[str, Any]], baselines: Dict[str, Any]) -> 
     lines.append("|---|" + "---:|" * len(dual))
     lines.append("| self-influence (paper) | " + " | ".join(_fmt(r.get("mislabel_auc")) for r in dual) + " |")
     lines.append("| surrogate hinge loss | " + " | ".join(_fmt(r.get("mislabel_auc_hinge")) for r in dual) + " |")
-    lines.append(f"| network loss (baseline) | " + " | ".join(_fmt(baselines["loss_auc"]) for _ in dual) + " |")
+    lines.append("| network loss (baseline) | " + " | ".join(_fmt(baselines["loss_auc"]) for _ in dual) + " |")
     return "\n".join(lines)
 
 

@@ -13,8 +13,8 @@
 """
 from .dualda import DualDA
 from .label_issues import LabelIssues, rank_label_issues
-from .solver import CrammerSingerResult, fit_crammer_singer
 from .lrp.composites import transformer_composite
+from .solver import CrammerSingerResult, fit_crammer_singer
 from .xda import XDA, XDAPairs, xda_pairs
 
 __version__ = "0.1.0"

@@ -25,9 +25,9 @@ from ._core.features import batch_features_and_output, model_device, output_logi
 from ._core.pipeline import extract, solve
 from ._core.support import SupportSet
 from ._core.surrogate import hinge_loss, surrogate_logits
+from ._utils.arrays import ArrayLike, flag_mask
 from ._utils.chunking import row_squared_norms
 from ._utils.validation import check_flag, check_integer
-from ._utils.arrays import ArrayLike, flag_mask
 from .metrics import (
     class_detection,
     hoyer_sparsity,

@@ -73,7 +73,7 @@ class DualDA(DataInfluence):
         private copy, its generator left as it was). Every batch the ``collate_fn`` makes is
         checked against its dataset items: one row each, in order, with the item's label (a
         ``collate_fn`` that skips unreadable samples or sorts a batch is refused; see
-        :func:`~captum_dualxda.data.check_batch` for what is guaranteed). An ``IterableDataset``
+        :func:`~captum_dualxda._core.data.check_batch` for what is guaranteed). An ``IterableDataset``
         is read in iteration order, once per fit; as a stream has no samples by index,
         ``train_inputs`` (XDA, ``xda_pairs``) needs a map-style Dataset, and a stream that can be
         read only once cannot be read again (checkpoint ensembles, ``rank_label_issues`` at
@@ -148,7 +148,7 @@ class DualDA(DataInfluence):
     checkpoints_load_func : callable, optional
         ``(model, path) -> Any`` loading one checkpoint into ``model`` in place (Captum's
         convention; the return value is ignored). Default:
-        :func:`~captum_dualxda.checkpoints.load_state_dict_checkpoint` (a ``torch.save``-d
+        :func:`~captum_dualxda._core.checkpoints.load_state_dict_checkpoint` (a ``torch.save``-d
         state dict, optionally under ``"model_state_dict"``).
 
     Attributes

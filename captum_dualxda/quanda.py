@@ -55,8 +55,8 @@ import torch
 from torch import nn
 
 from .dualda import DualDA
-from .solver.settings import DEFAULT_C
 from .metrics import mislabel_scores
+from .solver.settings import DEFAULT_C
 
 __all__ = ["DualDAExplainer"]
 

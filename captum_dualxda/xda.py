@@ -38,14 +38,13 @@ from ._core.ensemble import mean_of_tuples
 from ._core.features import hf_last_token, model_device, output_logits, pooled_positions, predict, resolve_linear_layer
 from ._core.guard import pop_entry_view, push_entry_view
 from ._core.probe import ModelProbe
-from ._utils.inputs import batch_size_of, call_model, inputs_to, repeat_row, single_input
 from ._utils.arrays import check_index_matrix
+from ._utils.inputs import batch_size_of, call_model, inputs_to, repeat_row, single_input
 from ._utils.validation import check_flag, check_integer
 from .dualda import DualDA
 from .exceptions import UnsupportedModelError
 from .lrp.checks import has_attention, missing_canonizer, registered_elsewhere, unsupported_layers, unsupported_message
 from .lrp.composites import CompositeFlags
-
 
 __all__ = ["XDA", "XDAPairs", "xda_pairs", "UnsupportedModelError", "unsupported_layers", "missing_canonizer"]
 
@@ -158,7 +157,7 @@ class XDA(Attributor):
                 "this XDA its own composite instance."
             )
 
-    def __enter__(self) -> "XDA":
+    def __enter__(self) -> XDA:
         """Put the model in eval mode and register the composite (once for many calls).
 
         Returns
@@ -282,7 +281,7 @@ class XDA(Attributor):
     def _positions(self, input: Any, layer_input: torch.Tensor) -> torch.Tensor:
         """``(N,)`` the position each sample is classified at, for a head applied to every position.
 
-        One more forward pass to the logits (:func:`~captum_dualxda.features.pooled_positions`).
+        One more forward pass to the logits (:func:`~captum_dualxda._core.features.pooled_positions`).
         """
         with ModelProbe(self.model), torch.no_grad():
             output = call_model(self.model, input)

@@ -13,8 +13,7 @@ from torch.utils.data import TensorDataset
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import EpsilonPlus
 
-from captum_dualxda import XDA, DualDA, xda_pairs
-from captum_dualxda import metrics
+from captum_dualxda import XDA, DualDA, metrics, xda_pairs
 from captum_dualxda.choose_c import sweep_C
 from captum_dualxda.visualization import explain_figure, plot_explanation
 

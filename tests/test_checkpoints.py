@@ -113,9 +113,8 @@ def test_weights_restored_after_an_error(setting):
         net.load_state_dict(torch.load(path))
         raise RuntimeError("disk gone")
 
-    with pytest.raises(RuntimeError, match="disk gone"):
-        with weights_restored(model):
-            broken(model, paths[0])
+    with pytest.raises(RuntimeError, match="disk gone"), weights_restored(model):
+        broken(model, paths[0])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(TypeError, match="checkpoints"):
         checkpoint_paths(3)

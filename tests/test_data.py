@@ -16,8 +16,8 @@ from torch.utils.data.dataloader import default_collate
 
 from captum_dualxda import DualDA
 from captum_dualxda._core.data import as_dataloader
-from captum_dualxda.metrics import training_loss
 from captum_dualxda._core.store import extract_features
+from captum_dualxda.metrics import training_loss
 
 
 @pytest.fixture(scope="module")

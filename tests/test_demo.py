@@ -16,9 +16,9 @@ from matplotlib.image import imread  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from captum_dualxda import demo  # noqa: E402
+from captum_dualxda.__main__ import main  # noqa: E402
 from captum_dualxda.demo import report as demo_report  # noqa: E402
 from captum_dualxda.demo import run as demo_run  # noqa: E402
-from captum_dualxda.__main__ import main  # noqa: E402
 
 SMALL = dict(n_train=240, epochs=2, n_explain=1, k=2, seed=0, show_progress=False, dpi=40)
 SMALL_ARGS = ["--n-train", "240", "--epochs", "2", "--n-explain", "1", "--k", "2"]
@@ -80,7 +80,7 @@ def test_label_issue_rows_match_returned_data(small_run):
     assert result.hinge_auc == pytest.approx(roc_auc_score(flipped, scores), abs=1e-12)
     np.testing.assert_array_equal(flags, scores > 1)  # the documented flag rule
     hits = int((flags & flipped).sum())
-    assert 0 < flags.sum() and result.issues_precision == hits / flags.sum()
+    assert flags.sum() > 0 and result.issues_precision == hits / flags.sum()
     assert result.issues_recall == hits / flipped.sum()
     printed = [line for line in result.summary().splitlines() if "rank_label_issues: flagged" in line]
     assert len(printed) == 1

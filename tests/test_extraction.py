@@ -14,8 +14,8 @@ from captum_dualxda import DualDA
 from captum_dualxda._core.data import as_dataloader
 from captum_dualxda._core.features import batch_features
 from captum_dualxda._core.state import fit_fingerprint
-from captum_dualxda.solver.settings import SolverSettings
 from captum_dualxda._core.store import FeatureStore, extract_features
+from captum_dualxda.solver.settings import SolverSettings
 
 
 def _reference_features(net: nn.Module, x: torch.Tensor, autocast=None) -> torch.Tensor:

@@ -65,7 +65,7 @@ def test_the_quanda_adapter_keeps_its_path():
 
 
 def test_the_top_level_names_are_the_same_objects_as_their_homes():
-    from captum_dualxda import DualDA, XDA, fit_crammer_singer, rank_label_issues
+    from captum_dualxda import XDA, DualDA, fit_crammer_singer, rank_label_issues
     from captum_dualxda.dualda import DualDA as dualda_home
     from captum_dualxda.label_issues import rank_label_issues as label_issues_home
     from captum_dualxda.solver import fit_crammer_singer as solver_home

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
+from conftest import clustered_features
+from test_solver import check_feasible, sklearn_fit
 
 import captum_dualxda.solver.fit as fit_module
 from captum_dualxda import DualDA
@@ -14,8 +15,6 @@ from captum_dualxda.solver.fit import clean_dust
 from captum_dualxda.solver.gap import evaluate_optimality
 from captum_dualxda.solver.problem import support_mask
 from captum_dualxda.solver.sparse_dual import RowSparseDual, dual_rows, dual_to_dense
-from conftest import clustered_features
-from test_solver import check_feasible, sklearn_fit
 
 
 def random_sparse_rows(n=40, k=9, max_nnz=4, seed=0):

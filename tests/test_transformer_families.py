@@ -14,8 +14,9 @@ from torch.utils.data import Dataset
 
 transformers = pytest.importorskip("transformers")
 
-from captum_dualxda import XDA, DualDA, transformer_composite, xda_pairs  # noqa: E402
 from heatmap_checks import assert_token_heatmaps_conserve  # noqa: E402
+
+from captum_dualxda import XDA, DualDA, transformer_composite, xda_pairs  # noqa: E402
 
 VOCAB, K, PAD, LENGTH = 40, 3, 0, 9
 

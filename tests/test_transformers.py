@@ -192,8 +192,9 @@ def test_import_does_not_import_transformers():
 # ------------------------------------------------------------------------------------------
 # XDA on transformers: transformer_composite (AttnLRP rules)
 # ------------------------------------------------------------------------------------------
-from captum_dualxda import XDA, transformer_composite, xda_pairs  # noqa: E402
 from heatmap_checks import assert_token_heatmaps_conserve  # noqa: E402
+
+from captum_dualxda import XDA, transformer_composite, xda_pairs  # noqa: E402
 
 #: Median / largest relative conservation error of token heatmaps (sum vs tau) measured on these
 #: tiny random models (tests/test_transformers.py; the README reports the same numbers).

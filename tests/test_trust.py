@@ -29,13 +29,13 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-from captum_dualxda import DualDA, XDA, xda_pairs
-from captum_dualxda.dualda import DEFAULT_C
+from captum_dualxda import XDA, DualDA, xda_pairs
 from captum_dualxda._core.data import as_dataloader
 from captum_dualxda._core.features import batch_features
-from captum_dualxda.choose_c import sweep_C
-from captum_dualxda.metrics import training_loss
 from captum_dualxda._core.probe import ModelProbe
+from captum_dualxda.choose_c import sweep_C
+from captum_dualxda.dualda import DEFAULT_C
+from captum_dualxda.metrics import training_loss
 from captum_dualxda.solver import ConvergenceWarning
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -372,7 +372,6 @@ def test_a_single_class_is_a_clear_error():
 def test_one_default_C_everywhere():
     from captum_dualxda import demo
     from captum_dualxda.__main__ import build_parser
-
     from captum_dualxda.solver import fit_crammer_singer
 
     assert DEFAULT_C == 1e-3

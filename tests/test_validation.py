@@ -10,10 +10,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import clustered_features
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from captum_dualxda import DualDA, fit_crammer_singer, rank_label_issues, transformer_composite
+from captum_dualxda._core.distributed import assemble_strided
 from captum_dualxda._utils.validation import (
     check_flag,
     check_integer,
@@ -24,12 +26,9 @@ from captum_dualxda._utils.validation import (
 )
 from captum_dualxda.choose_c import sweep_C
 from captum_dualxda.demo import check_demo_arguments
-from captum_dualxda._core.distributed import assemble_strided
-from captum_dualxda.exceptions import ArgumentTypeError
 from captum_dualxda.metrics import class_detection, surrogate_fidelity, training_loss
 from captum_dualxda.solver import fit_crammer_singer_path
 from captum_dualxda.visualization import heatmap_rgb
-from conftest import clustered_features
 
 
 # ------------------------------------------------------------------------------------------

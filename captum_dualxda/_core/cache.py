@@ -46,7 +46,7 @@ class Fingerprint:
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
 
-    def update(self, *values: Any) -> "Fingerprint":
+    def update(self, *values: Any) -> Fingerprint:
         """Mix values in, each by everything it holds.
 
         Tensors by dtype, shape and bytes; NumPy arrays likewise; lists, tuples and mappings
@@ -157,7 +157,7 @@ class Fingerprint:
             error.owners.append(name)
             raise
 
-    def update_module(self, model: nn.Module) -> "Fingerprint":
+    def update_module(self, model: nn.Module) -> Fingerprint:
         """Mix in the architecture and the whole state of ``model``.
 
         The architecture is each submodule's dotted name, class (module and qualified name)
@@ -184,7 +184,7 @@ class Fingerprint:
                     self.update("attribute", name, attribute, value)
         return self
 
-    def update_batches(self, batches: Iterable[Any]) -> "Fingerprint":
+    def update_batches(self, batches: Iterable[Any]) -> Fingerprint:
         """Mix in every batch of a data iterable (inputs and labels)."""
         for batch in batches:
             self.update(batch)

@@ -273,7 +273,7 @@ def split_batch(batch: Any, argument: str = "inputs") -> Tuple[ModelInputs, torc
     Returns
     -------
     inputs : tuple or dict
-        The model inputs (see :func:`~captum_dualxda.features.call_model`).
+        The model inputs (see :func:`~captum_dualxda._utils.inputs.call_model`).
     targets : torch.Tensor
         ``(N,)`` int64.
 
@@ -335,7 +335,7 @@ class CheckedCollate:
         self.argument = argument
 
     @classmethod
-    def wrap(cls, collate_fn: Callable[[List[Any]], Any], argument: str = "train_dataset") -> "CheckedCollate":
+    def wrap(cls, collate_fn: Callable[[List[Any]], Any], argument: str = "train_dataset") -> CheckedCollate:
         """``collate_fn`` checked (itself when it already is a :class:`CheckedCollate`)."""
         return collate_fn if isinstance(collate_fn, cls) else cls(collate_fn, argument)
 

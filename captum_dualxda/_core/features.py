@@ -3,9 +3,9 @@
 DualDA and XDA both work on ``phi(x)``: the INPUT of the network's final ``nn.Linear``
 (Captum's ``final_fc_layer`` convention), flattened to ``(N, d)``. :func:`resolve_linear_layer`
 finds that layer; :func:`batch_features` captures ``phi`` of one batch through a
-:class:`~captum_dualxda.probe.ModelProbe`, and :class:`FeatureExtractor` does the same for many
+:class:`~captum_dualxda._core.probe.ModelProbe`, and :class:`FeatureExtractor` does the same for many
 batches through one probe (what extraction over a whole training set,
-:mod:`captum_dualxda.store`, uses).
+:mod:`captum_dualxda._core.store`, uses).
 """
 from __future__ import annotations
 
@@ -349,7 +349,7 @@ def forward_precision(device: torch.device, autocast: Optional[torch.dtype]) -> 
 class FeatureExtractor:
     """Context manager: ``phi`` (and the model output) of many batches through one model probe.
 
-    On entry it opens one :class:`~captum_dualxda.probe.ModelProbe` (the model's lock, eval
+    On entry it opens one :class:`~captum_dualxda._core.probe.ModelProbe` (the model's lock, eval
     mode, a pre-hook on ``layer``) for every batch of a pass, instead of one per batch; on exit
     everything is restored. Each call moves the inputs to the model's device
     (``non_blocking``, so pinned batches are copied asynchronously), runs the model under
@@ -383,7 +383,7 @@ class FeatureExtractor:
         self.autocast = check_autocast(autocast, self.device)
         self._probe = ModelProbe(model, layer, flatten=False)
 
-    def __enter__(self) -> "FeatureExtractor":
+    def __enter__(self) -> FeatureExtractor:
         self._probe.__enter__()
         return self
 
@@ -433,7 +433,7 @@ def batch_features_and_output(
 ) -> Tuple[torch.Tensor, Any]:
     """Features ``phi`` of one batch and the model's output, from one forward pass.
 
-    Same as :func:`batch_features` (a :class:`~captum_dualxda.probe.ModelProbe`: eval mode, no
+    Same as :func:`batch_features` (a :class:`~captum_dualxda._core.probe.ModelProbe`: eval mode, no
     grad, the model left as found), also returning what the model returned (e.g. ``(N, K)``
     logits, or a Hugging Face ``ModelOutput``).
 
@@ -460,7 +460,7 @@ def batch_features(model: nn.Module, layer: nn.Linear, inputs: ModelInputs, auto
     """Features ``phi`` of one batch: the input of ``layer``, one vector per sample.
 
     The model runs in eval mode under ``no_grad`` on its own device (inputs are moved there),
-    through a :class:`~captum_dualxda.probe.ModelProbe`: every submodule's training flag and
+    through a :class:`~captum_dualxda._core.probe.ModelProbe`: every submodule's training flag and
     every parameter's ``requires_grad`` are restored afterwards, and concurrent calls from
     several threads never mix their features. A head applied to every position (decoder
     classifiers) gives the input at the position the model classifies

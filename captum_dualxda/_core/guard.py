@@ -44,7 +44,7 @@ __all__ = ["WeightsRecord", "push_entry_view", "pop_entry_view"]
 _View = List[Tuple[str, torch.Tensor, torch.Tensor]]
 """``(name, the Parameter or buffer object, a tensor with its values)`` of every model tensor."""
 
-_ENTRY_VIEWS: "weakref.WeakKeyDictionary[nn.Module, List[_View]]" = weakref.WeakKeyDictionary()
+_ENTRY_VIEWS: weakref.WeakKeyDictionary[nn.Module, List[_View]] = weakref.WeakKeyDictionary()
 _ENTRY_VIEWS_GUARD = threading.Lock()
 
 
@@ -120,14 +120,14 @@ def _digest(tensor: torch.Tensor) -> Optional[str]:
 class _Entry:
     """What the record knows of one tensor."""
 
-    owner: "weakref.ref[torch.Tensor]"
+    owner: weakref.ref[torch.Tensor]
     key: Tuple[int, int, torch.dtype, torch.Size]
     """Version counter, storage address, dtype and shape (a move to another device or dtype
     gives new storage)."""
     digest: Optional[str]
 
     @classmethod
-    def of(cls, owner: torch.Tensor, values: torch.Tensor, digest: Optional[str]) -> "_Entry":
+    def of(cls, owner: torch.Tensor, values: torch.Tensor, digest: Optional[str]) -> _Entry:
         return cls(weakref.ref(owner), (values._version, values.data_ptr(), values.dtype, values.shape), digest)
 
     def unchanged(self, owner: torch.Tensor, values: torch.Tensor) -> bool:

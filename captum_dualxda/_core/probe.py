@@ -33,7 +33,7 @@ from ..exceptions import FeaturesReached
 
 __all__ = ["ModelProbe", "ModelState", "model_lock"]
 
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 _MISSING = object()
 
@@ -186,7 +186,7 @@ class ModelProbe:
         if self.stop:
             raise FeaturesReached
 
-    def __enter__(self) -> "ModelProbe":
+    def __enter__(self) -> ModelProbe:
         self._lock.acquire()
         try:
             self._thread = threading.get_ident()

@@ -100,7 +100,7 @@ class FeatureStore:
         autocast: Optional[torch.dtype] = None,
         observe: Optional[Callable[[Any], Any]] = None,
         desc: str = "DualDA features",
-    ) -> Tuple["FeatureStore", torch.Tensor]:
+    ) -> Tuple[FeatureStore, torch.Tensor]:
         """Extract the features of ``loader`` (see :func:`extract_features`).
 
         Returns
@@ -203,7 +203,7 @@ def extract_features(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Features and labels of every batch of ``loader``, in loader order.
 
-    One pass through the model under one :class:`~captum_dualxda.features.FeatureExtractor`:
+    One pass through the model under one :class:`~captum_dualxda._core.features.FeatureExtractor`:
     ``torch.no_grad()``, eval mode, batches moved to the model's device with
     ``non_blocking=True`` (asynchronous from a loader with ``pin_memory=True``). Each batch's
     features are written straight into storage allocated once when the number of rows is known
@@ -225,7 +225,7 @@ def extract_features(
         Each rank ``r`` of the initialised process group (``W`` ranks) extracts the strided shard
         ``r, r + W, ...`` of ``loader.dataset`` (a map-style Dataset) and keeps it locally; rank
         0 then receives the other shards in bounded chunks
-        (:func:`~captum_dualxda.distributed.assemble_strided`). No rank but 0 ever holds more
+        (:func:`~captum_dualxda._core.distributed.assemble_strided`). No rank but 0 ever holds more
         than its own shard, and nothing is written to a file two ranks share. Collective: call
         it on every rank. A no-op without a process group.
     out_path : str, optional
@@ -240,7 +240,7 @@ def extract_features(
         ``torch.autocast`` (mixed precision); the features are stored in float32 all the same.
     observe : callable, optional
         Called with every batch as the loader yields it, before the model sees it (e.g.
-        :meth:`~captum_dualxda.cache.Fingerprint.update`: a fingerprint taken in the same pass).
+        :meth:`~captum_dualxda._core.cache.Fingerprint.update`: a fingerprint taken in the same pass).
 
     Returns
     -------

@@ -19,8 +19,8 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .._utils.chunking import row_chunk
-from .distributed import stable_topk, topk_of_candidates
 from ..solver.sparse_dual import DualVariables, RowSparseDual, dual_rows
+from .distributed import stable_topk, topk_of_candidates
 
 __all__ = ["SupportSet", "warn_absent"]
 
@@ -61,7 +61,7 @@ class SupportSet:
         self.n_classes = int(n_classes)
 
     @classmethod
-    def from_dual(cls, alpha: DualVariables, support: torch.Tensor, features: Optional[torch.Tensor], n_classes: int) -> "SupportSet":
+    def from_dual(cls, alpha: DualVariables, support: torch.Tensor, features: Optional[torch.Tensor], n_classes: int) -> SupportSet:
         """The support rows of solver dual variables, compressed in 32 MiB chunks.
 
         Parameters
@@ -93,7 +93,7 @@ class SupportSet:
     def device(self) -> torch.device:
         return self.values.device
 
-    def to(self, device: Union[str, torch.device]) -> "SupportSet":
+    def to(self, device: Union[str, torch.device]) -> SupportSet:
         """A copy on ``device`` (``self`` if already there)."""
         device = torch.device(device)
         if device == self.device and (self.features is None or self.features.device == device):
@@ -101,11 +101,11 @@ class SupportSet:
         features = None if self.features is None else self.features.to(device)
         return SupportSet(self.indices.to(device), self.values.to(device), self.classes.to(device), features, self.n_train, self.n_classes)
 
-    def with_features(self, features: Optional[torch.Tensor]) -> "SupportSet":
+    def with_features(self, features: Optional[torch.Tensor]) -> SupportSet:
         """The same support vectors holding ``features`` ``(n_sv, d)`` (None: lookups only)."""
         return SupportSet(self.indices, self.values, self.classes, features, self.n_train, self.n_classes)
 
-    def shard(self, rank: int, world: int) -> "SupportSet":
+    def shard(self, rank: int, world: int) -> SupportSet:
         """The support vectors ``j`` with ``j % world == rank`` (a rank's part of a distributed fit).
 
         Parameters

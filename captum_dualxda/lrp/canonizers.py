@@ -48,7 +48,7 @@ class ForwardCanonizer(Canonizer):
         self.forward = forward
         self.module: Optional[nn.Module] = None
 
-    def apply(self, root_module: nn.Module) -> List["ForwardCanonizer"]:
+    def apply(self, root_module: nn.Module) -> List[ForwardCanonizer]:
         instances = []
         for module in root_module.modules():
             if self.matches(module):
@@ -66,7 +66,7 @@ class ForwardCanonizer(Canonizer):
             del self.module.forward  # back to the class's forward
         self.module = None
 
-    def copy(self) -> "ForwardCanonizer":
+    def copy(self) -> ForwardCanonizer:
         return ForwardCanonizer(self.matches, self.forward)
 
 
@@ -79,7 +79,7 @@ class HFAttentionCanonizer(Canonizer):
         self.model: Optional[nn.Module] = None
         self.previous: Optional[str] = None
 
-    def apply(self, root_module: nn.Module) -> List["HFAttentionCanonizer"]:
+    def apply(self, root_module: nn.Module) -> List[HFAttentionCanonizer]:
         if getattr(getattr(root_module, "config", None), "_attn_implementation", None) is None:
             return []
         instance = HFAttentionCanonizer(self.rule)

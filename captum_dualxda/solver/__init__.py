@@ -9,8 +9,8 @@ point).
 from .fit import ConvergenceWarning, available_backends, fit_crammer_singer, fit_crammer_singer_path
 from .gap import evaluate_optimality, primal_objective
 from .problem import CrammerSingerProblem, CrammerSingerResult, make_problem, support_mask
-from .settings import DEFAULT_C, SolverSettings
 from .projection import project_crammer_singer
+from .settings import DEFAULT_C, SolverSettings
 from .sparse_dual import RowSparseDual, dual_rows, dual_to_dense
 
 __all__ = [

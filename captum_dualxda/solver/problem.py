@@ -184,9 +184,7 @@ def make_problem(
         raise ValueError("`features` is empty: the training set has no samples.")
     if features.shape[1] == 0:
         raise ValueError("`features` has no columns (d = 0).")
-    if not torch.is_floating_point(features):
-        features = features.to(torch.float32)
-    elif features.dtype not in (torch.float32, torch.float64):
+    if not torch.is_floating_point(features) or features.dtype not in (torch.float32, torch.float64):
         features = features.to(torch.float32)
     if labels.ndim != 1 or labels.shape[0] != features.shape[0]:
         raise ValueError(

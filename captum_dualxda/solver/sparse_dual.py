@@ -107,7 +107,7 @@ class RowSparseDual:
 
     # ------------------------------------------------------------------ conversion
     @classmethod
-    def from_dense(cls, dense: torch.Tensor, capacity: Optional[int] = None) -> "RowSparseDual":
+    def from_dense(cls, dense: torch.Tensor, capacity: Optional[int] = None) -> RowSparseDual:
         """Compress a dense ``(n, K)`` matrix (in row chunks, no ``(n, K)`` temporaries).
 
         Parameters
@@ -136,24 +136,24 @@ class RowSparseDual:
             out[rows] = self.rows(rows)
         return out
 
-    def to(self, device: Union[str, torch.device]) -> "RowSparseDual":
+    def to(self, device: Union[str, torch.device]) -> RowSparseDual:
         """A copy on ``device`` (``self`` if already there)."""
         device = torch.device(device)
         if device == self.device:
             return self
         return self._with_arrays(self.values.to(device), self.classes.to(device))
 
-    def scaled(self, factor: float) -> "RowSparseDual":
+    def scaled(self, factor: float) -> RowSparseDual:
         """A copy with every entry multiplied by ``factor`` (e.g. a warm start for a new ``C``)."""
         return self._with_arrays(self.values * float(factor), self.classes.clone())
 
-    def _with_arrays(self, values: torch.Tensor, classes: torch.Tensor) -> "RowSparseDual":
+    def _with_arrays(self, values: torch.Tensor, classes: torch.Tensor) -> RowSparseDual:
         """A RowSparseDual with this ``K`` holding the given ``(n, m)`` arrays (not copied)."""
         out = RowSparseDual.__new__(RowSparseDual)
         out.n_classes, out.values, out.classes = self.n_classes, values, classes
         return out
 
-    def cpu(self) -> "RowSparseDual":
+    def cpu(self) -> RowSparseDual:
         return self.to("cpu")
 
     # ------------------------------------------------------------------ row access
