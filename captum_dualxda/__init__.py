@@ -19,5 +19,14 @@ from .xda import XDA, XDAPairs, xda_pairs
 
 __version__ = "0.1.0"
 
-__all__ = ["DualDA", "XDA", "XDAPairs", "xda_pairs", "transformer_composite", "fit_crammer_singer", "CrammerSingerResult",
-           "rank_label_issues", "LabelIssues"]
+__all__ = [
+    "DualDA",
+    "XDA",
+    "XDAPairs",
+    "xda_pairs",
+    "transformer_composite",
+    "fit_crammer_singer",
+    "CrammerSingerResult",
+    "rank_label_issues",
+    "LabelIssues",
+]

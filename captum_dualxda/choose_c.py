@@ -208,7 +208,9 @@ def sweep_C(
             fit_time=float(result.time),
             n_iter=int(result.n_iter),
             gap=float(result.gap),
-            train_agreement=float((surrogate_logits(features, weight, intercept).argmax(1) == train_logits.argmax(1)).double().mean()),
+            train_agreement=float(
+                (surrogate_logits(features, weight, intercept).argmax(1) == train_logits.argmax(1)).double().mean()
+            ),
         )
         if test_phi is not None:
             fid = logit_fidelity(test_logits, surrogate_logits(test_phi, weight, intercept))
@@ -272,7 +274,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def format_markdown(rows: Sequence[Any], columns: Optional[Sequence[str]] = None, headers: Optional[Dict[str, str]] = None) -> str:
+def format_markdown(
+    rows: Sequence[Any], columns: Optional[Sequence[str]] = None, headers: Optional[Dict[str, str]] = None
+) -> str:
     """A Markdown table of rows (dataclasses such as :class:`SweepRow`, or dicts).
 
     Parameters

@@ -372,7 +372,9 @@ class DualDA(DataInfluence):
             float32 on the CPU, the broadcast shape of ``indices`` and ``classes``.
         """
         fit = self._single("coefficients_at")
-        indices, classes = torch.broadcast_tensors(torch.as_tensor(indices).long().cpu(), torch.as_tensor(classes).long().cpu())
+        indices, classes = torch.broadcast_tensors(
+            torch.as_tensor(indices).long().cpu(), torch.as_tensor(classes).long().cpu()
+        )
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.n_train):
             raise ValueError(f"`indices` must lie in 0..{self.n_train - 1}.")
         if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= self.n_classes):

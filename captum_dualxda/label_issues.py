@@ -115,8 +115,8 @@ def rank_label_issues(dualda: DualDA, *, C: Optional[float] = None, show_progres
     TypeError
         ``dualda`` is not a DualDA.
     ValueError
-        ``dualda`` is a checkpoint ensemble; ``C`` is not a finite number ``> 0``, or (refit) the training data now yields other
-        labels than at DualDA's fit.
+        ``dualda`` is a checkpoint ensemble; ``C`` is not a finite number ``> 0``, or (refit) the
+        training data now yields other labels than at DualDA's fit.
 
     Examples
     --------

@@ -237,8 +237,15 @@ class XDA(Attributor):
         before zennit wraps it in its Identity (whose backward hook would need the layer's output
         gradient, which never exists because the forward stops here).
         """
-        return ModelProbe(self.model, self.final_fc_layer, stop=True, prepend=True, detach=detach, argument="final_fc_layer",
-                          flatten=False)
+        return ModelProbe(
+            self.model,
+            self.final_fc_layer,
+            stop=True,
+            prepend=True,
+            detach=detach,
+            argument="final_fc_layer",
+            flatten=False,
+        )
 
     def _prepare_input(self, input: Any) -> Union[torch.Tensor, Dict[str, Any]]:
         """A floating-point tensor, or a dict of model inputs (Hugging Face), on the model's device."""
@@ -381,7 +388,9 @@ class XDA(Attributor):
         if text:
             relevance = relevance.sum(-1)  # one score per token
         if self.composite is not None and not bool(torch.isfinite(relevance).all()):
-            raise UnsupportedModelError(unsupported_message(self.model, self.composite, "non-finite relevance (NaN or inf)"))
+            raise UnsupportedModelError(
+                unsupported_message(self.model, self.composite, "non-finite relevance (NaN or inf)")
+            )
         return phi.detach(), relevance.detach()
 
     @staticmethod

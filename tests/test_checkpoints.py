@@ -98,7 +98,7 @@ def test_custom_loader_and_errors(setting, tmp_path):
     with pytest.raises(TypeError, match="checkpoints_load_func"):
         DualDA(model, "4", train, checkpoints=paths, checkpoints_load_func="torch.load")
     with pytest.raises(AttributeError, match="ensemble of 3 checkpoints"):
-        ensemble.coefficients
+        _ = ensemble.coefficients
     with pytest.raises(AttributeError, match="ensemble of 3 checkpoints"):
         ensemble.coefficients_at(torch.tensor([0]), torch.tensor([0]))
     with pytest.raises(ValueError, match="checkpoint ensemble"):

@@ -68,7 +68,9 @@ def test_metrics_are_consistent(small_run):
     assert result.random_auc == pytest.approx(roc_auc_score(result.flipped, random_scores), abs=1e-12)
     assert result.C == 1e-3 and result.flip_rate == 0.1
     assert result.solver_gap < 1e-3 and np.isfinite(result.hinge_auc)
-    printed = [line for line in result.summary().splitlines() if "rank_label_issues (hinge loss, C=0.0001), AUC" in line]
+    printed = [
+        line for line in result.summary().splitlines() if "rank_label_issues (hinge loss, C=0.0001), AUC" in line
+    ]
     assert len(printed) == 1 and printed[0].split()[-4] == f"{result.hinge_auc:.3f}"
     assert result.fit_time > 0 and result.ms_per_test_sample > 0 and result.xda_ms_per_pair > 0
 
@@ -116,14 +118,27 @@ def test_run_demo_runs_on_one_thread_and_restores_the_setting(tmp_path, monkeypa
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("kwargs, word", [
-    (dict(flip_rate=1.0), "flip_rate"), (dict(flip_rate=-0.1), "flip_rate"),
-    (dict(C=0.0), "`C`"), (dict(C=float("nan")), "`C`"), (dict(k=0), "`k`"),
-    (dict(n_explain=-1), "n_explain"), (dict(epochs=0), "epochs"),
-    (dict(seed=-1), "`seed`"), (dict(seed=2**63), "`seed`"), (dict(seed=True), "`seed`"), (dict(seed=1.0), "`seed`"),
-    (dict(k=np.float64(2)), "`k`"), (dict(C=True), "`C`"), (dict(dpi=0), "`dpi`"), (dict(num_threads=0), "`num_threads`"),
-    (dict(show_progress="no"), "`show_progress`"),
-])
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        (dict(flip_rate=1.0), "flip_rate"),
+        (dict(flip_rate=-0.1), "flip_rate"),
+        (dict(C=0.0), "`C`"),
+        (dict(C=float("nan")), "`C`"),
+        (dict(k=0), "`k`"),
+        (dict(n_explain=-1), "n_explain"),
+        (dict(epochs=0), "epochs"),
+        (dict(seed=-1), "`seed`"),
+        (dict(seed=2**63), "`seed`"),
+        (dict(seed=True), "`seed`"),
+        (dict(seed=1.0), "`seed`"),
+        (dict(k=np.float64(2)), "`k`"),
+        (dict(C=True), "`C`"),
+        (dict(dpi=0), "`dpi`"),
+        (dict(num_threads=0), "`num_threads`"),
+        (dict(show_progress="no"), "`show_progress`"),
+    ],
+)
 def test_run_demo_rejects_bad_settings_before_training(kwargs, word, tmp_path, monkeypatch):
     monkeypatch.setattr(demo_run, "train_cnn", lambda *a, **k: pytest.fail("trained despite bad settings"))
     with pytest.raises(ValueError, match=word):
@@ -300,5 +315,7 @@ def test_annotate_marks_flipped_labels_in_explanation_titles():
     titles = {ax.get_title().split()[0]: ax.get_title() for ax in fig.axes if ax.get_title().startswith("#")}
     assert len(titles) == 3
     for j in flipped.tolist():
-        assert titles[f"#{j}"].splitlines()[0] == f"#{j}  label {int(data.y_train[j])} (was {int(data.y_train_clean[j])})"
+        assert (
+            titles[f"#{j}"].splitlines()[0] == f"#{j}  label {int(data.y_train[j])} (was {int(data.y_train_clean[j])})"
+        )
     assert "(was" not in titles[f"#{int(clean[0])}"]

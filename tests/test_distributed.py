@@ -56,14 +56,18 @@ class Dicts(torch.utils.data.Dataset):
 def run_all(net, train, x_test, **kwargs):
     dualda = DualDA(net, "2", train, C=0.05, batch_size=32, **kwargs)
     pred = net(x_test).argmax(1)
-    features, labels = extract_features(net, net[2], DataLoader(train, batch_size=32), distributed=kwargs.get("distributed", False))
+    features, labels = extract_features(
+        net, net[2], DataLoader(train, batch_size=32), distributed=kwargs.get("distributed", False)
+    )
     return {
         "features": features,
         "labels": labels,
         "coefficients": dualda.coefficients,
         "scores": dualda.influence((x_test, pred)),
         "proponents": tuple(dualda.influence((x_test, pred), k=7)),
-        "opponents": tuple(dualda.influence(DataLoader(TensorDataset(x_test, pred), batch_size=5), k=7, proponents=False)),
+        "opponents": tuple(
+            dualda.influence(DataLoader(TensorDataset(x_test, pred), batch_size=5), k=7, proponents=False)
+        ),
         "self_influence": dualda.self_influence(),
         "n_local_support": len(dualda._single("n_local_support").local),
         "n_support": dualda.support_indices.numel(),
@@ -112,7 +116,9 @@ def worker(rank, init_file, out_dir):
         os.makedirs(local_dir)
         loader = DataLoader(train, batch_size=32)
         result["sharded"] = extract_features(net, net[2], loader, distributed=True)
-        mapped, labels = extract_features(net, net[2], loader, distributed=True, out_path=os.path.join(local_dir, "f.npy"))
+        mapped, labels = extract_features(
+            net, net[2], loader, distributed=True, out_path=os.path.join(local_dir, "f.npy")
+        )
         result["sharded_mapped"] = (mapped.clone(), labels)
         result["scratch_files"] = sorted(os.listdir(local_dir))
         del mapped
@@ -125,9 +131,13 @@ def worker(rank, init_file, out_dir):
         # Rank 0 hits its cache, rank 1's directory is empty: rank 0's decision holds for both.
         hit = run_all(net, train, x_test, distributed=True, cache_dir=cache)
         # Only rank 1 finds a cache file (rank 0's directory is empty): everyone refits.
-        miss = run_all(net, train, x_test, distributed=True, cache_dir=os.path.join(out_dir, "cache0" if rank else "empty0"))
+        miss = run_all(
+            net, train, x_test, distributed=True, cache_dir=os.path.join(out_dir, "cache0" if rank else "empty0")
+        )
         for name, run in (("cache_hit", hit), ("cache_miss", miss)):
-            result[name] = {key: run[key] for key in ("scores", "proponents", "from_cache", "fit_stats", "n_local_support")}
+            result[name] = {
+                key: run[key] for key in ("scores", "proponents", "from_cache", "fit_stats", "n_local_support")
+            }
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

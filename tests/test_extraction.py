@@ -151,7 +151,9 @@ def test_autocast_is_part_of_the_cache_key(train, digits_cnn, tmp_path):
 def test_bad_autocast_values_are_refused_before_any_work(value, train, digits_cnn, monkeypatch):
     import captum_dualxda._core.store as store_module
 
-    monkeypatch.setattr(store_module, "extract_features", lambda *a, **k: pytest.fail("extracted despite a bad autocast"))
+    monkeypatch.setattr(
+        store_module, "extract_features", lambda *a, **k: pytest.fail("extracted despite a bad autocast")
+    )
     with pytest.raises(ValueError, match=r"`autocast` must be None .*torch.bfloat16 or torch.float16, got"):
         DualDA(digits_cnn, "fc", train, C=0.01, autocast=value)
     with pytest.raises(ValueError, match="`autocast`"):
@@ -166,8 +168,14 @@ def test_cuda_features_reach_host_storage_through_asynchronous_copies(autocast, 
     loader = DataLoader(train, batch_size=16, pin_memory=True)  # many batches: both buffers are reused
     on_device, labels = extract_features(net, net.fc, loader, torch.device("cuda"), autocast=autocast)
     on_host, host_labels = extract_features(net, net.fc, loader, torch.device("cpu"), autocast=autocast)
-    store, _ = FeatureStore.extract(net, net.fc, loader, torch.device("cpu"), out_path=str(tmp_path / "phi.npy"), autocast=autocast)
-    assert on_host.device.type == "cpu" and torch.equal(on_host, on_device.cpu()) and torch.equal(host_labels, labels.cpu())
+    store, _ = FeatureStore.extract(
+        net, net.fc, loader, torch.device("cpu"), out_path=str(tmp_path / "phi.npy"), autocast=autocast
+    )
+    assert (
+        on_host.device.type == "cpu"
+        and torch.equal(on_host, on_device.cpu())
+        and torch.equal(host_labels, labels.cpu())
+    )
     assert torch.equal(store.features, on_device.cpu())
     store.close()
 
@@ -184,7 +192,9 @@ def test_the_fit_benchmark_runs_at_toy_size():
     rows = module.run(["bert"], repeats=1, tiny=True, scores=True)
     timing, scores = rows
     assert timing["kind"] == "time" and timing["n_train"] == 96 and timing["converged"]
-    assert timing["fit"] >= timing["extraction"] > 0 and timing["ratio"] == pytest.approx(timing["fit"] / timing["forward"])
+    assert timing["fit"] >= timing["extraction"] > 0 and timing["ratio"] == pytest.approx(
+        timing["fit"] / timing["forward"]
+    )
     assert scores["kind"] == "scores" and scores["precision"] == "bfloat16"
     assert 0.9 < scores["spearman_median"] <= 1 and 0 < scores["frobenius_rel_diff"] < 0.1
     assert "| BERT" in module.time_table(rows) and "| BERT" in module.score_table(rows)

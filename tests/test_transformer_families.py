@@ -191,7 +191,7 @@ def test_the_attention_rule_is_applied_cp_conserves_exactly_and_attnlrp_does_not
         xda = XDA(model, HEADS[make.__name__], transformer_composite(model, attention=rule))
         phi = xda.features(batch)
         partner = phi.flip(0)
-        phi, relevance = xda(batch, lambda f: f * partner)
+        phi, relevance = xda(batch, lambda f, partner=partner: f * partner)
         tau = (phi.double() * partner.double()).sum(1)
         assert torch.isfinite(relevance).all()
         heatmaps[rule] = relevance

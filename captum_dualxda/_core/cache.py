@@ -220,10 +220,8 @@ def atomic_save(obj: Dict[str, Any], path: str) -> None:
             os.fsync(stream.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 
@@ -261,7 +259,9 @@ def entry_lock(path: str, show_progress: bool = False) -> Iterator[None]:
         lock.acquire(timeout=0)
     except Timeout:
         if show_progress:
-            tqdm.write(f"DualDA: another process is fitting this configuration ({os.path.basename(path)}); waiting for it.")
+            tqdm.write(
+                f"DualDA: another process is fitting this configuration ({os.path.basename(path)}); waiting for it."
+            )
         lock.acquire()
     try:
         yield

@@ -126,7 +126,9 @@ def _sampler_order(loader: DataLoader, n: int) -> Optional[str]:
         return None
     if isinstance(sampler, RandomSampler):
         if sampler.replacement or sampler.num_samples != n:
-            return f"its RandomSampler draws {sampler.num_samples} samples" + (" with replacement" if sampler.replacement else "")
+            return f"its RandomSampler draws {sampler.num_samples} samples" + (
+                " with replacement" if sampler.replacement else ""
+            )
         return None
     if isinstance(sampler, WeightedRandomSampler):
         return "its WeightedRandomSampler draws samples with weights and replacement"

@@ -327,7 +327,10 @@ def check_autocast(autocast: Any, device: torch.device, argument: str = "autocas
             f"`{argument}` must be None (the model's own precision), torch.bfloat16 or torch.float16, got {autocast!r}."
         )
     if not torch.amp.is_autocast_available(device.type):
-        raise ValueError(f"`{argument}`={autocast} is not available for a model on {device.type!r}: torch.autocast does not support it.")
+        raise ValueError(
+            f"`{argument}`={autocast} is not available for a model on {device.type!r}: torch.autocast does not "
+            "support it."
+        )
     return autocast
 
 
@@ -456,7 +459,9 @@ def batch_features_and_output(
         return extract(inputs)
 
 
-def batch_features(model: nn.Module, layer: nn.Linear, inputs: ModelInputs, autocast: Optional[torch.dtype] = None) -> torch.Tensor:
+def batch_features(
+    model: nn.Module, layer: nn.Linear, inputs: ModelInputs, autocast: Optional[torch.dtype] = None
+) -> torch.Tensor:
     """Features ``phi`` of one batch: the input of ``layer``, one vector per sample.
 
     The model runs in eval mode under ``no_grad`` on its own device (inputs are moved there),

@@ -210,7 +210,8 @@ class WeightsRecord:
         what = (f"{shown} of its parameters and buffers differ from the fit's" if changed
                 else "on another rank of the process group; every rank stops")
         return (
-            f"`{call}`: the model changed after this DualDA was fitted ({what}). The fit's support vectors and dual variables belong to the old weights; "
+            f"`{call}`: the model changed after this DualDA was fitted ({what}). The fit's support vectors and dual "
+            "variables belong to the old weights; "
             "scoring with the changed model's features would mix the two and give wrong scores. Refit for the "
             "current weights: `DualDA(model, ...)` again (with `cache_dir`, every set of weights is cached under "
             "its own key). Or, to keep using this fit, put the weights it was made with back into the model "

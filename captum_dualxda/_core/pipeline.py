@@ -347,7 +347,9 @@ class FitJob:
             store, labels, start = extracted
         self.weights.absorb(self.model)  # buffers the model's own forward pass rewrites are not checked
         try:
-            solved = self._solve(store, labels, key, time.perf_counter() - start, show_progress) if self.rank == 0 else None
+            solved = (
+                self._solve(store, labels, key, time.perf_counter() - start, show_progress) if self.rank == 0 else None
+            )
             # Distributed, only the small state travels; every rank takes its support vectors'
             # features from the rows it extracted itself.
             shared = solved

@@ -96,7 +96,9 @@ class ModelState:
             for module, params, buffers, shadowed in self.objects:
                 for name in [n for n in vars(module) if (n in params or n in buffers) and n not in shadowed]:
                     object.__delattr__(module, name)  # a plain attribute now hiding a parameter
-                for name in [n for n in list(module._parameters) + list(module._buffers) if n not in params and n not in buffers]:
+                for name in [
+                    n for n in list(module._parameters) + list(module._buffers) if n not in params and n not in buffers
+                ]:
                     delattr(module, name)  # added since the record
                 for name, value in params.items():
                     if module._parameters.get(name, _MISSING) is not value:

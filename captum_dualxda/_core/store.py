@@ -27,7 +27,9 @@ from .features import FeatureExtractor
 __all__ = ["FeatureStore", "extract_features", "scratch_path"]
 
 
-def scratch_path(directory: Optional[str], key: Optional[str], loader: DataLoader, d: int, memory_budget: Optional[int]) -> Optional[str]:
+def scratch_path(
+    directory: Optional[str], key: Optional[str], loader: DataLoader, d: int, memory_budget: Optional[int]
+) -> Optional[str]:
     """Where to memory-map the training features, or None when they fit in ``memory_budget``.
 
     The name belongs to this process alone (key prefix, process id, random suffix): two processes
@@ -79,7 +81,9 @@ class FeatureStore:
         The memory-mapped file behind ``features``, removed by :meth:`close`.
     """
 
-    def __init__(self, features: torch.Tensor, n_train: int, rank: int = 0, world: int = 1, path: Optional[str] = None) -> None:
+    def __init__(
+        self, features: torch.Tensor, n_train: int, rank: int = 0, world: int = 1, path: Optional[str] = None
+    ) -> None:
         self.features = features
         self.n_train = int(n_train)
         self.rank = int(rank)
@@ -114,8 +118,18 @@ class FeatureStore:
         rank, world = rank_and_world_size() if distributed else (0, 1)
         path = _local_path(out_path, rank)
         try:
-            features, labels = extract_features(model, layer, loader, device, show_progress, desc, distributed=distributed,
-                                                out_path=out_path, autocast=autocast, observe=observe)
+            features, labels = extract_features(
+                model,
+                layer,
+                loader,
+                device,
+                show_progress,
+                desc,
+                distributed=distributed,
+                out_path=out_path,
+                autocast=autocast,
+                observe=observe,
+            )
         except BaseException:
             cls._remove(path)
             raise
@@ -139,7 +153,9 @@ class FeatureStore:
             local = indices
         else:
             if bool((indices % self.world != self.rank).any()):
-                raise ValueError(f"Rank {self.rank} of {self.world} holds only the samples j with j % {self.world} == {self.rank}.")
+                raise ValueError(
+                    f"Rank {self.rank} of {self.world} holds only the samples j with j % {self.world} == {self.rank}."
+                )
             local = torch.div(indices - self.rank, self.world, rounding_mode="floor")
         return self.features[local.to(self.features.device)].float()
 
@@ -345,7 +361,12 @@ class _HostCopies:
     def submit(self, rows: torch.Tensor, place: Callable[[torch.Tensor], None]) -> None:
         """Start copying ``rows`` (on a CUDA device) to the host; ``place(host_rows)`` follows later."""
         buffer = self.buffers[self.turn]
-        if buffer is None or buffer.shape[0] < rows.shape[0] or buffer.shape[1:] != rows.shape[1:] or buffer.dtype != rows.dtype:
+        if (
+            buffer is None
+            or buffer.shape[0] < rows.shape[0]
+            or buffer.shape[1:] != rows.shape[1:]
+            or buffer.dtype != rows.dtype
+        ):
             buffer = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
             self.buffers[self.turn] = buffer
         host = buffer[: rows.shape[0]]

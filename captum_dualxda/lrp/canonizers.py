@@ -116,7 +116,11 @@ def _register_hf_attention(rule: str) -> None:
             key = key.repeat_interleave(groups, dim=1)
             value = value.repeat_interleave(groups, dim=1)
         scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
-        mask = attention_mask[:, :, :, : key.shape[-2]] if attention_mask is not None and attention_mask.ndim == 4 else attention_mask
+        mask = (
+            attention_mask[:, :, :, : key.shape[-2]]
+            if attention_mask is not None and attention_mask.ndim == 4
+            else attention_mask
+        )
         output = lrp_attention(query, key, value, mask, scale, rule)
         return output.transpose(1, 2).contiguous(), None
 
@@ -210,8 +214,12 @@ def _identity_activation(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _is_classification_head(module: nn.Module) -> bool:
     """Hugging Face sequence heads ``out_proj(act(dense(x)))`` (RoBERTa, XLM-R, Longformer, BART,
     T5, ...), whose activation is a function call (``torch.tanh``), not a module to canonize."""
-    return (type(module).__module__.startswith("transformers.") and type(module).__name__.endswith("ClassificationHead")
-            and isinstance(getattr(module, "dense", None), nn.Linear) and isinstance(getattr(module, "out_proj", None), nn.Linear))
+    return (
+        type(module).__module__.startswith("transformers.")
+        and type(module).__name__.endswith("ClassificationHead")
+        and isinstance(getattr(module, "dense", None), nn.Linear)
+        and isinstance(getattr(module, "out_proj", None), nn.Linear)
+    )
 
 
 def _classification_head(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -249,7 +257,11 @@ def _multihead_attention(module: nn.MultiheadAttention, query: torch.Tensor, key
 
     mask = None
     if key_padding_mask is not None:
-        mask = ~key_padding_mask.bool()[:, None, None, :] if key_padding_mask.dtype == torch.bool else key_padding_mask[:, None, None, :]
+        mask = (
+            ~key_padding_mask.bool()[:, None, None, :]
+            if key_padding_mask.dtype == torch.bool
+            else key_padding_mask[:, None, None, :]
+        )
     if attn_mask is not None:
         extra = ~attn_mask if attn_mask.dtype == torch.bool else attn_mask
         mask = extra if mask is None else (mask & extra if mask.dtype == torch.bool else mask + extra)
@@ -262,7 +274,9 @@ def _multihead_attention(module: nn.MultiheadAttention, query: torch.Tensor, key
 
 
 def _is_timm_attention(module: nn.Module) -> bool:
-    return type(module).__module__.startswith("timm.") and type(module).__name__ == "Attention" and hasattr(module, "qkv")
+    return (
+        type(module).__module__.startswith("timm.") and type(module).__name__ == "Attention" and hasattr(module, "qkv")
+    )
 
 
 def _timm_attention(module: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, rule: str = "attnlrp",

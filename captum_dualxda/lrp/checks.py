@@ -59,7 +59,9 @@ def has_attention(model: nn.Module) -> bool:
 
 def unsupported_message(model: nn.Module, composite: Composite, what: str) -> str:
     layers = unsupported_layers(model)
-    listed = ", ".join(f"{name} ({kind})" for name, kind in layers[:6]) + (f" and {len(layers) - 6} more" if len(layers) > 6 else "")
+    listed = ", ".join(f"{name} ({kind})" for name, kind in layers[:6]) + (
+        f" and {len(layers) - 6} more" if len(layers) > 6 else ""
+    )
     reason = (
         f"its rules do not cover these layers of the model: {listed}. Zennit's composites handle "
         "convolutional and fully connected networks (Linear, Conv, BatchNorm merged by a canonizer, "
@@ -163,7 +165,9 @@ def check_attention_interface(model: nn.Module) -> None:
         if not isinstance(module, PreTrainedModel):
             continue
         can_switch = getattr(module, "_can_set_attn_implementation", None)
-        supported = can_switch() if callable(can_switch) else bool(getattr(module, "_supports_attention_backend", False))
+        supported = (
+            can_switch() if callable(can_switch) else bool(getattr(module, "_supports_attention_backend", False))
+        )
         if not supported:
             raise ValueError(
                 f"`model`: {type(module).__name__} computes attention in its own code instead of through Hugging "

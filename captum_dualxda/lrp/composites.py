@@ -112,10 +112,10 @@ def transformer_composite(model: nn.Module, attention: str = "cp", zero_params: 
         The rule for ``softmax(q k^T) v``. ``"cp"`` (default; CP-LRP, Ali et al. 2022): the
         attention weights are constants and all relevance goes to the values, so with
         ``zero_params="bias"`` heatmaps add up to ``tau`` except for what a ViT's position
-        embeddings and class token take (text heatmaps include the position embeddings). ``"attnlrp"`` (AttnLRP): half of the relevance to the
-        values, half through the softmax to queries and keys; the softmax's gradient-times-input
-        rule does not conserve relevance, and on trained models it loses most of that half
-        (``benchmarks/README.md`` measures both).
+        embeddings and class token take (text heatmaps include the position embeddings).
+        ``"attnlrp"`` (AttnLRP): half of the relevance to the values, half through the softmax to
+        queries and keys; the softmax's gradient-times-input rule does not conserve relevance, and
+        on trained models it loses most of that half (``benchmarks/README.md`` measures both).
     zero_params : {"bias", None}
         ``"bias"`` (default): biases take no relevance, as with Zennit's ``zero_params="bias"``.
         Each bias-carrying affine map ``y = z + b`` (``nn.Linear``, Hugging Face's ``Conv1D`` of

@@ -53,10 +53,8 @@ def lrp_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
         query, key = query.detach(), key.detach()
     scores = half_matmul(query, key.transpose(-1, -2)) * scaling
     if mask is not None:
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + mask
+        is_bool = mask.dtype == torch.bool
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min) if is_bool else scores + mask
     weights = torch.softmax(scores.float(), dim=-1).to(query.dtype)
     if rule == "cp":
         return torch.matmul(weights, value)  # weights carry no gradient: all of it reaches the values

@@ -332,7 +332,9 @@ def _select_classes(alpha: DualVariables, present: torch.Tensor) -> DualVariable
     if isinstance(alpha, RowSparseDual):
         position = torch.zeros(alpha.n_classes, dtype=torch.int32, device=alpha.device)
         position[present.to(alpha.device)] = torch.arange(present.numel(), dtype=torch.int32, device=alpha.device)
-        out = RowSparseDual(alpha.shape[0], present.numel(), capacity=min(alpha.capacity, present.numel()), device=alpha.device)
+        out = RowSparseDual(
+            alpha.shape[0], present.numel(), capacity=min(alpha.capacity, present.numel()), device=alpha.device
+        )
         for rows in dual_row_slices(alpha):
             out.set_rows(rows, dual_rows(alpha, rows)[:, present.to(alpha.device)])
         return out
@@ -351,7 +353,9 @@ def _expand_classes(alpha: DualVariables, present: torch.Tensor, n_classes: int)
     return dense
 
 
-def _fit_present_classes(problem, present: torch.Tensor, warm_start: Optional[CrammerSingerResult], **kwargs) -> CrammerSingerResult:
+def _fit_present_classes(
+    problem, present: torch.Tensor, warm_start: Optional[CrammerSingerResult], **kwargs
+) -> CrammerSingerResult:
     """Solve on the classes that have samples (relabelled ``0..P-1``), report in all ``K``."""
     K = problem.n_classes
     relabel = torch.full((K,), -1, dtype=torch.int64, device=present.device)
@@ -372,7 +376,9 @@ def _fit_present_classes(problem, present: torch.Tensor, warm_start: Optional[Cr
     weight[present.to(weight.device)] = result.weight
     intercept = torch.zeros(K, dtype=result.intercept.dtype, device=result.intercept.device)
     intercept[present.to(intercept.device)] = result.intercept
-    return dataclasses.replace(result, alpha=_expand_classes(result.alpha, present, K), weight=weight, intercept=intercept)
+    return dataclasses.replace(
+        result, alpha=_expand_classes(result.alpha, present, K), weight=weight, intercept=intercept
+    )
 
 
 def check_Cs(Cs: Sequence[float]) -> List[float]:

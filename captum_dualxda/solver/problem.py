@@ -191,9 +191,8 @@ def make_problem(
             f"`labels` must be 1-D with one entry per sample ({features.shape[0]}), "
             f"got shape {tuple(labels.shape)}."
         )
-    if torch.is_floating_point(labels) or labels.dtype == torch.bool:
-        if torch.is_floating_point(labels) and not bool((labels == labels.round()).all()):
-            raise ValueError("`labels` must be integers in 0..K-1.")
+    if torch.is_floating_point(labels) and not bool((labels == labels.round()).all()):
+        raise ValueError("`labels` must be integers in 0..K-1.")
     labels = labels.to(device=features.device, dtype=torch.int64)
     bad = nonfinite_rows(features)
     if bad:

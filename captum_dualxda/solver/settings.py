@@ -92,7 +92,9 @@ class SolverSettings:
 
 def _check_backend(backend: Any) -> str:
     if not isinstance(backend, str):
-        raise ArgumentTypeError(f"`backend` must be one of {list(BACKENDS)}, got {backend!r} ({type(backend).__name__}).")
+        raise ArgumentTypeError(
+            f"`backend` must be one of {list(BACKENDS)}, got {backend!r} ({type(backend).__name__})."
+        )
     if backend not in BACKENDS:
         raise ValueError(f"`backend` must be one of {list(BACKENDS)}, got {backend!r}.")
     return backend
