@@ -212,7 +212,7 @@ def sweep_C(
                 (surrogate_logits(features, weight, intercept).argmax(1) == train_logits.argmax(1)).double().mean()
             ),
         )
-        if test_phi is not None:
+        if test_phi is not None and test_logits is not None:
             fid = logit_fidelity(test_logits, surrogate_logits(test_phi, weight, intercept))
             row.agreement, row.cosine = fid.agreement, fid.cosine
             zeros, hoyers, detections = [], [], []
@@ -294,7 +294,9 @@ def format_markdown(
     str
         ``None`` cells are shown as ``–`` (not applicable / not measured).
     """
-    dicts = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else dict(r) for r in rows]
+    dicts = [
+        dataclasses.asdict(r) if dataclasses.is_dataclass(r) and not isinstance(r, type) else dict(r) for r in rows
+    ]
     if not dicts:
         return ""
     if columns is None:

@@ -16,7 +16,7 @@ fits. See ``docs/architecture.md``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Optional, Union
+from typing import Any, Dict, Optional, Union, overload
 
 import torch
 from captum.influence import DataInfluence
@@ -236,9 +236,20 @@ class DualDA(DataInfluence):
         if checkpoints is not None:
             if self.distributed:
                 raise ValueError("`checkpoints` cannot be combined with distributed fitting.")
-            settings = dict(C=C, fit_intercept=fit_intercept, tol=tol, max_iter=max_iter, seed=seed, backend=backend,
-                            batch_size=batch_size, device=device, cache_dir=cache_dir, distributed=False,
-                            memory_budget=memory_budget, autocast=autocast)
+            settings: Dict[str, Any] = dict(
+                C=C,
+                fit_intercept=fit_intercept,
+                tol=tol,
+                max_iter=max_iter,
+                seed=seed,
+                backend=backend,
+                batch_size=batch_size,
+                device=device,
+                cache_dir=cache_dir,
+                distributed=False,
+                memory_budget=memory_budget,
+                autocast=autocast,
+            )
             self._ensemble = CheckpointEnsemble.fit(
                 model, checkpoints, checkpoints_load_func,
                 lambda: DualDA(model, self.final_fc_layer, train_dataset, show_progress=show_progress, **settings),
@@ -400,7 +411,9 @@ class DualDA(DataInfluence):
 
     def _test_features(self, inputs: ModelInputs) -> torch.Tensor:
         phi = batch_features(self.model, self.final_fc_layer, inputs, self.autocast)
-        return phi.to(self.device, self._single("test_features").local.features.dtype)
+        features = self._single("test_features").local.features
+        assert features is not None  # this rank's support vectors keep their features
+        return phi.to(self.device, features.dtype)
 
     def _check_model(self, call: str, collective: bool = False) -> None:
         """Raise :class:`ModelChangedError` if the model's weights differ from the fit's (single fits).
@@ -447,7 +460,18 @@ class DualDA(DataInfluence):
             total=len(inputs) if isinstance(inputs, DataLoader) else 1,
         )
 
-    def influence(  # type: ignore[override]
+    @overload  # type: ignore[override]
+    def influence(
+        self, inputs: Union[tuple[Any, ...], DataLoader], k: None = None, proponents: bool = True,
+        show_progress: bool = False,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def influence(
+        self, inputs: Union[tuple[Any, ...], DataLoader], k: int, proponents: bool = True, show_progress: bool = False,
+    ) -> KMostInfluentialResults: ...
+
+    def influence(
         self,
         inputs: Union[tuple[Any, ...], DataLoader],
         k: Optional[int] = None,

@@ -39,7 +39,7 @@ from ._core.features import hf_last_token, model_device, output_logits, pooled_p
 from ._core.guard import pop_entry_view, push_entry_view
 from ._core.probe import ModelProbe
 from ._utils.arrays import check_index_matrix
-from ._utils.inputs import batch_size_of, call_model, inputs_to, repeat_row, single_input
+from ._utils.inputs import SingleInput, batch_size_of, call_model, inputs_to, repeat_row, single_input
 from ._utils.validation import check_flag, check_integer
 from .dualda import DualDA
 from .exceptions import UnsupportedModelError
@@ -192,23 +192,16 @@ class XDA(Attributor):
             raise
         return self
 
-    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> bool:
-        """Remove the composite and restore the model exactly as it was on entry.
-
-        Returns
-        -------
-        bool
-            False (exceptions propagate).
-        """
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        """Remove the composite and restore the model exactly as it was on entry (exceptions propagate)."""
         try:
             super().__exit__(exc_type, exc_value, traceback)
         finally:
             if self._probes:
                 pop_entry_view(self.model)
                 self._probes.pop().__exit__(exc_type, exc_value, traceback)
-        return False
 
-    def __call__(self, input: torch.Tensor, attr_output: AttrOutput = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, input: SingleInput, attr_output: AttrOutput = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Features and input relevance, registering the composite for this call if needed.
 
         Parameters
@@ -472,6 +465,11 @@ def _ensemble_pairs(dualda: DualDA, xda: XDA, test_inputs: Any, targets: Any, tr
     return mean_of_tuples(parts, same=("train_indices", "targets"))
 
 
+def _times(partner: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``attr_output`` of one pair: the features times ``partner`` (``tau``'s gradient with respect to them)."""
+    return lambda phi: phi * partner
+
+
 def _stack_padded(maps: List[torch.Tensor]) -> torch.Tensor:
     """Stack relevance maps; token maps of different lengths are right-padded with zeros."""
     if len({tuple(m.shape) for m in maps}) <= 1:
@@ -561,7 +559,7 @@ def xda_pairs(
     dualda._check_model("xda_pairs")  # the coefficients belong to the weights of the fit
     x = single_input(test_inputs, "test_inputs")
     text = isinstance(x, Mapping)
-    if not text and x.ndim < 2:
+    if isinstance(x, torch.Tensor) and x.ndim < 2:
         raise ValueError(f"`test_inputs` must be batched, shape (n_test, *input_shape), got {tuple(x.shape)}.")
     n_test = batch_size_of(x)
     device = model_device(xda.model)
@@ -591,7 +589,7 @@ def xda_pairs(
     sample = single_input(dualda.train_inputs(idx[0, :1]), "dualda.train_inputs(...)")
     if isinstance(sample, Mapping) != text:
         raise ValueError("`test_inputs` and the training inputs must both be tensors or both be dicts of model inputs.")
-    if not text and sample.ndim != x.ndim:
+    if isinstance(x, torch.Tensor) and isinstance(sample, torch.Tensor) and sample.ndim != x.ndim:
         raise ValueError(
             f"`test_inputs` has shape {tuple(x.shape)} but a training input has shape {tuple(sample.shape)} "
             "(with batch axis): pass the test samples batched, (n_test, *input_shape)."
@@ -625,8 +623,8 @@ def xda_pairs(
             partner_for_train = a_i * phi_test[i][None, :]                     # (k, d)
             partner_for_test = a_i * phi_train[i]                              # (k, d)
             x_tr = inputs_to(single_input(dualda.train_inputs(idx[i]), "dualda.train_inputs(...)"), device, detach=True)
-            _, r_tr = xda(x_tr, lambda phi, p=partner_for_train: phi * p)
-            _, r_te = xda(repeat_row(x, i, k), lambda phi, p=partner_for_test: phi * p)
+            _, r_tr = xda(x_tr, _times(partner_for_train))
+            _, r_te = xda(repeat_row(x, i, k), _times(partner_for_test))
             train_heat.append(r_tr.cpu())
             test_heat.append(r_te.cpu())
 

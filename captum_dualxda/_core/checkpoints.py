@@ -55,7 +55,7 @@ def load_state_dict_checkpoint(model: nn.Module, path: str) -> float:
     return learning_rate
 
 
-def checkpoint_paths(checkpoints: Union[str, Iterable[str]], name: str = "checkpoints") -> List[str]:
+def checkpoint_paths(checkpoints: Union[str, os.PathLike, Iterable[str]], name: str = "checkpoints") -> List[str]:
     """The checkpoint files, in order: a directory's files sorted by name, or the given paths.
 
     Parameters

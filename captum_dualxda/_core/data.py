@@ -78,7 +78,8 @@ def _private_copy(sampler: Any, depth: int = 2) -> Any:
         return sampler
     if clone is sampler:
         return clone
-    names = list(getattr(clone, "__dict__", {})) + [n for n in copyreg._slotnames(type(clone)) if hasattr(clone, n)]
+    slots = copyreg._slotnames(type(clone))  # type: ignore[attr-defined]
+    names = list(getattr(clone, "__dict__", {})) + [n for n in slots if hasattr(clone, n)]
     for name in names:
         value = getattr(clone, name)
         if isinstance(value, _RANDOM_STATES):

@@ -188,4 +188,4 @@ def mean_of_tuples(parts: Sequence[P], same: Sequence[str] = ()) -> P:
         name: getattr(first, name) if name in same else torch.stack([getattr(p, name) for p in parts]).mean(0)
         for name in first._fields
     }
-    return type(first)(**values)
+    return first._replace(**values)

@@ -390,8 +390,8 @@ class FeatureExtractor:
         self._probe.__enter__()
         return self
 
-    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> bool:
-        return self._probe.__exit__(exc_type, exc_value, traceback)
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        self._probe.__exit__(exc_type, exc_value, traceback)
 
     def __call__(self, inputs: ModelInputs) -> Tuple[torch.Tensor, Any]:
         """``(phi (N, d) on the model's device, model output)`` of one batch of model inputs.
@@ -428,7 +428,8 @@ def predict(model: nn.Module, inputs: Any, n_classes: Optional[int] = None) -> t
         ``K``, to find the logits in an output with several tensors (:func:`output_logits`).
     """
     with ModelProbe(model), torch.no_grad():
-        return output_logits(call_model(model, inputs), n_classes).argmax(dim=1)
+        logits = output_logits(call_model(model, inputs), n_classes)
+    return logits.argmax(dim=1)
 
 
 def batch_features_and_output(

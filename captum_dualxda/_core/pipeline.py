@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 from torch import nn
@@ -116,7 +116,7 @@ def solve(
         One result, or one per entry of ``Cs``.
     """
     arguments = settings.solver_arguments()
-    common = dict(n_classes=n_classes, device=device, show_progress=show_progress)
+    common: Dict[str, Any] = dict(n_classes=n_classes, device=device, show_progress=show_progress)
     if Cs is None:
         return [fit_crammer_singer(features, labels, **arguments, **common)]
     del arguments["C"]

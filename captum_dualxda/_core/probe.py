@@ -202,9 +202,8 @@ class ModelProbe:
             raise
         return self
 
-    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         self._release()
-        return False
 
     def _release(self) -> None:
         try:

@@ -450,11 +450,12 @@ class _RowSink:
     def result(self, assembled: bool = False) -> torch.Tensor:
         """The features: the file re-opened memory-mapped, the filled tensor, or the blocks."""
         self.flush()
-        if isinstance(self.target, np.ndarray):
+        if isinstance(self.target, np.memmap):
+            assert self.path is not None  # a memory-mapped target is a file
             self.target.flush()
             self.target = None
             return torch.from_numpy(np.load(self.path, mmap_mode="r+"))
-        if self.target is not None:
+        if isinstance(self.target, torch.Tensor):
             return self.target if assembled else self.target[: self.written]
         if self.blocks:
             return torch.cat(self.blocks)

@@ -14,6 +14,7 @@ import torch
 
 __all__ = [
     "ModelInputs",
+    "SingleInput",
     "call_model",
     "inputs_to",
     "batch_size_of",

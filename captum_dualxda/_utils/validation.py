@@ -215,7 +215,12 @@ def check_integer(
         expected = f"None or {expected}"
     given, value = value, _unwrap(value)
     if _is_bool(value) or not isinstance(value, numbers.Integral):
-        whole = isinstance(value, numbers.Real) and not _is_bool(value) and math.isfinite(value) and value == int(value)
+        whole = (
+            isinstance(value, numbers.Real)
+            and not _is_bool(value)
+            and math.isfinite(value)
+            and float(value).is_integer()
+        )
         hint = f" (pass int({value!r}))" if whole else ""
         raise ArgumentTypeError(f"`{name}` must be {expected}, got {_shown(given)}{hint}.")
     number = int(value)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -16,7 +16,7 @@ __all__ = ["curve_figure", "suspects_figure"]
 
 
 def curve_figure(flipped: np.ndarray,
-                 rankings: List[Tuple[str, np.ndarray, float, Dict[str, object]]]) -> Figure:
+                 rankings: List[Tuple[str, np.ndarray, float, Dict[str, Any]]]) -> Figure:
     """Detection curves of ``(name, scores, auc, plot style)`` rankings; needs a flipped label."""
     fig = Figure(figsize=(5.2, 4.2))
     ax = fig.add_subplot(1, 1, 1)

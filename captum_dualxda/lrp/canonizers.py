@@ -76,7 +76,7 @@ class HFAttentionCanonizer(Canonizer):
     def __init__(self, rule: str = "attnlrp") -> None:
         super().__init__()
         self.rule = rule
-        self.model: Optional[nn.Module] = None
+        self.model: Any = None  # a Hugging Face PreTrainedModel while registered
         self.previous: Optional[str] = None
 
     def apply(self, root_module: nn.Module) -> List[HFAttentionCanonizer]:
@@ -89,9 +89,10 @@ class HFAttentionCanonizer(Canonizer):
     def register(self, model: nn.Module) -> None:
         _register_hf_attention(self.rule)
         self.model = model
-        self.previous = model.config._attn_implementation
-        model.set_attn_implementation(_attention_name(self.rule))
-        if model.config._attn_implementation != _attention_name(self.rule):  # ignored: never run without the rule
+        config: Any = model.config
+        self.previous = config._attn_implementation
+        self.model.set_attn_implementation(_attention_name(self.rule))
+        if config._attn_implementation != _attention_name(self.rule):  # ignored: never run without the rule
             self.model = None
             raise RuntimeError(
                 f"{type(model).__name__} did not switch to the LRP attention function; its attention would keep "
@@ -173,7 +174,7 @@ def _is_conv(module: nn.Module) -> bool:
     return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and _has_bias(module)
 
 
-def _conv(module: nn.Module, x: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
+def _conv(module: Any, x: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
     z = module._conv_forward(x, module.weight, None)
     size = module._conv_forward(x.abs(), module.weight.detach().abs(), None)
     return spread_bias(z, module.bias.view(-1, *([1] * (z.ndim - 2))), size, epsilon)
@@ -231,7 +232,7 @@ def _is_gated_mlp(module: nn.Module) -> bool:
     return all(hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn"))
 
 
-def _gated_mlp(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _gated_mlp(module: Any, x: torch.Tensor) -> torch.Tensor:
     return module.down_proj(half_product(module.act_fn(module.gate_proj(x)), module.up_proj(x)))
 
 
@@ -279,7 +280,7 @@ def _is_timm_attention(module: nn.Module) -> bool:
     )
 
 
-def _timm_attention(module: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, rule: str = "attnlrp",
+def _timm_attention(module: Any, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, rule: str = "attnlrp",
                     **kwargs: Any) -> torch.Tensor:
     batch, length, channels = x.shape
     qkv = module.qkv(x).reshape(batch, length, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)

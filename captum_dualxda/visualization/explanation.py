@@ -131,7 +131,7 @@ def _heatmap_scales(
     def peak(rel: Any) -> float:
         return float(np.abs(to_numpy(rel, "relevance").astype(np.float64).sum(0)).max())
 
-    scales = {(argument, m): (peak(group.train_relevance[m]), peak(group.test_relevance[m]))
+    scales = {(argument, m): (peak(_relevance(group.train_relevance)[m]), peak(_relevance(group.test_relevance)[m]))
               for argument, group in non_empty for m in range(len(group))}
     if heatmap_scale == "figure":
         top = max([max(v) for v in scales.values()] + [0.0])
@@ -256,7 +256,7 @@ def plot_explanation(
         label += f"\ntrue: {_class_name(test_label, class_names)}"
     ax.set_title(label, fontsize=9, fontweight="bold")
 
-    first_heat_axes = {}
+    first_heat_axes: Dict[int, Any] = {}
     for col, (argument, group, m) in enumerate(columns):
         if group is None:
             continue
@@ -273,7 +273,8 @@ def plot_explanation(
         ax.set_title(f"#{idx}  label {_class_name(lab, class_names)}{note}\nτ = {score:+.3g}", fontsize=8, color=colour)
         if with_heat:
             v_tr, v_te = scales[(argument, m)]
-            for row, rel, vmax in ((0, group.train_relevance[m], v_tr), (2, group.test_relevance[m], v_te)):
+            heat = ((0, _relevance(group.train_relevance)[m], v_tr), (2, _relevance(group.test_relevance)[m], v_te))
+            for row, rel, vmax in heat:
                 hax = fig.add_subplot(grid[row, col])
                 hax.imshow(heatmap_rgb(rel, cmap=cmap, vmax=vmax if vmax > 0 else None), interpolation="nearest")
                 _strip(hax)
@@ -307,6 +308,19 @@ def plot_explanation(
 
 def _to_tensor(x: Any) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+
+
+def _first_input(dualda: DualDA, indices: Any) -> torch.Tensor:
+    """The first model input (the images) of training samples ``indices``."""
+    inputs: Any = dualda.train_inputs(indices)
+    return _to_tensor(inputs[0])
+
+
+def _relevance(relevance: Optional[torch.Tensor]) -> torch.Tensor:
+    """Heatmaps that are there (``_heatmap_scales`` runs only when the samples carry them)."""
+    if relevance is None:
+        raise ValueError("The influential samples carry no heatmaps (`train_relevance` / `test_relevance`).")
+    return relevance
 
 
 def explain_figure(
@@ -370,7 +384,7 @@ def explain_figure(
     skip_zero = check_flag(skip_zero, "skip_zero")
     show_progress = check_flag(show_progress, "show_progress")
     x = _to_tensor(test_input)
-    sample_ndim = _to_tensor(dualda.train_inputs([0])[0]).ndim
+    sample_ndim = _first_input(dualda, [0]).ndim
     if x.ndim == sample_ndim - 1:
         x = x[None]
     if x.ndim != sample_ndim or x.shape[0] != 1:
@@ -404,7 +418,7 @@ def explain_figure(
     for argument in ("proponents", "opponents"):
         idx, scores = groups[argument]
         n = idx.numel()
-        images = _to_tensor(dualda.train_inputs(idx)[0]).detach().cpu() if n else torch.zeros(0, *x.shape[1:])
+        images = _first_input(dualda, idx).detach().cpu() if n else torch.zeros(0, *x.shape[1:])
         samples[argument] = InfluentialSamples(
             indices=idx,
             scores=scores,

@@ -193,13 +193,15 @@ def image_for_display(image: ArrayLike, denormalize: Denormalize = None) -> np.n
         )
     if denormalize is not None:
         channels = array.shape[0]
+        mean: Optional[np.ndarray] = None
+        std: Optional[np.ndarray] = None
         try:
-            mean, std = denormalize
-            mean = np.asarray(mean, dtype=np.float64).reshape(-1, 1, 1)
-            std = np.asarray(std, dtype=np.float64).reshape(-1, 1, 1)
+            given_mean, given_std = denormalize
+            mean = np.asarray(given_mean, dtype=np.float64).reshape(-1, 1, 1)
+            std = np.asarray(given_std, dtype=np.float64).reshape(-1, 1, 1)
         except (TypeError, ValueError):
             mean = std = None
-        if mean is None or mean.shape[0] not in (1, channels) or std.shape[0] not in (1, channels):
+        if mean is None or std is None or mean.shape[0] not in (1, channels) or std.shape[0] not in (1, channels):
             raise ValueError(
                 f"`denormalize` must be (mean, std) with a scalar or {channels} value(s) each for this "
                 f"{channels}-channel image, got {denormalize!r}."

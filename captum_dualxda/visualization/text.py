@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -128,7 +128,8 @@ def plot_text_pair(
     chars_per_line = max(20, int(width * 11))
     lines = []
     for name, tokens, values in rows:
-        line, used = [], 0
+        line: List[Tuple[str, float]] = []
+        used = 0
         for token, value in zip(tokens, values):
             if used + len(token) + 1 > chars_per_line and line:
                 lines.append((name, line))
@@ -137,7 +138,7 @@ def plot_text_pair(
             used += len(token) + 1
         lines.append((name, line))
     fig = Figure(figsize=(width, 0.42 * len(lines) + (0.5 if title else 0.25)))
-    ax = fig.add_axes([0, 0, 1, 1])
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     ax.set_axis_off()
     step = 1.0 / (len(lines) + (1.2 if title else 0.6))
     if title:
