@@ -124,14 +124,10 @@ class DualDA(DataInfluence):
         features and test features) under ``torch.autocast`` with that dtype; the features are
         stored, solved and scored in float32 all the same. Default None: the model's own
         precision, also when the call is made inside a ``torch.autocast`` block (which is
-        switched off for these passes). Part of the cache key. Measured against float32 fits
-        (``benchmarks/fit.py --scores``, GPU and CPU): on a trained digits CNN, a ResNet-18 and a
-        small BERT the support set and the top-10 proponents stayed the same (support Jaccard
-        >= 0.99, median top-10 overlap 10 of 10) while single scores moved: median per-test
-        Spearman correlation of the score rows 0.98-0.998 and relative error of the score
-        matrix 4-13 % with bfloat16; Spearman >= 0.998 and 0.5 % error (digits) with float16.
-        It did not make those small models' extraction faster; it pays where the forward pass
-        of a large model dominates. Details in ``benchmarks/README.md``.
+        switched off for these passes). Part of the cache key. Against float32 fits the support
+        set and the top proponents stay the same while single scores move by a few per cent; it
+        pays where the forward pass of a large model dominates (``benchmarks/README.md``, *Mixed
+        precision*, measures both).
     checkpoints : str or iterable of str, optional
         A checkpoint ensemble, with Captum ``TracInCP``'s argument: a directory (its files sorted
         by name), or a list or iterator of checkpoint paths, e.g. the states after several

@@ -31,11 +31,10 @@ __all__ = ["LabelIssues", "rank_label_issues", "LABEL_ISSUES_C"]
 LABEL_ISSUES_C = 1e-4
 """Default ``C`` of the surrogate whose hinge loss ranks label issues.
 
-Measured with ``benchmarks/label_errors.py`` (the demo's digits CNN, 10 % flipped labels, medians
-over 3 seeds; ``benchmarks/README.md``): when the network has not memorised its flipped labels
-every ``C`` from 1e-5 to 0.1 ranks them with ROC AUC 0.999-1.000; when it has (100 % of them
-fitted) the AUC is 0.984 at 1e-5, 0.997 at 1e-4, 0.962 at 1e-3 (DualDA's default) and 0.63 at
-1e-2, and the flag finds 53 % of them at 1e-4 against 6 % at 1e-3."""
+Chosen with ``benchmarks/label_errors.py`` (``benchmarks/README.md``, *Label errors*): when the
+network has not memorised its flipped labels every ``C`` ranks them almost perfectly; when it
+has, a small ``C`` ranks them best and its flag finds many more of them than at DualDA's
+default."""
 
 
 class LabelIssues(NamedTuple):
@@ -80,8 +79,7 @@ def rank_label_issues(dualda: DualDA, *, C: Optional[float] = None, show_progres
     ``find_label_issues`` it is a yes/no answer, but it needs no out-of-sample probabilities and
     no noise-rate estimate. It is conservative where the network has memorised its flipped
     labels: there it flags few samples, nearly all of them truly mislabelled, while the ranking
-    still puts the others right behind them (digits, ``benchmarks/README.md``: 76 flagged, all
-    flipped, 53 % of the flipped labels; ROC AUC of the ranking 0.997). Read further down
+    still puts the others right behind them (``benchmarks/README.md``, *Label errors*). Read further down
     ``indices`` than the flag when the training accuracy on the given labels is near 100 %.
 
     **Which fit.** With ``C`` equal to ``dualda.C`` the hinge loss kept from DualDA's own fit

@@ -206,3 +206,21 @@ def test_modules_import_only_the_names_another_module_exports():
                 if f"{base}.{alias.name}" not in modules and (exported is None or alias.name not in exported):
                     outside.append(f"{name}: {alias.name} from {base}")
     assert not outside, outside
+
+
+def test_docs_architecture_names_every_module():
+    """``docs/architecture.md`` has a line for every file of the package, under its folder's heading."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    sections = {}
+    folder = ""
+    for line in text.splitlines():
+        if line.startswith("### "):
+            folder = line.split("`")[1].rstrip("/") if "`" in line else ""
+        elif line.startswith("| `") and folder is not None:
+            sections.setdefault(folder, set()).add(line.split("`")[1])
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        if relative.name == "__init__.py" and len(relative.parts) > 1:
+            continue  # a subpackage's __init__ re-exports its modules' names
+        folder = "/".join(relative.parts[:-1])
+        assert relative.name in sections.get(folder, set()), f"docs/architecture.md lacks {relative}"

@@ -61,8 +61,8 @@ class DemoResult:
     fit_time : float
         Seconds the SVM solver took.
     compile_time : float
-        Seconds to compile the numba solver on a tiny problem before the fit (about 10 s on a
-        machine's first run, a fraction of a second once numba's cache holds it).
+        Seconds to compile the numba solver on a tiny problem before the fit (seconds on a
+        machine's first run, a fraction of a second once the compiled solver is cached).
     ms_per_test_sample : float
         Milliseconds per test sample to find its top-``k`` proponents and opponents with DualDA
         (features included, XDA excluded), over the whole test set.

@@ -68,8 +68,8 @@ def _torch_threads(n: Optional[int]) -> Iterator[None]:
 def _warm_up_solver(show_progress: bool) -> float:
     """Compile (or load from numba's cache) the CPU solver on a tiny problem; return seconds.
 
-    The first run on a machine compiles the numba kernels (about 10 s); later runs load them from
-    the cache. Doing it up front keeps that one-off cost out of the measured fit time.
+    The first run on a machine compiles the numba kernels; later runs load them from the cache.
+    Doing it up front keeps that one-off cost out of the measured fit time.
     """
     if show_progress:
         print("preparing the SVM solver (numba compiles it on the first run only) ...", file=sys.stderr)
@@ -124,8 +124,8 @@ def run_demo(
         Resolution of the PNG figures.
     num_threads : int, optional
         PyTorch threads during the run (restored afterwards). The default 1 is the fastest for
-        this tiny CNN: with 2 threads on 2 busy shared cores training took 57 s instead of 4 s.
-        None keeps the current setting.
+        this tiny CNN, by far on busy shared cores (``benchmarks/README.md``, *Numbers behind
+        the docstrings*). None keeps the current setting.
 
     Returns
     -------

@@ -53,8 +53,8 @@ def _final_report(problem, alpha: DualVariables):
     """The certificate of the returned ``alpha``: compiled on CPU when numba is installed.
 
     Same quantities as :func:`.gap.evaluate_optimality` (equal to ~1e-15), but one pass without
-    float64 copies of the features: on 2 busy cores the PyTorch version cost more than the whole
-    sequential solve for small ``C`` (e.g. 0.7 s vs 0.12 s, n = 4000, d = 512).
+    float64 copies of the features: the PyTorch version can cost more than the whole sequential
+    solve for small ``C`` (``benchmarks/README.md``, *Numbers behind the docstrings*).
     """
     if problem.features.device.type == "cpu" and not isinstance(alpha, RowSparseDual):
         try:
@@ -93,23 +93,19 @@ def choose_backend(
 ) -> str:
     """The backend that ``backend="auto"`` uses for a problem (docs/solver.md 4c).
 
-    * On the CPU: ``"sequential"`` (compiled, with shrinking) whenever numba is installed. It
-      was 18-85x faster than the block method on the CPU at every measured size and ``C``.
+    * On the CPU: ``"sequential"`` (compiled, with shrinking) whenever numba is installed; it
+      was faster than the block method on the CPU at every measured size and ``C``.
     * On an accelerator: ``"bdcd"`` on the accelerator when a sample costs at least
       :data:`ACCELERATOR_MIN_WORK` multiply-adds per pass (``(d + 1) K``: large ``K`` and
       ``d``, e.g. ImageNet's 2048 x 1000); below that ``"sequential"`` on the CPU (the
       features are copied to the CPU for the solve, the result comes back to the
-      accelerator). A block pass on a GPU is bound by kernel launches, about 2 ms per block of
-      4096 rows whatever ``d``, so both methods' costs grow linearly in ``n`` and the
-      crossover is in the work per sample: with ``d = 128, K = 10`` the sequential method was
-      estimated 2.5-10x faster at every measured ``n`` (2,000 to 50,000) and ``C``, with
-      ``d = 256, K = 100`` about even.
+      accelerator). A block pass on a GPU is bound by kernel launches whatever ``d``, so both
+      methods' costs grow linearly in ``n`` and the crossover is in the work per sample.
 
     ``C`` and ``mean_squared_norm`` (mean ``||x_i||^2`` with the intercept column) do not enter
-    the rule. The passes of both methods grow with their product, the sequential method's
-    faster (20,000 x 128 x 10 features, ``C = 1e-3 -> 0.1``: 133 -> 9,274 passes, the block
-    method's 148 -> 1,644), but its passes also get cheaper (shrinking), and the estimated
-    time ratio did not cross over with ``C`` in the measured range.
+    the rule: the passes of both methods grow with their product, the sequential method's
+    faster, but its passes also get cheaper (shrinking), and the measured time ratio did not
+    cross over with ``C``. The measurements are in docs/solver.md 4c.
 
     Parameters
     ----------
@@ -412,23 +408,12 @@ def fit_crammer_singer_path(
     :func:`fit_crammer_singer`'s ``warm_start``. Every fit is solved to the same ``tol`` and
     checked on its own.
 
-    Recommended order: **decreasing** ``C`` (e.g. ``[1e-1, 1e-3, 1e-5]`` for the DualDA paper's
-    values). Measured with the sequential backend, tol 1e-4, CPU seconds for the three fits on
-    2 busy cores (``benchmarks/solver.py`` features):
-
-    ================================  ===========  ==========  ==========
-    features                          independent  increasing  decreasing
-    ================================  ===========  ==========  ==========
-    synthetic n=20k, d=256, K=200     13.8-14.5    14.4-14.9   11.8-13.0
-    synthetic n=20k, d=512, K=10      4.4-4.8      4.5-4.7     4.8-4.9
-    digits CNN n=1797, d=128, K=10    0.24         0.25-0.27   0.24-0.27
-    ================================  ===========  ==========  ==========
-
-    Decreasing ``C`` helps where the small-``C`` fit is expensive (K=200: ``C = 1e-5`` took 3
-    passes from the scaled ``1e-3`` solution instead of 19 cold); otherwise warm starts are
-    within noise either way, because LIBLINEAR's shrinking schedule (which we keep) restarts
-    from ``eps_shrink = 1`` and its passes over everything dominate. Warm starts never change
-    the optimum, only the time.
+    Any order gives the same fits (the optimum does not depend on the starting point); the order
+    changes only the time, and little, because LIBLINEAR's shrinking schedule (which we keep)
+    restarts from ``eps_shrink = 1`` and its passes over everything dominate. A decreasing order
+    helps somewhat where the small-``C`` fits are expensive (many classes);
+    :func:`~captum_dualxda.choose_c.sweep_C` solves in increasing ``C``, the order it reports.
+    ``benchmarks/README.md`` (*Numbers behind the docstrings*) times the three orders.
 
     Parameters
     ----------

@@ -130,8 +130,8 @@ def support_mask(alpha: DualVariables, C: float, threshold: float = 1e-8) -> tor
 def class_counts(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     """``(n_classes,)`` int64 number of samples per class of ``(n,)`` labels in ``0..n_classes-1``.
 
-    ``bincount``, not ``torch.unique``: unique sorts, which took 0.3 s on 50,000 labels on a
-    busy 2-core machine against 0.2 ms here.
+    ``bincount``, not ``torch.unique``: unique sorts, three orders of magnitude slower on the CPU
+    (``benchmarks/README.md``, *Numbers behind the docstrings*).
     """
     if labels.device.type == "cpu":
         return torch.from_numpy(np.bincount(labels.numpy(), minlength=n_classes).astype(np.int64))

@@ -1,9 +1,8 @@
 """Row-sparse dual variables: each sample keeps at most ``capacity`` non-zero class entries.
 
-At the optimum a training sample is a support vector for few classes: measured with
-``fit_crammer_singer`` on class-clustered synthetic features (n = 20,000, d = 256, K = 200,
-C = 1e-3) the rows of ``alpha`` hold 2.3 non-zeros on average and 6 at most; with C = 0.1,
-1.5 and 12. A dense float64 ``alpha`` costs ``8 n K`` bytes (8 GB for n = 1,000,000 and
+At the optimum a training sample is a support vector for few classes: a row of ``alpha`` holds
+a handful of non-zeros even with hundreds of classes (``benchmarks/README.md``, *Numbers behind
+the docstrings*). A dense float64 ``alpha`` costs ``8 n K`` bytes (8 GB for n = 1,000,000 and
 K = 1000); this layout costs ``12 n m`` bytes for ``m`` slots per row (384 MB for m = 32).
 
 Layout (ELLPACK, the GPU-friendly padded format): ``values`` ``(n, m)`` float64 and ``classes``
