@@ -299,6 +299,11 @@ class DualDA(DataInfluence):
         return None if self._ensemble is None else self._ensemble.paths
 
     @property
+    def ensemble(self) -> Optional[CheckpointEnsemble[DualDA]]:
+        """The fits of a checkpoint ensemble (one per checkpoint, used together); None for a single fit."""
+        return self._ensemble
+
+    @property
     def checkpoints_load_func(self) -> Optional[CheckpointLoader]:
         """How an ensemble loads a checkpoint; None for a single fit."""
         return None if self._ensemble is None else self._ensemble.load

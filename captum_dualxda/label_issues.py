@@ -124,8 +124,8 @@ def rank_label_issues(dualda: DualDA, *, C: Optional[float] = None, show_progres
     """
     if not isinstance(dualda, DualDA):
         raise TypeError(f"`dualda` must be a fitted captum_dualxda.DualDA, got {type(dualda).__name__}.")
-    if dualda._ensemble is not None:
-        raise dualda._ensemble.refusal("rank label issues")
+    if dualda.ensemble is not None:
+        raise dualda.ensemble.refusal("rank label issues")
     C = LABEL_ISSUES_C if C is None else check_positive(C, "C")
     show_progress = check_flag(show_progress, "show_progress")
     if C == dualda.C:

@@ -446,7 +446,8 @@ class XDAPairs(NamedTuple):
 def _ensemble_pairs(dualda: DualDA, xda: XDA, test_inputs: Any, targets: Any, train_indices: Any,
                     feature_batch_size: int, show_progress: bool) -> XDAPairs:
     """:func:`xda_pairs` of a checkpoint ensemble: the mean of the pairs of every checkpoint."""
-    assert dualda._ensemble is not None
+    ensemble = dualda.ensemble
+    assert ensemble is not None
     if xda.model is not dualda.model:
         raise ValueError("`xda` explains a different model than `dualda` (xda.model is not dualda.model).")
     if xda.composite is not None and xda.composite.handles:
@@ -458,7 +459,7 @@ def _ensemble_pairs(dualda: DualDA, xda: XDA, test_inputs: Any, targets: Any, tr
         x = single_input(test_inputs, "test_inputs")
         targets = predict(xda.model, inputs_to(x, model_device(xda.model), detach=True),
                           xda.final_fc_layer.out_features).cpu()
-    parts = dualda._ensemble.over_checkpoints(
+    parts = ensemble.over_checkpoints(
         lambda member: xda_pairs(member, xda, test_inputs, targets, train_indices,
                                  feature_batch_size=feature_batch_size, show_progress=show_progress)
     )
@@ -548,7 +549,7 @@ def xda_pairs(
         raise TypeError(f"`xda` must be an XDA attributor, got {type(xda).__name__}.")
     feature_batch_size = check_integer(feature_batch_size, "feature_batch_size", low=1)
     show_progress = check_flag(show_progress, "show_progress")
-    if dualda._ensemble is not None:
+    if dualda.ensemble is not None:
         return _ensemble_pairs(dualda, xda, test_inputs, targets, train_indices, feature_batch_size, show_progress)
     if xda.model is not dualda.model:
         raise ValueError("`xda` explains a different model than `dualda` (xda.model is not dualda.model).")
