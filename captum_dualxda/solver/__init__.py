@@ -1,6 +1,7 @@
 """Crammer-Singer multiclass SVM solvers that return the dual variables DualDA needs.
 
-Modules: :mod:`.problem` (validated inputs, result), :mod:`.projection` (exact per-sample
+Modules: :mod:`.settings` (:class:`SolverSettings`, the settings of one fit, and ``DEFAULT_C``),
+:mod:`.problem` (validated inputs, result), :mod:`.projection` (exact per-sample
 update), :mod:`.gap` (objectives, duality gap, natural residual), :mod:`.bdcd` (PyTorch block
 backend, CPU/GPU), :mod:`.sparse_dual` (row-sparse dual variables for large ``n K``),
 :mod:`.sequential` (numba sequential backend with shrinking, CPU) and :mod:`.fit` (the entry
