@@ -224,3 +224,11 @@ def test_docs_architecture_names_every_module():
             continue  # a subpackage's __init__ re-exports its modules' names
         folder = "/".join(relative.parts[:-1])
         assert relative.name in sections.get(folder, set()), f"docs/architecture.md lacks {relative}"
+
+
+def test_the_top_level_holds_the_faces_and_tools_only():
+    """At most a dozen modules at the top level; the machinery lives in folders named after their layer."""
+    modules = sorted(path.name for path in PACKAGE.glob("*.py"))
+    assert len(modules) <= 12, modules
+    folders = {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").is_file()}
+    assert folders == {"_core", "_utils", "demo", "lrp", "metrics", "solver", "visualization"}
