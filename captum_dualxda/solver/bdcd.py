@@ -266,13 +266,50 @@ def _epoch(
         d_weight = (step.T.to(dtype) @ xb).double()
         d_bias = s * step.sum(0)
         curvature = (d_weight * d_weight).sum() + (d_bias * d_bias).sum()
-        slope = -(grad * step).sum()
+        slope = _descent_slope(grad, step, target, curv, yb, C)
         t = torch.where(curvature > 0, slope / curvature.clamp_min(1e-300), torch.zeros_like(slope))
         t = t.clamp(0.0, 1.0)
         set_dual_rows(alpha, rows, ab + t * step)
         weight += t * d_weight
         bias_weight += t * d_bias
     return float(running), bool(restricted)
+
+
+def _descent_slope(
+    grad: torch.Tensor, step: torch.Tensor, target: torch.Tensor, curv: torch.Tensor, labels: torch.Tensor, C: float
+) -> torch.Tensor:
+    """``-<G, Delta>`` of a block, computed so that rounding does not swamp it near the optimum.
+
+    Each row of ``Delta`` sums to zero, so ``-<G_i, Delta_i> = -<G_i - beta_i, Delta_i>`` for any
+    level ``beta_i``. Computed naively, the common level of ``G_i`` (about 1) times the rounding
+    of the row sum (about ``u |alpha_i|``) is of the order of the whole slope once the residual
+    ``r`` is near ``sqrt(u |G| A_i |alpha|)`` (about 1e-8 in float64): the line search then
+    rejects every step and the method stalls there. With ``beta_i`` the level at the classes
+    that are free in the target (where ``G_i^m + A_i Delta_i^m`` is the same for all, by the
+    projection's optimality), those classes contribute ``A_i (Delta_i^m)^2`` accurately and the
+    classes at their bound ``(G_i^m - beta_i) Delta_i^m >= 0``-type terms of their own size.
+
+    Parameters
+    ----------
+    grad, step, target : torch.Tensor
+        ``(b, K)`` float64 gradients, steps and projected targets of the block's rows.
+    curv : torch.Tensor
+        ``(b,)`` float64 ``A_i``.
+    labels : torch.Tensor
+        ``(b,)`` int64.
+    C : float
+
+    Returns
+    -------
+    torch.Tensor
+        ``()`` float64 slope (``>= 0`` up to rounding: ``Delta`` is a descent direction).
+    """
+    bound = torch.zeros_like(target)
+    bound[torch.arange(target.shape[0], device=target.device), labels] = C
+    free = target < bound
+    level = torch.where(free, grad + curv[:, None] * step, torch.zeros_like(grad)).sum(1)
+    level = level / free.sum(1).clamp_min(1).to(grad.dtype)
+    return -((grad - level[:, None]) * step).sum()
 
 
 def _dual_objective(alpha: DualVariables, labels: torch.Tensor, weight: torch.Tensor, bias_weight: torch.Tensor) -> float:

@@ -227,7 +227,8 @@ def fit_crammer_singer(
         and ``n K > 2**27`` (a dense float64 ``alpha`` above 1 GiB), False otherwise. The
         ``"sequential"`` backend always solves densely; with True its result is compressed.
     **backend_options
-        Passed to the backend (e.g. ``block_size`` for ``"bdcd"``).
+        Passed to the backend (e.g. ``block_size`` for ``"bdcd"``; ``acceleration=False`` runs either
+        backend without momentum, docs/solver.md 2.6 and 4b).
 
     Returns
     -------

@@ -85,6 +85,8 @@ __all__ = ["solve_sequential", "solve_subproblem", "evaluate_optimality_compiled
 
 # Return codes of the pass kernel (the same constants as in ._sequential_kernels).
 _CONTINUE, _PROPOSE_STOP, _MAX_ITER, _REACTIVATED = 0, 1, 2, 3
+# Sizes of its schedule state ``ints`` and ``floats`` (N_INTS, N_FLOATS there; layout in solve_sequential).
+_N_INTS, _N_FLOATS = 7, 4
 
 # After a reactivation, shrink with scores from one matrix product (:func:`_screen_reactivated`)
 # when the pass over everything would cost at least this many multiply-adds (n d K): below it, the
@@ -96,7 +98,7 @@ _SCREEN_BLOCK_ELEMENTS = 1 << 22  # rows of the product per call: at most this m
 # The compiled kernels: loaded from the on-disk cache with llvmlite, or compiled with numba.
 # ------------------------------------------------------------------------------------------------
 
-_CACHE_FORMAT = 3
+_CACHE_FORMAT = 4
 """Version of the cache file layout and of the entry points' C signatures (bump on change)."""
 
 _KERNEL_SOURCE = Path(__file__).with_name("_sequential_kernels.py")
@@ -121,7 +123,8 @@ _PROTOTYPES = {  # C signatures of ._sequential_kernels.compile_entry_points (po
     "squared_norms": ctypes.CFUNCTYPE(None, _P, _I, _I, _F, _P),
     "rebuild_weights": ctypes.CFUNCTYPE(None, _P, _I, _I, _F, _P, _I, _P, _P),
     "run_passes": ctypes.CFUNCTYPE(
-        _I, _P, _I, _I, _P, _F, _F, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _F, _I, _I, _P
+        _I, _P, _I, _I, _P, _F, _F, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _F, _I, _I, _P,
+        _P, _P, _P, _P, _P, _I,
     ),
     "certificate": ctypes.CFUNCTYPE(_F, _P, _I, _I, _P, _F, _F, _P, _P, _I, _P, _P, _P, _P, _P),
     "subproblem": ctypes.CFUNCTYPE(None, _P, _F, _I, _F, _I, _P, _P),
@@ -762,6 +765,7 @@ def solve_sequential(
     seed: int,
     alpha0: Optional[torch.Tensor] = None,
     show_progress: bool = False,
+    acceleration: bool = True,
 ) -> BackendOutput:
     """Solve the Crammer-Singer dual with the compiled sequential method with shrinking (CPU).
 
@@ -781,13 +785,17 @@ def solve_sequential(
         ``alpha0^T [X, s]``.
     show_progress : bool
         Show a tqdm bar over passes.
+    acceleration : bool
+        End every pass with momentum and restarts (module docstring; docs/solver.md 2.6): one
+        more float64 ``(n, K)`` copy of ``alpha`` in memory. ``False``: the plain method, as
+        LIBLINEAR runs it (for comparisons).
 
     Returns
     -------
     BackendOutput
         ``alpha`` ``(n, K)`` float64 tensor in input order (on the problem's device, i.e. the CPU
         unless features on an accelerator were passed explicitly to this backend), passes made,
-        and whether the exact check passed.
+        whether the exact check passed, and ``stats["restarts"]`` (restarts of the momentum).
     """
     x, _, y, sq, kernels = _prepare(problem)
     n, k = problem.n_samples, problem.n_classes
@@ -804,8 +812,20 @@ def solve_sequential(
     class_active = np.full(n, k, dtype=np.int64)
     y_index = y.copy()
     order = np.arange(n, dtype=np.int64)
-    ints = np.array([0, n, 1], dtype=np.int64)
-    floats = np.array([max(10.0 * tol, 1.0)])
+    # the schedule state (layout in ._sequential_kernels): passes, active samples, "the pass ran over
+    # everything", passes since the momentum restarted, rows in touched_list, "the pass started from
+    # an extrapolated point", restarts; the shrinking tolerance, the running sum_i alpha_i^{y_i},
+    # and that sum and the dual objective at the last accepted point
+    ints = np.array([0, n, 1, 1, 0, 0, 0], dtype=np.int64)
+    own = _own_sum(alpha, y)
+    floats = np.array([max(10.0 * tol, 1.0), own, np.inf, own])
+    assert ints.shape == (_N_INTS,) and floats.shape == (_N_FLOATS,)
+    # momentum state: the last accepted point (rows outside touched_list equal alpha) and its W
+    previous = alpha.copy() if acceleration else np.zeros((1, k))
+    weight_previous = weight.copy()
+    bias_previous = bias_weight.copy()
+    touched = np.zeros(n if acceleration else 1, dtype=np.int32)
+    touched_list = np.zeros(n if acceleration else 1, dtype=np.int64)
     rng = np.array([np.uint64(int(seed) % 2**64) ^ np.uint64(0x5DEECE66D)], dtype=np.uint64)
     scratch = np.empty((4, k))
     residuals = np.empty(n)
@@ -816,6 +836,10 @@ def solve_sequential(
         _address(alpha_index, np.int32), _address(class_active, np.int64), _address(y_index, np.int64),
         _address(order, np.int64), _address(ints, np.int64), _address(floats, np.float64), _address(rng, np.uint64),
         float(tol), int(max_iter),
+    )
+    momentum = (
+        _address(previous, np.float64), _address(weight_previous, np.float64), _address(bias_previous, np.float64),
+        _address(touched, np.int32), _address(touched_list, np.int64), int(bool(acceleration)),
     )
     scratch_address = _address(scratch, np.float64)
     screen = float(n) * x.shape[1] * k >= _SCREEN_MIN_WORK
@@ -828,7 +852,7 @@ def solve_sequential(
         while True:
             before = int(ints[0])
             started = time.perf_counter()
-            code = kernels.run_passes(*state, chunk, scratch_address)
+            code = kernels.run_passes(*state, chunk, scratch_address, *momentum)
             if bar is not None:
                 bar.update(int(ints[0]) - before)
                 if time.perf_counter() - started < 0.1:
@@ -852,7 +876,13 @@ def solve_sequential(
                 class_active[:] = k  # undo all shrinking (the kernels' _reactivate)
                 ints[1] = n
                 ints[2] = 1
+                floats[1] = _own_sum(alpha, y)  # W was rebuilt: the running sum starts afresh too
             if int(ints[0]) >= max_iter:
                 break
     result = torch.from_numpy(alpha).to(problem.features.device)  # no copy on CPU
-    return BackendOutput(alpha=result, n_iter=int(ints[0]), converged=converged)
+    return BackendOutput(alpha=result, n_iter=int(ints[0]), converged=converged, stats={"restarts": int(ints[6])})
+
+
+def _own_sum(alpha: np.ndarray, y: np.ndarray) -> float:
+    """``sum_i alpha_i^{y_i}`` (the linear part of the dual objective)."""
+    return float(alpha[np.arange(alpha.shape[0]), y].sum())
