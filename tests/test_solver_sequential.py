@@ -12,16 +12,17 @@ import torch
 
 pytest.importorskip("numba")
 
-from captum_dualxda.solver import (  # noqa: E402
+from captum_dualxda.solver import (  # noqa: E402  # noqa: E402
     ConvergenceWarning,
     evaluate_optimality,
     fit_crammer_singer,
     fit_crammer_singer_path,
+    machine_code,
     make_problem,
     primal_objective,
     project_crammer_singer,
+    sequential,
 )
-from captum_dualxda.solver import sequential  # noqa: E402
 from captum_dualxda.solver.sequential import (  # noqa: E402
     drop_zero_columns,
     evaluate_optimality_compiled,
@@ -176,7 +177,9 @@ def test_subproblem_is_the_projection_when_the_true_class_is_active():
         k = int(rng.integers(2, 13))
         curvature, C = float(rng.uniform(0.1, 10)), float(rng.uniform(0.01, 2))
         y = int(rng.integers(0, k))
-        alpha = torch.from_numpy(project_crammer_singer(torch.randn(1, k, dtype=torch.float64), torch.tensor([y]), C).numpy()[0])
+        alpha = torch.from_numpy(
+            project_crammer_singer(torch.randn(1, k, dtype=torch.float64), torch.tensor([y]), C).numpy()[0]
+        )
         grad = rng.normal(size=k)
         b = grad - curvature * alpha.numpy()
         target = project_crammer_singer(
@@ -279,7 +282,7 @@ def test_screening_after_reactivation_reaches_the_same_optimum(monkeypatch, dtyp
 def test_screening_shrinks_only_beyond_the_rounding_margin():
     """A class at its bound is shrunk only if its gradient is below the free one by more than the
     rounding bound of float32 scores; the sample then leaves the active set."""
-    kernels = sequential._kernels("float32")
+    kernels = machine_code.kernels("float32")
     x = np.array([[1.0], [1.0]], dtype=np.float32)
     sq = np.array([1.0, 1.0])
     k = 3
@@ -580,7 +583,7 @@ from captum_dualxda.solver import sequential
 data = np.load(sys.argv[2])
 result = fit_crammer_singer(torch.from_numpy(data["x"]), torch.from_numpy(data["y"]), C=0.1, seed=3)
 print(json.dumps({"numba": "numba" in sys.modules, "llvmlite": "llvmlite" in sys.modules,
-                  "origin": sequential._kernels("float32").origin,
+                  "origin": machine_code.kernels("float32").origin,
                   "alpha": result.alpha.numpy().tobytes().hex(), "n_iter": result.n_iter}))
 """
 

@@ -12,7 +12,7 @@ the machine code that :mod:`.sequential` caches. The kernels therefore must neve
 runtime: no allocation (work space comes in ``scratch``), no exception (``error_model="numpy"``,
 no bounds checks; every division is by a positive number). The only references to numba's runtime
 left in the compiled code are on the error-reporting path of the C wrappers, which these kernels
-cannot take (``sequential._ERROR_PATH_SYMBOLS`` lists them; the cache refuses any other).
+cannot take (``machine_code._ERROR_PATH_SYMBOLS`` lists them; the cache refuses any other).
 """
 from __future__ import annotations
 
@@ -434,9 +434,9 @@ def _momentum(
     Otherwise the pass's point is accepted and, with ``mode == _EXTRAPOLATE``, every row that
     differs from the previous accepted point ``a_prev`` moves on to ``Proj(a + beta (a - a_prev))``
     with FISTA's ``beta = (j - 1) / (j + 2)`` (``j`` passes since the restart), projected onto the
-    row's active classes only if it left the feasible set. ``_ACCEPT`` accepts without extrapolating and restarts the count (used
-    after a change of the shrinking tolerance, and at ``max_iter``, so the solver never returns
-    an extrapolated point).
+    row's active classes only if it left the feasible set. ``_ACCEPT`` accepts without
+    extrapolating and restarts the count (used after a change of the shrinking tolerance, and at
+    ``max_iter``, so the solver never returns an extrapolated point).
     """
     objective = 0.5 * (_squared_sum(weight) + _squared_sum_1d(bias_weight)) - floats[_OWN]
     count = ints[_TOUCHED]
@@ -622,7 +622,9 @@ def _reactivate(class_active, ints, k):  # pragma: no cover - compiled
 
 
 @njit(nogil=True)
-def _screen(scores, start, s, c, sq_norms, alpha, bias_weight, alpha_index, class_active, y_index, margin, scratch):  # pragma: no cover - compiled
+def _screen(
+    scores, start, s, c, sq_norms, alpha, bias_weight, alpha_index, class_active, y_index, margin, scratch
+):  # pragma: no cover - compiled
     """Class and sample shrinking for rows ``start..start+len(scores)-1`` from precomputed scores.
 
     ``scores[r, m] = w_m . x_{start + r}`` (a matrix product, in the features' dtype) replace the

@@ -5,13 +5,14 @@ import dataclasses
 import math
 import time
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
 from .._utils.validation import check_flag, check_integer, check_positive, check_seed
 from ..exceptions import ArgumentTypeError, ConvergenceWarning
-from .bdcd import BackendOutput, solve_bdcd
+from .backend import Backend
+from .bdcd import solve_bdcd
 from .gap import evaluate_optimality
 from .problem import CrammerSingerResult, class_counts, make_problem
 from .settings import DEFAULT_C
@@ -41,7 +42,7 @@ CONVERGENCE_ADVICE = (
 """What to do about a fit that stopped at ``max_iter``; part of every :class:`ConvergenceWarning`."""
 
 
-def _sequential_backend() -> Optional[Callable[..., BackendOutput]]:
+def _sequential_backend() -> Optional[Backend]:
     try:
         from .sequential import solve_sequential
     except ImportError:  # numba missing: the PyTorch backend still works everywhere
@@ -66,9 +67,9 @@ def _final_report(problem, alpha: DualVariables):
     return evaluate_optimality(problem, alpha)
 
 
-def available_backends() -> Dict[str, Callable[..., BackendOutput]]:
+def available_backends() -> Dict[str, Backend]:
     """Backends usable here: ``"bdcd"`` (PyTorch, CPU and GPU) and, with numba, ``"sequential"``."""
-    backends: Dict[str, Callable[..., BackendOutput]] = {"bdcd": solve_bdcd}
+    backends: Dict[str, Backend] = {"bdcd": solve_bdcd}
     sequential = _sequential_backend()
     if sequential is not None:
         backends["sequential"] = sequential
