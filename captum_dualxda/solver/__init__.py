@@ -1,10 +1,11 @@
 """Crammer-Singer multiclass SVM solvers that return the dual variables DualDA needs.
 
 Modules: :mod:`.settings` (:class:`SolverSettings`, the settings of one fit, and ``DEFAULT_C``),
-:mod:`.problem` (validated inputs, result), :mod:`.projection` (exact per-sample
-update), :mod:`.gap` (objectives, duality gap, natural residual), :mod:`.bdcd` (PyTorch block
-backend, CPU/GPU), :mod:`.sparse_dual` (row-sparse dual variables for large ``n K``),
-:mod:`.sequential` (numba sequential backend with shrinking, CPU) and :mod:`.fit` (the entry
+:mod:`.problem` (validated inputs, result), :mod:`.projection` (exact per-sample update),
+:mod:`.gap` (objectives, duality gap, natural residual), :mod:`.sparse_dual` (row-sparse dual
+variables for large ``n K``), :mod:`.backend` (the contract every backend keeps), :mod:`.bdcd`
+(PyTorch block backend, CPU/GPU), :mod:`.sequential` (compiled sequential backend with
+shrinking, CPU; its machine code cached by :mod:`.machine_code`) and :mod:`.fit` (the entry
 point).
 """
 from .fit import ConvergenceWarning, available_backends, fit_crammer_singer, fit_crammer_singer_path

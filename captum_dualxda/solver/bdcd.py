@@ -41,7 +41,7 @@ from typing import Iterator, Optional
 import torch
 from tqdm import tqdm
 
-from .._validation import check_flag, check_integer
+from .._utils.validation import check_flag, check_integer
 from .backend import BackendOutput
 from .gap import evaluate_optimality, primal_weights
 from .problem import CrammerSingerProblem
