@@ -730,8 +730,10 @@ def test_kernel_entry_points_match_the_driver():
         seq._CONTINUE, seq._PROPOSE_STOP, seq._MAX_ITER,
     )
     assert (kernels_module.N_INTS, kernels_module.N_FLOATS) == (seq._N_INTS, seq._N_FLOATS)
+    entry_points = pytest.importorskip("captum_dualxda.solver._sequential_entry_points")
+    assert entry_points.ENTRY_POINTS == kernels_module.ENTRY_POINTS
     with pytest.raises(ValueError, match="feature_dtype"):
-        kernels_module.compile_entry_points("float16")
+        entry_points.compile_entry_points("float16")
     # raw pointers are only taken from buffers of the expected dtype and layout
     with pytest.raises(TypeError, match="C-contiguous float64"):
         seq._address(np.zeros((3, 4))[:, ::2], np.float64)

@@ -1,12 +1,13 @@
 """The sequential backend's machine code: compiled once per machine, cached on disk, loaded without numba.
 
-Cold start (docs/solver.md, "Cold start"): the kernels live in :mod:`._sequential_kernels` as
-C-callable numba functions. Importing numba and initialising its compiler costs about a second in a
-fresh process, more than a small solve, so after the first compile on a machine this module keeps
+Cold start (docs/solver.md, "Cold start"): the kernels live in :mod:`._sequential_kernels` and
+:mod:`._sequential_entry_points` as C-callable numba functions. Importing numba and initialising
+its compiler costs a noticeable time in a fresh process, more than a small solve, so after the
+first compile on a machine this module keeps
 the kernels' machine code on disk and later processes call it through ctypes: numba is imported
 only to compile. Where a C compiler driver is found when compiling (Linux), the code is also linked
-into a shared library that later processes load with ctypes alone (about a millisecond); otherwise
-they link the object file with llvmlite (tens of milliseconds).
+into a shared library that later processes load with ctypes alone; otherwise they link the object
+file with llvmlite (slower; docs/solver.md has the times).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ __all__ = ["Kernels", "kernels", "LOADED"]
 _CACHE_FORMAT = 4
 """Version of the cache file layout and of the entry points' C signatures (bump on change)."""
 
-_KERNEL_SOURCE = Path(__file__).with_name("_sequential_kernels.py")
+_KERNEL_SOURCES = tuple(
+    Path(__file__).with_name(name) for name in ("_sequential_kernels.py", "_sequential_entry_points.py")
+)
 
 _ERROR_PATH_SYMBOLS = frozenset(
     {
@@ -57,7 +60,7 @@ exception or free memory owned by an array; the kernels raise nothing and own no
 (``._sequential_kernels``). Outside numba these symbols are bound to a trap."""
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-_PROTOTYPES = {  # C signatures of ._sequential_kernels.compile_entry_points (pointer, int64, double)
+_PROTOTYPES = {  # C signatures of ._sequential_entry_points.compile_entry_points (pointer, int64, double)
     "squared_norms": ctypes.CFUNCTYPE(None, _P, _I, _I, _F, _P),
     "rebuild_weights": ctypes.CFUNCTYPE(None, _P, _I, _I, _F, _P, _I, _P, _P),
     "run_passes": ctypes.CFUNCTYPE(
@@ -130,7 +133,7 @@ def _cache_key(feature_dtype: str) -> Dict[str, Any]:
 @functools.cache
 def _kernel_source_digest() -> str:
     """SHA-256 of the kernels' source (part of every cache key)."""
-    return hashlib.sha256(_KERNEL_SOURCE.read_bytes()).hexdigest()
+    return hashlib.sha256(b"".join(path.read_bytes() for path in _KERNEL_SOURCES)).hexdigest()
 
 
 def _installation_stamp(module: str) -> List[int]:
@@ -424,10 +427,10 @@ def _compile(feature_dtype: str) -> Kernels:
     Where the machine code cannot be kept (:func:`_own_cache_possible`), numba's own cache is
     used instead: later processes then import numba to load it, as before.
     """
-    from . import _sequential_kernels
+    from . import _sequential_entry_points
 
     own_cache = _own_cache_possible()
-    entries: Dict[str, Any] = _sequential_kernels.compile_entry_points(feature_dtype, cache=not own_cache)
+    entries: Dict[str, Any] = _sequential_entry_points.compile_entry_points(feature_dtype, cache=not own_cache)
     kernels = None
     if own_cache:
         try:
