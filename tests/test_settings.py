@@ -15,7 +15,8 @@ import captum_dualxda.label_issues as label_issues_module
 from captum_dualxda import DualDA, rank_label_issues
 from captum_dualxda._core.state import fit_fingerprint
 from captum_dualxda.choose_c import sweep_C
-from captum_dualxda.solver import DEFAULT_C, SolverSettings, fit_crammer_singer
+from captum_dualxda.solver import DEFAULT_C, fit_crammer_singer
+from captum_dualxda.solver.settings import SolverSettings
 
 CHANGED = {"C": 0.5, "fit_intercept": False, "intercept_scaling": 2.0, "tol": 1e-3, "max_iter": 7, "seed": 3,
            "backend": "bdcd"}

@@ -1,6 +1,6 @@
 """Crammer-Singer multiclass SVM solvers that return the dual variables DualDA needs.
 
-Modules: :mod:`.settings` (:class:`SolverSettings`, the settings of one fit, and ``DEFAULT_C``),
+Modules: :mod:`.settings` (:class:`~.settings.SolverSettings`, the settings of one fit; ``DEFAULT_C``),
 :mod:`.problem` (validated inputs, result), :mod:`.projection` (exact per-sample update),
 :mod:`.gap` (objectives, duality gap, natural residual), :mod:`.sparse_dual` (row-sparse dual
 variables for large ``n K``), :mod:`.backend` (the contract every backend keeps), :mod:`.bdcd`
@@ -12,7 +12,7 @@ from .fit import ConvergenceWarning, available_backends, fit_crammer_singer, fit
 from .gap import evaluate_optimality, primal_objective
 from .problem import CrammerSingerProblem, CrammerSingerResult, make_problem, support_mask
 from .projection import project_crammer_singer
-from .settings import DEFAULT_C, SolverSettings
+from .settings import DEFAULT_C
 from .sparse_dual import RowSparseDual, dual_rows, dual_to_dense
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "available_backends",
     "ConvergenceWarning",
     "DEFAULT_C",
-    "SolverSettings",
     "CrammerSingerProblem",
     "CrammerSingerResult",
     "make_problem",
