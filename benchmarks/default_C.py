@@ -6,7 +6,7 @@ Run from the repository root::
     python benchmarks/default_C.py --seeds 0 --Cs 1e-3,1e-2
 
 For every seed the demo's data (scikit-learn digits in [0, 1], 10 % of the training labels
-flipped) trains the demo CNN, then :func:`captum_dualxda.metrics.sweep_C` fits DualDA's SVM for
+flipped) trains the demo CNN, then :func:`captum_dualxda.choose_c.sweep_C` fits DualDA's SVM for
 each ``C`` on features extracted once and reports support vectors, agreement of the SVM surrogate
 with the network on the test set, top-5 class detection, the mislabel ROC AUC of self-influence
 and of the surrogate's hinge loss, solver passes and seconds. ``--raw`` trains on raw 0..16
@@ -24,8 +24,8 @@ import warnings
 import numpy as np
 import torch
 
-from captum_dualxda.demo import load_digits_data, train_cnn
 from captum_dualxda.choose_c import sweep_C
+from captum_dualxda.demo import load_digits_data, train_cnn
 from captum_dualxda.solver import ConvergenceWarning
 
 COLUMNS = ("n_support", "agreement", "class_detection", "auc_self_influence", "auc_hinge_loss", "n_iter", "fit_time")

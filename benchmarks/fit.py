@@ -84,9 +84,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from captum_dualxda import DualDA  # noqa: E402
-from captum_dualxda.features import model_device  # noqa: E402
-from captum_dualxda.fit import fit_fingerprint  # noqa: E402
-from captum_dualxda.store import extract_features  # noqa: E402
+from captum_dualxda._core.features import model_device  # noqa: E402
+from captum_dualxda._core.state import fit_fingerprint  # noqa: E402
+from captum_dualxda._core.store import extract_features  # noqa: E402
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SETTINGS = ("resnet18", "bert")
@@ -127,7 +127,9 @@ def _labels_from_predictions(model: nn.Module, layer: nn.Linear, loader: DataLoa
     return labels
 
 
-def resnet18_setting(n: int, device: torch.device, batch_size: int = 64, seed: int = 0, pin_memory: bool = False) -> Setting:
+def resnet18_setting(
+    n: int, device: torch.device, batch_size: int = 64, seed: int = 0, pin_memory: bool = False
+) -> Setting:
     """ResNet-18 (``weights=None``, 10 classes) on ``n`` synthetic 32x32 images."""
     import torchvision
 
@@ -287,9 +289,8 @@ def time_setting(setting: Setting, device: torch.device, repeats: int, autocast:
     for repeat in range(repeats):
         with timed(device) as forward:
             plain_forward(setting, device, autocast)
-        with tempfile.TemporaryDirectory() if cache else contextlib.nullcontext() as directory:
-            with timed(device) as whole:
-                dualda = fit(setting, autocast, directory)
+        with tempfile.TemporaryDirectory() if cache else contextlib.nullcontext() as directory, timed(device) as whole:
+            dualda = fit(setting, autocast, directory)
         stats = dualda.fit_stats
         run = {
             "forward": forward["wall"], "fit": whole["wall"], "forward_cpu": forward["cpu"], "fit_cpu": whole["cpu"],
@@ -302,24 +303,38 @@ def time_setting(setting: Setting, device: torch.device, repeats: int, autocast:
                                               autocast=autocast)
             run["host_extraction"] = host["wall"]
             if repeat == 0:  # the asynchronous copies deliver exactly the rows computed on the device
-                on_device, _ = extract_features(setting.model, dualda.final_fc_layer, setting.loader, device, autocast=autocast)
+                on_device, _ = extract_features(
+                    setting.model, dualda.final_fc_layer, setting.loader, device, autocast=autocast
+                )
                 host_equal = torch.equal(on_host, on_device.cpu())
         if cache:
             with timed(device) as key:
-                fit_fingerprint(setting.model, dualda.layer_name, dualda.train_dataloader, dualda.C, dualda.fit_intercept,
-                                dualda.tol, dualda.max_iter, dualda.seed, dualda.backend, autocast=autocast)
+                fit_fingerprint(setting.model, dualda.layer_name, dualda.train_dataloader, dualda.settings,
+                                autocast=autocast)
             run["fingerprint"] = key["wall"]
         runs.append(run)
     row: Dict[str, Any] = {key: _median([run[key] for run in runs]) for key in runs[0]}
     ratios = [run["fit"] / run["forward"] for run in runs]
     row.update(
-        setting=setting.name, description=setting.description, device=str(device), repeats=repeats,
-        precision="fp32" if autocast is None else str(autocast).replace("torch.", ""), cache=cache,
-        ratio=_median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
+        setting=setting.name,
+        description=setting.description,
+        device=str(device),
+        repeats=repeats,
+        precision="fp32" if autocast is None else str(autocast).replace("torch.", ""),
+        cache=cache,
+        ratio=_median(ratios),
+        ratio_min=min(ratios),
+        ratio_max=max(ratios),
         ratio_cpu=_median([run["fit_cpu"] / run["forward_cpu"] for run in runs]),
         extraction_ratio=_median([run["extraction"] / run["forward"] for run in runs]),
-        host_extraction_ratio=_median([run["host_extraction"] / run["forward"] for run in runs if "host_extraction" in run]),
-        host_equal=host_equal, n_support=stats["n_support"], n_train=dualda.n_train, converged=stats["converged"], backend=stats["backend"],
+        host_extraction_ratio=_median(
+            [run["host_extraction"] / run["forward"] for run in runs if "host_extraction" in run]
+        ),
+        host_equal=host_equal,
+        n_support=stats["n_support"],
+        n_train=dualda.n_train,
+        converged=stats["converged"],
+        backend=stats["backend"],
     )
     return row
 
@@ -411,7 +426,8 @@ def run(settings: Sequence[str] = SETTINGS, device: str = "cpu", repeats: int = 
 def time_table(rows: Sequence[Dict[str, Any]]) -> str:
     lines = [
         "| setting | device | forward precision | cache | forward [s] | fit [s] | **fit / forward** (min-max) "
-        "| CPU time fit / forward | extraction / forward (to host) | solve [s] | rest [s] | fingerprint [s] | support vectors |",
+        "| CPU time fit / forward | extraction / forward (to host) | solve [s] | rest [s] | fingerprint [s] "
+        "| support vectors |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -439,8 +455,10 @@ def score_table(rows: Sequence[Dict[str, Any]]) -> str:
         if r["kind"] != "scores":
             continue
         lines.append(
-            f"| {r['description']} | {r['device']} | {r['precision']} | {r['spearman_median']:.5f}, {r['spearman_min']:.5f} "
-            f"| {r['frobenius_rel_diff']:.2e} | {r['max_rel_diff']:.2e} | {r['support_jaccard']:.4f} ({r['n_support'][0]:,}, {r['n_support'][1]:,}) "
+            f"| {r['description']} | {r['device']} | {r['precision']} "
+            f"| {r['spearman_median']:.5f}, {r['spearman_min']:.5f} "
+            f"| {r['frobenius_rel_diff']:.2e} | {r['max_rel_diff']:.2e} "
+            f"| {r['support_jaccard']:.4f} ({r['n_support'][0]:,}, {r['n_support'][1]:,}) "
             f"| {r['top10_overlap']:.2f} |"
         )
     return "\n".join(lines)
@@ -449,8 +467,10 @@ def score_table(rows: Sequence[Dict[str, Any]]) -> str:
 def header(device: str, threads: Optional[int]) -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     gpu = f", {torch.cuda.get_device_name(0)}" if device.startswith("cuda") and torch.cuda.is_available() else ""
-    return (f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} CPUs{gpu}, torch "
-            f"{torch.__version__}, {threads or torch.get_num_threads()} torch threads, load average {load} (1, 5, 15 min)")
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} CPUs{gpu}, torch "
+        f"{torch.__version__}, {threads or torch.get_num_threads()} torch threads, load average {load} (1, 5, 15 min)"
+    )
 
 
 def profile(setting_name: str, device: str, tiny: bool, autocast: Optional[str]) -> str:

@@ -48,10 +48,9 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -327,7 +326,7 @@ def _gpu_fit(report: Report, section: str, case: str, method: str, x: torch.Tens
 
 
 def solver_section(report: Report, sizes: Sizes, device: torch.device, Cs: Sequence[float], fit_budget: float,
-                   jobs: "CpuJobs", methods: Sequence[str]) -> None:
+                   jobs: CpuJobs, methods: Sequence[str]) -> None:
     """GPU fits; the CPU fits of the same problems run in ``jobs`` meanwhile."""
     for n, d, k in sizes.solver_shapes:
         case = f"{n:,} x {d} x {k}"
@@ -348,7 +347,9 @@ def cpu_specs(sizes: Sizes, Cs: Sequence[float], budget: float) -> List[Dict[str
             for (n, d, k) in sizes.solver_shapes for C in Cs for method in ("liblinear", "sequential")]
 
 
-def imagenet_section(report: Report, sizes: Sizes, device: torch.device, Cs: Sequence[float], fit_budget: float) -> None:
+def imagenet_section(
+    report: Report, sizes: Sizes, device: torch.device, Cs: Sequence[float], fit_budget: float
+) -> None:
     n, d, k = sizes.imagenet
     case = f"{n:,} x {d} x {k} (row-sparse alpha)"
     try:
@@ -418,7 +419,9 @@ def end_to_end_case(report: Report, case: str, network: str, n: int, side: int, 
     n_classes = 10
     model = _network(network, n_classes, device)
     images = _images(n, side, 0, device)
-    loader = DataLoader(TensorDataset(images, torch.zeros(n, dtype=torch.long, device=device)), batch_size=sizes.batch_size)
+    loader = DataLoader(
+        TensorDataset(images, torch.zeros(n, dtype=torch.long, device=device)), batch_size=sizes.batch_size
+    )
     labels, features = _make_labels_the_predictions(model, loader, n_classes, device)
     train_set = TensorDataset(images, labels)
     train_loader = DataLoader(train_set, batch_size=sizes.batch_size)
@@ -459,10 +462,9 @@ def end_to_end_case(report: Report, case: str, network: str, n: int, side: int, 
 
 def e2e_section(report: Report, sizes: Sizes, device: torch.device, Cs: Sequence[float], fit_budget: float,
                 max_iter: int = 100_000) -> None:
-    cases = (("ResNet-18, %s images %dx%d" % (f"{sizes.cifar[0]:,}", sizes.cifar[1], sizes.cifar[1]), "resnet18",
-              *sizes.cifar),
-             ("ResNet-50, %s images %dx%d" % (f"{sizes.resnet50[0]:,}", sizes.resnet50[1], sizes.resnet50[1]),
-              "resnet50", *sizes.resnet50))
+    cases = ((f"ResNet-18, {sizes.cifar[0]:,} images {sizes.cifar[1]}x{sizes.cifar[1]}", "resnet18", *sizes.cifar),
+             (f"ResNet-50, {sizes.resnet50[0]:,} images {sizes.resnet50[1]}x{sizes.resnet50[1]}", "resnet50",
+              *sizes.resnet50))
     for case, network, n, side in cases:
         if past_deadline():
             report.add(Row("e2e", case, "skipped: --deadline"))

@@ -152,14 +152,18 @@ def run_regime(seed: int, epochs: int, Cs: List[float], folds: int) -> Dict[str,
         quality = get_label_quality_scores(labels, probs)
         flags = find_label_issues(labels, probs)
         methods[f"cleanlab, {folds}-fold cross-fitted"] = {
-            "auc": mislabel_auc(-quality, flipped), **flag_stats(flags, flipped), "seconds": time.perf_counter() - start,
+            "auc": mislabel_auc(-quality, flipped),
+            **flag_stats(flags, flipped),
+            "seconds": time.perf_counter() - start,
         }
         start = time.perf_counter()
         probs = softmax_probabilities(net, data.x_train)
         quality = get_label_quality_scores(labels, probs)
         flags = find_label_issues(labels, probs)
         methods["cleanlab, in-sample probabilities"] = {
-            "auc": mislabel_auc(-quality, flipped), **flag_stats(flags, flipped), "seconds": time.perf_counter() - start,
+            "auc": mislabel_auc(-quality, flipped),
+            **flag_stats(flags, flipped),
+            "seconds": time.perf_counter() - start,
         }
     random_scores = np.random.default_rng(seed).random(len(flipped))
     methods["random order"] = {"auc": mislabel_auc(random_scores, flipped)}
@@ -180,8 +184,11 @@ def flag_cells(rows: List[Dict[str, Any]]) -> List[str]:
     if "flagged" not in rows[0]:
         return ["–", "–", "–"]
     flagged, hits = sum(row["flagged"] for row in rows), sum(row["hits"] for row in rows)
-    return [f"{_median([row['flagged'] for row in rows]):.0f}", _fmt(hits / flagged if flagged else float("nan"), ".3f"),
-            f"{hits / sum(row['n_flipped'] for row in rows):.3f}"]
+    return [
+        f"{_median([row['flagged'] for row in rows]):.0f}",
+        _fmt(hits / flagged if flagged else float("nan"), ".3f"),
+        f"{hits / sum(row['n_flipped'] for row in rows):.3f}",
+    ]
 
 
 def method_table(runs: List[Dict[str, Any]]) -> str:
@@ -245,12 +252,15 @@ def main() -> None:
     for name, runs in results.items():
         nets = [run["network"] for run in runs]
         print(f"\n#### {name}: {nets[0]['epochs']} epochs\n")
-        print(f"Network (median over seeds): test accuracy {_median([n['test_accuracy'] for n in nets]):.3f}, "
-              f"accuracy on its noisy training labels {_median([n['noisy_train_accuracy'] for n in nets]):.3f}, "
-              f"flipped labels fitted {_median([n['flipped_fitted'] for n in nets]):.1%} "
-              f"(min {min(n['flipped_fitted'] for n in nets):.1%}), "
-              f"training {_median([n['train_seconds'] for n in nets]):.1f} s; "
-              f"DualDA fit (C={DUALDA_C:g}, features + solver) {_median([run['dualda_seconds'] for run in runs]):.2f} s.\n")
+        print(
+            f"Network (median over seeds): test accuracy {_median([n['test_accuracy'] for n in nets]):.3f}, "
+            f"accuracy on its noisy training labels {_median([n['noisy_train_accuracy'] for n in nets]):.3f}, "
+            f"flipped labels fitted {_median([n['flipped_fitted'] for n in nets]):.1%} "
+            f"(min {min(n['flipped_fitted'] for n in nets):.1%}), "
+            f"training {_median([n['train_seconds'] for n in nets]):.1f} s; "
+            f"DualDA fit (C={DUALDA_C:g}, features + solver) "
+            f"{_median([run['dualda_seconds'] for run in runs]):.2f} s.\n"
+        )
         print(method_table(runs))
         print("\nBy C (rank_label_issues' hinge loss and flag; DualDA self-influence from sweep_C):\n")
         print(c_table(runs, Cs))

@@ -237,14 +237,14 @@ class Timing:
     def __init__(self, wall: float = 0.0, cpu: float = 0.0) -> None:
         self.wall, self.cpu = wall, cpu
 
-    def __enter__(self) -> "Timing":
+    def __enter__(self) -> Timing:
         self._wall, self._cpu = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.wall, self.cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
 
-    def __add__(self, other: "Timing") -> "Timing":
+    def __add__(self, other: Timing) -> Timing:
         return Timing(self.wall + other.wall, self.cpu + other.cpu)
 
 
@@ -259,7 +259,7 @@ def _median_timing(fn: Callable[[], Any], repeats: int) -> Tuple[Any, Timing]:
 
 
 def _surrogate_logits(dualda: DualDA, x: torch.Tensor) -> torch.Tensor:
-    from captum_dualxda.features import batch_features
+    from captum_dualxda._core.features import batch_features
 
     phi = batch_features(dualda.model, dualda.final_fc_layer, (x,)).double()
     return phi @ dualda.weight.double().T + dualda.intercept.double()
@@ -358,7 +358,9 @@ class _quiet_tqdm:
         tqdm.__init__ = self._old  # type: ignore[method-assign]
 
 
-def trak_scores(ctx: Dict[str, Any], models: Sequence[Tuple[int, int]], proj_dim: int) -> Tuple[np.ndarray, Timing, Timing]:
+def trak_scores(
+    ctx: Dict[str, Any], models: Sequence[Tuple[int, int]], proj_dim: int
+) -> Tuple[np.ndarray, Timing, Timing]:
     """dattri's TRAK on all parameters over the given (seed, epoch) models."""
     from dattri.algorithm.trak import TRAKAttributor
     from dattri.task import AttributionTask
@@ -442,9 +444,19 @@ def evaluate(ctx: Dict[str, Any], include_dattri: bool, show_progress: bool) -> 
     def add(name: str, scores: np.ndarray, precompute: Timing, explain: Timing, **extra: Any) -> None:
         result = lds(scores, ctx["subsets"], ctx["margins"])
         n_test = len(ctx["y_test"])
-        rows.append(dict(name=name, per_sample=result.per_sample, lds=result.mean, n_valid=result.n_valid,
-                         precompute_s=precompute.wall, precompute_cpu_s=precompute.cpu,
-                         ms_per_test=1000 * explain.wall / n_test, cpu_ms_per_test=1000 * explain.cpu / n_test, **extra))
+        rows.append(
+            dict(
+                name=name,
+                per_sample=result.per_sample,
+                lds=result.mean,
+                n_valid=result.n_valid,
+                precompute_s=precompute.wall,
+                precompute_cpu_s=precompute.cpu,
+                ms_per_test=1000 * explain.wall / n_test,
+                cpu_ms_per_test=1000 * explain.cpu / n_test,
+                **extra,
+            )
+        )
 
     jobs: List[Callable[[], None]] = []
     for C in CS:
@@ -517,9 +529,13 @@ def ceiling(ctx: Dict[str, Any]) -> Dict[str, float]:
     rho = np.array([lds(first[:, [t]].T, np.eye(len(first), dtype=bool), second[:, [t]]).per_sample[0]
                     for t in range(first.shape[1])])
     rho = rho[~np.isnan(rho)]
-    return dict(two_seed=float(rho.mean()), two_seed_se=float(rho.std(ddof=1) / np.sqrt(rho.size)),
-                ceiling=float(np.sqrt(np.clip(rho, 0, None)).mean()), ceiling_of_mean=float(np.sqrt(max(rho.mean(), 0))),
-                n_subsets=int(second.shape[0]))
+    return dict(
+        two_seed=float(rho.mean()),
+        two_seed_se=float(rho.std(ddof=1) / np.sqrt(rho.size)),
+        ceiling=float(np.sqrt(np.clip(rho, 0, None)).mean()),
+        ceiling_of_mean=float(np.sqrt(max(rho.mean(), 0))),
+        n_subsets=int(second.shape[0]),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,7 +577,11 @@ def ensemble_table(rows: List[Dict[str, Any]], settings: Dict[str, Any]) -> str:
     """LDS per C: single model, margin split, and each ensemble (paired difference to the single model)."""
     by_name = {r["name"]: r for r in rows}
     labels = list(ensembles(settings))
-    trak = {"ckpts x3": "dattri TRAK (ckpts x3)", "ckpts x5": "dattri TRAK (ckpts x5)", "seeds x3": "dattri TRAK (seeds x3)"}
+    trak = {
+        "ckpts x3": "dattri TRAK (ckpts x3)",
+        "ckpts x5": "dattri TRAK (ckpts x5)",
+        "seeds x3": "dattri TRAK (seeds x3)",
+    }
     header = ["C", "single model", "margin split"] + [f"ensemble {label}" for label in labels]
     header += [f"{label} vs TRAK {label}" for label in labels if label in trak]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -584,7 +604,9 @@ def warm_up_solver() -> None:
     from captum_dualxda import fit_crammer_singer
 
     rng = np.random.default_rng(0)
-    fit_crammer_singer(torch.tensor(rng.random((50, 4)), dtype=torch.float32), torch.tensor(rng.integers(0, 3, 50)), C=0.1)
+    fit_crammer_singer(
+        torch.tensor(rng.random((50, 4)), dtype=torch.float32), torch.tensor(rng.integers(0, 3, 50)), C=0.1
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -599,7 +621,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", default=None, help="write every number (per-sample LDS included) as JSON here")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    if not 2 <= args.n_subsets or not 0 <= args.n_second <= args.n_subsets:
+    if not args.n_subsets >= 2 or not 0 <= args.n_second <= args.n_subsets:
         parser.error("need --n-subsets >= 2 and 0 <= --n-second <= --n-subsets")
     torch.set_num_threads(1)  # fastest for this tiny CNN (see captum_dualxda.demo.run_demo)
     settings = dict(n_subsets=args.n_subsets, n_second=args.n_second, n_test=args.n_test, fraction=0.5,

@@ -167,7 +167,9 @@ def solver_scale(n: int, d: int, k: int, passes: int, sparse: bool, device: str 
     x = torch.empty(n, d)
     for start in range(0, n, 20000):
         block = y[start : start + 20000]
-        x[start : start + 20000] = ((centres[block] + torch.randn(len(block), 64, generator=g)) @ mix + 0.5).clamp_min(0)
+        x[start : start + 20000] = ((centres[block] + torch.randn(len(block), 64, generator=g)) @ mix + 0.5).clamp_min(
+            0
+        )
     scale = float(torch.cat([x[i : i + 20000].pow(2).sum(1) for i in range(0, n, 20000)]).mean()) ** 0.5 / 10
     for start in range(0, n, 20000):
         x[start : start + 20000] /= scale
@@ -175,7 +177,9 @@ def solver_scale(n: int, d: int, k: int, passes: int, sparse: bool, device: str 
     cuda = x.device.type == "cuda"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit_crammer_singer(torch.rand(50, d, device=device), torch.arange(50, device=device) % k, C=1e-3, backend="bdcd", max_iter=1)  # warm-up
+        fit_crammer_singer(
+            torch.rand(50, d, device=device), torch.arange(50, device=device) % k, C=1e-3, backend="bdcd", max_iter=1
+        )  # warm-up
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -236,7 +240,11 @@ def main() -> None:
     if args.epoch_time:
         epoch_time(20_000 if args.quick else 200_000, 512, 100)
         return
-    grid = [(20_000, 128), (40_000, 128)] if args.quick else [(50_000, 256), (100_000, 256), (100_000, 512), (200_000, 512)]
+    grid = (
+        [(20_000, 128), (40_000, 128)]
+        if args.quick
+        else [(50_000, 256), (100_000, 256), (100_000, 512), (200_000, 512)]
+    )
     print(f"# DualDA fit memory, K=10, C=1e-3, 5 solver passes; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}")
     print(f"# prediction: {PREDICT_DOC} (out of core: without the 4nd term)")
@@ -250,10 +258,15 @@ def main() -> None:
                 write_data(data_path, n, d, 10)
             spec = json.dumps({"n": n, "d": d, "k": 10, "out_of_core": out_of_core, "data_path": data_path})
             env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
-            raw = subprocess.run([sys.executable, __file__, "--child", spec], check=True, capture_output=True, text=True, env=env).stdout
+            raw = subprocess.run(
+                [sys.executable, __file__, "--child", spec], check=True, capture_output=True, text=True, env=env
+            ).stdout
             r = json.loads(raw.strip().splitlines()[-1])
-            print(f"| {n:,} | {d} | {r['features_mb']:.0f} | {'out of core' if out_of_core else 'in memory'} | "
-                  f"{r['peak_anon_mb']:.0f} | {r['predicted_mb']:.0f} | {r['peak_file_mb']:.0f} | {r['seconds']:.1f} |", flush=True)
+            print(
+                f"| {n:,} | {d} | {r['features_mb']:.0f} | {'out of core' if out_of_core else 'in memory'} | "
+                f"{r['peak_anon_mb']:.0f} | {r['predicted_mb']:.0f} | {r['peak_file_mb']:.0f} | {r['seconds']:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -204,6 +204,7 @@ def worker(method: str, variant: str, result_path: str) -> None:
         os.replace(tmp, result_path)
 
     import captum  # noqa: F401  (imports outside the measured phases)
+
     from captum_dualxda import DualDA, fit_crammer_singer
 
     if method.startswith("DualDA"):  # load the compiled solver from numba's disk cache outside the timed phases

@@ -48,7 +48,7 @@ for _path in (HERE, ROOT):
 from mnist_cnn import load_checkpoint, make_variant, trained_checkpoints  # noqa: E402
 
 from captum_dualxda import fit_crammer_singer  # noqa: E402
-from captum_dualxda.features import batch_features  # noqa: E402
+from captum_dualxda._core.features import batch_features  # noqa: E402
 from captum_dualxda.metrics import mislabel_auc  # noqa: E402
 
 CS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)

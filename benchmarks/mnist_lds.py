@@ -367,7 +367,7 @@ def ground_truth(setting: Setting, data: Optional[Tuple[torch.Tensor, ...]] = No
         finals, _ = train_models(setting, x_train, y_train, [subset_indices(i) for i, _, _ in group],
                                  [seed for _, seed, _ in group])
         seconds = (time.perf_counter() - t0) / len(group)
-        for (i, seed, path), state in zip(group, finals):
+        for (i, _seed, path), state in zip(group, finals):
             net = setting.model()
             net.load_state_dict(state)
             out = test_outputs(net.eval(), x_test, y_test)
@@ -377,7 +377,7 @@ def ground_truth(setting: Setting, data: Optional[Tuple[torch.Tensor, ...]] = No
             _progress(first + len(group), len(todo), f"retraining {setting.name} on half subsets", start)
     loaded = {path: torch.load(path) for _, _, path in jobs}
     half_paths = []
-    for i, seed, path in jobs[:n_subsets]:  # state files for methods that use them as checkpoints
+    for i, _seed, path in jobs[:n_subsets]:  # state files for methods that use them as checkpoints
         state_path = os.path.join(root, f"state-subset{i}.pt")
         if not os.path.exists(state_path):
             _atomic_save(loaded[path]["state"], state_path)
@@ -493,7 +493,7 @@ def tracin_fast_scores(setting: Setting, paths: Sequence[str], data: Tuple[torch
 
 def similarity_scores(setting: Setting, path: str, data: Tuple[torch.Tensor, ...]) -> Timed:
     """Label-signed cosine similarity of the final layer's inputs (``+`` same label, ``-`` otherwise)."""
-    from captum_dualxda.features import batch_features
+    from captum_dualxda._core.features import batch_features
 
     x_train, y_train, x_test, y_test = data
     net = load_model(setting, path)
@@ -714,7 +714,8 @@ def table(report: Dict[str, Any], reference: str = "DualDA C=0.001") -> str:
         values = r["per_sample"][~np.isnan(r["per_sample"])]
         se = values.std(ddof=1) / np.sqrt(values.size)
         diff = "(reference)" if r["name"] == reference else (
-            "%+.3f ± %.3f" % paired(r["per_sample"], by_name[reference]["per_sample"]) if reference in by_name else "–")
+            "{:+.3f} ± {:.3f}".format(*paired(r["per_sample"], by_name[reference]["per_sample"]))
+            if reference in by_name else "–")
         pub = next((f"{v:.2f}" for k, v in published.items() if r["name"].startswith(f"dattri {k} ")), "")
         if r["name"].startswith("dattri RPS"):
             pub = f"{published['RPS']:.2f}"

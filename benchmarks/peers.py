@@ -219,13 +219,34 @@ def prepare(setting: str, quick: bool, workdir: str) -> Dict[str, Any]:
         train_acc_noisy = float((net(x).argmax(1) == noisy).float().mean())
         train_acc_flipped = float((net(x[flipped]).argmax(1) == noisy[flipped]).float().mean())
         test_acc = float((net(xt).argmax(1) == yt).float().mean())
-    torch.save({"x": x, "y": noisy, "clean": y, "flipped": flipped, "xt": xt, "yt": yt}, os.path.join(workdir, "data.pt"))
+    torch.save(
+        {"x": x, "y": noisy, "clean": y, "flipped": flipped, "xt": xt, "yt": yt}, os.path.join(workdir, "data.pt")
+    )
     info = dict(
-        setting=setting, n_train=int(len(y)), n_test=int(len(yt)), feature_dim=int(net.fc.in_features),
-        n_params=int(sum(p.numel() for p in net.parameters())), n_flipped=int(flipped.sum()),
-        train_acc_noisy_labels=train_acc_noisy, fits_flipped_labels=train_acc_flipped, test_acc=test_acc,
-        train_time=time.perf_counter() - start, checkpoints=checkpoints, quick=quick,
-        **{k: cfg[k] for k in ("batch_size", "tracin_batch", "hessian_samples", "feature_layer", "epochs", "arnoldi_dim", "projection_dim")},
+        setting=setting,
+        n_train=int(len(y)),
+        n_test=int(len(yt)),
+        feature_dim=int(net.fc.in_features),
+        n_params=int(sum(p.numel() for p in net.parameters())),
+        n_flipped=int(flipped.sum()),
+        train_acc_noisy_labels=train_acc_noisy,
+        fits_flipped_labels=train_acc_flipped,
+        test_acc=test_acc,
+        train_time=time.perf_counter() - start,
+        checkpoints=checkpoints,
+        quick=quick,
+        **{
+            k: cfg[k]
+            for k in (
+                "batch_size",
+                "tracin_batch",
+                "hessian_samples",
+                "feature_layer",
+                "epochs",
+                "arnoldi_dim",
+                "projection_dim",
+            )
+        },
     )
     with open(os.path.join(workdir, "info.json"), "w") as f:
         json.dump(info, f)
@@ -288,6 +309,7 @@ def worker(setting: str, method: str, workdir: str, result_path: str) -> None:
     loss_sum = nn.CrossEntropyLoss(reduction="sum")
     tracin_batch = info["tracin_batch"]
     import captum  # noqa: F401  (import cost outside the measured phases)
+
     from captum_dualxda import DualDA
 
     if method.startswith("DualDA"):
@@ -454,7 +476,11 @@ def quality_table(results: List[Dict[str, Any]], info: Dict[str, Any], baselines
         elif not inf_done and r.get("timed_out"):
             ratio = f"> {1000 * budget / r.get('n_test', 1) / ref['ms_per_test']:,.0f}" if ref else "–"
         self_inf = _phase(r, "self_influence_s") if r["method"] != "Similarity" else "n/a"
-        auc = _fmt(r.get("mislabel_auc")) if "mislabel_auc" in r else ("n/a" if r["method"] == "Similarity" else self_inf if self_inf in ("> budget", "failed") else "–")
+        auc = (
+            _fmt(r.get("mislabel_auc"))
+            if "mislabel_auc" in r
+            else ("n/a" if r["method"] == "Similarity" else self_inf if self_inf in ("> budget", "failed") else "–")
+        )
         name = r["method"]
         if "n_support" in r:
             name += f" ({r['n_support']:,} SV)"
@@ -467,7 +493,9 @@ def quality_table(results: List[Dict[str, Any]], info: Dict[str, Any], baselines
             f"| {_fmt(r.get('zero_fraction')) if r['method'] != 'Similarity' else 'n/a'} "
             f"| {_fmt(r.get('hoyer')) if r['method'] != 'Similarity' else 'n/a'} |"
         )
-    lines.append(f"| random order (expected) | – | – | – | – | – | 0.500 | {_fmt(baselines['random_class_detection'])} | – | – |")
+    lines.append(
+        f"| random order (expected) | – | – | – | – | – | 0.500 | {_fmt(baselines['random_class_detection'])} | – | – |"
+    )
     lines.append(f"| network loss (one forward pass) | – | – | – | – | – | {_fmt(baselines['loss_auc'])} | – | – | – |")
     return "\n".join(lines)
 
@@ -478,7 +506,7 @@ def mislabel_table(results: List[Dict[str, Any]], baselines: Dict[str, Any]) -> 
     lines.append("|---|" + "---:|" * len(dual))
     lines.append("| self-influence (paper) | " + " | ".join(_fmt(r.get("mislabel_auc")) for r in dual) + " |")
     lines.append("| surrogate hinge loss | " + " | ".join(_fmt(r.get("mislabel_auc_hinge")) for r in dual) + " |")
-    lines.append(f"| network loss (baseline) | " + " | ".join(_fmt(baselines["loss_auc"]) for _ in dual) + " |")
+    lines.append("| network loss (baseline) | " + " | ".join(_fmt(baselines["loss_auc"]) for _ in dual) + " |")
     return "\n".join(lines)
 
 
@@ -494,7 +522,10 @@ def baselines_for(workdir: str, setting: str) -> Dict[str, Any]:
     with torch.no_grad():
         pred = net(data["xt"]).argmax(1)
     loss = training_loss(net, TensorDataset(data["x"], data["y"]), batch_size=1000)
-    return {"loss_auc": mislabel_auc(loss, data["flipped"]), "random_class_detection": random_class_detection(data["y"], pred)}
+    return {
+        "loss_auc": mislabel_auc(loss, data["flipped"]),
+        "random_class_detection": random_class_detection(data["y"], pred),
+    }
 
 
 def warm_up_jit() -> None:
@@ -502,7 +533,9 @@ def warm_up_jit() -> None:
     from captum_dualxda import fit_crammer_singer
 
     rng = np.random.default_rng(0)
-    fit_crammer_singer(torch.tensor(rng.random((50, 4)), dtype=torch.float32), torch.tensor(rng.integers(0, 3, 50)), C=0.1)
+    fit_crammer_singer(
+        torch.tensor(rng.random((50, 4)), dtype=torch.float32), torch.tensor(rng.integers(0, 3, 50)), C=0.1
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -510,7 +543,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small data, smoke run (1-2 minutes)")
     parser.add_argument("--settings", default="digits,large")
     parser.add_argument("--methods", default=None, help="comma-separated subset, e.g. 'DualDA C=0.001,TracInCPFast'")
-    parser.add_argument("--budget", type=float, default=None, help="seconds per method (default 120 digits / 150 large; quick 60)")
+    parser.add_argument(
+        "--budget", type=float, default=None, help="seconds per method (default 120 digits / 150 large; quick 60)"
+    )
     parser.add_argument("--out", default=None, help="write all results as JSON here")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -554,10 +589,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         baselines = baselines_for(workdir, setting)
         report["settings"][setting] = {"info": info, "budget": budget, "results": results, "baselines": baselines}
         title = {
-            "digits": (f"### digits: {info['n_train']:,} training images (8x8), {info['n_flipped']} flipped labels, "
-                       f"{info['n_test']} test images, CNN with {info['n_params']:,} parameters, {info['feature_dim']}-d features"),
-            "large": (f"### large: {info['n_train']:,} generated 32x32 images, {info['n_flipped']:,} flipped labels, "
-                      f"{info['n_test']} test images, CNN with {info['n_params']:,} parameters, {info['feature_dim']}-d features"),
+            "digits": (
+                f"### digits: {info['n_train']:,} training images (8x8), {info['n_flipped']} flipped labels, "
+                f"{info['n_test']} test images, CNN with {info['n_params']:,} parameters, "
+                f"{info['feature_dim']}-d features"
+            ),
+            "large": (
+                f"### large: {info['n_train']:,} generated 32x32 images, {info['n_flipped']:,} flipped labels, "
+                f"{info['n_test']} test images, CNN with {info['n_params']:,} parameters, "
+                f"{info['feature_dim']}-d features"
+            ),
         }[setting]
         out_lines += [
             title, "",

@@ -202,9 +202,15 @@ class Case:
 
 CASES: Dict[str, Case] = {
     "synth-20k-512-10": Case("synth-20k-512-10", lambda q: synthetic_features(4000 if q else 20000, 512, 10, 0.5)),
-    "synth-50k-512-10": Case("synth-50k-512-10", lambda q: synthetic_features(6000 if q else 50000, 512, 10, 0.5, seed=1)),
-    "synth-30k-256-20": Case("synth-30k-256-20", lambda q: synthetic_features(5000 if q else 30000, 256, 20, 0.5, seed=3)),
-    "synth-20k-256-200": Case("synth-20k-256-200", lambda q: synthetic_features(4000 if q else 20000, 256, 200, 0.6, seed=2)),
+    "synth-50k-512-10": Case(
+        "synth-50k-512-10", lambda q: synthetic_features(6000 if q else 50000, 512, 10, 0.5, seed=1)
+    ),
+    "synth-30k-256-20": Case(
+        "synth-30k-256-20", lambda q: synthetic_features(5000 if q else 30000, 256, 20, 0.5, seed=3)
+    ),
+    "synth-20k-256-200": Case(
+        "synth-20k-256-200", lambda q: synthetic_features(4000 if q else 20000, 256, 200, 0.6, seed=2)
+    ),
     "digits-cnn": Case("digits-cnn", lambda q: digits_cnn_features()),
     "overlap-2k-64-3": Case(
         "overlap-2k-64-3", lambda q: overlapping_features(2000, 64, 3, 0.6, seed=2), cs=(1.0, 10.0), fit_intercept=False
@@ -355,19 +361,19 @@ import json, sys, time
 T = time.perf_counter
 import numpy, torch
 from captum_dualxda.solver import fit_crammer_singer  # the package, untimed
-from captum_dualxda.solver import sequential
+from captum_dualxda.solver import machine_code
 out = {}
-t = T(); library = sequential._load_library("float32"); out["library"] = T() - t
+t = T(); library = machine_code._load_library("float32"); out["library"] = T() - t
 out["has_library"] = library is not None
 t = T(); import llvmlite.binding; out["llvmlite"] = T() - t
-t = T(); kernels = sequential._load_cached("float32") if library is None else None
+t = T(); kernels = machine_code._load_cached("float32") if library is None else None
 if library is not None:  # the object-file route, timed on its own
-    key = sequential._cache_key("float32")
-    for folder in sequential._cache_dirs():
-        path = folder / sequential._cache_name(key)
+    key = machine_code._cache_key("float32")
+    for folder in machine_code._cache_dirs():
+        path = folder / machine_code._cache_name(key)
         if path.is_file():
-            header, objects = sequential._read_cache_file(path)
-            kernels = sequential._link("float32", objects, header["symbols"], "cache")
+            header, objects = machine_code._read_cache_file(path)
+            kernels = machine_code._link("float32", objects, header["symbols"], "cache")
             break
 out["load"] = T() - t
 assert kernels is not None, "no cached kernels: run a fit first"
@@ -378,7 +384,7 @@ print(json.dumps(out))
 """
 
 
-def cold_breakdown(cold: "ColdRunner", repeats: int) -> None:
+def cold_breakdown(cold: ColdRunner, repeats: int) -> None:
     """Print what a fresh process pays to get the compiled solver, with and without numba."""
     runs = []
     for _ in range(repeats):
@@ -418,10 +424,15 @@ def run_case(case: Case, quick: bool, repeats: int, ref_tol: float, cold: ColdRu
     fi = case.fit_intercept
     for C in case.cs:
         problem = make_problem(xt, yt, C, fi, 1.0)
-        sk_time, sk = _timed(lambda seed: _sklearn_fit(x, y, C, seed, fi), repeats)
-        ours_time, ours = _timed(lambda seed: fit_crammer_singer(xt, yt, C=C, seed=seed, fit_intercept=fi), repeats)
+        sk_time, sk = _timed(lambda seed, C=C: _sklearn_fit(x, y, C, seed, fi), repeats)
+        ours_time, ours = _timed(
+            lambda seed, C=C: fit_crammer_singer(xt, yt, C=C, seed=seed, fit_intercept=fi), repeats
+        )
         backend = available_backends()[ours.backend]
-        solver_time, _ = _timed(lambda seed: backend(problem, tol=1e-4, max_iter=100000, seed=seed), repeats)
+        solver_time, _ = _timed(
+            lambda seed, backend=backend, problem=problem: backend(problem, tol=1e-4, max_iter=100000, seed=seed),
+            repeats,
+        )
         sk_cold, sk_runs = cold.timed("sklearn", path, C, repeats, fit_intercept=fi)
         ours_cold, ours_runs = cold.timed("ours", path, C, repeats, fit_intercept=fi)
         ours_first = ours_runs[0]
@@ -445,7 +456,8 @@ def run_case(case: Case, quick: bool, repeats: int, ref_tol: float, cold: ColdRu
         while matched_sub > sk_sub and tol > 1e-7:
             tol /= 2
             matched_time, matched = _timed(
-                lambda seed: fit_crammer_singer(xt, yt, C=C, tol=tol, seed=seed, fit_intercept=fi), repeats
+                lambda seed, C=C, tol=tol: fit_crammer_singer(xt, yt, C=C, tol=tol, seed=seed, fit_intercept=fi),
+                repeats,
             )
             matched_sub = (matched.primal - lower) / scale
         scores = xt.double() @ ours.weight.T + ours.intercept
@@ -550,7 +562,8 @@ def main(argv=None) -> None:
     )
     print()
     print(
-        "| case | n | d | all-zero columns | K | mean ‖x‖² | C | train acc | sklearn cold [s] | sklearn warm [s] | ours cold [s] "
+        "| case | n | d | all-zero columns | K | mean ‖x‖² | C | train acc | sklearn cold [s] | sklearn warm [s] "
+        "| ours cold [s] "
         "| ours warm [s] | ours first ever [s] | solver only [s] | speed-up cold | speed-up warm "
         "| passes ours/sklearn (median over the cold seeds) | our rel. gap | our primal subopt | sklearn primal subopt "
         "| ours at ≤ sklearn's subopt: tol, [s], speed-up |"
@@ -560,7 +573,8 @@ def main(argv=None) -> None:
         print(
             f"| {r['case']} | {r['n']} | {r['d']} | {r['zero_columns']} | {r['K']} | {r['sq']:.0f} | {r['C']:g} "
             f"| {r['acc']:.3f} | {_seconds(r['sk_cold'])} | {_seconds(r['sklearn'])} | {_seconds(r['ours_cold'])} "
-            f"| {_seconds(r['ours'])} | {r['first_ever']:.1f} | {_seconds(r['solver'])} | {r['sk_cold'] / r['ours_cold']:.1f}x "
+            f"| {_seconds(r['ours'])} | {r['first_ever']:.1f} | {_seconds(r['solver'])} "
+            f"| {r['sk_cold'] / r['ours_cold']:.1f}x "
             f"| {r['sklearn'] / r['ours']:.1f}x | {r['passes']:g}/{r['sk_passes']:g} | {r['gap']:.1e} "
             f"| {r['ours_sub']:.1e} | {r['sk_sub']:.1e} "
             f"| {r['tol']:.2g}, {_seconds(r['matched'])}, {r['sklearn'] / r['matched']:.1f}x |"

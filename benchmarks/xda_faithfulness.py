@@ -55,7 +55,8 @@ Run from the repository root::
 Times measured on 2 shared CPU cores at load average 8-14 (torch 2.14.1, 1 thread): the digits
 CNN takes 1.5 min; the ResNet 14 min, of which training 5 min, the XDA heatmaps 5 min and the
 flipping (17 forward passes per order, side and baseline) 4 min. On busy cores keep
-``--threads 1``: a smoke run of the CNN took 385 s with 2 threads and 17 s with 1 (load 11-15). It prints Markdown tables: per side
+``--threads 1``: a smoke run of the CNN took 385 s with 2 threads and 17 s with 1 (load 11-15). It
+prints Markdown tables: per side
 and baseline the mean area +- a standard error clustered by test sample, the paired difference
 of each order to the best one, the median conservation error ``|heatmap sum - tau| / |tau|`` and
 ms per pair for both heatmaps; then a summary over both sides and both baselines that names the
@@ -186,8 +187,14 @@ def gradient_x_input(net: nn.Module, x: torch.Tensor, direction: torch.Tensor) -
     return x * grad
 
 
-def heatmaps(setting: Setting, dualda: DualDA, make: Optional[Callable[[], Composite]], x: torch.Tensor,
-             targets: torch.Tensor, idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+def heatmaps(
+    setting: Setting,
+    dualda: DualDA,
+    make: Optional[Callable[[], Composite]],
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    idx: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Training- and test-side heatmaps ``(P, C, H, W)``, scores and coefficients ``(P,)``, ms per pair.
 
     ``P = n_test * k`` pairs in the order (test sample, partner).
@@ -291,8 +298,14 @@ def evaluate(setting: Setting, n_test: int, k: int, opponents: bool, seed: int =
             train_rel, test_rel, scores, _, ms = heatmaps(setting, dualda, make, x, targets, idx)
             if not torch.allclose(scores, tau0, rtol=1e-4, atol=1e-6):
                 raise RuntimeError(f"{name}: the pair scores differ from the recomputed tau")
-            cons = [float(((rel.flatten(1).sum(1) - tau0).abs() / tau0.abs())[valid].median()) for rel in (train_rel, test_rel)]
-            orders[name] = {"train": pixel_order(train_rel, sign, generator), "test": pixel_order(test_rel, sign, generator)}
+            cons = [
+                float(((rel.flatten(1).sum(1) - tau0).abs() / tau0.abs())[valid].median())
+                for rel in (train_rel, test_rel)
+            ]
+            orders[name] = {
+                "train": pixel_order(train_rel, sign, generator),
+                "test": pixel_order(test_rel, sign, generator),
+            }
             info[name] = {"ms_per_pair": ms, "conservation_train": cons[0], "conservation_test": cons[1]}
         log(f"  {kind}: heatmaps done")
         n_pix = x.shape[2] * x.shape[3]
@@ -307,7 +320,9 @@ def evaluate(setting: Setting, n_test: int, k: int, opponents: bool, seed: int =
                     image = x_tr if side == "train" else x_te
                     partner = coef[:, None] * (phi_te if side == "train" else phi_tr)
                     if name == RANDOM:
-                        a = torch.stack([area(flip_curves(phi_of, image, o, baseline, partner, tau0)) for o in random_orders]).mean(0)
+                        a = torch.stack(
+                            [area(flip_curves(phi_of, image, o, baseline, partner, tau0)) for o in random_orders]
+                        ).mean(0)
                     else:
                         a = area(flip_curves(phi_of, image, orders[name][side], baseline, partner, tau0))
                     per_side[side] = a[valid].tolist()
@@ -421,15 +436,23 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", choices=["cnn", "resnet"], default=["cnn", "resnet"])
     parser.add_argument("--n-test", type=int, default=64, help="test samples explained on the CNN (default 64)")
-    parser.add_argument("--resnet-n-test", type=int, default=32, help="test samples explained on the ResNet (default 32)")
+    parser.add_argument(
+        "--resnet-n-test", type=int, default=32, help="test samples explained on the ResNet (default 32)"
+    )
     parser.add_argument("--k", type=int, default=5, help="proponents (and opponents) per test sample (default 5)")
     parser.add_argument("--no-opponents", action="store_true", help="proponents only on the CNN")
-    parser.add_argument("--resnet-opponents", action="store_true", help="also opponents on the ResNet (doubles its time)")
+    parser.add_argument(
+        "--resnet-opponents", action="store_true", help="also opponents on the ResNet (doubles its time)"
+    )
     parser.add_argument("--cnn-epochs", type=int, default=12)
     parser.add_argument("--resnet-epochs", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0, help="seeds the split, the label flips, training, DualDA and the tie-breaks")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the split, the label flips, training, DualDA and the tie-breaks"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: faster on busy shared cores)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 16 (CNN) and 8 (ResNet) test samples, k=2, 2 epochs each")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 16 (CNN) and 8 (ResNet) test samples, k=2, 2 epochs each"
+    )
     parser.add_argument("--out", help="write the raw areas and settings as JSON to this path")
     parser.add_argument("--from-json", help="only print the tables of an earlier --out file")
     args = parser.parse_args(argv)
@@ -448,8 +471,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         args.n_test, args.resnet_n_test, args.k, args.cnn_epochs, args.resnet_epochs = 16, 8, 2, 2, 2
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    stamp = (f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-             f"{args.threads} threads, load average {os.getloadavg()[0]:.2f} at start")
+    stamp = (
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{args.threads} threads, load average {os.getloadavg()[0]:.2f} at start"
+    )
     print(stamp, flush=True)
     data = load_digits_data(flip_rate=0.1, seed=args.seed)
     results = []

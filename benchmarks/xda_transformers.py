@@ -50,7 +50,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from test_transformers import Texts, bert, gpt2, llama, stacked  # noqa: E402
 
 from captum_dualxda import XDA, DualDA, transformer_composite, xda_pairs  # noqa: E402
-from captum_dualxda.transformer_lrp import TransformerComposite  # noqa: E402
+from captum_dualxda.lrp.composites import TransformerComposite  # noqa: E402
 
 VARIANTS = {"cp": {"attention": "cp"}, "cp, biases kept": {"attention": "cp", "zero_params": None},
             "attnlrp": {"attention": "attnlrp"}, "attnlrp, biases kept": {"attention": "attnlrp", "zero_params": None}}
@@ -66,8 +66,11 @@ def row(name: str, rule: str, pairs, ms: float) -> str:
     errors = torch.cat([(total - scores[big]).abs() / scores[big].abs() for total in sums])
     signs = [float((torch.sign(total) == torch.sign(scores[big])).float().mean()) for total in sums]
     finite = bool(torch.isfinite(pairs.train_relevance).all() and torch.isfinite(pairs.test_relevance).all())
-    return (f"| {name} | {rule} | {float(errors.median()):.4f} | {float(errors.quantile(0.9)):.4f} | {float(errors.max()):.4f} "
-            f"| {100 * signs[0]:.0f} % / {100 * signs[1]:.0f} % | {'yes' if finite else 'NO'} | {ms:.1f} |")
+    return (
+        f"| {name} | {rule} | {float(errors.median()):.4f} | {float(errors.quantile(0.9)):.4f} "
+        f"| {float(errors.max()):.4f} "
+        f"| {100 * signs[0]:.0f} % / {100 * signs[1]:.0f} % | {'yes' if finite else 'NO'} | {ms:.1f} |"
+    )
 
 
 def measure(name: str, model: nn.Module, head: str, train, test_inputs, targets, C: float = 0.1) -> list:
@@ -99,8 +102,9 @@ def train_text(model: nn.Module, data: Texts, epochs: int = 40) -> nn.Module:
         for idx in torch.randperm(len(data)).split(32):
             batch = stacked(data, idx.tolist())
             optimizer.zero_grad()
-            nn.functional.cross_entropy(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                                        batch["labels"]).backward()
+            nn.functional.cross_entropy(
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+            ).backward()
             optimizer.step()
     return model.eval()
 
@@ -145,12 +149,20 @@ def minilm():
     hf_logging.set_verbosity_error()
     random.seed(0)
     torch.manual_seed(0)
-    topics = {"sports": (["the team", "the striker", "the coach", "the referee", "the fans", "the goalkeeper"],
-                         ["won the match", "scored a late goal", "lost the final", "trained all week", "missed a penalty"]),
-              "cooking": (["the chef", "the soup", "the oven", "the recipe", "the bread", "the sauce"],
-                          ["needed more salt", "was baked for an hour", "tasted of garlic", "simmered slowly", "burned in the pan"]),
-              "weather": (["the storm", "the rain", "the forecast", "the wind", "the sun", "the clouds"],
-                          ["hit the coast", "lasted all night", "was warmer than expected", "brought heavy snow", "cleared by noon"])}
+    topics = {
+        "sports": (
+            ["the team", "the striker", "the coach", "the referee", "the fans", "the goalkeeper"],
+            ["won the match", "scored a late goal", "lost the final", "trained all week", "missed a penalty"],
+        ),
+        "cooking": (
+            ["the chef", "the soup", "the oven", "the recipe", "the bread", "the sauce"],
+            ["needed more salt", "was baked for an hour", "tasted of garlic", "simmered slowly", "burned in the pan"],
+        ),
+        "weather": (
+            ["the storm", "the rain", "the forecast", "the wind", "the sun", "the clouds"],
+            ["hit the coast", "lasted all night", "was warmer than expected", "brought heavy snow", "cleared by noon"],
+        ),
+    }
     when = ["", "", "on sunday", "again", "this morning", "last night", "as expected", "for once"]
     names = list(topics)
 
@@ -232,7 +244,9 @@ def ledger(model: nn.Module, head: str, inputs, u: torch.Tensor, variant: dict) 
 
     for name, module in model.named_modules():
         children = len(list(module.children()))
-        if not name or (children and not isinstance(module, nn.MultiheadAttention) and not name.endswith(("attention.self", "attn"))):
+        if not name or (
+            children and not isinstance(module, nn.MultiheadAttention) and not name.endswith(("attention.self", "attn"))
+        ):
             continue
         group = (re.sub(r"(layer_|layer\.|blocks\.)\d+", r"\1*", name), type(module).__name__)
 
@@ -245,7 +259,11 @@ def ledger(model: nn.Module, head: str, inputs, u: torch.Tensor, variant: dict) 
             if type(out) is tuple:
                 return tuple(track((group, "out"), o) for o in out)
             return None
-        handles += [module.register_forward_pre_hook(pre, with_kwargs=True), module.register_forward_hook(post, with_kwargs=True)]
+
+        handles += [
+            module.register_forward_pre_hook(pre, with_kwargs=True),
+            module.register_forward_hook(post, with_kwargs=True),
+        ]
     try:
         phi, relevance = XDA(model, head, transformer_composite(model, **variant))(inputs, lambda f: f * u)
     finally:
@@ -286,8 +304,10 @@ def token_deletion(dualda: DualDA, collator, train_rows: list, test_rows: list, 
 
     texts = {"train": [[train_rows[int(indices[i, m])]["input_ids"] for m in range(k)] for i in range(n_test)],
              "test": [[test_rows[i]["input_ids"]] * k for i in range(n_test)]}
-    phi_fixed = {"train": features([r["input_ids"] for r in test_rows]),  # the other side's phi
-                 "test": features([train_rows[int(j)]["input_ids"] for j in indices.reshape(-1)]).reshape(n_test, k, -1)}
+    phi_fixed = {
+        "train": features([r["input_ids"] for r in test_rows]),  # the other side's phi
+        "test": features([train_rows[int(j)]["input_ids"] for j in indices.reshape(-1)]).reshape(n_test, k, -1),
+    }
     orders = {label: (pairs.train_relevance, pairs.test_relevance) for label, pairs in heatmaps.items()}
     orders["random order"] = None
     generator = torch.Generator().manual_seed(seed)
@@ -340,8 +360,12 @@ def timing(repeats: int = 12, batch_size: int = 5) -> None:
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=3).eval()
     batch = dict(tokenizer(["the striker scored a late goal on sunday as expected"] * batch_size, return_tensors="pt"))
     partner = torch.randn(batch_size, model.config.hidden_size)
-    xdas = {label: XDA(model, "classifier", transformer_composite(model, **kwargs)) for label, kwargs in VARIANTS.items()}
-    xdas["gradient x input"] = XDA(model, "classifier", TransformerComposite([], transformer_composite(model).attribution_module))
+    xdas = {
+        label: XDA(model, "classifier", transformer_composite(model, **kwargs)) for label, kwargs in VARIANTS.items()
+    }
+    xdas["gradient x input"] = XDA(
+        model, "classifier", TransformerComposite([], transformer_composite(model).attribution_module)
+    )
     seconds = defaultdict(list)
     for _ in range(repeats):
         for label, xda in xdas.items():
@@ -350,8 +374,10 @@ def timing(repeats: int = 12, batch_size: int = 5) -> None:
                 xda(batch, lambda f: f * partner)
                 seconds[label].append(time.perf_counter() - start)
     reference = torch.tensor(seconds["cp, biases kept"][2:]).median()
-    print(f"| variant | ms per heatmap (all-MiniLM-L6-v2, {batch['input_ids'].shape[1]} tokens, batches of {batch_size}) "
-          "| relative to 'cp, biases kept' |")
+    print(
+        f"| variant | ms per heatmap (all-MiniLM-L6-v2, {batch['input_ids'].shape[1]} tokens, batches of {batch_size}) "
+        "| relative to 'cp, biases kept' |"
+    )
     print("|---|---|---|")
     for label, values in seconds.items():
         median = torch.tensor(values[2:]).median()
@@ -381,8 +407,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     if args.minilm_only:
         args.skip_minilm = False
-    text_models = (("BERT (encoder)", bert, "classifier", False), ("Llama (decoder, right padding)", llama, "score", False),
-                   ("Llama (decoder, left padding)", llama, "score", True), ("GPT-2 (decoder, left padding)", gpt2, "score", True))
+    text_models = (
+        ("BERT (encoder)", bert, "classifier", False),
+        ("Llama (decoder, right padding)", llama, "score", False),
+        ("Llama (decoder, left padding)", llama, "score", True),
+        ("GPT-2 (decoder, left padding)", gpt2, "score", True),
+    )
     for name, make, head, pad_left in () if args.minilm_only else text_models:
         batch = stacked(Texts(20, 1, pad_left), range(20))
         train = Texts(200, 0, pad_left)
@@ -402,9 +432,20 @@ def main() -> None:
         for state, vit in vits.items():
             print(*measure(f"torchvision ViT, {state} (pixels)", vit, "heads.head", images, x_test, y_test), sep="\n")
         torch.manual_seed(0)
-        tiny = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4, num_classes=3).eval()
-        print(*measure("timm ViT-Tiny, random (pixels)", tiny, "head", torch.utils.data.TensorDataset(x16[:200], y16[:200]),
-                       x16[200:], y16[200:]), sep="\n")
+        tiny = timm.create_model(
+            "vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4, num_classes=3
+        ).eval()
+        print(
+            *measure(
+                "timm ViT-Tiny, random (pixels)",
+                tiny,
+                "head",
+                torch.utils.data.TensorDataset(x16[:200], y16[:200]),
+                x16[200:],
+                y16[200:],
+            ),
+            sep="\n",
+        )
 
     if not args.skip_minilm:
         start = time.perf_counter()
@@ -443,7 +484,10 @@ def main() -> None:
             for label, (train_side, test_side) in areas.items():
                 both = (train_side + test_side) / 2
                 reference = sum(areas["cp, biases kept"]) / 2
-                print(f"| {label} | {mean_se(train_side)} | {mean_se(test_side)} | {mean_se(both)} | {mean_se(both - reference)} |")
+                print(
+                    f"| {label} | {mean_se(train_side)} | {mean_se(test_side)} | {mean_se(both)} "
+                    f"| {mean_se(both - reference)} |"
+                )
 
     if not args.minilm_only:
         print()
@@ -452,13 +496,25 @@ def main() -> None:
         print("| model | variant | class-token position | position embeddings (patches) | patch-embedding bias "
               "| pixels (heatmap sum) | rest (biases, LayerNorm shifts, softmax) |")
         print("|---|---|---|---|---|---|---|")
-    for name, vit, head, x, y, train in () if args.minilm_only else (
+    for name, vit, head, x, y, train in (
+        ()
+        if args.minilm_only
+        else (
             ("torchvision ViT, random", vits["random"], "heads.head", x_test, y_test, images),
             ("torchvision ViT, trained", vits["trained"], "heads.head", x_test, y_test, images),
-            ("timm ViT-Tiny, random", tiny, "head", x16[200:], y16[200:], torch.utils.data.TensorDataset(x16[:200], y16[:200]))):
+            (
+                "timm ViT-Tiny, random",
+                tiny,
+                "head",
+                x16[200:],
+                y16[200:],
+                torch.utils.data.TensorDataset(x16[:200], y16[:200]),
+            ),
+        )
+    ):
         dualda = DualDA(vit, head, train, C=0.1, batch_size=64)
         partner_images = train.tensors[0]
-        u = partner_gradient(dualda, x, y, lambda j: (partner_images[j],))
+        u = partner_gradient(dualda, x, y, lambda j, images=partner_images: (images[j],))
         for label, kwargs in VARIANTS.items():
             print(f"| {name} | {label} | {vit_shares(vit, head, x, u, kwargs)} |")
 

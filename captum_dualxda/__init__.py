@@ -13,11 +13,20 @@
 """
 from .dualda import DualDA
 from .label_issues import LabelIssues, rank_label_issues
+from .lrp.composites import transformer_composite
 from .solver import CrammerSingerResult, fit_crammer_singer
-from .transformer_lrp import transformer_composite
 from .xda import XDA, XDAPairs, xda_pairs
 
 __version__ = "0.1.0"
 
-__all__ = ["DualDA", "XDA", "XDAPairs", "xda_pairs", "transformer_composite", "fit_crammer_singer", "CrammerSingerResult",
-           "rank_label_issues", "LabelIssues"]
+__all__ = [
+    "DualDA",
+    "XDA",
+    "XDAPairs",
+    "xda_pairs",
+    "transformer_composite",
+    "fit_crammer_singer",
+    "CrammerSingerResult",
+    "rank_label_issues",
+    "LabelIssues",
+]

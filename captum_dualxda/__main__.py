@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _out_problem(out: str) -> Optional[str]:
     """Why ``out`` cannot be the output directory, or None if it can (it is created if missing)."""
-    from .cache import check_writable_dir
+    from ._core.cache import check_writable_dir
 
     path = os.path.abspath(out)
     if os.path.exists(path) and not os.path.isdir(path):

@@ -3,9 +3,10 @@
 :func:`sweep_C` reports, per ``C``, what changes for the user: support vectors and sparsity,
 agreement of the SVM surrogate with the network, class detection, mislabel detection (with the
 paper's self-influence and with the surrogate's hinge loss), passes and fit time.
-:func:`format_markdown` prints the rows as a Markdown table. It scores with the same
-:class:`~captum_dualxda.support.SupportSet` as :class:`~captum_dualxda.DualDA`, so each row is
-exactly what ``DualDA(..., C=C)`` would give.
+:func:`format_markdown` prints the rows as a Markdown table. It extracts and solves with the
+same pipeline (:mod:`captum_dualxda._core.pipeline`) and scores with the same support set
+(:class:`~captum_dualxda._core.support.SupportSet`) as :class:`~captum_dualxda.DualDA`, so each
+row is exactly what ``DualDA(..., C=C)`` would give.
 """
 from __future__ import annotations
 
@@ -19,15 +20,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ._validation import check_flag, check_integer, check_positive, check_seed
-from .deprecation import positional_deprecated
-from .data import as_dataloader
-from .features import batch_features_and_output, model_device, output_logits, resolve_linear_layer
-from .fit import hinge_loss, surrogate_logits
+from ._core.data import as_dataloader, model_input_batches
+from ._core.features import batch_features_and_output, model_device, output_logits, resolve_linear_layer
+from ._core.pipeline import extract, solve
+from ._core.support import SupportSet
+from ._core.surrogate import hinge_loss, surrogate_logits
+from ._utils.arrays import ArrayLike, flag_mask
+from ._utils.chunking import row_squared_norms
+from ._utils.validation import check_flag, check_integer
 from .metrics import (
-    ArrayLike,
-    _flags,
-    _model_input_batches,
     class_detection,
     hoyer_sparsity,
     logit_fidelity,
@@ -35,11 +36,9 @@ from .metrics import (
     random_class_detection,
     zero_fraction,
 )
-from .solver import fit_crammer_singer_path
 from .solver.fit import check_Cs
-from .solver.problem import row_squared_norms, support_mask
-from .store import extract_features
-from .support import SupportSet
+from .solver.problem import support_mask
+from .solver.settings import SolverSettings
 
 __all__ = ["SweepRow", "sweep_C", "format_markdown"]
 
@@ -99,7 +98,6 @@ class SweepRow:
         return dataclasses.asdict(self)
 
 
-@positional_deprecated
 def sweep_C(
     model: nn.Module,
     final_fc_layer: Union[nn.Linear, str],
@@ -127,7 +125,7 @@ def sweep_C(
     :class:`~captum_dualxda.DualDA` construction plus the solver times. Each fit is exactly the
     one ``DualDA(model, final_fc_layer, train_dataset, C=C, ...)`` would make with the same
     settings (the optimum does not depend on the warm start), and it is scored with the same
-    :class:`~captum_dualxda.support.SupportSet`.
+    :class:`~captum_dualxda._core.support.SupportSet`.
 
     Parameters
     ----------
@@ -164,10 +162,8 @@ def sweep_C(
     values = sorted(check_Cs(Cs))
     k = check_integer(k, "k", low=1)
     baselines = check_flag(baselines, "baselines")
-    fit_intercept = check_flag(fit_intercept, "fit_intercept")
-    tol = check_positive(tol, "tol")
-    max_iter = check_integer(max_iter, "max_iter", low=1)
-    seed = check_seed(seed)
+    settings = SolverSettings(C=values[0], fit_intercept=fit_intercept, tol=tol, max_iter=max_iter, seed=seed,
+                              backend=backend)
     show_progress = check_flag(show_progress, "show_progress")
     layer = resolve_linear_layer(model, final_fc_layer)
     loader = as_dataloader(train_dataset, batch_size)
@@ -177,28 +173,27 @@ def sweep_C(
         except TypeError:
             n_expected = None
         if n_expected is not None:
-            _flags(flipped, n_expected)
+            flag_mask(flipped, n_expected)
     device = torch.device(device) if device is not None else model_device(model)
-    features, labels = extract_features(model, layer, loader, device, show_progress, desc="sweep_C features")
+    store, labels = extract(model, layer, loader, device=device, show_progress=show_progress, desc="sweep_C features")
+    features = store.features
     n_train = features.shape[0]
     with torch.no_grad():
         train_logits = layer(features.to(layer.weight.device, layer.weight.dtype)).double().cpu()
-    mask = _flags(flipped, n_train) if flipped is not None else None
+    mask = flag_mask(flipped, n_train) if flipped is not None else None
 
     test_phi = test_logits = None
     if test_inputs is not None:
         phis, logits = [], []
-        for batch in _model_input_batches(test_inputs, 256):
+        for batch in model_input_batches(test_inputs, 256, "test_inputs"):
             phi, out = batch_features_and_output(model, layer, batch)
             phis.append(phi.float().to(device))
             logits.append(output_logits(out, layer.out_features).detach().double().cpu())
         test_phi, test_logits = torch.cat(phis), torch.cat(logits)
         test_pred = test_logits.argmax(1)
 
-    results = fit_crammer_singer_path(
-        features, labels, values, fit_intercept=fit_intercept, tol=tol, max_iter=max_iter, seed=seed,
-        n_classes=layer.out_features, backend=backend, device=device, show_progress=show_progress,
-    )
+    results = solve(features, labels, layer.out_features, settings, device=device, show_progress=show_progress,
+                    Cs=values)
     squared_norms = row_squared_norms(features).float()
     rows: List[SweepRow] = []
     for C, result in zip(values, results):
@@ -213,9 +208,11 @@ def sweep_C(
             fit_time=float(result.time),
             n_iter=int(result.n_iter),
             gap=float(result.gap),
-            train_agreement=float((surrogate_logits(features, weight, intercept).argmax(1) == train_logits.argmax(1)).double().mean()),
+            train_agreement=float(
+                (surrogate_logits(features, weight, intercept).argmax(1) == train_logits.argmax(1)).double().mean()
+            ),
         )
-        if test_phi is not None:
+        if test_phi is not None and test_logits is not None:
             fid = logit_fidelity(test_logits, surrogate_logits(test_phi, weight, intercept))
             row.agreement, row.cosine = fid.agreement, fid.cosine
             zeros, hoyers, detections = [], [], []
@@ -277,7 +274,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def format_markdown(rows: Sequence[Any], columns: Optional[Sequence[str]] = None, headers: Optional[Dict[str, str]] = None) -> str:
+def format_markdown(
+    rows: Sequence[Any], columns: Optional[Sequence[str]] = None, headers: Optional[Dict[str, str]] = None
+) -> str:
     """A Markdown table of rows (dataclasses such as :class:`SweepRow`, or dicts).
 
     Parameters
@@ -295,7 +294,9 @@ def format_markdown(rows: Sequence[Any], columns: Optional[Sequence[str]] = None
     str
         ``None`` cells are shown as ``–`` (not applicable / not measured).
     """
-    dicts = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else dict(r) for r in rows]
+    dicts = [
+        dataclasses.asdict(r) if dataclasses.is_dataclass(r) and not isinstance(r, type) else dict(r) for r in rows
+    ]
     if not dicts:
         return ""
     if columns is None:

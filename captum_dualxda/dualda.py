@@ -5,38 +5,39 @@
 dual variables ``a_i^c``. The influence of training sample ``i`` on the prediction of class
 ``c`` for input ``x`` is ``a_i^c * phi(x_i).phi(x)``; only support vectors score non-zero.
 
-This class is the Captum face of the core: the model probe and feature extraction
-(:mod:`.probe`, :mod:`.features`, :mod:`.store`), the fit and its cache (:mod:`.fit`,
-:mod:`.cache`) and the support set that scores (:mod:`.support`). See ``docs/architecture.md``.
+This class is the Captum face of the machinery in :mod:`captum_dualxda._core`: it validates the
+arguments, asks the pipeline for the fit (:class:`~captum_dualxda._core.pipeline.FitJob`: cache,
+extraction, solver), routes ``influence`` to ``_influence`` / ``_get_k_most_influential`` like
+Captum's own classes, and scores with the support set (:mod:`captum_dualxda._core.support`). A
+checkpoint ensemble is a :class:`~captum_dualxda._core.ensemble.CheckpointEnsemble` of single
+fits. See ``docs/architecture.md``.
 """
+
 from __future__ import annotations
 
-import os
-import time
-import warnings
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from collections.abc import Iterable, Sequence
+from typing import Any, Dict, Optional, Union, overload
 
 import torch
 from captum.influence import DataInfluence
 from captum.influence._utils.common import KMostInfluentialResults, _influence_route_to_helpers
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ._validation import check_flag, check_integer, check_positive, check_seed
-from .cache import Fingerprint, check_writable_dir, entry_lock
-from .deprecation import positional_deprecated
-from .distributed import all_reduce_sum, broadcast_object, is_distributed, merge_topk, rank_and_world_size, stable_topk
-from .checkpoints import CheckpointLoader, checkpoint_paths, load_state_dict_checkpoint, weights_restored
-from .data import ModelInputs, as_dataloader, dataset_items, iterate_batches, split_batch
-from .features import batch_features, check_autocast, layer_name, model_device, resolve_linear_layer
-from .fit import DualDAState, fit_fingerprint, fit_state, load_state, save_state
-from .guard import ModelChangedError, WeightsRecord
-from .solver import ConvergenceWarning
-from .solver.fit import CONVERGENCE_ADVICE
-from .solver.problem import DEFAULT_C
-from .store import FeatureStore, scratch_path
-from .support import warn_absent
+from ._core.cache import check_writable_dir
+from ._core.checkpoints import CheckpointLoader
+from ._core.data import as_dataloader, dataset_items, iterate_batches, split_batch
+from ._core.distributed import all_reduce_sum, is_distributed, merge_topk, rank_and_world_size, stable_topk
+from ._core.ensemble import CheckpointEnsemble
+from ._core.features import batch_features, check_autocast, layer_name, model_device, resolve_linear_layer
+from ._core.guard import WeightsRecord
+from ._core.pipeline import Fit, FitJob
+from ._core.support import warn_absent
+from ._utils.inputs import ModelInputs
+from ._utils.validation import check_flag, check_integer
+from .exceptions import ModelChangedError
+from .solver.settings import DEFAULT_C, SolverSettings
 
 __all__ = ["DualDA"]
 
@@ -53,7 +54,7 @@ class DualDA(DataInfluence):
     model : nn.Module
         The classifier ``f(x) = W_f phi(x) + b_f``; it is never modified. The fit belongs to
         its weights at construction: once they change (trained further, other weights loaded),
-        ``influence`` raises :class:`~captum_dualxda.guard.ModelChangedError` until the model
+        ``influence`` raises :class:`~captum_dualxda.exceptions.ModelChangedError` until the model
         is refitted or the weights are put back. Train/eval mode and ``requires_grad`` may
         change freely.
     final_fc_layer : nn.Linear or str
@@ -72,7 +73,7 @@ class DualDA(DataInfluence):
         private copy, its generator left as it was). Every batch the ``collate_fn`` makes is
         checked against its dataset items: one row each, in order, with the item's label (a
         ``collate_fn`` that skips unreadable samples or sorts a batch is refused; see
-        :func:`~captum_dualxda.data.check_batch` for what is guaranteed). An ``IterableDataset``
+        :func:`~captum_dualxda._core.data.check_batch` for what is guaranteed). An ``IterableDataset``
         is read in iteration order, once per fit; as a stream has no samples by index,
         ``train_inputs`` (XDA, ``xda_pairs``) needs a map-style Dataset, and a stream that can be
         read only once cannot be read again (checkpoint ensembles, ``rank_label_issues`` at
@@ -123,14 +124,10 @@ class DualDA(DataInfluence):
         features and test features) under ``torch.autocast`` with that dtype; the features are
         stored, solved and scored in float32 all the same. Default None: the model's own
         precision, also when the call is made inside a ``torch.autocast`` block (which is
-        switched off for these passes). Part of the cache key. Measured against float32 fits
-        (``benchmarks/fit.py --scores``, GPU and CPU): on a trained digits CNN, a ResNet-18 and a
-        small BERT the support set and the top-10 proponents stayed the same (support Jaccard
-        >= 0.99, median top-10 overlap 10 of 10) while single scores moved: median per-test
-        Spearman correlation of the score rows 0.98-0.998 and relative error of the score
-        matrix 4-13 % with bfloat16; Spearman >= 0.998 and 0.5 % error (digits) with float16.
-        It did not make those small models' extraction faster; it pays where the forward pass
-        of a large model dominates. Details in ``benchmarks/README.md``.
+        switched off for these passes). Part of the cache key. Against float32 fits the support
+        set and the top proponents stay the same while single scores move by a few per cent; it
+        pays where the forward pass of a large model dominates (``benchmarks/README.md``, *Mixed
+        precision*, measures both).
     checkpoints : str or iterable of str, optional
         A checkpoint ensemble, with Captum ``TracInCP``'s argument: a directory (its files sorted
         by name), or a list or iterator of checkpoint paths, e.g. the states after several
@@ -147,7 +144,7 @@ class DualDA(DataInfluence):
     checkpoints_load_func : callable, optional
         ``(model, path) -> Any`` loading one checkpoint into ``model`` in place (Captum's
         convention; the return value is ignored). Default:
-        :func:`~captum_dualxda.checkpoints.load_state_dict_checkpoint` (a ``torch.save``-d
+        :func:`~captum_dualxda._core.checkpoints.load_state_dict_checkpoint` (a ``torch.save``-d
         state dict, optionally under ``"model_state_dict"``).
 
     Attributes
@@ -182,7 +179,6 @@ class DualDA(DataInfluence):
     >>> scores = dualda.influence((x_test, net(x_test).argmax(1)))      # (n_test, n_train)
     """
 
-    @positional_deprecated
     def __init__(
         self,
         model: nn.Module,
@@ -207,11 +203,8 @@ class DualDA(DataInfluence):
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}.")
-        C = check_positive(C, "C")
-        tol = check_positive(tol, "tol")
-        max_iter = check_integer(max_iter, "max_iter", low=1)
-        seed = check_seed(seed)
-        fit_intercept = check_flag(fit_intercept, "fit_intercept")
+        self.settings = SolverSettings(C=C, fit_intercept=fit_intercept, tol=tol, max_iter=max_iter, seed=seed,
+                                       backend=backend)
         show_progress = check_flag(show_progress, "show_progress")
         distributed = check_flag(distributed, "distributed", optional=True)
         memory_budget = check_integer(memory_budget, "memory_budget", low=0, optional=True, what="a number of bytes")
@@ -222,12 +215,6 @@ class DualDA(DataInfluence):
         self.train_dataset = train_dataset
         self.train_dataloader = as_dataloader(train_dataset, batch_size)  # checks batch_size for a Dataset
         self.batch_size = batch_size if isinstance(train_dataset, DataLoader) else int(batch_size)
-        self.C = float(C)
-        self.fit_intercept = bool(fit_intercept)
-        self.tol = float(tol)
-        self.max_iter = int(max_iter)
-        self.seed = int(seed)
-        self.backend = backend
         self.device = torch.device(device) if device is not None else model_device(model)
         self.n_classes = self.final_fc_layer.out_features
         self.cache_dir = check_writable_dir(cache_dir, "cache_dir") if cache_dir is not None else None
@@ -239,158 +226,133 @@ class DualDA(DataInfluence):
         if self.n_classes < 2:
             raise ValueError(f"`final_fc_layer` has {self.n_classes} output(s); DualDA needs >= 2 classes.")
         self._rank, self._world = rank_and_world_size() if self.distributed else (0, 1)
-        self.checkpoints: Optional[List[str]] = None
-        self.checkpoints_load_func: Optional[CheckpointLoader] = None
-        self._members: List["DualDA"] = []
+        self._fit: Optional[Fit] = None
+        self._ensemble: Optional[CheckpointEnsemble[DualDA]] = None
+        self._weights: Optional[WeightsRecord] = None
         if checkpoints is not None:
-            self._fit_checkpoints(checkpoints, checkpoints_load_func, show_progress, dict(
-                C=C, batch_size=batch_size, fit_intercept=fit_intercept, tol=tol, max_iter=max_iter, device=device,
-                cache_dir=cache_dir, seed=seed, backend=backend, distributed=False,
-                memory_budget=memory_budget, autocast=autocast))
+            if self.distributed:
+                raise ValueError("`checkpoints` cannot be combined with distributed fitting.")
+            settings: Dict[str, Any] = dict(
+                C=C,
+                fit_intercept=fit_intercept,
+                tol=tol,
+                max_iter=max_iter,
+                seed=seed,
+                backend=backend,
+                batch_size=batch_size,
+                device=device,
+                cache_dir=cache_dir,
+                distributed=False,
+                memory_budget=memory_budget,
+                autocast=autocast,
+            )
+            self._ensemble = CheckpointEnsemble.fit(
+                model, checkpoints, checkpoints_load_func,
+                lambda: DualDA(model, self.final_fc_layer, train_dataset, show_progress=show_progress, **settings),
+                show_progress,
+            )
+            self.fit_stats = self._ensemble.fit_stats()
             return
         if checkpoints_load_func is not None:
             raise ValueError("`checkpoints_load_func` needs `checkpoints`.")
         self._weights = WeightsRecord(self.model)  # what `influence` checks the model against
-        if self.cache_dir is None:
-            self._fit(show_progress, None)
-            return
-        if isinstance(self.train_dataloader.dataset, IterableDataset) and not self.distributed:
-            self._fit_stream(show_progress)
-            return
-        key = fit_fingerprint(self.model, self.layer_name, self.train_dataloader, self.C, self.fit_intercept,
-                              self.tol, self.max_iter, self.seed, self.backend, autocast=self.autocast)
-        self.cache_path = os.path.join(self.cache_dir, f"dualda-{key[:32]}.pt")
-        if self._rank != 0:  # rank 0 alone reads, writes and locks the cache
-            self._fit(show_progress, key)
-            return
-        with entry_lock(self.cache_path, show_progress):
-            self._fit(show_progress, key)
+        job = FitJob(self.model, self.final_fc_layer, self.layer_name, self.train_dataloader, self.settings,
+                     self.device, self.autocast, self.cache_dir, self.memory_budget, self.distributed, self._weights)
+        self._fit = job.run(show_progress)
+        self.cache_path = job.cache_path
+        self.fit_stats = dict(self._fit.stats)
 
-    # ------------------------------------------------------------------ fitting
-    def _fit(self, show_progress: bool, key: Optional[str],
-             extracted: Optional[Tuple[FeatureStore, torch.Tensor, float]] = None) -> None:
-        """Load the state from the cache or fit it, then keep it (every rank, collectively).
+    # ------------------------------------------------------------------ settings and what the fit kept
+    @property
+    def C(self) -> float:
+        """SVM regularisation (``settings.C``)."""
+        return self.settings.C
 
-        ``extracted``: ``(store, labels, start time)`` of features already extracted (a stream,
-        fingerprinted in the same pass); the store is closed here.
-        """
-        state = load_state(self.cache_path, key) if self.cache_path is not None and self._rank == 0 else None  # type: ignore[arg-type]
-        if self.distributed:
-            # Rank 0 alone decides whether the cache hits: cache directories may be node-local and
-            # hold different files on different ranks, and ranks that disagreed would enter
-            # different collectives. A hit sends the whole state (support features included;
-            # nobody extracts); a miss sends None.
-            data = broadcast_object(None if state is None else state.to_dict())
-            state = None if data is None else DualDAState.from_dict(data)
-        if state is not None:
-            if extracted is not None:
-                extracted[0].close()
-            self._keep(state)
-            self.fit_stats["from_cache"] = True
-            if not self.fit_stats["converged"]:
-                warnings.warn(
-                    f"The cached DualDA fit {self.cache_path!r} stopped at max_iter={self.max_iter} before "
-                    f"reaching tol={self.tol:g} (residual {self.fit_stats['residual']:.3g}): its dual "
-                    f"variables are not optimal. {CONVERGENCE_ADVICE}",
-                    ConvergenceWarning,
-                    stacklevel=4 if extracted is None else 5,
-                )
-            return
-        if extracted is None:
-            start = time.perf_counter()
-            store, labels = self._extract(show_progress, key)
-        else:
-            store, labels, start = extracted
-        self._weights.absorb(self.model)  # buffers the model's own forward pass rewrites are not checked
-        try:
-            state = self._solve(store, labels, key, time.perf_counter() - start, show_progress) if self._rank == 0 else None
-            # Distributed, only the small state travels; every rank takes its support vectors'
-            # features from the rows it extracted itself.
-            shared = state
-            if self.distributed:
-                sent = state.without_support_features().to_dict() if isinstance(state, DualDAState) else state
-                received = broadcast_object(sent)
-                if isinstance(received, Exception):
-                    raise received
-                shared = DualDAState.from_dict(received)
-            self._keep(shared, store)  # type: ignore[arg-type]
-        finally:
-            store.close()
-        self.fit_stats["from_cache"] = False
-        if self.cache_path is not None and self._rank == 0:
-            save_state(state, self.cache_path)  # type: ignore[arg-type]
+    @property
+    def fit_intercept(self) -> bool:
+        """Whether the SVM has LIBLINEAR's intercept column (``settings.fit_intercept``)."""
+        return self.settings.fit_intercept
 
-    def _extract(self, show_progress: bool, key: Optional[str],
-                 observe: Optional[Callable[[Any], Any]] = None) -> Tuple[FeatureStore, torch.Tensor]:
-        """This process's training features (in memory, or memory-mapped above ``memory_budget``) and all labels."""
-        mmap_path = scratch_path(self.cache_dir, key, self.train_dataloader, self.final_fc_layer.in_features,
-                                 self.memory_budget)
-        return FeatureStore.extract(
-            self.model, self.final_fc_layer, self.train_dataloader,
-            self.device if mmap_path is None else torch.device("cpu"),
-            show_progress and self._rank == 0, distributed=self.distributed, out_path=mmap_path, autocast=self.autocast,
-            observe=observe,
-        )
+    @property
+    def tol(self) -> float:
+        """Solver tolerance (``settings.tol``)."""
+        return self.settings.tol
 
-    def _fit_stream(self, show_progress: bool) -> None:
-        """Fit an ``IterableDataset`` with a cache, reading it once: fingerprinted while extracted.
+    @property
+    def max_iter(self) -> int:
+        """Most solver passes (``settings.max_iter``)."""
+        return self.settings.max_iter
 
-        A stream may be readable only once, so its part of the cache key is taken in the pass
-        that extracts its features (every batch hashed before the model sees it); a cache hit
-        then saves the solve, not the extraction.
-        """
-        start = time.perf_counter()
-        data = Fingerprint()
-        store, labels = self._extract(show_progress, None, observe=data.update)
-        self._weights.absorb(self.model)  # also on a cache hit: this pass ran the model
-        try:
-            settings = fit_fingerprint(self.model, self.layer_name, (), self.C, self.fit_intercept, self.tol,
-                                       self.max_iter, self.seed, self.backend, autocast=self.autocast)
-            key = Fingerprint().update("one pass", settings, data.hexdigest()).hexdigest()
-            self.cache_path = os.path.join(self.cache_dir, f"dualda-{key[:32]}.pt")  # type: ignore[arg-type]
-            with entry_lock(self.cache_path, show_progress):
-                self._fit(show_progress, key, (store, labels, start))
-        finally:
-            store.close()
+    @property
+    def seed(self) -> int:
+        """Solver seed (``settings.seed``)."""
+        return self.settings.seed
 
-    def _solve(self, store: FeatureStore, labels: torch.Tensor, key: Optional[str], extraction_time: float,
-               show_progress: bool) -> Union[DualDAState, Exception]:
-        """Fit on rank 0; distributed, an error is returned (to be re-raised on every rank), not raised."""
-        try:
-            state = fit_state(
-                store.features, labels, self.n_classes, C=self.C, fit_intercept=self.fit_intercept, tol=self.tol,
-                max_iter=self.max_iter, seed=self.seed, backend=self.backend, device=self.device,
-                show_progress=show_progress, extraction_time=extraction_time, fingerprint=key,
-            )
-            return state
-        except Exception as error:  # make every rank raise instead of hanging in the broadcast
-            if self.distributed:
-                return error
-            raise
+    @property
+    def backend(self) -> str:
+        """Solver backend as asked for (``settings.backend``; ``fit_stats["backend"]``: the one used)."""
+        return self.settings.backend
 
-    def _keep(self, state: DualDAState, store: Optional[FeatureStore] = None) -> None:
-        """Set the fitted attributes from a state (a fresh fit, a cache hit, or rank 0's broadcast).
+    @property
+    def checkpoints(self) -> Optional[list[str]]:
+        """The checkpoint files of an ensemble, in order; None for a single fit."""
+        return None if self._ensemble is None else self._ensemble.paths
 
-        Distributed, rank ``r`` keeps (and scores) the support vectors ``j`` with ``j % W == r``,
-        whose features it extracted itself (from ``store``) unless the state carries them.
-        """
-        self.n_train = state.n_train
-        self.support_indices = state.support.indices
-        self.train_labels = state.train_labels
-        self.weight = state.weight
-        self.intercept = state.intercept
-        self.train_hinge_loss = state.train_hinge_loss
-        self.fit_stats = dict(state.stats)
-        self.absent_classes = (torch.bincount(self.train_labels, minlength=self.n_classes) == 0).nonzero().flatten()
-        self._support = state.support  # all support vectors, CPU: coefficient lookups
-        self._coefficients: Optional[torch.Tensor] = None
-        self._self_influence = state.support.self_influence(self.train_labels, state.train_squared_norms)
-        local = state.support.shard(self._rank, self._world)
-        if local.features is None:
-            if store is None:
-                raise RuntimeError("The fit state holds no support features and no local features were given.")
-            local = local.with_features(store.rows(local.indices))
-        self._local = local.to(self.device)  # this rank's support vectors with features: scoring
+    @property
+    def ensemble(self) -> Optional[CheckpointEnsemble[DualDA]]:
+        """The fits of a checkpoint ensemble (one per checkpoint, used together); None for a single fit."""
+        return self._ensemble
+
+    @property
+    def checkpoints_load_func(self) -> Optional[CheckpointLoader]:
+        """How an ensemble loads a checkpoint; None for a single fit."""
+        return None if self._ensemble is None else self._ensemble.load
+
+    def _single(self, name: str) -> Fit:
+        """The single fit, or (an ensemble) the error that ``name`` belongs to a single fit."""
+        if self._fit is None:
+            assert self._ensemble is not None
+            raise self._ensemble.single_fit_error(name)
+        return self._fit
+
+    @property
+    def n_train(self) -> int:
+        """Number of training samples."""
+        return self._ensemble.first.n_train if self._ensemble is not None else self._single("n_train").state.n_train
+
+    @property
+    def train_labels(self) -> torch.Tensor:
+        """``(n_train,)`` int64 training labels."""
+        if self._ensemble is not None:
+            return self._ensemble.first.train_labels
+        return self._single("train_labels").state.train_labels
+
+    @property
+    def absent_classes(self) -> torch.Tensor:
+        """int64 classes of ``final_fc_layer`` without a training sample."""
+        if self._ensemble is not None:
+            return self._ensemble.first.absent_classes
+        return self._single("absent_classes").absent_classes
+
+    @property
+    def support_indices(self) -> torch.Tensor:
+        """``(n_sv,)`` int64 training indices with a non-zero coefficient row."""
+        return self._single("support_indices").state.support.indices
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """``(K, d)`` float32 SVM weights."""
+        return self._single("weight").state.weight
+
+    @property
+    def intercept(self) -> torch.Tensor:
+        """``(K,)`` float32 SVM intercept."""
+        return self._single("intercept").state.intercept
+
+    @property
+    def train_hinge_loss(self) -> torch.Tensor:
+        """``(n_train,)`` float32 hinge loss of the surrogate on each training sample."""
+        return self._single("train_hinge_loss").state.train_hinge_loss
 
     @property
     def coefficients(self) -> torch.Tensor:
@@ -399,9 +361,7 @@ class DualDA(DataInfluence):
         Built on first access (``4 n_train K`` bytes) from the support vectors' rows, which are
         all that scoring needs.
         """
-        if self._coefficients is None:
-            self._coefficients = self._support.dense_coefficients()
-        return self._coefficients
+        return self._single("coefficients").coefficients()
 
     def coefficients_at(self, indices: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Dual coefficients ``a_j^c`` of training samples ``indices`` for classes ``classes``.
@@ -423,14 +383,16 @@ class DualDA(DataInfluence):
         torch.Tensor
             float32 on the CPU, the broadcast shape of ``indices`` and ``classes``.
         """
-        self._single_fit_only("coefficients_at")
-        indices, classes = torch.broadcast_tensors(torch.as_tensor(indices).long().cpu(), torch.as_tensor(classes).long().cpu())
+        fit = self._single("coefficients_at")
+        indices, classes = torch.broadcast_tensors(
+            torch.as_tensor(indices).long().cpu(), torch.as_tensor(classes).long().cpu()
+        )
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.n_train):
             raise ValueError(f"`indices` must lie in 0..{self.n_train - 1}.")
         if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= self.n_classes):
             raise ValueError(f"`classes` must lie in 0..{self.n_classes - 1}.")
         warn_absent(self.absent_classes, classes)
-        return self._support.coefficients_at(indices, classes)
+        return fit.state.support.coefficients_at(indices, classes)
 
     @property
     def sparsity(self) -> float:
@@ -442,15 +404,17 @@ class DualDA(DataInfluence):
         """``(N, d)`` float32 features ``phi(x)`` of model inputs (a tuple for ``model(*inputs)``, a
         dict for ``model(**inputs)``; eval mode, no grad, ``autocast`` as in the fit), on ``self.device``.
 
-        Raises :class:`~captum_dualxda.guard.ModelChangedError` if the model's parameters or
+        Raises :class:`~captum_dualxda.exceptions.ModelChangedError` if the model's parameters or
         buffers changed since the fit (see :meth:`influence`)."""
-        self._single_fit_only("test_features")
+        self._single("test_features")
         self._check_model("DualDA.test_features")
         return self._test_features(inputs)
 
     def _test_features(self, inputs: ModelInputs) -> torch.Tensor:
         phi = batch_features(self.model, self.final_fc_layer, inputs, self.autocast)
-        return phi.to(self.device, self._local.features.dtype)
+        features = self._single("test_features").local.features
+        assert features is not None  # this rank's support vectors keep their features
+        return phi.to(self.device, features.dtype)
 
     def _check_model(self, call: str, collective: bool = False) -> None:
         """Raise :class:`ModelChangedError` if the model's weights differ from the fit's (single fits).
@@ -458,7 +422,7 @@ class DualDA(DataInfluence):
         ``collective`` (a call every rank makes): distributed, every rank raises when any rank's
         model changed, so that no rank is left waiting in a collective.
         """
-        record: Optional[WeightsRecord] = self.__dict__.get("_weights")
+        record = self._weights
         if record is None:
             return
         changed = record.changes(self.model)
@@ -466,7 +430,12 @@ class DualDA(DataInfluence):
         if changed or elsewhere:
             raise ModelChangedError(record.message(changed, call))
 
-    def _batch(self, batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _absorb_model_changes(self) -> None:
+        """After this package's own passes through the model: see :meth:`WeightsRecord.absorb`."""
+        if self._weights is not None:
+            self._weights.absorb(self.model)
+
+    def _batch(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``(phi (N, d), targets (N,))`` of one Captum batch, checked, on ``self.device``."""
         inputs, targets = split_batch(batch)
         if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= self.n_classes):
@@ -492,9 +461,20 @@ class DualDA(DataInfluence):
             total=len(inputs) if isinstance(inputs, DataLoader) else 1,
         )
 
-    def influence(  # type: ignore[override]
+    @overload  # type: ignore[override]
+    def influence(
+        self, inputs: Union[tuple[Any, ...], DataLoader], k: None = None, proponents: bool = True,
+        show_progress: bool = False,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def influence(
+        self, inputs: Union[tuple[Any, ...], DataLoader], k: int, proponents: bool = True, show_progress: bool = False,
+    ) -> KMostInfluentialResults: ...
+
+    def influence(
         self,
-        inputs: Union[Tuple[Any, ...], DataLoader],
+        inputs: Union[tuple[Any, ...], DataLoader],
         k: Optional[int] = None,
         proponents: bool = True,
         show_progress: bool = False,
@@ -527,7 +507,7 @@ class DualDA(DataInfluence):
 
         Raises
         ------
-        captum_dualxda.guard.ModelChangedError
+        captum_dualxda.exceptions.ModelChangedError
             A parameter or buffer of the model holds other values than at the fit (the model
             was trained further, other weights were loaded, its dtype changed): the fit belongs
             to the old weights. Refit, or load the fitted weights back. Checked cheaply on
@@ -541,31 +521,39 @@ class DualDA(DataInfluence):
         show_progress = check_flag(show_progress, "show_progress")
         self._check_model("DualDA.influence", collective=True)
         result = _influence_route_to_helpers(self, inputs, k, proponents, show_progress=show_progress)
-        if "_weights" in self.__dict__:
-            self._weights.absorb(self.model)
+        self._absorb_model_changes()
         return result
 
     def _influence(self, inputs: Any, show_progress: bool = False) -> torch.Tensor:
         """All scores, ``(n_test, n_train)``; distributed, the disjoint per-rank parts are summed."""
-        if self._members:
-            return torch.cat(self._ensemble_scores(inputs, show_progress))
+        if self._ensemble is not None:
+            return torch.cat(self._ensemble.mean_scores(self._batches(inputs, show_progress), DualDA._dense_scores,
+                                                        lambda scores: scores))
         rows = []
         for batch in self._batches(inputs, show_progress):
-            dense = self._local.dense_scores(*self._batch(batch))
+            dense = self._dense_scores(batch)
             rows.append(all_reduce_sum(dense) if self.distributed else dense)
         return torch.cat(rows)
 
-    def _get_k_most_influential(self, inputs: Any, k: int, proponents: bool = True, show_progress: bool = False) -> KMostInfluentialResults:
+    def _dense_scores(self, batch: Any) -> torch.Tensor:
+        """``(N, n_train)`` scores of one batch by this process's support vectors (a single fit)."""
+        return self._single("influence").local.dense_scores(*self._batch(batch))
+
+    def _get_k_most_influential(
+        self, inputs: Any, k: int, proponents: bool = True, show_progress: bool = False
+    ) -> KMostInfluentialResults:
         """Exact top-``k`` in the top-k order (ties to the lower index): the support vectors plus the
         ``k`` lowest samples that are no support vector on any rank (added on rank 0) are candidates."""
         k = min(k, self.n_train)
-        if self._members:
-            top = self._ensemble_scores(inputs, show_progress, lambda scores: stable_topk(scores, k, proponents))
+        if self._ensemble is not None:
+            top = self._ensemble.mean_scores(self._batches(inputs, show_progress), DualDA._dense_scores,
+                                             lambda scores: stable_topk(scores, k, proponents))
             return KMostInfluentialResults(torch.cat([t[1] for t in top]), torch.cat([t[0] for t in top]))
-        candidates = self._local.candidates(k if self._rank == 0 else 0, self.support_indices)
+        local = self._single("influence").local
+        candidates = local.candidates(k if self._rank == 0 else 0, self.support_indices)
         indices, values = [], []
         for batch in self._batches(inputs, show_progress):
-            top_values, top_indices = self._local.top_k(*self._batch(batch), k, proponents, candidates)
+            top_values, top_indices = local.top_k(*self._batch(batch), k, proponents, candidates)
             if self.distributed:
                 top_values, top_indices = merge_topk(top_values, top_indices, k, largest=proponents)
             indices.append(top_indices)
@@ -573,7 +561,7 @@ class DualDA(DataInfluence):
         return KMostInfluentialResults(torch.cat(indices), torch.cat(values))
 
     def self_influence(
-        self, inputs: Optional[Union[Tuple[Any, ...], DataLoader, Dataset]] = None, show_progress: bool = False
+        self, inputs: Optional[Union[tuple[Any, ...], DataLoader, Dataset]] = None, show_progress: bool = False
     ) -> torch.Tensor:
         r"""Self-influence ``a_i^{y_i} ||phi(x_i)||^2`` of every training sample.
 
@@ -598,9 +586,9 @@ class DualDA(DataInfluence):
                 "`inputs` of DualDA.self_influence must be None or the training set: DualDA has dual "
                 "variables only for its training samples. For other samples use `influence`."
             )
-        if self._members:
-            return torch.stack([m._self_influence.to(self.device) for m in self._members]).mean(0)
-        return self._self_influence.to(self.device)
+        if self._ensemble is not None:
+            return self._ensemble.self_influence().to(self.device)
+        return self._single("self_influence").self_influence.to(self.device)
 
     def _is_training_set(self, inputs: Any) -> bool:
         own = self.train_dataloader.dataset
@@ -631,72 +619,12 @@ class DualDA(DataInfluence):
             raise ValueError(f"`indices` must lie in 0..{self.n_train - 1}, got {bad[:5]}.")
         return dataset_items(self.train_dataloader, flat)
 
-    # ------------------------------------------------------------------ checkpoint ensembles
-    def _fit_checkpoints(self, checkpoints: Union[str, Iterable[str]], load: Optional[CheckpointLoader],
-                         show_progress: bool, settings: Dict[str, Any]) -> None:
-        """One DualDA per checkpoint, each fitted with its checkpoint loaded (the model given back after)."""
-        if self.distributed:
-            raise ValueError("`checkpoints` cannot be combined with distributed fitting.")
-        if load is not None and not callable(load):
-            raise TypeError(f"`checkpoints_load_func` must be callable (model, path), got {type(load).__name__}.")
-        self.checkpoints = checkpoint_paths(checkpoints)
-        self.checkpoints_load_func = load if load is not None else load_state_dict_checkpoint
-        with weights_restored(self.model):
-            for path in tqdm(self.checkpoints, desc="DualDA checkpoints", disable=not show_progress, leave=False):
-                self.checkpoints_load_func(self.model, path)
-                self._members.append(DualDA(self.model, self.final_fc_layer, self.train_dataset,
-                                            show_progress=show_progress, **settings))
-        first = self._members[0]
-        if any(not torch.equal(m.train_labels, first.train_labels) for m in self._members[1:]):
-            raise RuntimeError("`train_dataset` gave different labels while the checkpoints were fitted.")
-        self.n_train, self.train_labels, self.absent_classes = first.n_train, first.train_labels, first.absent_classes
-        self.fit_stats = {"checkpoints": [m.fit_stats for m in self._members],
-                          "time": sum(m.fit_stats["time"] for m in self._members),
-                          "extraction_time": sum(m.fit_stats["extraction_time"] for m in self._members),
-                          "converged": all(m.fit_stats["converged"] for m in self._members)}
-
-    def _ensemble_scores(self, inputs: Any, show_progress: bool,
-                         reduce: Callable[[torch.Tensor], Any] = lambda scores: scores) -> List[Any]:
-        """Per test batch, ``reduce`` of the ``(n_batch, n_train)`` mean of every checkpoint's dense scores.
-
-        The model's weights are copied once for the call and put back at its end; each checkpoint is
-        loaded once per test batch.
-        """
-        results = []
-        with weights_restored(self.model):
-            for batch in self._batches(inputs, show_progress):
-                total: Optional[torch.Tensor] = None
-                for path, member in zip(self.checkpoints, self._members):
-                    self.checkpoints_load_func(self.model, path)
-                    scores = member._local.dense_scores(*member._batch(batch))
-                    total = scores if total is None else total + scores
-                results.append(reduce(total / len(self._members)))
-        return results
-
-    def _single_fit_only(self, name: str) -> None:
-        if self.__dict__.get("_members"):
-            raise AttributeError(
-                f"`{name}` belongs to a single fit; this DualDA is an ensemble of {len(self._members)} "
-                "checkpoints with one SVM each. Fit DualDA without `checkpoints` on one of them for it."
-            )
-
-    def __getattr__(self, name: str) -> Any:
-        # Only reached when normal lookup fails: name the cause for an ensemble's missing attributes.
-        if name in _SINGLE_FIT_ATTRIBUTES:
-            self._single_fit_only(name.lstrip("_"))
-        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
-
     def __repr__(self) -> str:
-        if self._members:
+        if self._ensemble is not None:
             return (f"DualDA(layer={self.layer_name!r}, C={self.C:g}, n_train={self.n_train}, "
-                    f"checkpoints={len(self._members)})")
+                    f"checkpoints={len(self._ensemble)})")
         return (
             f"DualDA(layer={self.layer_name!r}, C={self.C:g}, n_train={self.n_train}, "
             f"n_support={self.support_indices.numel()}, sparsity={self.sparsity:.3f})"
         )
 
-
-_SINGLE_FIT_ATTRIBUTES = frozenset({
-    "coefficients", "sparsity", "support_indices", "weight", "intercept", "train_hinge_loss", "_support", "_local", "_coefficients",
-    "_self_influence",
-})

@@ -21,22 +21,20 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ._validation import check_flag, check_positive
+from ._core.pipeline import extract, solve
+from ._core.surrogate import hinge_loss
+from ._utils.validation import check_flag, check_positive
 from .dualda import DualDA
-from .fit import hinge_loss
-from .solver import fit_crammer_singer
-from .store import FeatureStore, scratch_path
 
 __all__ = ["LabelIssues", "rank_label_issues", "LABEL_ISSUES_C"]
 
 LABEL_ISSUES_C = 1e-4
 """Default ``C`` of the surrogate whose hinge loss ranks label issues.
 
-Measured with ``benchmarks/label_errors.py`` (the demo's digits CNN, 10 % flipped labels, medians
-over 3 seeds; ``benchmarks/README.md``): when the network has not memorised its flipped labels
-every ``C`` from 1e-5 to 0.1 ranks them with ROC AUC 0.999-1.000; when it has (100 % of them
-fitted) the AUC is 0.984 at 1e-5, 0.997 at 1e-4, 0.962 at 1e-3 (DualDA's default) and 0.63 at
-1e-2, and the flag finds 53 % of them at 1e-4 against 6 % at 1e-3."""
+Chosen with ``benchmarks/label_errors.py`` (``benchmarks/README.md``, *Label errors*): when the
+network has not memorised its flipped labels every ``C`` ranks them almost perfectly; when it
+has, a small ``C`` ranks them best and its flag finds many more of them than at DualDA's
+default."""
 
 
 class LabelIssues(NamedTuple):
@@ -81,8 +79,7 @@ def rank_label_issues(dualda: DualDA, *, C: Optional[float] = None, show_progres
     ``find_label_issues`` it is a yes/no answer, but it needs no out-of-sample probabilities and
     no noise-rate estimate. It is conservative where the network has memorised its flipped
     labels: there it flags few samples, nearly all of them truly mislabelled, while the ranking
-    still puts the others right behind them (digits, ``benchmarks/README.md``: 76 flagged, all
-    flipped, 53 % of the flipped labels; ROC AUC of the ranking 0.997). Read further down
+    still puts the others right behind them (``benchmarks/README.md``, *Label errors*). Read further down
     ``indices`` than the flag when the training accuracy on the given labels is near 100 %.
 
     **Which fit.** With ``C`` equal to ``dualda.C`` the hinge loss kept from DualDA's own fit
@@ -116,8 +113,8 @@ def rank_label_issues(dualda: DualDA, *, C: Optional[float] = None, show_progres
     TypeError
         ``dualda`` is not a DualDA.
     ValueError
-        ``dualda`` is a checkpoint ensemble; ``C`` is not a finite number ``> 0``, or (refit) the training data now yields other
-        labels than at DualDA's fit.
+        ``dualda`` is a checkpoint ensemble; ``C`` is not a finite number ``> 0``, or (refit) the
+        training data now yields other labels than at DualDA's fit.
 
     Examples
     --------
@@ -127,11 +124,8 @@ def rank_label_issues(dualda: DualDA, *, C: Optional[float] = None, show_progres
     """
     if not isinstance(dualda, DualDA):
         raise TypeError(f"`dualda` must be a fitted captum_dualxda.DualDA, got {type(dualda).__name__}.")
-    if dualda.checkpoints:
-        raise ValueError(
-            "`dualda` is a checkpoint ensemble; rank label issues with a DualDA fitted on one model "
-            "(the final checkpoint, loaded into the model)."
-        )
+    if dualda.ensemble is not None:
+        raise dualda.ensemble.refusal("rank label issues")
     C = LABEL_ISSUES_C if C is None else check_positive(C, "C")
     show_progress = check_flag(show_progress, "show_progress")
     if C == dualda.C:
@@ -144,23 +138,18 @@ def rank_label_issues(dualda: DualDA, *, C: Optional[float] = None, show_progres
 
 def _refit_hinge_loss(dualda: DualDA, C: float, show_progress: bool) -> torch.Tensor:
     """``(n_train,)`` float64 hinge loss of an SVM fitted at ``C`` on freshly extracted features."""
-    loader = dualda.train_dataloader
-    layer = dualda.final_fc_layer
-    mmap_path = scratch_path(dualda.cache_dir, None, loader, layer.in_features, dualda.memory_budget)
-    device = dualda.device if mmap_path is None else torch.device("cpu")
-    store, labels = FeatureStore.extract(dualda.model, layer, loader, device, show_progress, out_path=mmap_path,
-                                         autocast=dualda.autocast)
+    store, labels = extract(
+        dualda.model, dualda.final_fc_layer, dualda.train_dataloader, device=dualda.device, autocast=dualda.autocast,
+        memory_budget=dualda.memory_budget, scratch_dir=dualda.cache_dir, show_progress=show_progress,
+    )
     try:
         if not torch.equal(labels.cpu(), dualda.train_labels.cpu()):
             raise ValueError(
                 "`dualda`'s training data yields other labels than at its fit (a dataset that changed "
                 "or draws randomly); refit DualDA, or pass `C=dualda.C` to rank with its own fit."
             )
-        result = fit_crammer_singer(
-            store.features, labels, C=C, fit_intercept=dualda.fit_intercept, tol=dualda.tol,
-            max_iter=dualda.max_iter, seed=dualda.seed, show_progress=show_progress,
-            n_classes=dualda.n_classes, backend=dualda.backend, device=dualda.device,
-        )
+        (result,) = solve(store.features, labels, dualda.n_classes, dualda.settings.replace(C=C),
+                          device=dualda.device, show_progress=show_progress)
         return hinge_loss(store.features, labels, result.weight, result.intercept)
     finally:
         store.close()

@@ -54,8 +54,9 @@ except ImportError as error:  # pragma: no cover - exercised in the main test en
 import torch
 from torch import nn
 
-from .dualda import DEFAULT_C, DualDA
+from .dualda import DualDA
 from .metrics import mislabel_scores
+from .solver.settings import DEFAULT_C
 
 __all__ = ["DualDAExplainer"]
 

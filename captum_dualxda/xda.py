@@ -17,8 +17,11 @@ this is an ordinary attributor call on the sub-network that produces ``phi``, wh
 relevance is ``attr_output(phi(input)) = phi(input) * (a_j^c * phi(partner))``.
 
 :class:`XDA` is that attributor (a :class:`zennit.attribution.Attributor`);
-:func:`xda_pairs` runs it for every (test sample, training partner) pair chosen by DualDA.
+:func:`xda_pairs` runs it for every (test sample, training partner) pair chosen by DualDA. The
+Zennit-side extensions, the LRP rules for transformers and the checks of whether a composite
+covers a model, are in :mod:`captum_dualxda.lrp`.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -31,152 +34,21 @@ from tqdm import tqdm
 from zennit.attribution import Attributor
 from zennit.core import Composite
 
-from ._validation import check_flag, check_integer
-from .features import call_model, hf_last_token, model_device, output_logits, pooled_positions, resolve_linear_layer
-from .checkpoints import weights_restored
-from .deprecation import positional_deprecated, renamed_arguments
-from .guard import WeightsRecord, pop_entry_view, push_entry_view
-from .probe import ModelProbe
+from ._core.ensemble import mean_of_tuples
+from ._core.features import hf_last_token, model_device, output_logits, pooled_positions, predict, resolve_linear_layer
+from ._core.guard import pop_entry_view, push_entry_view
+from ._core.probe import ModelProbe
+from ._utils.arrays import check_index_matrix
+from ._utils.inputs import SingleInput, batch_size_of, call_model, inputs_to, repeat_row, single_input
+from ._utils.validation import check_flag, check_integer
+from .dualda import DualDA
+from .exceptions import UnsupportedModelError
+from .lrp.checks import has_attention, missing_canonizer, registered_elsewhere, unsupported_layers, unsupported_message
+from .lrp.composites import CompositeFlags
 
 __all__ = ["XDA", "XDAPairs", "xda_pairs", "UnsupportedModelError", "unsupported_layers", "missing_canonizer"]
 
 AttrOutput = Union[None, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
-
-
-def _run(probe: ModelProbe, input: Any) -> None:
-    """Run the probed model on a tensor (``model(x)``) or a dict of inputs (``model(**x)``)."""
-    if isinstance(input, Mapping):
-        probe.run(**input)
-    else:
-        probe.run(input)
-
-
-class UnsupportedModelError(RuntimeError):
-    """The composite's rules cannot propagate relevance through some layers of the model."""
-
-
-#: Layer types that Zennit's built-in rules do not propagate relevance through: attention and
-#: normalisation by statistics of the input (a product of activations), smooth activations.
-_UNSUPPORTED_TYPES: Tuple[type, ...] = (
-    nn.MultiheadAttention, nn.LayerNorm, nn.GroupNorm, nn.Softmax, nn.GELU, nn.SiLU, nn.TransformerEncoderLayer,
-    nn.TransformerDecoderLayer,
-)
-_UNSUPPORTED_NAMES = ("Attention", "LayerNorm", "RMSNorm", "Softmax")
-
-
-def unsupported_layers(model: nn.Module) -> List[Tuple[str, str]]:
-    """Layers of ``model`` that Zennit's built-in rules do not cover (attention, LayerNorm, ...).
-
-    Parameters
-    ----------
-    model : nn.Module
-
-    Returns
-    -------
-    list of (str, str)
-        ``(dotted name, class name)`` of each such layer, outermost first (the submodules of a
-        reported attention block are not listed again).
-    """
-    found: List[Tuple[str, str]] = []
-    for name, module in model.named_modules():
-        if any(name.startswith(parent + ".") for parent, _ in found):
-            continue
-        kind = type(module).__name__
-        if isinstance(module, _UNSUPPORTED_TYPES) or any(part in kind for part in _UNSUPPORTED_NAMES):
-            found.append((name, kind))
-    return found
-
-
-def _has_attention(model: nn.Module) -> bool:
-    return any(isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
-               or "Attention" in type(m).__name__ for m in model.modules())
-
-
-def _unsupported_message(model: nn.Module, composite: Composite, what: str) -> str:
-    layers = unsupported_layers(model)
-    listed = ", ".join(f"{name} ({kind})" for name, kind in layers[:6]) + (f" and {len(layers) - 6} more" if len(layers) > 6 else "")
-    reason = (
-        f"its rules do not cover these layers of the model: {listed}. Zennit's composites handle "
-        "convolutional and fully connected networks (Linear, Conv, BatchNorm merged by a canonizer, "
-        "pooling, ReLU); attention, LayerNorm and softmax need rules of their own"
-        if layers else "no layer known to be unsupported was found: check the composite's rules and epsilon"
-    )
-    return (
-        f"XDA with composite {type(composite).__name__} failed: {what}; {reason}. For a model that these "
-        "rules do not cover, pass `composite=None` (gradient times input: finite, and summing to the "
-        "DualDA score for bias-free piecewise-linear networks only)."
-    )
-
-
-def _flat_canonizers(canonizers: Any) -> List[Any]:
-    out: List[Any] = []
-    for canonizer in canonizers or ():
-        out.append(canonizer)
-        out.extend(_flat_canonizers(getattr(canonizer, "canonizers", None)))
-    return out
-
-
-def missing_canonizer(model: nn.Module, composite: Optional[Composite]) -> Optional[str]:
-    """Why ``composite`` will not conserve relevance on ``model`` for lack of a canonizer, or None.
-
-    A BatchNorm layer needs a canonizer that merges it into the layer before it
-    (``SequentialMergeBatchNorm``); torchvision's ResNet blocks need
-    ``zennit.torchvision.ResNetCanonizer`` (their residual additions are invisible to rules
-    otherwise). Without them heatmaps do not sum to the DualDA score, by orders of magnitude.
-
-    Parameters
-    ----------
-    model : nn.Module
-    composite : zennit.core.Composite or None
-
-    Returns
-    -------
-    str or None
-        A sentence naming the layers and the canonizer to add; None when nothing is missing.
-    """
-    if composite is None:
-        return None
-    canonizers = _flat_canonizers(getattr(composite, "canonizers", None))
-    blocks = [name for name, m in model.named_modules() if type(m).__name__ in ("BasicBlock", "Bottleneck")
-              and type(m).__module__.startswith("torchvision.")]
-    resnet_kinds = ("ResNetBasicBlockCanonizer", "ResNetBottleneckCanonizer")
-    if blocks and not any(type(c).__name__ in resnet_kinds for c in canonizers):
-        return (
-            f"The model has torchvision ResNet blocks ({', '.join(blocks[:3])}{', ...' if len(blocks) > 3 else ''}) "
-            "but the composite has no ResNet canonizer: heatmaps will not sum to the DualDA score. Pass "
-            "`canonizers=[zennit.torchvision.ResNetCanonizer()]` to the composite."
-        )
-    norms = [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if norms and not canonizers:
-        return (
-            f"The model has BatchNorm layers ({', '.join(norms[:3])}{', ...' if len(norms) > 3 else ''}) but "
-            "the composite has no canonizer: heatmaps will not sum to the DualDA score. Pass "
-            "`canonizers=[zennit.canonizers.SequentialMergeBatchNorm()]` (or "
-            "`zennit.torchvision.ResNetCanonizer()` for a torchvision ResNet) to the composite."
-        )
-    return None
-
-
-def _registered_elsewhere(composite: Composite, model: nn.Module) -> bool:
-    """Whether ``composite`` is registered, but its rule hooks sit on modules outside ``model``.
-
-    Zennit does not record which model a composite is bound to; this looks for the composite's
-    hook objects among the forward hooks of ``model``'s modules.  A composite that only holds
-    canonizers (no rule hooks) cannot be traced and is assumed to belong to ``model``.
-    """
-    if not composite.handles:
-        return False
-    hooks = list(getattr(composite, "hook_refs", ()))
-    if not hooks:
-        return False
-    hook_ids = {id(hook) for hook in hooks}
-    for module in model.modules():
-        for registry in (module._forward_pre_hooks, module._forward_hooks):
-            for fn in registry.values():
-                owner = getattr(fn, "__self__", None)
-                if owner is not None and id(owner) in hook_ids:
-                    return False
-    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,8 +83,8 @@ class XDA(Attributor):
         afterwards: training flags of every submodule, Parameter objects, requires_grad flags and
         hooks.  Only single-input models ``model(x)`` are supported.
     final_fc_layer : torch.nn.Linear or str
-        The final linear layer (or its dotted name; the same argument as DualDA's, formerly
-        called ``feature_layer``, e.g. ``"fc"`` or ``"classifier.6"``); its
+        The final linear layer (or its dotted name; the same argument as DualDA's, e.g.
+        ``"fc"`` or ``"classifier.6"``); its
         input is ``phi``.  If the layer is called more than once in a forward pass the first call
         is used.
     composite : zennit.core.Composite, optional
@@ -231,7 +103,7 @@ class XDA(Attributor):
     Attributes
     ----------
     final_fc_layer : torch.nn.Linear
-        The resolved final linear layer (also readable as ``feature_layer``, its former name).
+        The resolved final linear layer.
 
     Raises
     ------
@@ -250,7 +122,6 @@ class XDA(Attributor):
     ...         phi_j, heat = xda(x_j, lambda phi: phi * r)
     """
 
-    @renamed_arguments(feature_layer="final_fc_layer")
     def __init__(
         self,
         model: nn.Module,
@@ -267,30 +138,26 @@ class XDA(Attributor):
             )
         super().__init__(model=model, composite=composite, attr_output=attr_output)
         self.final_fc_layer: nn.Linear = resolve_linear_layer(model, final_fc_layer, argument="final_fc_layer")
-        if composite is not None and _has_attention(model) and not getattr(composite, "handles_attention", False):
+        self._flags = CompositeFlags.of(composite)
+        if composite is not None and has_attention(model) and not self._flags.handles_attention:
             # Zennit's rules give zeros (zennit 1.0), NaN or a hook error on attention: refuse
             # before any pass rather than return heatmaps that look plausible.
-            raise UnsupportedModelError(_unsupported_message(model, composite, "the model has attention layers"))
+            raise UnsupportedModelError(unsupported_message(model, composite, "the model has attention layers"))
         advice = missing_canonizer(model, composite)
         if advice is not None:
-            warnings.warn(advice, UserWarning, stacklevel=3)  # __init__ is wrapped once (renamed_arguments)
+            warnings.warn(advice, UserWarning, stacklevel=2)
         self._probes: List[ModelProbe] = []
-
-    @property
-    def feature_layer(self) -> nn.Linear:
-        """The former name of :attr:`final_fc_layer`."""
-        return self.final_fc_layer
 
     # -- context management -----------------------------------------------------------------
     def _check_composite(self) -> None:
-        if self.composite is not None and _registered_elsewhere(self.composite, self.model):
+        if self.composite is not None and registered_elsewhere(self.composite, self.model):
             raise ValueError(
                 "`composite` is already registered to another model (a zennit composite binds to one "
                 "model at a time). Call `composite.remove()` or leave its `with` block first, or give "
                 "this XDA its own composite instance."
             )
 
-    def __enter__(self) -> "XDA":
+    def __enter__(self) -> XDA:
         """Put the model in eval mode and register the composite (once for many calls).
 
         Returns
@@ -325,23 +192,16 @@ class XDA(Attributor):
             raise
         return self
 
-    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> bool:
-        """Remove the composite and restore the model exactly as it was on entry.
-
-        Returns
-        -------
-        bool
-            False (exceptions propagate).
-        """
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        """Remove the composite and restore the model exactly as it was on entry (exceptions propagate)."""
         try:
             super().__exit__(exc_type, exc_value, traceback)
         finally:
             if self._probes:
                 pop_entry_view(self.model)
                 self._probes.pop().__exit__(exc_type, exc_value, traceback)
-        return False
 
-    def __call__(self, input: torch.Tensor, attr_output: AttrOutput = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, input: SingleInput, attr_output: AttrOutput = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Features and input relevance, registering the composite for this call if needed.
 
         Parameters
@@ -370,8 +230,15 @@ class XDA(Attributor):
         before zennit wraps it in its Identity (whose backward hook would need the layer's output
         gradient, which never exists because the forward stops here).
         """
-        return ModelProbe(self.model, self.final_fc_layer, stop=True, prepend=True, detach=detach, argument="final_fc_layer",
-                          flatten=False)
+        return ModelProbe(
+            self.model,
+            self.final_fc_layer,
+            stop=True,
+            prepend=True,
+            detach=detach,
+            argument="final_fc_layer",
+            flatten=False,
+        )
 
     def _prepare_input(self, input: Any) -> Union[torch.Tensor, Dict[str, Any]]:
         """A floating-point tensor, or a dict of model inputs (Hugging Face), on the model's device."""
@@ -379,14 +246,14 @@ class XDA(Attributor):
         if isinstance(input, Mapping):
             if not input:
                 raise ValueError("`input` is an empty dict.")
-            return {k: v.detach().to(device) if isinstance(v, torch.Tensor) else v for k, v in input.items()}
+            return inputs_to(input, device, detach=True)
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"`input` must be a torch.Tensor or a dict of model inputs, got {type(input).__name__}.")
         if not torch.is_floating_point(input):
             raise TypeError(f"`input` must be a floating point tensor, got dtype {input.dtype}.")
         if input.ndim < 1 or input.shape[0] == 0:
             raise ValueError(f"`input` must have a non-empty batch dimension, got shape {tuple(input.shape)}.")
-        return input.detach().to(device)
+        return inputs_to(input, device, detach=True)
 
     def features(self, input: Any) -> torch.Tensor:
         """Features ``phi(input)`` only: no relevance, no gradient, no composite registration.
@@ -407,17 +274,17 @@ class XDA(Attributor):
         """
         input = self._prepare_input(input)
         with self._probe(detach=True) as probe, torch.no_grad():
-            _run(probe, input)
+            call_model(probe.run, input)
             raw = probe.features()
         return raw if raw.ndim == 2 else raw[torch.arange(raw.shape[0]), self._positions(input, raw)]
 
     def _positions(self, input: Any, layer_input: torch.Tensor) -> torch.Tensor:
         """``(N,)`` the position each sample is classified at, for a head applied to every position.
 
-        One more forward pass to the logits (:func:`~captum_dualxda.features.pooled_positions`).
+        One more forward pass to the logits (:func:`~captum_dualxda._core.features.pooled_positions`).
         """
         with ModelProbe(self.model), torch.no_grad():
-            output = call_model(self.model, input if isinstance(input, Mapping) else (input,))
+            output = call_model(self.model, input)
             logits = output_logits(output, self.final_fc_layer.out_features)
         return pooled_positions(self.final_fc_layer, layer_input.detach(), logits, hf_last_token(input, self.model))
 
@@ -458,9 +325,9 @@ class XDA(Attributor):
         """
         self._check_composite()
         input = self._prepare_input(input)
-        times_input = self.composite is None or bool(getattr(self.composite, "gradient_times_input", False))
+        times_input = self._flags.gradient_times_input
         text = isinstance(input, Mapping)
-        target = getattr(self.composite, "attribution_module", None) if text else None
+        target = self._flags.attribution_module if text else None
         if text and target is None:
             raise ValueError(
                 "A dict `input` (token ids) has no gradient of its own: relevance must land on the input "
@@ -480,7 +347,7 @@ class XDA(Attributor):
                 with self._probe(detach=False) as probe:
                     if not text:
                         leaves.append(input.requires_grad_(True))
-                    _run(probe, input)
+                    call_model(probe.run, input)
                     raw = probe.features()
                 if handle is not None:
                     handle.remove()
@@ -505,7 +372,7 @@ class XDA(Attributor):
                 except RuntimeError as error:
                     if self.composite is None or "hook" not in str(error):
                         raise
-                    raise UnsupportedModelError(_unsupported_message(self.model, self.composite, str(error))) from error
+                    raise UnsupportedModelError(unsupported_message(self.model, self.composite, str(error))) from error
         finally:
             if handle is not None:
                 handle.remove()
@@ -514,7 +381,9 @@ class XDA(Attributor):
         if text:
             relevance = relevance.sum(-1)  # one score per token
         if self.composite is not None and not bool(torch.isfinite(relevance).all()):
-            raise UnsupportedModelError(_unsupported_message(self.model, self.composite, "non-finite relevance (NaN or inf)"))
+            raise UnsupportedModelError(
+                unsupported_message(self.model, self.composite, "non-finite relevance (NaN or inf)")
+            )
         return phi.detach(), relevance.detach()
 
     @staticmethod
@@ -574,48 +443,11 @@ class XDAPairs(NamedTuple):
     coefficients: torch.Tensor
 
 
-def _check_train_indices(train_indices: Any, n_test: int, n_train: int) -> torch.Tensor:
-    if hasattr(train_indices, "indices") and not isinstance(train_indices, torch.Tensor):
-        train_indices = train_indices.indices  # a KMostInfluentialResults
-    idx = torch.as_tensor(train_indices)
-    if torch.is_floating_point(idx) or idx.dtype == torch.bool or torch.is_complex(idx):
-        raise TypeError(f"`train_indices` must hold integer indices, got dtype {idx.dtype}.")
-    if idx.ndim != 2 or idx.shape[0] != n_test:
-        raise ValueError(
-            f"`train_indices` must have shape (n_test, k) = ({n_test}, k), got {tuple(idx.shape)}."
-        )
-    if idx.shape[1] == 0:
-        raise ValueError("`train_indices` has k = 0 partners per test sample; nothing to explain.")
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_train):
-        raise ValueError(
-            f"`train_indices` must lie in [0, n_train) = [0, {n_train}), got values in "
-            f"[{int(idx.min())}, {int(idx.max())}]."
-        )
-    return idx.long().cpu()
-
-
-def _single_input(value: Any, argument: str) -> Union[torch.Tensor, Dict[str, Any]]:
-    """The one model input of a batch: a tensor (``model(x)``) or a dict (``model(**x)``)."""
-    if isinstance(value, Mapping):
-        if "labels" in value or "label" in value:
-            value = {k: v for k, v in value.items() if k not in ("labels", "label")}
-        if not any(isinstance(v, torch.Tensor) for v in value.values()):
-            raise TypeError(f"`{argument}` is a dict without tensors.")
-        return dict(value)
-    if isinstance(value, (tuple, list)):
-        if len(value) != 1:
-            raise ValueError(
-                f"`{argument}` holds {len(value)} model inputs; XDA explains single-input models `model(x)` only."
-            )
-        value = value[0]
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"`{argument}` must be a tensor, got {type(value).__name__}.")
-    return value
-
-
-def _checkpoint_pairs(dualda: Any, xda: "XDA", test_inputs: Any, targets: Any, train_indices: Any,
-                      feature_batch_size: int, show_progress: bool) -> XDAPairs:
+def _ensemble_pairs(dualda: DualDA, xda: XDA, test_inputs: Any, targets: Any, train_indices: Any,
+                    feature_batch_size: int, show_progress: bool) -> XDAPairs:
     """:func:`xda_pairs` of a checkpoint ensemble: the mean of the pairs of every checkpoint."""
+    ensemble = dualda.ensemble
+    assert ensemble is not None
     if xda.model is not dualda.model:
         raise ValueError("`xda` explains a different model than `dualda` (xda.model is not dualda.model).")
     if xda.composite is not None and xda.composite.handles:
@@ -624,48 +456,19 @@ def _checkpoint_pairs(dualda: Any, xda: "XDA", test_inputs: Any, targets: Any, t
             "canonizers read the loaded weights): call it outside `with xda:`."
         )
     if targets is None:
-        x = _single_input(test_inputs, "test_inputs")
-        targets = _predict(xda.model, _to(x, model_device(xda.model)), xda.final_fc_layer.out_features).cpu()
-    parts: List[XDAPairs] = []
-    with weights_restored(dualda.model):
-        for path, member in zip(dualda.checkpoints, dualda._members):
-            dualda.checkpoints_load_func(dualda.model, path)
-            parts.append(xda_pairs(member, xda, test_inputs, targets, train_indices,
-                                   feature_batch_size=feature_batch_size, show_progress=show_progress))
-
-    def mean(name: str) -> torch.Tensor:
-        return torch.stack([getattr(p, name) for p in parts]).mean(0)
-
-    return XDAPairs(
-        scores=mean("scores"), train_relevance=mean("train_relevance"), test_relevance=mean("test_relevance"),
-        feature_relevance=mean("feature_relevance"), train_indices=parts[0].train_indices,
-        targets=parts[0].targets, coefficients=mean("coefficients"),
+        x = single_input(test_inputs, "test_inputs")
+        targets = predict(xda.model, inputs_to(x, model_device(xda.model), detach=True),
+                          xda.final_fc_layer.out_features).cpu()
+    parts = ensemble.over_checkpoints(
+        lambda member: xda_pairs(member, xda, test_inputs, targets, train_indices,
+                                 feature_batch_size=feature_batch_size, show_progress=show_progress)
     )
+    return mean_of_tuples(parts, same=("train_indices", "targets"))
 
 
-def _predict(model: nn.Module, x: Union[torch.Tensor, Dict[str, Any]], n_classes: Optional[int] = None) -> torch.Tensor:
-    """``(N,)`` the model's predicted classes (eval mode, no grad, the model left as found)."""
-    with ModelProbe(model), torch.no_grad():
-        return output_logits(call_model(model, x if isinstance(x, Mapping) else (x,)), n_classes).argmax(dim=1)
-
-
-def _batch_size(x: Union[torch.Tensor, Dict[str, Any]]) -> int:
-    if isinstance(x, Mapping):
-        return next(v for v in x.values() if isinstance(v, torch.Tensor)).shape[0]
-    return x.shape[0]
-
-
-def _to(x: Union[torch.Tensor, Dict[str, Any]], device: torch.device) -> Union[torch.Tensor, Dict[str, Any]]:
-    if isinstance(x, Mapping):
-        return {k: v.detach().to(device) if isinstance(v, torch.Tensor) else v for k, v in x.items()}
-    return x.detach().to(device)
-
-
-def _repeat_row(x: Union[torch.Tensor, Dict[str, Any]], i: int, k: int) -> Union[torch.Tensor, Dict[str, Any]]:
-    """Sample ``i`` of a batch, ``k`` times."""
-    if isinstance(x, Mapping):
-        return {n: v[i:i + 1].expand(k, *v.shape[1:]).contiguous() if isinstance(v, torch.Tensor) else v for n, v in x.items()}
-    return x[i:i + 1].expand(k, *x.shape[1:]).contiguous()
+def _times(partner: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``attr_output`` of one pair: the features times ``partner`` (``tau``'s gradient with respect to them)."""
+    return lambda phi: phi * partner
 
 
 def _stack_padded(maps: List[torch.Tensor]) -> torch.Tensor:
@@ -676,9 +479,8 @@ def _stack_padded(maps: List[torch.Tensor]) -> torch.Tensor:
     return torch.stack([nn.functional.pad(m, (0, length - m.shape[-1])) for m in maps])
 
 
-@positional_deprecated
 def xda_pairs(
-    dualda: Any,
+    dualda: DualDA,
     xda: XDA,
     test_inputs: torch.Tensor,
     targets: Union[None, int, torch.Tensor],
@@ -731,7 +533,7 @@ def xda_pairs(
 
     Raises
     ------
-    captum_dualxda.guard.ModelChangedError
+    captum_dualxda.exceptions.ModelChangedError
         The model's parameters or buffers changed since ``dualda`` was fitted (as for
         ``dualda.influence``): refit, or load the fitted weights back.
     ValueError
@@ -741,35 +543,35 @@ def xda_pairs(
     TypeError
         ``xda`` is not an :class:`XDA`; non-integer indices or targets.
     """
+    if not isinstance(dualda, DualDA):
+        raise TypeError(f"`dualda` must be a fitted captum_dualxda.DualDA, got {type(dualda).__name__}.")
     if not isinstance(xda, XDA):
         raise TypeError(f"`xda` must be an XDA attributor, got {type(xda).__name__}.")
     feature_batch_size = check_integer(feature_batch_size, "feature_batch_size", low=1)
     show_progress = check_flag(show_progress, "show_progress")
-    if getattr(dualda, "checkpoints", None):
-        return _checkpoint_pairs(dualda, xda, test_inputs, targets, train_indices, feature_batch_size, show_progress)
+    if dualda.ensemble is not None:
+        return _ensemble_pairs(dualda, xda, test_inputs, targets, train_indices, feature_batch_size, show_progress)
     if xda.model is not dualda.model:
         raise ValueError("`xda` explains a different model than `dualda` (xda.model is not dualda.model).")
     if xda.final_fc_layer is not dualda.final_fc_layer:
         raise ValueError(
             "`xda` uses a different feature layer than `dualda` (xda.final_fc_layer is not dualda.final_fc_layer)."
         )
-    check_model = getattr(dualda, "_check_model", None)
-    if check_model is not None:  # the coefficients belong to the weights of the fit
-        check_model("xda_pairs")
-    x = _single_input(test_inputs, "test_inputs")
+    dualda._check_model("xda_pairs")  # the coefficients belong to the weights of the fit
+    x = single_input(test_inputs, "test_inputs")
     text = isinstance(x, Mapping)
-    if not text and x.ndim < 2:
+    if isinstance(x, torch.Tensor) and x.ndim < 2:
         raise ValueError(f"`test_inputs` must be batched, shape (n_test, *input_shape), got {tuple(x.shape)}.")
-    n_test = _batch_size(x)
+    n_test = batch_size_of(x)
     device = model_device(xda.model)
-    x = _to(x, device)
+    x = inputs_to(x, device, detach=True)
 
     n_train, n_classes = int(dualda.n_train), int(dualda.n_classes)
-    idx = _check_train_indices(train_indices, n_test, n_train)
+    idx = check_index_matrix(train_indices, n_test, n_train)
     k = idx.shape[1]
 
     if targets is None:
-        targets_t = _predict(xda.model, x, xda.final_fc_layer.out_features).cpu()
+        targets_t = predict(xda.model, x, xda.final_fc_layer.out_features).cpu()
     else:
         targets_t = torch.as_tensor(targets)
         if torch.is_floating_point(targets_t):
@@ -785,10 +587,10 @@ def xda_pairs(
             f"[{int(targets_t.min())}, {int(targets_t.max())}]."
         )
 
-    sample = _single_input(dualda.train_inputs(idx[0, :1]), "dualda.train_inputs(...)")
+    sample = single_input(dualda.train_inputs(idx[0, :1]), "dualda.train_inputs(...)")
     if isinstance(sample, Mapping) != text:
         raise ValueError("`test_inputs` and the training inputs must both be tensors or both be dicts of model inputs.")
-    if not text and sample.ndim != x.ndim:
+    if isinstance(x, torch.Tensor) and isinstance(sample, torch.Tensor) and sample.ndim != x.ndim:
         raise ValueError(
             f"`test_inputs` has shape {tuple(x.shape)} but a training input has shape {tuple(sample.shape)} "
             "(with batch axis): pass the test samples batched, (n_test, *input_shape)."
@@ -800,8 +602,8 @@ def xda_pairs(
     phi_train_parts = []
     for start in range(0, flat.numel(), feature_batch_size):
         batch_idx = flat[start:start + feature_batch_size]
-        x_tr = _single_input(dualda.train_inputs(batch_idx), "dualda.train_inputs(...)")
-        phi_train_parts.append(xda.features(_to(x_tr, device)))
+        x_tr = single_input(dualda.train_inputs(batch_idx), "dualda.train_inputs(...)")
+        phi_train_parts.append(xda.features(inputs_to(x_tr, device, detach=True)))
     phi_train = torch.cat(phi_train_parts).reshape(n_test, k, -1)
     if phi_train.shape[-1] != phi_test.shape[-1]:
         raise ValueError(
@@ -821,9 +623,9 @@ def xda_pairs(
             a_i = coef[i][:, None]                                            # (k, 1)
             partner_for_train = a_i * phi_test[i][None, :]                     # (k, d)
             partner_for_test = a_i * phi_train[i]                              # (k, d)
-            x_tr = _to(_single_input(dualda.train_inputs(idx[i]), "dualda.train_inputs(...)"), device)
-            _, r_tr = xda(x_tr, lambda phi, p=partner_for_train: phi * p)
-            _, r_te = xda(_repeat_row(x, i, k), lambda phi, p=partner_for_test: phi * p)
+            x_tr = inputs_to(single_input(dualda.train_inputs(idx[i]), "dualda.train_inputs(...)"), device, detach=True)
+            _, r_tr = xda(x_tr, _times(partner_for_train))
+            _, r_te = xda(repeat_row(x, i, k), _times(partner_for_test))
             train_heat.append(r_tr.cpu())
             test_heat.append(r_te.cpu())
 
@@ -832,8 +634,7 @@ def xda_pairs(
             run_all()
     else:
         run_all()
-    if isinstance(getattr(dualda, "__dict__", {}).get("_weights"), WeightsRecord):
-        dualda._weights.absorb(dualda.model)
+    dualda._absorb_model_changes()
 
     return XDAPairs(
         scores=scores.cpu(),

@@ -19,5 +19,8 @@ def assert_token_heatmaps_conserve(pairs, median: float, largest: float) -> None
         sums = relevance.sum(-1)
         big = pairs.scores.abs() > 1e-3 * pairs.scores.abs().max()
         error = ((sums - pairs.scores).abs() / pairs.scores.abs())[big]
-        assert float(error.median()) <= median and float(error.max()) <= largest, (float(error.median()), float(error.max()))
+        assert float(error.median()) <= median and float(error.max()) <= largest, (
+            float(error.median()),
+            float(error.max()),
+        )
         assert bool((torch.sign(sums[big]) == torch.sign(pairs.scores[big])).all())

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from captum_dualxda import XDA, DualDA, rank_label_issues, xda_pairs
-from captum_dualxda.checkpoints import checkpoint_paths, weights_restored
+from captum_dualxda._core.checkpoints import checkpoint_paths, weights_restored
 
 
 def make_net(seed: int, bias: bool = True) -> nn.Sequential:
@@ -98,7 +98,7 @@ def test_custom_loader_and_errors(setting, tmp_path):
     with pytest.raises(TypeError, match="checkpoints_load_func"):
         DualDA(model, "4", train, checkpoints=paths, checkpoints_load_func="torch.load")
     with pytest.raises(AttributeError, match="ensemble of 3 checkpoints"):
-        ensemble.coefficients
+        _ = ensemble.coefficients
     with pytest.raises(AttributeError, match="ensemble of 3 checkpoints"):
         ensemble.coefficients_at(torch.tensor([0]), torch.tensor([0]))
     with pytest.raises(ValueError, match="checkpoint ensemble"):
@@ -113,9 +113,8 @@ def test_weights_restored_after_an_error(setting):
         net.load_state_dict(torch.load(path))
         raise RuntimeError("disk gone")
 
-    with pytest.raises(RuntimeError, match="disk gone"):
-        with weights_restored(model):
-            broken(model, paths[0])
+    with pytest.raises(RuntimeError, match="disk gone"), weights_restored(model):
+        broken(model, paths[0])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(TypeError, match="checkpoints"):
         checkpoint_paths(3)

@@ -15,9 +15,9 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset,
 from torch.utils.data.dataloader import default_collate
 
 from captum_dualxda import DualDA
-from captum_dualxda.data import as_dataloader
+from captum_dualxda._core.data import as_dataloader
+from captum_dualxda._core.store import extract_features
 from captum_dualxda.metrics import training_loss
-from captum_dualxda.store import extract_features
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,7 @@ def test_train_inputs_are_the_dataset_items_through_the_checked_collate_fn(train
 # Loaders that are not one sample per dataset item
 # ------------------------------------------------------------------------------------------
 def test_a_loader_over_ready_made_batches_is_refused_saying_what_it_holds(train_set, digits_cnn, monkeypatch):
-    import captum_dualxda.store as store_module
+    import captum_dualxda._core.store as store_module
 
     monkeypatch.setattr(store_module, "extract_features", lambda *a, **k: pytest.fail("extracted: batch_size=None"))
     x, y = train_set.tensors

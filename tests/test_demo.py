@@ -17,6 +17,8 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from captum_dualxda import demo  # noqa: E402
 from captum_dualxda.__main__ import main  # noqa: E402
+from captum_dualxda.demo import report as demo_report  # noqa: E402
+from captum_dualxda.demo import run as demo_run  # noqa: E402
 
 SMALL = dict(n_train=240, epochs=2, n_explain=1, k=2, seed=0, show_progress=False, dpi=40)
 SMALL_ARGS = ["--n-train", "240", "--epochs", "2", "--n-explain", "1", "--k", "2"]
@@ -66,7 +68,9 @@ def test_metrics_are_consistent(small_run):
     assert result.random_auc == pytest.approx(roc_auc_score(result.flipped, random_scores), abs=1e-12)
     assert result.C == 1e-3 and result.flip_rate == 0.1
     assert result.solver_gap < 1e-3 and np.isfinite(result.hinge_auc)
-    printed = [line for line in result.summary().splitlines() if "rank_label_issues (hinge loss, C=0.0001), AUC" in line]
+    printed = [
+        line for line in result.summary().splitlines() if "rank_label_issues (hinge loss, C=0.0001), AUC" in line
+    ]
     assert len(printed) == 1 and printed[0].split()[-4] == f"{result.hinge_auc:.3f}"
     assert result.fit_time > 0 and result.ms_per_test_sample > 0 and result.xda_ms_per_pair > 0
 
@@ -78,7 +82,7 @@ def test_label_issue_rows_match_returned_data(small_run):
     assert result.hinge_auc == pytest.approx(roc_auc_score(flipped, scores), abs=1e-12)
     np.testing.assert_array_equal(flags, scores > 1)  # the documented flag rule
     hits = int((flags & flipped).sum())
-    assert 0 < flags.sum() and result.issues_precision == hits / flags.sum()
+    assert flags.sum() > 0 and result.issues_precision == hits / flags.sum()
     assert result.issues_recall == hits / flipped.sum()
     printed = [line for line in result.summary().splitlines() if "rank_label_issues: flagged" in line]
     assert len(printed) == 1
@@ -103,7 +107,7 @@ def test_run_demo_runs_on_one_thread_and_restores_the_setting(tmp_path, monkeypa
         seen.append(torch.get_num_threads())
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(demo, "train_cnn", spy)
+    monkeypatch.setattr(demo_run, "train_cnn", spy)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -114,16 +118,29 @@ def test_run_demo_runs_on_one_thread_and_restores_the_setting(tmp_path, monkeypa
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("kwargs, word", [
-    (dict(flip_rate=1.0), "flip_rate"), (dict(flip_rate=-0.1), "flip_rate"),
-    (dict(C=0.0), "`C`"), (dict(C=float("nan")), "`C`"), (dict(k=0), "`k`"),
-    (dict(n_explain=-1), "n_explain"), (dict(epochs=0), "epochs"),
-    (dict(seed=-1), "`seed`"), (dict(seed=2**63), "`seed`"), (dict(seed=True), "`seed`"), (dict(seed=1.0), "`seed`"),
-    (dict(k=np.float64(2)), "`k`"), (dict(C=True), "`C`"), (dict(dpi=0), "`dpi`"), (dict(num_threads=0), "`num_threads`"),
-    (dict(show_progress="no"), "`show_progress`"),
-])
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        (dict(flip_rate=1.0), "flip_rate"),
+        (dict(flip_rate=-0.1), "flip_rate"),
+        (dict(C=0.0), "`C`"),
+        (dict(C=float("nan")), "`C`"),
+        (dict(k=0), "`k`"),
+        (dict(n_explain=-1), "n_explain"),
+        (dict(epochs=0), "epochs"),
+        (dict(seed=-1), "`seed`"),
+        (dict(seed=2**63), "`seed`"),
+        (dict(seed=True), "`seed`"),
+        (dict(seed=1.0), "`seed`"),
+        (dict(k=np.float64(2)), "`k`"),
+        (dict(C=True), "`C`"),
+        (dict(dpi=0), "`dpi`"),
+        (dict(num_threads=0), "`num_threads`"),
+        (dict(show_progress="no"), "`show_progress`"),
+    ],
+)
 def test_run_demo_rejects_bad_settings_before_training(kwargs, word, tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "train_cnn", lambda *a, **k: pytest.fail("trained despite bad settings"))
+    monkeypatch.setattr(demo_run, "train_cnn", lambda *a, **k: pytest.fail("trained despite bad settings"))
     with pytest.raises(ValueError, match=word):
         demo.run_demo(str(tmp_path), **kwargs)
 
@@ -147,12 +164,12 @@ def test_flip_rate_zero_reports_na_instead_of_crashing(tmp_path):
 
 def test_undefined_auc_and_recall_are_nan():
     scores = np.array([0.9, 0.1, 0.8, 0.2])
-    assert np.isnan(demo._auc_or_nan(scores, np.zeros(4, bool)))
-    assert np.isnan(demo._auc_or_nan(scores, np.ones(4, bool)))      # no clean sample either
-    assert np.isnan(demo._found_in_top(scores, np.zeros(4, bool), 0.5))
+    assert np.isnan(demo_report.auc_or_nan(scores, np.zeros(4, bool)))
+    assert np.isnan(demo_report.auc_or_nan(scores, np.ones(4, bool)))      # no clean sample either
+    assert np.isnan(demo_report.found_in_top(scores, np.zeros(4, bool), 0.5))
     positives = np.array([True, False, False, True])
-    assert demo._auc_or_nan(scores, positives) == pytest.approx(roc_auc_score(positives, scores))
-    assert demo._found_in_top(scores, positives, 0.5) == 0.5           # top 2: indices 0 and 2
+    assert demo_report.auc_or_nan(scores, positives) == pytest.approx(roc_auc_score(positives, scores))
+    assert demo_report.found_in_top(scores, positives, 0.5) == 0.5           # top 2: indices 0 and 2
 
 
 def test_load_digits_data_flips_deterministically():
@@ -192,7 +209,7 @@ def test_cli_no_progress(tmp_path, capsys):
 
 @pytest.mark.parametrize("make_out", ["file", "below_file"])
 def test_cli_unwritable_out_is_a_clear_error(make_out, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(demo, "train_cnn", lambda *a, **k: pytest.fail("trained despite a bad --out"))
+    monkeypatch.setattr(demo_run, "train_cnn", lambda *a, **k: pytest.fail("trained despite a bad --out"))
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     out = blocker if make_out == "file" else blocker / "sub"
@@ -208,7 +225,7 @@ def test_cli_unwritable_out_is_a_clear_error(make_out, tmp_path, capsys, monkeyp
     (["--seed", "-1"], "--seed"), (["--seed", str(2**63)], "--seed"), (["--seed", str(2**64)], "--seed"),
 ])
 def test_cli_rejects_bad_arguments(args, word, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(demo, "train_cnn", lambda *a, **k: pytest.fail("trained despite bad arguments"))
+    monkeypatch.setattr(demo_run, "train_cnn", lambda *a, **k: pytest.fail("trained despite bad arguments"))
     assert main(["demo", "--out", str(tmp_path), *args]) == 2
     assert word in capsys.readouterr().err
 
@@ -223,7 +240,7 @@ def test_run_demo_accepts_numpy_settings_and_a_large_seed(tmp_path):
 @pytest.mark.parametrize("kind", ["same_name", "other_name", "subfolder", "link"])
 def test_out_holding_other_files_is_refused_before_training(kind, tmp_path, capsys, monkeypatch):
     """The user's files in --out are never overwritten, deleted or mixed with the demo's."""
-    monkeypatch.setattr(demo, "train_cnn", lambda *a, **k: pytest.fail("trained despite a used --out"))
+    monkeypatch.setattr(demo_run, "train_cnn", lambda *a, **k: pytest.fail("trained despite a used --out"))
     out = tmp_path / "out"
     out.mkdir()
     name = {"same_name": "self_influence.csv", "other_name": "notes.txt", "subfolder": "figures",
@@ -259,7 +276,7 @@ def test_a_second_run_replaces_the_first_runs_outputs(tmp_path, monkeypatch):
     # An output the user changed afterwards is theirs now: refused, never overwritten.
     csv_path = tmp_path / "self_influence.csv"
     csv_path.write_text(csv_path.read_text() + "my note\n")
-    monkeypatch.setattr(demo, "train_cnn", lambda *a, **k: pytest.fail("trained despite a changed output"))
+    monkeypatch.setattr(demo_run, "train_cnn", lambda *a, **k: pytest.fail("trained despite a changed output"))
     with pytest.raises(ValueError, match="changed since the demo wrote them \\(self_influence.csv\\)"):
         demo.run_demo(str(tmp_path), **settings)
     assert csv_path.read_text().endswith("my note\n")
@@ -298,5 +315,7 @@ def test_annotate_marks_flipped_labels_in_explanation_titles():
     titles = {ax.get_title().split()[0]: ax.get_title() for ax in fig.axes if ax.get_title().startswith("#")}
     assert len(titles) == 3
     for j in flipped.tolist():
-        assert titles[f"#{j}"].splitlines()[0] == f"#{j}  label {int(data.y_train[j])} (was {int(data.y_train_clean[j])})"
+        assert (
+            titles[f"#{j}"].splitlines()[0] == f"#{j}  label {int(data.y_train[j])} (was {int(data.y_train_clean[j])})"
+        )
     assert "(was" not in titles[f"#{int(clean[0])}"]

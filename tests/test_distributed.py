@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from captum_dualxda import DualDA
-from captum_dualxda.distributed import assemble_strided, shard_indices
-from captum_dualxda.store import extract_features, shard_path
+from captum_dualxda._core.distributed import assemble_strided, shard_indices
+from captum_dualxda._core.store import extract_features, shard_path
 
 WORLD = 2
 N_TRAIN = 301  # odd: the shards are uneven
@@ -56,16 +56,20 @@ class Dicts(torch.utils.data.Dataset):
 def run_all(net, train, x_test, **kwargs):
     dualda = DualDA(net, "2", train, C=0.05, batch_size=32, **kwargs)
     pred = net(x_test).argmax(1)
-    features, labels = extract_features(net, net[2], DataLoader(train, batch_size=32), distributed=kwargs.get("distributed", False))
+    features, labels = extract_features(
+        net, net[2], DataLoader(train, batch_size=32), distributed=kwargs.get("distributed", False)
+    )
     return {
         "features": features,
         "labels": labels,
         "coefficients": dualda.coefficients,
         "scores": dualda.influence((x_test, pred)),
         "proponents": tuple(dualda.influence((x_test, pred), k=7)),
-        "opponents": tuple(dualda.influence(DataLoader(TensorDataset(x_test, pred), batch_size=5), k=7, proponents=False)),
+        "opponents": tuple(
+            dualda.influence(DataLoader(TensorDataset(x_test, pred), batch_size=5), k=7, proponents=False)
+        ),
         "self_influence": dualda.self_influence(),
-        "n_local_support": len(dualda._local),
+        "n_local_support": len(dualda._single("n_local_support").local),
         "n_support": dualda.support_indices.numel(),
         "from_cache": dualda.fit_stats["from_cache"],
         "fit_stats": dualda.fit_stats,
@@ -112,7 +116,9 @@ def worker(rank, init_file, out_dir):
         os.makedirs(local_dir)
         loader = DataLoader(train, batch_size=32)
         result["sharded"] = extract_features(net, net[2], loader, distributed=True)
-        mapped, labels = extract_features(net, net[2], loader, distributed=True, out_path=os.path.join(local_dir, "f.npy"))
+        mapped, labels = extract_features(
+            net, net[2], loader, distributed=True, out_path=os.path.join(local_dir, "f.npy")
+        )
         result["sharded_mapped"] = (mapped.clone(), labels)
         result["scratch_files"] = sorted(os.listdir(local_dir))
         del mapped
@@ -125,9 +131,13 @@ def worker(rank, init_file, out_dir):
         # Rank 0 hits its cache, rank 1's directory is empty: rank 0's decision holds for both.
         hit = run_all(net, train, x_test, distributed=True, cache_dir=cache)
         # Only rank 1 finds a cache file (rank 0's directory is empty): everyone refits.
-        miss = run_all(net, train, x_test, distributed=True, cache_dir=os.path.join(out_dir, "cache0" if rank else "empty0"))
+        miss = run_all(
+            net, train, x_test, distributed=True, cache_dir=os.path.join(out_dir, "cache0" if rank else "empty0")
+        )
         for name, run in (("cache_hit", hit), ("cache_miss", miss)):
-            result[name] = {key: run[key] for key in ("scores", "proponents", "from_cache", "fit_stats", "n_local_support")}
+            result[name] = {
+                key: run[key] for key in ("scores", "proponents", "from_cache", "fit_stats", "n_local_support")
+            }
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -284,7 +294,7 @@ def test_memory_mapped_extraction_is_a_file_backed_tensor(tmp_path):
 
 
 def test_feature_store_hides_the_rank_arithmetic(tmp_path):
-    from captum_dualxda.store import FeatureStore
+    from captum_dualxda._core.store import FeatureStore
 
     full = torch.arange(7 * 3, dtype=torch.float32).reshape(7, 3)
     whole = FeatureStore(full, 7)

@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from captum_dualxda import DualDA
-from captum_dualxda.distributed import merge_topk, stable_topk
-from captum_dualxda.support import SupportSet
+from captum_dualxda._core.distributed import merge_topk, stable_topk
+from captum_dualxda._core.support import SupportSet
 
 N_TRAIN = 31  # uneven shards for 2 and 3 ranks
 KS = list(range(1, N_TRAIN + 1)) + [N_TRAIN + 4]  # every k; the last one is clipped to n_train
@@ -81,7 +81,7 @@ def dualda_top_k(make, ks):
     net, layer, train, x_test = make()
     dualda = DualDA(net, layer, train, C=0.1, batch_size=8)
     pred = net(x_test).argmax(1)
-    results = {"n_local_support": len(dualda._local)}
+    results = {"n_local_support": len(dualda._single("n_local_support").local)}
     for k in ks:
         results[k, True] = tuple(dualda.influence((x_test, pred), k=k))
         loader = DataLoader(TensorDataset(x_test, pred), batch_size=4)  # several batches

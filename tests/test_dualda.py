@@ -9,9 +9,9 @@ from captum.influence._utils.common import KMostInfluentialResults
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import captum_dualxda.cache as cache_module
+import captum_dualxda._core.cache as cache_module
 from captum_dualxda import DualDA
-from captum_dualxda.features import batch_features
+from captum_dualxda._core.features import batch_features
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,9 @@ def test_attributes(setup):
     # Hinge loss by brute force; samples with zero loss and zero margin slack are non-SVs or free.
     scores = phi.double() @ dualda.weight.double().T + dualda.intercept.double()
     y = train.tensors[1]
-    brute = torch.stack([max(1 - float(m == y[i]) + scores[i, m] for m in range(K)) - scores[i, y[i]] for i in range(n)])
+    brute = torch.stack(
+        [max(1 - float(m == y[i]) + scores[i, m] for m in range(K)) - scores[i, y[i]] for i in range(n)]
+    )
     assert torch.allclose(dualda.train_hinge_loss.double(), brute, atol=1e-4)
     assert float(dualda.train_hinge_loss.min()) >= 0
 
@@ -71,7 +73,9 @@ def test_coefficients_give_scikit_learns_svm_and_every_target_class_scores(setup
     alpha = dualda.coefficients.double()
     # An independent reference: scikit-learn's LIBLINEAR solves the same primal; W = alpha^T phi
     # and the intercept (s = 1) = alpha.sum(0) must match its coef_ and intercept_.
-    sk = LinearSVC(C=0.01, multi_class="crammer_singer", tol=1e-8, max_iter=1_000_000).fit(phi.double().numpy(), train.tensors[1].numpy())
+    sk = LinearSVC(C=0.01, multi_class="crammer_singer", tol=1e-8, max_iter=1_000_000).fit(
+        phi.double().numpy(), train.tensors[1].numpy()
+    )
     coef, scale = torch.from_numpy(sk.coef_), float(abs(sk.coef_).max())
     assert float((alpha.T @ phi.double() - coef).abs().max()) <= 2e-3 * scale
     assert float((alpha.sum(0) - torch.from_numpy(sk.intercept_)).abs().max()) <= 2e-3 * scale
@@ -193,7 +197,9 @@ def test_cache_round_trip_and_stale_refit(tmp_path, digits, digits_cnn, monkeypa
     assert not DualDA(digits_cnn, "fc", train, C=0.03, cache_dir=str(tmp_path)).fit_stats["from_cache"]
     y2 = y[:300].clone()
     y2[0] = (y2[0] + 1) % 10
-    assert not DualDA(digits_cnn, "fc", TensorDataset(x[:300], y2), C=0.02, cache_dir=str(tmp_path)).fit_stats["from_cache"]
+    assert not DualDA(digits_cnn, "fc", TensorDataset(x[:300], y2), C=0.02, cache_dir=str(tmp_path)).fit_stats[
+        "from_cache"
+    ]
     changed = DigitsCNNCopy(digits_cnn)
     with torch.no_grad():
         changed.fc.bias[0] += 1e-3

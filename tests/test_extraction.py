@@ -11,10 +11,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from captum_dualxda import DualDA
-from captum_dualxda.data import as_dataloader
-from captum_dualxda.features import batch_features
-from captum_dualxda.fit import fit_fingerprint
-from captum_dualxda.store import FeatureStore, extract_features
+from captum_dualxda._core.data import as_dataloader
+from captum_dualxda._core.features import batch_features
+from captum_dualxda._core.state import fit_fingerprint
+from captum_dualxda._core.store import FeatureStore, extract_features
+from captum_dualxda.solver.settings import SolverSettings
 
 
 def _reference_features(net: nn.Module, x: torch.Tensor, autocast=None) -> torch.Tensor:
@@ -133,10 +134,11 @@ def test_dualda_with_autocast_scores_with_autocast_features(train, digits, digit
 
 def test_autocast_is_part_of_the_cache_key(train, digits_cnn, tmp_path):
     loader = DataLoader(train, batch_size=100)
-    settings = ("fc", loader, 0.01, True, 1e-4, 100_000, 0, "auto")
-    keys = {dtype: fit_fingerprint(digits_cnn, *settings, autocast=dtype) for dtype in (None, torch.bfloat16, torch.float16)}
+    settings = SolverSettings(C=0.01)
+    keys = {dtype: fit_fingerprint(digits_cnn, "fc", loader, settings, autocast=dtype)
+            for dtype in (None, torch.bfloat16, torch.float16)}
     assert len(set(keys.values())) == 3
-    assert keys[None] == fit_fingerprint(digits_cnn, *settings)  # full-precision keys are unchanged
+    assert keys[None] == fit_fingerprint(digits_cnn, "fc", loader, settings)  # full-precision keys are unchanged
     full = DualDA(digits_cnn, "fc", train, C=0.01, cache_dir=str(tmp_path))
     mixed = DualDA(digits_cnn, "fc", train, C=0.01, cache_dir=str(tmp_path), autocast=torch.bfloat16)
     assert not mixed.fit_stats["from_cache"] and mixed.cache_path != full.cache_path
@@ -147,9 +149,11 @@ def test_autocast_is_part_of_the_cache_key(train, digits_cnn, tmp_path):
 
 @pytest.mark.parametrize("value", [torch.float32, torch.float64, torch.int8, "bf16", "bfloat16", True, 16])
 def test_bad_autocast_values_are_refused_before_any_work(value, train, digits_cnn, monkeypatch):
-    import captum_dualxda.store as store_module
+    import captum_dualxda._core.store as store_module
 
-    monkeypatch.setattr(store_module, "extract_features", lambda *a, **k: pytest.fail("extracted despite a bad autocast"))
+    monkeypatch.setattr(
+        store_module, "extract_features", lambda *a, **k: pytest.fail("extracted despite a bad autocast")
+    )
     with pytest.raises(ValueError, match=r"`autocast` must be None .*torch.bfloat16 or torch.float16, got"):
         DualDA(digits_cnn, "fc", train, C=0.01, autocast=value)
     with pytest.raises(ValueError, match="`autocast`"):
@@ -164,8 +168,14 @@ def test_cuda_features_reach_host_storage_through_asynchronous_copies(autocast, 
     loader = DataLoader(train, batch_size=16, pin_memory=True)  # many batches: both buffers are reused
     on_device, labels = extract_features(net, net.fc, loader, torch.device("cuda"), autocast=autocast)
     on_host, host_labels = extract_features(net, net.fc, loader, torch.device("cpu"), autocast=autocast)
-    store, _ = FeatureStore.extract(net, net.fc, loader, torch.device("cpu"), out_path=str(tmp_path / "phi.npy"), autocast=autocast)
-    assert on_host.device.type == "cpu" and torch.equal(on_host, on_device.cpu()) and torch.equal(host_labels, labels.cpu())
+    store, _ = FeatureStore.extract(
+        net, net.fc, loader, torch.device("cpu"), out_path=str(tmp_path / "phi.npy"), autocast=autocast
+    )
+    assert (
+        on_host.device.type == "cpu"
+        and torch.equal(on_host, on_device.cpu())
+        and torch.equal(host_labels, labels.cpu())
+    )
     assert torch.equal(store.features, on_device.cpu())
     store.close()
 
@@ -182,7 +192,9 @@ def test_the_fit_benchmark_runs_at_toy_size():
     rows = module.run(["bert"], repeats=1, tiny=True, scores=True)
     timing, scores = rows
     assert timing["kind"] == "time" and timing["n_train"] == 96 and timing["converged"]
-    assert timing["fit"] >= timing["extraction"] > 0 and timing["ratio"] == pytest.approx(timing["fit"] / timing["forward"])
+    assert timing["fit"] >= timing["extraction"] > 0 and timing["ratio"] == pytest.approx(
+        timing["fit"] / timing["forward"]
+    )
     assert scores["kind"] == "scores" and scores["precision"] == "bfloat16"
     assert 0.9 < scores["spearman_median"] <= 1 and 0 < scores["frobenius_rel_diff"] < 0.1
     assert "| BERT" in module.time_table(rows) and "| BERT" in module.score_table(rows)

@@ -10,12 +10,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from captum_dualxda import DualDA
-from captum_dualxda.features import batch_features
+from captum_dualxda._core.features import batch_features
+from captum_dualxda.choose_c import SweepRow, format_markdown, sweep_C
 from captum_dualxda.metrics import (
-    SweepRow,
     class_detection,
     class_detection_from_indices,
-    format_markdown,
     hoyer_sparsity,
     lds,
     logit_fidelity,
@@ -24,7 +23,6 @@ from captum_dualxda.metrics import (
     mislabel_scores,
     random_class_detection,
     surrogate_fidelity,
-    sweep_C,
     training_loss,
     zero_fraction,
 )
@@ -203,7 +201,9 @@ def test_class_detection_accepts_captum_topk(digits_cnn, digits):
     pred = digits_cnn(xt[:20]).argmax(1)
     top = dualda.influence((xt[:20], pred), k=5)
     scores = dualda.influence((xt[:20], pred))
-    assert class_detection_from_indices(top, y[:300], pred) == pytest.approx(class_detection(scores, y[:300], pred, k=5))
+    assert class_detection_from_indices(top, y[:300], pred) == pytest.approx(
+        class_detection(scores, y[:300], pred, k=5)
+    )
 
 
 def test_random_class_detection_is_the_class_frequency():
@@ -297,7 +297,13 @@ def test_sweep_C_matches_dualda_per_C(flipped_setup, digits_cnn):
     train, flip, xt = flipped_setup
     Cs = [0.1, 1e-3, 1e-2]
     rows = sweep_C(digits_cnn, "fc", train, Cs=Cs, test_inputs=xt, flipped=flip, batch_size=100)
-    assert [r.method for r in rows] == ["DualDA C=0.001", "DualDA C=0.01", "DualDA C=0.1", "random order", "network loss"]
+    assert [r.method for r in rows] == [
+        "DualDA C=0.001",
+        "DualDA C=0.01",
+        "DualDA C=0.1",
+        "random order",
+        "network loss",
+    ]
     pred = digits_cnn(xt).argmax(1)
     for row in rows[:3]:
         dualda = DualDA(digits_cnn, "fc", train, C=row.C, batch_size=100)
@@ -328,9 +334,6 @@ def test_sweep_C_without_test_inputs_or_flips(flipped_setup, digits_cnn):
     rows = sweep_C(digits_cnn, "fc", train, Cs=[1e-2], batch_size=100)
     assert len(rows) == 1 and rows[0].agreement is None and rows[0].auc_self_influence is None
     assert rows[0].train_agreement is not None
-    with pytest.warns(DeprecationWarning, match="Cs of sweep_C by position"):  # the old call form still works
-        old = sweep_C(digits_cnn, "fc", train, [1e-2], batch_size=100)
-    assert old[0].n_support == rows[0].n_support
 
 
 def test_format_markdown_cells():
@@ -382,11 +385,17 @@ def test_lds_matches_scipy_spearman(layout):
     for trial in range(6):
         n_test, n_train, n_subsets = int(rng.integers(1, 8)), int(rng.integers(4, 40)), int(rng.integers(2, 30))
         # integer scores and margins on odd trials: tied sums and tied margins
-        scores = rng.integers(-2, 3, (n_test, n_train)).astype(float) if trial % 2 else rng.normal(size=(n_test, n_train))
-        margins = rng.integers(0, 4, (n_subsets, n_test)).astype(float) if trial % 2 else rng.normal(size=(n_subsets, n_test))
+        scores = (
+            rng.integers(-2, 3, (n_test, n_train)).astype(float) if trial % 2 else rng.normal(size=(n_test, n_train))
+        )
+        margins = (
+            rng.integers(0, 4, (n_subsets, n_test)).astype(float) if trial % 2 else rng.normal(size=(n_subsets, n_test))
+        )
         size = n_train // 2
         if layout == "ragged":
-            lists = [sorted(rng.choice(n_train, int(rng.integers(0, n_train + 1)), replace=False)) for _ in range(n_subsets)]
+            lists = [
+                sorted(rng.choice(n_train, int(rng.integers(0, n_train + 1)), replace=False)) for _ in range(n_subsets)
+            ]
         else:
             lists = [sorted(rng.choice(n_train, size, replace=False)) for _ in range(n_subsets)]
         expected = _brute_force_lds(scores, lists, margins)

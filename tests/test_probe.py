@@ -10,8 +10,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from captum_dualxda import DualDA
-from captum_dualxda.checkpoints import weights_restored
-from captum_dualxda.features import batch_features
+from captum_dualxda._core.checkpoints import weights_restored
+from captum_dualxda._core.features import batch_features
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,9 @@ def own_model(digits, digits_cnn):
     flipped = torch.zeros(n, dtype=torch.bool)
     flipped[torch.randperm(n, generator=torch.Generator().manual_seed(3))[: n // 10]] = True
     labels = y[:n].clone()
-    labels[flipped] = (labels[flipped] + 1 + torch.randint(9, (int(flipped.sum()),), generator=torch.Generator().manual_seed(4))) % 10
+    labels[flipped] = (
+        labels[flipped] + 1 + torch.randint(9, (int(flipped.sum()),), generator=torch.Generator().manual_seed(4))
+    ) % 10
     assert not (labels[flipped] == y[:n][flipped]).any()
     return {"model": digits_cnn, "train_set": TensorDataset(x[:n], labels), "x_test": x_test[:6]}, flipped
 

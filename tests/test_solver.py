@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import clustered_features
 from sklearn.svm import LinearSVC
 
 from captum_dualxda.solver import (
@@ -15,7 +16,6 @@ from captum_dualxda.solver import (
     primal_objective,
     project_crammer_singer,
 )
-from conftest import clustered_features
 
 BACKENDS = list(available_backends())
 
@@ -24,7 +24,9 @@ def sklearn_fit(x, y, C, fit_intercept, tol=1e-4):
     model = LinearSVC(multi_class="crammer_singer", C=C, tol=tol, fit_intercept=fit_intercept,
                       random_state=0, max_iter=100000)
     model.fit(x.astype(np.float64), y)
-    return torch.tensor(model.coef_), torch.tensor(model.intercept_) if fit_intercept else torch.zeros(len(model.classes_), dtype=torch.float64)
+    return torch.tensor(model.coef_), torch.tensor(model.intercept_) if fit_intercept else torch.zeros(
+        len(model.classes_), dtype=torch.float64
+    )
 
 
 def check_feasible(alpha, y, C, rounding=0.0):
@@ -146,7 +148,7 @@ def test_projection_properties():
 
 
 def test_cnn_features_match_sklearn(digits, digits_cnn):
-    from captum_dualxda.features import batch_features
+    from captum_dualxda._core.features import batch_features
 
     x, y, _, _ = digits
     phi = batch_features(digits_cnn, digits_cnn.fc, (x[:800],))
@@ -209,7 +211,7 @@ def test_bad_data():
 def test_finiteness_check_names_the_bad_rows_and_accepts_sums_that_overflow():
     """NaN / inf anywhere (several row chunks) are found with their rows; finite features whose
     sum overflows float32 (the quick check's sum) are not refused; no NumPy warning leaks out."""
-    from captum_dualxda.solver.problem import all_finite, nonfinite_rows, row_chunk
+    from captum_dualxda._utils.chunking import all_finite, nonfinite_rows, row_chunk
 
     x = torch.zeros(3 * row_chunk(4) + 7, 4)
     assert nonfinite_rows(x) == [] and all_finite(x)
@@ -222,7 +224,9 @@ def test_finiteness_check_names_the_bad_rows_and_accepts_sums_that_overflow():
     huge = torch.full((10, 4), 3e38)  # finite, but their float32 sum is inf
     assert math.isinf(float(huge.sum())) and all_finite(huge) and nonfinite_rows(huge) == []
     with pytest.raises(ValueError, match=r"first bad rows: \[2\]"):
-        make_problem(torch.cat([huge[:2], torch.full((1, 4), float("nan")), huge[2:]]), torch.arange(11) % 2, 1.0, True, 1.0)
+        make_problem(
+            torch.cat([huge[:2], torch.full((1, 4), float("nan")), huge[2:]]), torch.arange(11) % 2, 1.0, True, 1.0
+        )
 
 
 def test_warm_start_reaches_the_same_optimum():

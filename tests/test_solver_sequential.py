@@ -12,16 +12,17 @@ import torch
 
 pytest.importorskip("numba")
 
-from captum_dualxda.solver import (  # noqa: E402
+from captum_dualxda.solver import (  # noqa: E402  # noqa: E402
     ConvergenceWarning,
     evaluate_optimality,
     fit_crammer_singer,
     fit_crammer_singer_path,
+    machine_code,
     make_problem,
     primal_objective,
     project_crammer_singer,
+    sequential,
 )
-from captum_dualxda.solver import sequential  # noqa: E402
 from captum_dualxda.solver.sequential import (  # noqa: E402
     drop_zero_columns,
     evaluate_optimality_compiled,
@@ -176,7 +177,9 @@ def test_subproblem_is_the_projection_when_the_true_class_is_active():
         k = int(rng.integers(2, 13))
         curvature, C = float(rng.uniform(0.1, 10)), float(rng.uniform(0.01, 2))
         y = int(rng.integers(0, k))
-        alpha = torch.from_numpy(project_crammer_singer(torch.randn(1, k, dtype=torch.float64), torch.tensor([y]), C).numpy()[0])
+        alpha = torch.from_numpy(
+            project_crammer_singer(torch.randn(1, k, dtype=torch.float64), torch.tensor([y]), C).numpy()[0]
+        )
         grad = rng.normal(size=k)
         b = grad - curvature * alpha.numpy()
         target = project_crammer_singer(
@@ -279,7 +282,7 @@ def test_screening_after_reactivation_reaches_the_same_optimum(monkeypatch, dtyp
 def test_screening_shrinks_only_beyond_the_rounding_margin():
     """A class at its bound is shrunk only if its gradient is below the free one by more than the
     rounding bound of float32 scores; the sample then leaves the active set."""
-    kernels = sequential._kernels("float32")
+    kernels = machine_code.kernels("float32")
     x = np.array([[1.0], [1.0]], dtype=np.float32)
     sq = np.array([1.0, 1.0])
     k = 3
@@ -576,11 +579,11 @@ package.__path__ = [sys.argv[1]]
 sys.modules["captum_dualxda"] = package
 import numpy as np, torch
 from captum_dualxda.solver import fit_crammer_singer
-from captum_dualxda.solver import sequential
+from captum_dualxda.solver import machine_code
 data = np.load(sys.argv[2])
 result = fit_crammer_singer(torch.from_numpy(data["x"]), torch.from_numpy(data["y"]), C=0.1, seed=3)
 print(json.dumps({"numba": "numba" in sys.modules, "llvmlite": "llvmlite" in sys.modules,
-                  "origin": sequential._kernels("float32").origin,
+                  "origin": machine_code.kernels("float32").origin,
                   "alpha": result.alpha.numpy().tobytes().hex(), "n_iter": result.n_iter}))
 """
 
@@ -594,7 +597,7 @@ def test_fresh_process_loads_cached_kernels_without_numba(tmp_path):
 
     x, y = make_data(400, 12, 4, 11)
     here = fit_crammer_singer(x, y, C=0.1, seed=3)  # compiles (first run) or loads: the cache exists now
-    assert sequential_module()._kernels("float32").origin in ("library", "cache", "compiled")
+    assert machine_code_module().kernels("float32").origin in ("library", "cache", "compiled")
     np.savez(tmp_path / "data.npz", x=x.numpy(), y=y.numpy())
     package = str(Path(captum_dualxda.__file__).parent)
     done = subprocess.run(
@@ -604,7 +607,7 @@ def test_fresh_process_loads_cached_kernels_without_numba(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     there = json.loads(done.stdout.strip().splitlines()[-1])
     assert not there["numba"]
-    if sequential_module()._c_compiler() is not None and sequential_module()._cpu_identity() is not None:
+    if machine_code_module()._c_compiler() is not None and machine_code_module()._cpu_identity() is not None:
         # the shared library: loaded with ctypes alone, not even llvmlite is imported
         assert there["origin"] == "library" and not there["llvmlite"]
     else:
@@ -613,16 +616,16 @@ def test_fresh_process_loads_cached_kernels_without_numba(tmp_path):
     assert bytes.fromhex(there["alpha"]) == here.alpha.numpy().tobytes()  # the same machine code
 
 
-def sequential_module():
-    from captum_dualxda.solver import sequential
+def machine_code_module():
+    from captum_dualxda.solver import machine_code
 
-    return sequential
+    return machine_code
 
 
 def cache_file(dtype: str) -> Path:
     """The cache file of this machine's kernels for ``dtype`` (compiled first if needed)."""
-    seq = sequential_module()
-    seq._kernels(dtype)
+    seq = machine_code_module()
+    seq.kernels(dtype)
     name = seq._cache_name(seq._cache_key(dtype))
     found = [folder / name for folder in seq._cache_dirs() if (folder / name).is_file()]
     assert found, "the compiled kernels were not cached"
@@ -638,7 +641,7 @@ def assert_subproblem_matches_reference(kernels) -> None:
 
 
 def test_kernel_cache_refuses_damaged_stale_and_foreign_files(tmp_path, monkeypatch):
-    seq = sequential_module()
+    seq = machine_code_module()
     original = cache_file("float64").read_bytes()
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
     [folder] = seq._cache_dirs()
@@ -674,10 +677,10 @@ def test_kernel_cache_refuses_damaged_stale_and_foreign_files(tmp_path, monkeypa
 
 def test_shared_library_cache_refuses_damaged_stale_and_foreign_files(tmp_path, monkeypatch):
     """The shared library is used only with a matching key and checksum; else the object file is."""
-    seq = sequential_module()
+    seq = machine_code_module()
     if seq._c_compiler() is None or seq._cpu_identity() is None:
         pytest.skip("no C compiler driver or no /proc/cpuinfo: the object-file cache is used")
-    seq._kernels("float64")
+    seq.kernels("float64")
     key = seq._library_key("float64")
     found = [paths for folder in seq._cache_dirs() for paths in [seq._library_paths(folder, key)] if paths[1].is_file()]
     assert found, "no shared library was built when compiling"
@@ -721,14 +724,16 @@ def test_shared_library_cache_refuses_damaged_stale_and_foreign_files(tmp_path, 
 def test_kernel_entry_points_match_the_driver():
     """The C signatures and return codes of the kernels module agree with the ctypes side."""
     kernels_module = pytest.importorskip("captum_dualxda.solver._sequential_kernels")
-    seq = sequential_module()
-    assert kernels_module.ENTRY_POINTS == seq._ENTRY_POINTS
+    assert kernels_module.ENTRY_POINTS == machine_code_module()._ENTRY_POINTS
+    seq = sequential  # the driver
     assert (kernels_module._CONTINUE, kernels_module._PROPOSE_STOP, kernels_module._MAX_ITER) == (
         seq._CONTINUE, seq._PROPOSE_STOP, seq._MAX_ITER,
     )
     assert (kernels_module.N_INTS, kernels_module.N_FLOATS) == (seq._N_INTS, seq._N_FLOATS)
+    entry_points = pytest.importorskip("captum_dualxda.solver._sequential_entry_points")
+    assert entry_points.ENTRY_POINTS == kernels_module.ENTRY_POINTS
     with pytest.raises(ValueError, match="feature_dtype"):
-        kernels_module.compile_entry_points("float16")
+        entry_points.compile_entry_points("float16")
     # raw pointers are only taken from buffers of the expected dtype and layout
     with pytest.raises(TypeError, match="C-contiguous float64"):
         seq._address(np.zeros((3, 4))[:, ::2], np.float64)

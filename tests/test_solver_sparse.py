@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
+from conftest import clustered_features
+from test_solver import check_feasible, sklearn_fit
 
 import captum_dualxda.solver.fit as fit_module
 from captum_dualxda import DualDA
@@ -14,8 +15,6 @@ from captum_dualxda.solver.fit import clean_dust
 from captum_dualxda.solver.gap import evaluate_optimality
 from captum_dualxda.solver.problem import support_mask
 from captum_dualxda.solver.sparse_dual import RowSparseDual, dual_rows, dual_to_dense
-from conftest import clustered_features
-from test_solver import check_feasible, sklearn_fit
 
 
 def random_sparse_rows(n=40, k=9, max_nnz=4, seed=0):
@@ -81,7 +80,9 @@ def test_restricted_projection_equals_projection_of_the_subvector():
         sub = project_crammer_singer(v[i, cols][None], torch.tensor([label]), C)[0]
         assert torch.allclose(out[i, cols], sub, atol=1e-12)
     # all classes allowed: the plain projection
-    assert torch.allclose(project_crammer_singer(v, y, C, torch.ones(b, k, dtype=torch.bool)), project_crammer_singer(v, y, C))
+    assert torch.allclose(
+        project_crammer_singer(v, y, C, torch.ones(b, k, dtype=torch.bool)), project_crammer_singer(v, y, C)
+    )
 
 
 def test_measures_agree_on_both_layouts():
@@ -95,7 +96,10 @@ def test_measures_agree_on_both_layouts():
     assert torch.equal(support_mask(dense, 0.2), support_mask(sparse, 0.2))
     noisy = dense.clone()
     noisy[noisy != 0] += 1e-14
-    assert torch.equal(clean_dust(noisy.clone(), problem.labels, 0.2), clean_dust(RowSparseDual.from_dense(noisy), problem.labels, 0.2).to_dense())
+    assert torch.equal(
+        clean_dust(noisy.clone(), problem.labels, 0.2),
+        clean_dust(RowSparseDual.from_dense(noisy), problem.labels, 0.2).to_dense(),
+    )
 
 
 @pytest.mark.parametrize("capacity", [None, 1])
@@ -103,7 +107,9 @@ def test_sparse_solve_matches_sklearn_and_dense(capacity):
     x, y = clustered_features(n=250, d=20, k=6, seed=1)
     C = 0.05
     options = {} if capacity is None else {"capacity": capacity}
-    sparse = fit_crammer_singer(torch.tensor(x), torch.tensor(y), C=C, backend="bdcd", sparse_alpha=True, tol=1e-6, **options)
+    sparse = fit_crammer_singer(
+        torch.tensor(x), torch.tensor(y), C=C, backend="bdcd", sparse_alpha=True, tol=1e-6, **options
+    )
     dense = fit_crammer_singer(torch.tensor(x), torch.tensor(y), C=C, backend="bdcd", sparse_alpha=False, tol=1e-6)
     assert isinstance(sparse.alpha, RowSparseDual) and isinstance(dense.alpha, torch.Tensor)
     assert sparse.converged and sparse.residual <= 1e-6
@@ -125,12 +131,19 @@ def test_sparse_solve_matches_sklearn_and_dense(capacity):
 def test_sparse_warm_start_and_sequential_compression():
     x, y = clustered_features(n=200, d=10, k=4, seed=2)
     first = fit_crammer_singer(torch.tensor(x), torch.tensor(y), C=0.1, backend="bdcd", sparse_alpha=True)
-    second = fit_crammer_singer(torch.tensor(x), torch.tensor(y), C=0.05, backend="bdcd", warm_start=first, sparse_alpha=True)
+    second = fit_crammer_singer(
+        torch.tensor(x), torch.tensor(y), C=0.05, backend="bdcd", warm_start=first, sparse_alpha=True
+    )
     cold = fit_crammer_singer(torch.tensor(x), torch.tensor(y), C=0.05, backend="bdcd", sparse_alpha=False)
     assert second.converged
-    assert float((second.weight - cold.weight).norm()) <= math.sqrt(2 * (second.primal - second.dual)) + math.sqrt(2 * (cold.primal - cold.dual)) + 1e-12
+    assert (
+        float((second.weight - cold.weight).norm())
+        <= math.sqrt(2 * (second.primal - second.dual)) + math.sqrt(2 * (cold.primal - cold.dual)) + 1e-12
+    )
     if "sequential" in fit_module.available_backends():
-        seq = fit_crammer_singer(torch.tensor(x), torch.tensor(y), C=0.05, backend="sequential", sparse_alpha=True, warm_start=first)
+        seq = fit_crammer_singer(
+            torch.tensor(x), torch.tensor(y), C=0.05, backend="sequential", sparse_alpha=True, warm_start=first
+        )
         dense = fit_crammer_singer(torch.tensor(x), torch.tensor(y), C=0.05, backend="sequential", seed=3)
         assert isinstance(seq.alpha, RowSparseDual)
         check_feasible(seq.alpha.to_dense(), torch.tensor(y), 0.05)

@@ -15,8 +15,8 @@ from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import EpsilonPlusFlat
 
 from captum_dualxda import XDA, DualDA, xda_pairs
-from captum_dualxda.cache import Fingerprint
-from captum_dualxda.guard import ModelChangedError
+from captum_dualxda._core.cache import Fingerprint
+from captum_dualxda.exceptions import ModelChangedError
 
 N, D, K = 300, 8, 3
 
@@ -363,10 +363,8 @@ def test_a_buffer_the_forward_pass_rewrites_is_no_change(cached, data, tmp_path)
     dualda = DualDA(net, "fc", TensorDataset(x, y), C=0.1, batch_size=16, **kwargs)
     assert dualda.fit_stats["from_cache"] == cached
     xt = torch.cat([xt] * 4)  # longer than any training batch: the table grows
-    if not cached:
-        t = targets(net, xt)  # the user's own forward pass; a cached fit has not seen the counter move yet
-    else:
-        t = torch.zeros(len(xt), dtype=torch.long)
+    # the user's own forward pass; a cached fit has not seen the counter move yet
+    t = targets(net, xt) if not cached else torch.zeros(len(xt), dtype=torch.long)
     first = dualda.influence((xt, t))
     assert torch.equal(dualda.influence((xt, t)), first)
     with torch.no_grad():

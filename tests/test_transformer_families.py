@@ -14,8 +14,9 @@ from torch.utils.data import Dataset
 
 transformers = pytest.importorskip("transformers")
 
-from captum_dualxda import XDA, DualDA, transformer_composite, xda_pairs  # noqa: E402
 from heatmap_checks import assert_token_heatmaps_conserve  # noqa: E402
+
+from captum_dualxda import XDA, DualDA, transformer_composite, xda_pairs  # noqa: E402
 
 VOCAB, K, PAD, LENGTH = 40, 3, 0, 9
 
@@ -190,7 +191,7 @@ def test_the_attention_rule_is_applied_cp_conserves_exactly_and_attnlrp_does_not
         xda = XDA(model, HEADS[make.__name__], transformer_composite(model, attention=rule))
         phi = xda.features(batch)
         partner = phi.flip(0)
-        phi, relevance = xda(batch, lambda f: f * partner)
+        phi, relevance = xda(batch, lambda f, partner=partner: f * partner)
         tau = (phi.double() * partner.double()).sum(1)
         assert torch.isfinite(relevance).all()
         heatmaps[rule] = relevance

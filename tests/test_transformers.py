@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 transformers = pytest.importorskip("transformers")
 
 from captum_dualxda import DualDA  # noqa: E402
-from captum_dualxda.cache import Fingerprint  # noqa: E402
+from captum_dualxda._core.cache import Fingerprint  # noqa: E402
 from captum_dualxda.metrics import surrogate_fidelity, training_loss  # noqa: E402
 
 VOCAB, K, PAD = 40, 3, 0
@@ -99,14 +99,23 @@ def test_scores_are_the_dual_formula_on_the_models_own_representation(make, head
     phi_train = reference_phi(model, stacked(train, range(60))).double()
     batch = stacked(test, range(5))
     phi_test = reference_phi(model, batch).double()
-    assert torch.allclose(dualda.test_features({k: v for k, v in batch.items() if k != "labels"}).double(), phi_test, atol=1e-5)
+    assert torch.allclose(
+        dualda.test_features({k: v for k, v in batch.items() if k != "labels"}).double(), phi_test, atol=1e-5
+    )
     scores = dualda.influence(batch)  # the classes to explain under "labels"
     a = dualda.coefficients.double()
     brute = torch.stack([a[:, c] * (phi_train @ phi_test[i]) for i, c in enumerate(batch["labels"].tolist())])
     assert torch.allclose(scores.double(), brute, rtol=1e-4, atol=1e-5)
-    assert torch.allclose(dualda.self_influence().double(), a[torch.arange(60), dualda.train_labels] * phi_train.pow(2).sum(1), rtol=1e-4, atol=1e-6)
+    assert torch.allclose(
+        dualda.self_influence().double(),
+        a[torch.arange(60), dualda.train_labels] * phi_train.pow(2).sum(1),
+        rtol=1e-4,
+        atol=1e-6,
+    )
     top = dualda.influence(batch, k=4)
-    assert torch.equal(top.indices, scores.topk(4, dim=1).indices) or torch.allclose(top.influence_scores, scores.topk(4, dim=1).values)
+    assert torch.equal(top.indices, scores.topk(4, dim=1).indices) or torch.allclose(
+        top.influence_scores, scores.topk(4, dim=1).values
+    )
     assert dualda.train_inputs([2, 7])["input_ids"].shape == (2, 9)  # the dict form, labels dropped
     assert "labels" not in dualda.train_inputs([2])
 
@@ -116,8 +125,12 @@ def test_tokenizer_collator_loader_and_label_key(tmp_path):
     (tmp_path / "vocab.txt").write_text("\n".join(vocab))
     tokenizer = transformers.BertTokenizer(str(tmp_path / "vocab.txt"))
     g = torch.Generator().manual_seed(3)
-    texts = [" ".join(f"w{int(i)}" for i in torch.randint(0, 30, (int(torch.randint(2, 8, (1,), generator=g)),), generator=g))
-             for _ in range(40)]
+    texts = [
+        " ".join(
+            f"w{int(i)}" for i in torch.randint(0, 30, (int(torch.randint(2, 8, (1,), generator=g)),), generator=g)
+        )
+        for _ in range(40)
+    ]
     rows = [{**tokenizer(t), "label": len(t) % K} for t in texts]  # `datasets` style: "label"
     collator = transformers.DataCollatorWithPadding(tokenizer)
     shuffled = DataLoader(rows, batch_size=8, shuffle=True, collate_fn=collator)  # BatchEncoding batches
@@ -134,7 +147,11 @@ def test_tokenizer_collator_loader_and_label_key(tmp_path):
     loss = training_loss(model, shuffled)
     with torch.no_grad():
         logits = model(**{k: v for k, v in collator(rows).items() if k != "labels"}).logits
-    assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits, torch.tensor([r["label"] for r in rows]), reduction="none"), atol=1e-5)
+    assert torch.allclose(
+        loss,
+        torch.nn.functional.cross_entropy(logits, torch.tensor([r["label"] for r in rows]), reduction="none"),
+        atol=1e-5,
+    )
     assert 0.0 <= surrogate_fidelity(dualda, {k: v for k, v in batch.items() if k != "labels"}).agreement <= 1.0
 
 
@@ -144,7 +161,10 @@ def test_half_precision_models_are_solved_in_float32():
     dualda = DualDA(model, "score", train, C=0.1, batch_size=16)
     assert dualda.weight.dtype == torch.float32 and torch.isfinite(dualda.self_influence()).all()
     phi = reference_phi(model, stacked(train, range(40))).float()
-    assert torch.isfinite(dualda.train_hinge_loss).all() and dualda.test_features(stacked(train, [0])).dtype == torch.float32
+    assert (
+        torch.isfinite(dualda.train_hinge_loss).all()
+        and dualda.test_features(stacked(train, [0])).dtype == torch.float32
+    )
     batch = stacked(train, range(3))
     scores = dualda.influence(batch)
     a = dualda.coefficients
@@ -183,7 +203,9 @@ def test_import_does_not_import_transformers():
     import subprocess
     import sys
 
-    code = "import sys, captum_dualxda, captum_dualxda.metrics, captum_dualxda.xda; print('transformers' in sys.modules)"
+    code = (
+        "import sys, captum_dualxda, captum_dualxda.metrics, captum_dualxda.xda; print('transformers' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert out.stdout.strip() == "False"
@@ -192,8 +214,9 @@ def test_import_does_not_import_transformers():
 # ------------------------------------------------------------------------------------------
 # XDA on transformers: transformer_composite (AttnLRP rules)
 # ------------------------------------------------------------------------------------------
-from captum_dualxda import XDA, transformer_composite, xda_pairs  # noqa: E402
 from heatmap_checks import assert_token_heatmaps_conserve  # noqa: E402
+
+from captum_dualxda import XDA, transformer_composite, xda_pairs  # noqa: E402
 
 #: Median / largest relative conservation error of token heatmaps (sum vs tau) measured on these
 #: tiny random models (tests/test_transformers.py; the README reports the same numbers).
@@ -297,7 +320,9 @@ def _sharpen_attention(model, factor=25.0):
                 p[:, : 2 * p.shape[0]].mul_(factor)
 
 
-@pytest.mark.parametrize("make, head", [(bert, "classifier"), (llama, "score"), (gpt2, "score")], ids=["bert", "llama", "gpt2"])
+@pytest.mark.parametrize(
+    "make, head", [(bert, "classifier"), (llama, "score"), (gpt2, "score")], ids=["bert", "llama", "gpt2"]
+)
 def test_cp_rule_conserves_exactly_and_attnlrp_softmax_does_not(make, head):
     model = make()
     _zero_parameters_that_absorb_relevance(model)
@@ -309,7 +334,7 @@ def test_cp_rule_conserves_exactly_and_attnlrp_softmax_does_not(make, head):
         xda = XDA(model, head, transformer_composite(model, attention=rule))
         phi = xda.features(batch)
         partner = phi.flip(0)
-        phi, relevance = xda(batch, lambda f: f * partner)
+        phi, relevance = xda(batch, lambda f, partner=partner: f * partner)
         tau = (phi.double() * partner.double()).sum(1)
         assert torch.isfinite(relevance).all()
         errors[rule] = float(((relevance.double().sum(1) - tau).abs() / tau.abs()).median())
@@ -343,7 +368,7 @@ def test_transformer_composite_rejects_an_unknown_attention_rule():
 # ------------------------------------------------------------------------------------------
 # zero_params="bias" (default): biases and LayerNorm shifts pass their relevance on
 # ------------------------------------------------------------------------------------------
-from captum_dualxda.transformer_lrp import _affine, spread_bias  # noqa: E402
+from captum_dualxda.lrp.rules import affine, spread_bias  # noqa: E402
 
 
 def _heavy_biases(model, scale=0.5, seed=1):
@@ -411,7 +436,7 @@ def test_vit_pixel_heatmaps_add_up_to_tau_minus_the_class_tokens_share_only():
                 with torch.no_grad():
                     assert torch.allclose(vit(x), before, atol=1e-5)  # same forward under the composite
                 phi = xda.features(x)
-                _, relevance = xda(x, lambda f: f * phi.flip(0))
+                _, relevance = xda(x, lambda f, phi=phi: f * phi.flip(0))
             assert torch.isfinite(relevance).all()
             tau = (phi.double() * phi.flip(0).double()).sum(1)
             total = relevance.double().sum((1, 2, 3)) + seen["class_token"].double()
@@ -435,7 +460,7 @@ def test_spread_bias_gives_the_bias_share_by_contribution_size_and_is_finite_whe
     expected = (c * g[..., None] + c.abs() / (c.abs().sum(-1, keepdim=True) + 1e-6) * (b * g)[..., None]).sum(1)
     assert torch.isfinite(grad).all() and torch.allclose(relevance, expected, atol=1e-5)
     # The fused form used for linear layers gives the same output and gradient.
-    fused = _affine(x, w, b, zero_bias=True, epsilon=1e-6)
+    fused = affine(x, w, b, zero_bias=True, epsilon=1e-6)
     assert torch.equal(fused.detach(), torch.nn.functional.linear(x.detach(), w, b))
     assert torch.allclose(torch.autograd.grad(fused, x, g)[0], grad, atol=1e-6)
     # All of the output's relevance reaches the inputs, also where z cancels to 0 (sample 0, unit 0);

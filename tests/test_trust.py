@@ -29,12 +29,13 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-from captum_dualxda import DualDA, XDA, xda_pairs
+from captum_dualxda import XDA, DualDA, xda_pairs
+from captum_dualxda._core.data import as_dataloader
+from captum_dualxda._core.features import batch_features
+from captum_dualxda._core.probe import ModelProbe
+from captum_dualxda.choose_c import sweep_C
 from captum_dualxda.dualda import DEFAULT_C
-from captum_dualxda.data import as_dataloader
-from captum_dualxda.features import batch_features
-from captum_dualxda.metrics import sweep_C, training_loss
-from captum_dualxda.probe import ModelProbe
+from captum_dualxda.metrics import training_loss
 from captum_dualxda.solver import ConvergenceWarning
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -104,10 +105,17 @@ def test_any_loader_is_read_in_dataset_order(make_loader, train_set, digits_cnn)
 
 def test_the_loaders_collate_fn_and_workers_are_kept(train_set, digits_cnn):
     plain = DualDA(digits_cnn, "fc", DataLoader(train_set, batch_size=40, collate_fn=_double_inputs), C=0.01)
-    shuffled = DualDA(digits_cnn, "fc", DataLoader(train_set, batch_size=40, shuffle=True, collate_fn=_double_inputs), C=0.01)
+    shuffled = DualDA(
+        digits_cnn, "fc", DataLoader(train_set, batch_size=40, shuffle=True, collate_fn=_double_inputs), C=0.01
+    )
     _same_fit(shuffled, plain)
     phi = batch_features(digits_cnn, digits_cnn.fc, (train_set.tensors[0] * 2,))
-    assert torch.allclose(shuffled.self_influence(), plain.coefficients_at(torch.arange(200), plain.train_labels) * phi.pow(2).sum(1), rtol=1e-4, atol=1e-6)
+    assert torch.allclose(
+        shuffled.self_influence(),
+        plain.coefficients_at(torch.arange(200), plain.train_labels) * phi.pow(2).sum(1),
+        rtol=1e-4,
+        atol=1e-6,
+    )
     loader = as_dataloader(DataLoader(train_set, batch_size=40, shuffle=True, num_workers=2, pin_memory=False), 8)
     assert loader.num_workers == 2 and loader.batch_size == 40 and not loader.drop_last
 
@@ -119,7 +127,7 @@ def test_the_loaders_collate_fn_and_workers_are_kept(train_set, digits_cnn):
     (lambda ds: RandomSampler(ds, num_samples=50), "draws 50 samples"),
 ])
 def test_a_loader_that_leaves_samples_out_is_refused_before_any_work(sampler, word, train_set, digits_cnn, monkeypatch):
-    import captum_dualxda.store as store_module
+    import captum_dualxda._core.store as store_module
 
     monkeypatch.setattr(store_module, "extract_features", lambda *a, **k: pytest.fail("extracted despite a bad loader"))
     with pytest.raises(ValueError, match=word) as info:
@@ -157,7 +165,11 @@ def test_metrics_read_training_data_in_dataset_order(train_set, digits_cnn):
     assert torch.allclose(training_loss(digits_cnn, shuffled), expected, atol=1e-5)
     in_order = sweep_C(digits_cnn, "fc", DataLoader(train_set, batch_size=32), Cs=[0.01], flipped=y != y)
     from_shuffled = sweep_C(digits_cnn, "fc", shuffled, Cs=[0.01], flipped=y != y)
-    assert in_order[0].n_support == from_shuffled[0].n_support == DualDA(digits_cnn, "fc", train_set, C=0.01, batch_size=32).support_indices.numel()
+    assert (
+        in_order[0].n_support
+        == from_shuffled[0].n_support
+        == DualDA(digits_cnn, "fc", train_set, C=0.01, batch_size=32).support_indices.numel()
+    )
     assert in_order[0].train_agreement == from_shuffled[0].train_agreement
 
 
@@ -296,7 +308,9 @@ def test_processes_fitting_into_one_cache_dir_take_turns(tmp_path):
     for r in results[1:]:
         assert torch.equal(r["scores"], results[0]["scores"])
     left = sorted(os.listdir(cache))
-    assert [f for f in left if not f.endswith(".lock")] == [f for f in left if f.startswith("dualda-") and f.endswith(".pt")]
+    assert [f for f in left if not f.endswith(".lock")] == [
+        f for f in left if f.startswith("dualda-") and f.endswith(".pt")
+    ]
     assert len([f for f in left if f.endswith(".pt")]) == 1  # no scratch feature file, no temporary
 
 
@@ -327,7 +341,9 @@ def test_absent_classes_solve_scikit_learns_problem(recwarn):
     model, train = _three_of_four_classes()
     dualda = DualDA(model, "2", train, C=0.1, tol=1e-7)
     phi = batch_features(model, model[2], (train.tensors[0],)).double().numpy()
-    sk = LinearSVC(C=0.1, multi_class="crammer_singer", tol=1e-10, max_iter=1_000_000).fit(phi, train.tensors[1].numpy())
+    sk = LinearSVC(C=0.1, multi_class="crammer_singer", tol=1e-10, max_iter=1_000_000).fit(
+        phi, train.tensors[1].numpy()
+    )
     assert list(sk.classes_) == [0, 1, 3]
     W = dualda.weight.double().numpy()
     assert np.abs(W[[0, 1, 3]] - sk.coef_).max() <= 1e-4 * np.abs(sk.coef_).max()
@@ -371,7 +387,6 @@ def test_a_single_class_is_a_clear_error():
 def test_one_default_C_everywhere():
     from captum_dualxda import demo
     from captum_dualxda.__main__ import build_parser
-
     from captum_dualxda.solver import fit_crammer_singer
 
     assert DEFAULT_C == 1e-3
@@ -380,7 +395,8 @@ def test_one_default_C_everywhere():
     assert inspect.signature(demo.run_demo).parameters["C"].default == DEFAULT_C
     assert demo.DEFAULT_C == DEFAULT_C
     assert build_parser().parse_args(["demo"]).C == DEFAULT_C
-    source = open(os.path.join(HERE, "..", "captum_dualxda", "quanda.py")).read()
+    with open(os.path.join(HERE, "..", "captum_dualxda", "quanda.py")) as handle:
+        source = handle.read()
     assert "C: float = DEFAULT_C" in source  # quanda is not installed here: read the signature
 
 

@@ -1,4 +1,4 @@
-"""One validation rule per kind of argument (``captum_dualxda._validation``), at every public entry point.
+"""One validation rule per kind of argument (``captum_dualxda._utils.validation``), at every public entry point.
 
 NumPy scalars (and 0-d arrays and tensors) are numbers like Python's and give the same result;
 booleans are not numbers; flags are booleans only; every message names the argument.
@@ -10,12 +10,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import clustered_features
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from captum_dualxda import DualDA, fit_crammer_singer, rank_label_issues, transformer_composite
-from captum_dualxda._validation import (
-    ArgumentTypeError,
+from captum_dualxda._core.distributed import assemble_strided
+from captum_dualxda._utils.validation import (
     check_flag,
     check_integer,
     check_non_negative,
@@ -25,11 +26,9 @@ from captum_dualxda._validation import (
 )
 from captum_dualxda.choose_c import sweep_C
 from captum_dualxda.demo import check_demo_arguments
-from captum_dualxda.distributed import assemble_strided
 from captum_dualxda.metrics import class_detection, surrogate_fidelity, training_loss
 from captum_dualxda.solver import fit_crammer_singer_path
 from captum_dualxda.visualization import heatmap_rgb
-from conftest import clustered_features
 
 
 # ------------------------------------------------------------------------------------------
@@ -204,7 +203,9 @@ def test_influence_and_metrics_arguments(small):
     batch = (x[:6], y[:6])
     ours, reference = dualda.influence(batch, k=np.int64(4), proponents=np.False_), dualda.influence(batch, k=4,
                                                                                                       proponents=False)
-    assert torch.equal(ours.indices, reference.indices) and torch.equal(ours.influence_scores, reference.influence_scores)
+    assert torch.equal(ours.indices, reference.indices) and torch.equal(
+        ours.influence_scores, reference.influence_scores
+    )
     for kwargs, name in ((dict(k=True), "k"), (dict(k=0), "k"), (dict(k=2.0), "k"), (dict(k=3, proponents="no"),
                                                                                       "proponents")):
         with pytest.raises(ValueError, match=f"`{name}`"):
@@ -214,7 +215,9 @@ def test_influence_and_metrics_arguments(small):
     with pytest.raises(ValueError, match="`k`"):
         class_detection(scores, y, y[:6], k=True)
     fidelity = surrogate_fidelity(dualda, x, batch_size=np.int64(50))
-    np.testing.assert_array_equal(fidelity.per_sample_cosine, surrogate_fidelity(dualda, x, batch_size=50).per_sample_cosine)
+    np.testing.assert_array_equal(
+        fidelity.per_sample_cosine, surrogate_fidelity(dualda, x, batch_size=50).per_sample_cosine
+    )
     for bad in (True, 0, -1, 2.0):
         with pytest.raises(ValueError, match="`batch_size`"):
             surrogate_fidelity(dualda, x, batch_size=bad)
@@ -228,7 +231,11 @@ def test_rank_label_issues_numpy_C(small):
     dualda = DualDA(net, "fc", train, C=0.125)
     ours, reference = rank_label_issues(dualda, C=np.float32(0.25)), rank_label_issues(dualda, C=0.25)
     assert torch.equal(ours.indices, reference.indices) and torch.equal(ours.scores, reference.scores)
-    for kwargs, name in ((dict(C=True), "C"), (dict(C=np.float32("nan")), "C"), (dict(show_progress=1), "show_progress")):
+    for kwargs, name in (
+        (dict(C=True), "C"),
+        (dict(C=np.float32("nan")), "C"),
+        (dict(show_progress=1), "show_progress"),
+    ):
         with pytest.raises(ValueError, match=f"`{name}`"):
             rank_label_issues(dualda, **kwargs)
 
@@ -246,13 +253,22 @@ def test_fit_crammer_singer_numpy_scalars(name, python, numpy):
     assert torch.equal(ours.alpha, reference.alpha) and ours.n_iter == reference.n_iter
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(C=True), "C"), (dict(tol=False), "tol"), (dict(max_iter=True), "max_iter"), (dict(max_iter=2.5), "max_iter"),
-    (dict(seed=0.5), "seed"), (dict(fit_intercept="yes"), "fit_intercept"), (dict(intercept_scaling=True),
-                                                                             "intercept_scaling"),
-    (dict(n_classes=3.0), "n_classes"), (dict(sparse_alpha=1), "sparse_alpha"),
-    (dict(backend="bdcd", block_size=True), "block_size"), (dict(backend="bdcd", block_size=np.float64(8)), "block_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(C=True), "C"),
+        (dict(tol=False), "tol"),
+        (dict(max_iter=True), "max_iter"),
+        (dict(max_iter=2.5), "max_iter"),
+        (dict(seed=0.5), "seed"),
+        (dict(fit_intercept="yes"), "fit_intercept"),
+        (dict(intercept_scaling=True), "intercept_scaling"),
+        (dict(n_classes=3.0), "n_classes"),
+        (dict(sparse_alpha=1), "sparse_alpha"),
+        (dict(backend="bdcd", block_size=True), "block_size"),
+        (dict(backend="bdcd", block_size=np.float64(8)), "block_size"),
+    ],
+)
 def test_fit_crammer_singer_refusals(kwargs, name):
     x, y = clustered_features(n=40, d=4, k=3, seed=1)
     with pytest.raises(ValueError, match=f"`{name}`"):

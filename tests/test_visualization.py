@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import PIL  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from conftest import train_classifier  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
@@ -29,7 +30,6 @@ from captum_dualxda.visualization import (  # noqa: E402
     to_captum_image,
 )
 from captum_dualxda.xda import XDA  # noqa: E402
-from conftest import train_classifier  # noqa: E402
 
 DPI = 50
 

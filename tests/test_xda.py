@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import train_classifier
 from torch import nn
 from torch.utils.data import TensorDataset
 from zennit.canonizers import SequentialMergeBatchNorm
@@ -20,7 +21,6 @@ from zennit.composites import COMPOSITES, EpsilonGammaBox, EpsilonPlus, EpsilonP
 
 from captum_dualxda.dualda import DualDA
 from captum_dualxda.xda import XDA, XDAPairs, xda_pairs
-from conftest import train_classifier
 
 RTOL = 1e-3
 
@@ -315,9 +315,8 @@ def test_model_restored_after_errors():
     with pytest.raises(ValueError, match="attr_output"):
         xda(torch.randn(2, 3, 8, 8), torch.ones(3, 7))
     snap.check()
-    with pytest.raises(RuntimeError):
-        with xda:
-            raise RuntimeError("inside")
+    with pytest.raises(RuntimeError), xda:
+        raise RuntimeError("inside")
     snap.check()
 
 
@@ -362,9 +361,8 @@ def test_composite_registered_to_another_model():
         xda = XDA(b, "4", composite)
         with pytest.raises(ValueError, match="composite"):
             xda(torch.randn(2, 10))
-        with pytest.raises(ValueError, match="composite"):
-            with xda:
-                pass
+        with pytest.raises(ValueError, match="composite"), xda:
+            pass
         assert composite.handles  # still registered to `a`, untouched
         # registered to the same model: fine
         same = XDA(a, "4", composite)

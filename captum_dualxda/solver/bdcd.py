@@ -36,42 +36,19 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
-from typing import Dict, Iterator, Optional
+from typing import Iterator, Optional
 
 import torch
 from tqdm import tqdm
 
-from .._validation import check_flag, check_integer
+from .._utils.validation import check_flag, check_integer
+from .backend import BackendOutput
 from .gap import evaluate_optimality, primal_weights
 from .problem import CrammerSingerProblem
 from .projection import project_crammer_singer
 from .sparse_dual import DualVariables, RowSparseDual, dual_row_slices, dual_rows, dual_to_dense, set_dual_rows
 
 __all__ = ["BackendOutput", "solve_bdcd"]
-
-
-@dataclass
-class BackendOutput:
-    """What a backend returns to :func:`~captum_dualxda.solver.fit_crammer_singer`.
-
-    Attributes
-    ----------
-    alpha : torch.Tensor or RowSparseDual
-        ``(n, K)`` float64 feasible dual variables, on the problem's device, input order.
-    n_iter : int
-        Passes over the data.
-    converged : bool
-        The backend's exact check found ``max_i r_i <= tol``.
-    stats : dict
-        Backend-specific counters (the block solver: ``"restarts"`` of its momentum,
-        ``"block_size"``); copied into :attr:`CrammerSingerResult.stats`.
-    """
-
-    alpha: DualVariables
-    n_iter: int
-    converged: bool
-    stats: Dict[str, float] = field(default_factory=dict)
 
 
 def default_block_size(device: torch.device, n: int) -> int:
@@ -235,7 +212,7 @@ def _epoch(
     order: torch.Tensor,
     block_size: int,
     sparse: bool,
-) -> "tuple[float, bool]":
+) -> tuple[float, bool]:
     """One pass over the blocks of ``order``; updates ``alpha``, ``weight``, ``bias_weight`` in place.
 
     Returns
@@ -312,7 +289,9 @@ def _descent_slope(
     return -((grad - level[:, None]) * step).sum()
 
 
-def _dual_objective(alpha: DualVariables, labels: torch.Tensor, weight: torch.Tensor, bias_weight: torch.Tensor) -> float:
+def _dual_objective(
+    alpha: DualVariables, labels: torch.Tensor, weight: torch.Tensor, bias_weight: torch.Tensor
+) -> float:
     """``f(alpha) = 1/2 ||W||^2 - sum_i alpha_i^{y_i}`` (docs/solver.md 1.2; rows sum to 0) from
     the maintained ``W``."""
     if isinstance(alpha, RowSparseDual):
@@ -357,7 +336,7 @@ def _extrapolate(alpha: DualVariables, previous: DualVariables, labels: torch.Te
 
 def _restrict_to_capacity(
     target: torch.Tensor, point: torch.Tensor, current: torch.Tensor, labels: torch.Tensor, C: float, capacity: int
-) -> "tuple[torch.Tensor, torch.Tensor]":
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace the exact targets of rows that would exceed ``capacity`` non-zeros.
 
     Parameters

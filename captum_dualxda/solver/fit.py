@@ -5,14 +5,17 @@ import dataclasses
 import math
 import time
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .._validation import ArgumentTypeError, check_flag, check_integer, check_seed
-from .bdcd import BackendOutput, solve_bdcd
+from .._utils.validation import check_flag, check_integer, check_positive, check_seed
+from ..exceptions import ArgumentTypeError, ConvergenceWarning
+from .backend import Backend
+from .bdcd import solve_bdcd
 from .gap import evaluate_optimality
-from .problem import DEFAULT_C, CrammerSingerResult, check_positive_number, class_counts, make_problem
+from .problem import CrammerSingerResult, class_counts, make_problem
+from .settings import DEFAULT_C
 from .sparse_dual import DualVariables, RowSparseDual, dual_row_slices, dual_rows, dual_to_dense, set_dual_rows
 
 __all__ = [
@@ -22,15 +25,13 @@ __all__ = [
     "choose_backend",
     "clean_dust",
     "ConvergenceWarning",
+    "CONVERGENCE_ADVICE",
+    "check_Cs",
 ]
 
 
 SPARSE_ALPHA_ENTRIES = 2**27
 """``n K`` above which ``sparse_alpha`` defaults to True on ``"bdcd"`` (dense float64 > 1 GiB)."""
-
-
-class ConvergenceWarning(UserWarning):
-    """The solver stopped at ``max_iter`` before reaching ``tol``."""
 
 
 CONVERGENCE_ADVICE = (
@@ -41,7 +42,7 @@ CONVERGENCE_ADVICE = (
 """What to do about a fit that stopped at ``max_iter``; part of every :class:`ConvergenceWarning`."""
 
 
-def _sequential_backend() -> Optional[Callable[..., BackendOutput]]:
+def _sequential_backend() -> Optional[Backend]:
     try:
         from .sequential import solve_sequential
     except ImportError:  # numba missing: the PyTorch backend still works everywhere
@@ -53,8 +54,8 @@ def _final_report(problem, alpha: DualVariables):
     """The certificate of the returned ``alpha``: compiled on CPU when numba is installed.
 
     Same quantities as :func:`.gap.evaluate_optimality` (equal to ~1e-15), but one pass without
-    float64 copies of the features: on 2 busy cores the PyTorch version cost more than the whole
-    sequential solve for small ``C`` (e.g. 0.7 s vs 0.12 s, n = 4000, d = 512).
+    float64 copies of the features: the PyTorch version can cost more than the whole sequential
+    solve for small ``C`` (``benchmarks/README.md``, *Numbers behind the docstrings*).
     """
     if problem.features.device.type == "cpu" and not isinstance(alpha, RowSparseDual):
         try:
@@ -66,9 +67,9 @@ def _final_report(problem, alpha: DualVariables):
     return evaluate_optimality(problem, alpha)
 
 
-def available_backends() -> Dict[str, Callable[..., BackendOutput]]:
+def available_backends() -> Dict[str, Backend]:
     """Backends usable here: ``"bdcd"`` (PyTorch, CPU and GPU) and, with numba, ``"sequential"``."""
-    backends: Dict[str, Callable[..., BackendOutput]] = {"bdcd": solve_bdcd}
+    backends: Dict[str, Backend] = {"bdcd": solve_bdcd}
     sequential = _sequential_backend()
     if sequential is not None:
         backends["sequential"] = sequential
@@ -93,23 +94,19 @@ def choose_backend(
 ) -> str:
     """The backend that ``backend="auto"`` uses for a problem (docs/solver.md 4c).
 
-    * On the CPU: ``"sequential"`` (compiled, with shrinking) whenever numba is installed. It
-      was 18-85x faster than the block method on the CPU at every measured size and ``C``.
+    * On the CPU: ``"sequential"`` (compiled, with shrinking) whenever numba is installed; it
+      was faster than the block method on the CPU at every measured size and ``C``.
     * On an accelerator: ``"bdcd"`` on the accelerator when a sample costs at least
       :data:`ACCELERATOR_MIN_WORK` multiply-adds per pass (``(d + 1) K``: large ``K`` and
       ``d``, e.g. ImageNet's 2048 x 1000); below that ``"sequential"`` on the CPU (the
       features are copied to the CPU for the solve, the result comes back to the
-      accelerator). A block pass on a GPU is bound by kernel launches, about 2 ms per block of
-      4096 rows whatever ``d``, so both methods' costs grow linearly in ``n`` and the
-      crossover is in the work per sample: with ``d = 128, K = 10`` the sequential method was
-      estimated 2.5-10x faster at every measured ``n`` (2,000 to 50,000) and ``C``, with
-      ``d = 256, K = 100`` about even.
+      accelerator). A block pass on a GPU is bound by kernel launches whatever ``d``, so both
+      methods' costs grow linearly in ``n`` and the crossover is in the work per sample.
 
     ``C`` and ``mean_squared_norm`` (mean ``||x_i||^2`` with the intercept column) do not enter
-    the rule. The passes of both methods grow with their product, the sequential method's
-    faster (20,000 x 128 x 10 features, ``C = 1e-3 -> 0.1``: 133 -> 9,274 passes, the block
-    method's 148 -> 1,644), but its passes also get cheaper (shrinking), and the estimated
-    time ratio did not cross over with ``C`` in the measured range.
+    the rule: the passes of both methods grow with their product, the sequential method's
+    faster, but its passes also get cheaper (shrinking), and the measured time ratio did not
+    cross over with ``C``. The measurements are in docs/solver.md 4c.
 
     Parameters
     ----------
@@ -240,7 +237,7 @@ def fit_crammer_singer(
         ``alpha`` ``(n, K)``, ``weight`` ``(K, d)``, ``intercept`` ``(K,)`` (float64, on the
         solver's device), objectives, relative ``gap`` and ``n_iter``.
     """
-    tol = check_positive_number(tol, "tol")
+    tol = check_positive(tol, "tol")
     max_iter = check_integer(max_iter, "max_iter", low=1)
     seed = check_seed(seed)
     show_progress = check_flag(show_progress, "show_progress")
@@ -333,7 +330,9 @@ def _select_classes(alpha: DualVariables, present: torch.Tensor) -> DualVariable
     if isinstance(alpha, RowSparseDual):
         position = torch.zeros(alpha.n_classes, dtype=torch.int32, device=alpha.device)
         position[present.to(alpha.device)] = torch.arange(present.numel(), dtype=torch.int32, device=alpha.device)
-        out = RowSparseDual(alpha.shape[0], present.numel(), capacity=min(alpha.capacity, present.numel()), device=alpha.device)
+        out = RowSparseDual(
+            alpha.shape[0], present.numel(), capacity=min(alpha.capacity, present.numel()), device=alpha.device
+        )
         for rows in dual_row_slices(alpha):
             out.set_rows(rows, dual_rows(alpha, rows)[:, present.to(alpha.device)])
         return out
@@ -352,7 +351,9 @@ def _expand_classes(alpha: DualVariables, present: torch.Tensor, n_classes: int)
     return dense
 
 
-def _fit_present_classes(problem, present: torch.Tensor, warm_start: Optional[CrammerSingerResult], **kwargs) -> CrammerSingerResult:
+def _fit_present_classes(
+    problem, present: torch.Tensor, warm_start: Optional[CrammerSingerResult], **kwargs
+) -> CrammerSingerResult:
     """Solve on the classes that have samples (relabelled ``0..P-1``), report in all ``K``."""
     K = problem.n_classes
     relabel = torch.full((K,), -1, dtype=torch.int64, device=present.device)
@@ -373,7 +374,9 @@ def _fit_present_classes(problem, present: torch.Tensor, warm_start: Optional[Cr
     weight[present.to(weight.device)] = result.weight
     intercept = torch.zeros(K, dtype=result.intercept.dtype, device=result.intercept.device)
     intercept[present.to(intercept.device)] = result.intercept
-    return dataclasses.replace(result, alpha=_expand_classes(result.alpha, present, K), weight=weight, intercept=intercept)
+    return dataclasses.replace(
+        result, alpha=_expand_classes(result.alpha, present, K), weight=weight, intercept=intercept
+    )
 
 
 def check_Cs(Cs: Sequence[float]) -> List[float]:
@@ -391,7 +394,7 @@ def check_Cs(Cs: Sequence[float]) -> List[float]:
         raise ArgumentTypeError(f"`Cs` must be a non-empty sequence of numbers > 0, got {Cs!r}.") from None
     if not values:
         raise ValueError("`Cs` must contain at least one value of C.")
-    return [check_positive_number(c, f"Cs[{i}]") for i, c in enumerate(values)]
+    return [check_positive(c, f"Cs[{i}]") for i, c in enumerate(values)]
 
 
 def fit_crammer_singer_path(
@@ -407,23 +410,12 @@ def fit_crammer_singer_path(
     :func:`fit_crammer_singer`'s ``warm_start``. Every fit is solved to the same ``tol`` and
     checked on its own.
 
-    Recommended order: **decreasing** ``C`` (e.g. ``[1e-1, 1e-3, 1e-5]`` for the DualDA paper's
-    values). Measured with the sequential backend, tol 1e-4, CPU seconds for the three fits on
-    2 busy cores (``benchmarks/solver.py`` features):
-
-    ================================  ===========  ==========  ==========
-    features                          independent  increasing  decreasing
-    ================================  ===========  ==========  ==========
-    synthetic n=20k, d=256, K=200     13.8-14.5    14.4-14.9   11.8-13.0
-    synthetic n=20k, d=512, K=10      4.4-4.8      4.5-4.7     4.8-4.9
-    digits CNN n=1797, d=128, K=10    0.24         0.25-0.27   0.24-0.27
-    ================================  ===========  ==========  ==========
-
-    Decreasing ``C`` helps where the small-``C`` fit is expensive (K=200: ``C = 1e-5`` took 3
-    passes from the scaled ``1e-3`` solution instead of 19 cold); otherwise warm starts are
-    within noise either way, because LIBLINEAR's shrinking schedule (which we keep) restarts
-    from ``eps_shrink = 1`` and its passes over everything dominate. Warm starts never change
-    the optimum, only the time.
+    Any order gives the same fits (the optimum does not depend on the starting point); the order
+    changes only the time, and little, because LIBLINEAR's shrinking schedule (which we keep)
+    restarts from ``eps_shrink = 1`` and its passes over everything dominate. A decreasing order
+    helps somewhat where the small-``C`` fits are expensive (many classes);
+    :func:`~captum_dualxda.choose_c.sweep_C` solves in increasing ``C``, the order it reports.
+    ``benchmarks/README.md`` (*Numbers behind the docstrings*) times the three orders.
 
     Parameters
     ----------

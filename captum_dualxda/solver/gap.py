@@ -1,7 +1,8 @@
 """Solver-independent optimality measures: objectives, duality gap and natural residual.
 
 All quantities are computed in float64 from ``alpha`` alone (``W`` is rebuilt as
-``alpha.T @ X``), in row chunks so temporaries stay within 32 MiB (:func:`.problem.row_chunk`). See ``docs/solver.md`` 1.5:
+``alpha.T @ X``), in row chunks so temporaries stay within 32 MiB
+(:func:`~captum_dualxda._utils.chunking.row_chunk`). See ``docs/solver.md`` 1.5:
 for feasible ``alpha`` the gap ``P(W(alpha)) + f(alpha)`` is ``>= 0`` and bounds
 ``||W - W*||_F <= sqrt(2 gap)``.
 """
@@ -12,7 +13,8 @@ from typing import Tuple
 
 import torch
 
-from .problem import CrammerSingerProblem, row_chunk
+from .._utils.chunking import row_chunk
+from .problem import CrammerSingerProblem
 from .projection import project_crammer_singer
 from .sparse_dual import DualVariables, dual_rows
 

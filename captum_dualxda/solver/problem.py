@@ -7,40 +7,17 @@ appended to every sample and regularised like any other weight. We keep that col
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 import torch
 
-from .._validation import check_flag, check_integer, check_positive
+from .._utils.chunking import nonfinite_rows, row_squared_norms
+from .._utils.validation import check_flag, check_integer, check_positive
 from .sparse_dual import DualVariables, RowSparseDual, dual_row_slices
 
-__all__ = ["CrammerSingerProblem", "CrammerSingerResult", "make_problem"]
-
-
-DEFAULT_C = 1e-3
-"""The default SVM regularisation of this package (scikit-learn's ``LinearSVC`` uses 1.0).
-
-Measured on the digits CNN of the demo (README, "Choosing C"): the fit converges in a few
-hundred passes even on raw pixel scales, the surrogate agrees best with the network, and the
-surrogate's hinge loss ranks flipped labels best; large C needs up to 100,000 passes.
-"""
-
-
-def check_positive_number(value: object, name: str) -> float:
-    """Return ``value`` as a float if it is a finite real number ``> 0`` (NumPy scalars included).
-
-    The package's one rule for such arguments, :func:`captum_dualxda._validation.check_positive`.
-
-    Raises
-    ------
-    ValueError
-        Naming the argument ``name`` otherwise (booleans are rejected too; a value of the wrong
-        type raises ``ArgumentTypeError``, a ``TypeError`` that is also a ``ValueError``).
-    """
-    return check_positive(value, name)
+__all__ = ["CrammerSingerProblem", "CrammerSingerResult", "make_problem", "support_mask", "class_counts"]
 
 
 @dataclass
@@ -78,22 +55,6 @@ class CrammerSingerProblem:
     def squared_norms(self) -> torch.Tensor:
         """``(n,)`` float64 ``A_i = ||x_i||^2 + s^2`` (the per-sample curvature)."""
         return row_squared_norms(self.features) + self.intercept_scaling**2
-
-
-def row_chunk(n_columns: int, budget_bytes: int = 1 << 25) -> int:
-    """Rows per chunk so that one float64 copy of a ``(rows, n_columns)`` block stays within
-    ``budget_bytes`` (32 MiB): the bound on temporaries of every chunked pass over features."""
-    return max(1, budget_bytes // (8 * max(1, n_columns)))
-
-
-def row_squared_norms(features: torch.Tensor) -> torch.Tensor:
-    """``(n,)`` float64 squared row norms of ``(n, d)`` features, in bounded-memory chunks."""
-    out = torch.empty(features.shape[0], dtype=torch.float64, device=features.device)
-    chunk = row_chunk(features.shape[1])
-    for start in range(0, features.shape[0], chunk):
-        block = features[start : start + chunk].double()
-        out[start : start + chunk] = (block * block).sum(1)
-    return out
 
 
 @dataclass
@@ -166,48 +127,11 @@ def support_mask(alpha: DualVariables, C: float, threshold: float = 1e-8) -> tor
     return mask
 
 
-def all_finite(values: torch.Tensor) -> bool:
-    """Whether a floating-point tensor holds no NaN or inf.
-
-    The sum first (one vectorised pass, no temporary): NaN and inf propagate through a sum, so a
-    finite sum proves every entry finite. Only a non-finite sum, from a bad entry or an
-    overflow of large finite ones, takes the exact element-wise check. CPU tensors are read
-    through NumPy, which needs no thread pool (the first parallel torch operation of a process
-    starts one, tens of milliseconds).
-    """
-    if values.numel() == 0:
-        return True
-    if values.device.type == "cpu":
-        array = values.detach().numpy()
-        with np.errstate(over="ignore", invalid="ignore"):  # an inf or NaN sum is the signal, not a warning
-            total = float(array.sum())
-        if math.isfinite(total):
-            return True
-        return bool(np.isfinite(array).all())
-    if math.isfinite(float(values.sum())):
-        return True
-    return bool(torch.isfinite(values).all())
-
-
-def nonfinite_rows(features: torch.Tensor, limit: int = 5) -> list:
-    """The first ``limit`` indices of rows of ``(n, d)`` ``features`` holding NaN or inf; ``[]`` if none.
-
-    Read in row chunks of :func:`row_chunk` (features may be memory-mapped), each checked with
-    :func:`all_finite` (one summing pass when it is finite).
-    """
-    chunk = row_chunk(features.shape[1])
-    for start in range(0, features.shape[0], chunk):
-        block = features[start : start + chunk]
-        if not all_finite(block):
-            return ((~torch.isfinite(block)).any(1).nonzero().flatten()[:limit] + start).tolist()
-    return []
-
-
 def class_counts(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     """``(n_classes,)`` int64 number of samples per class of ``(n,)`` labels in ``0..n_classes-1``.
 
-    ``bincount``, not ``torch.unique``: unique sorts, which took 0.3 s on 50,000 labels on a
-    busy 2-core machine against 0.2 ms here.
+    ``bincount``, not ``torch.unique``: unique sorts, three orders of magnitude slower on the CPU
+    (``benchmarks/README.md``, *Numbers behind the docstrings*).
     """
     if labels.device.type == "cpu":
         return torch.from_numpy(np.bincount(labels.numpy(), minlength=n_classes).astype(np.int64))
@@ -248,7 +172,7 @@ def make_problem(
     ValueError, TypeError
         With the name of the offending argument.
     """
-    check_positive_number(C, "C")
+    check_positive(C, "C")
     if check_flag(fit_intercept, "fit_intercept"):
         check_positive(intercept_scaling, "intercept_scaling")
     n_classes = check_integer(n_classes, "n_classes", low=2, optional=True)
@@ -260,18 +184,15 @@ def make_problem(
         raise ValueError("`features` is empty: the training set has no samples.")
     if features.shape[1] == 0:
         raise ValueError("`features` has no columns (d = 0).")
-    if not torch.is_floating_point(features):
-        features = features.to(torch.float32)
-    elif features.dtype not in (torch.float32, torch.float64):
+    if not torch.is_floating_point(features) or features.dtype not in (torch.float32, torch.float64):
         features = features.to(torch.float32)
     if labels.ndim != 1 or labels.shape[0] != features.shape[0]:
         raise ValueError(
             f"`labels` must be 1-D with one entry per sample ({features.shape[0]}), "
             f"got shape {tuple(labels.shape)}."
         )
-    if torch.is_floating_point(labels) or labels.dtype == torch.bool:
-        if torch.is_floating_point(labels) and not bool((labels == labels.round()).all()):
-            raise ValueError("`labels` must be integers in 0..K-1.")
+    if torch.is_floating_point(labels) and not bool((labels == labels.round()).all()):
+        raise ValueError("`labels` must be integers in 0..K-1.")
     labels = labels.to(device=features.device, dtype=torch.int64)
     bad = nonfinite_rows(features)
     if bad:

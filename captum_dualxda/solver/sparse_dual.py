@@ -1,9 +1,8 @@
 """Row-sparse dual variables: each sample keeps at most ``capacity`` non-zero class entries.
 
-At the optimum a training sample is a support vector for few classes: measured with
-``fit_crammer_singer`` on class-clustered synthetic features (n = 20,000, d = 256, K = 200,
-C = 1e-3) the rows of ``alpha`` hold 2.3 non-zeros on average and 6 at most; with C = 0.1,
-1.5 and 12. A dense float64 ``alpha`` costs ``8 n K`` bytes (8 GB for n = 1,000,000 and
+At the optimum a training sample is a support vector for few classes: a row of ``alpha`` holds
+a handful of non-zeros even with hundreds of classes (``benchmarks/README.md``, *Numbers behind
+the docstrings*). A dense float64 ``alpha`` costs ``8 n K`` bytes (8 GB for n = 1,000,000 and
 K = 1000); this layout costs ``12 n m`` bytes for ``m`` slots per row (384 MB for m = 32).
 
 Layout (ELLPACK, the GPU-friendly padded format): ``values`` ``(n, m)`` float64 and ``classes``
@@ -26,6 +25,8 @@ __all__ = [
     "DualVariables",
     "dual_rows",
     "dual_to_dense",
+    "dual_row_slices",
+    "set_dual_rows",
 ]
 
 IndexLike = Union[slice, torch.Tensor]
@@ -105,7 +106,7 @@ class RowSparseDual:
 
     # ------------------------------------------------------------------ conversion
     @classmethod
-    def from_dense(cls, dense: torch.Tensor, capacity: Optional[int] = None) -> "RowSparseDual":
+    def from_dense(cls, dense: torch.Tensor, capacity: Optional[int] = None) -> RowSparseDual:
         """Compress a dense ``(n, K)`` matrix (in row chunks, no ``(n, K)`` temporaries).
 
         Parameters
@@ -134,24 +135,24 @@ class RowSparseDual:
             out[rows] = self.rows(rows)
         return out
 
-    def to(self, device: Union[str, torch.device]) -> "RowSparseDual":
+    def to(self, device: Union[str, torch.device]) -> RowSparseDual:
         """A copy on ``device`` (``self`` if already there)."""
         device = torch.device(device)
         if device == self.device:
             return self
         return self._with_arrays(self.values.to(device), self.classes.to(device))
 
-    def scaled(self, factor: float) -> "RowSparseDual":
+    def scaled(self, factor: float) -> RowSparseDual:
         """A copy with every entry multiplied by ``factor`` (e.g. a warm start for a new ``C``)."""
         return self._with_arrays(self.values * float(factor), self.classes.clone())
 
-    def _with_arrays(self, values: torch.Tensor, classes: torch.Tensor) -> "RowSparseDual":
+    def _with_arrays(self, values: torch.Tensor, classes: torch.Tensor) -> RowSparseDual:
         """A RowSparseDual with this ``K`` holding the given ``(n, m)`` arrays (not copied)."""
         out = RowSparseDual.__new__(RowSparseDual)
         out.n_classes, out.values, out.classes = self.n_classes, values, classes
         return out
 
-    def cpu(self) -> "RowSparseDual":
+    def cpu(self) -> RowSparseDual:
         return self.to("cpu")
 
     # ------------------------------------------------------------------ row access

@@ -3,9 +3,9 @@
 DualDA and XDA both work on ``phi(x)``: the INPUT of the network's final ``nn.Linear``
 (Captum's ``final_fc_layer`` convention), flattened to ``(N, d)``. :func:`resolve_linear_layer`
 finds that layer; :func:`batch_features` captures ``phi`` of one batch through a
-:class:`~captum_dualxda.probe.ModelProbe`, and :class:`FeatureExtractor` does the same for many
+:class:`~captum_dualxda._core.probe.ModelProbe`, and :class:`FeatureExtractor` does the same for many
 batches through one probe (what extraction over a whole training set,
-:mod:`captum_dualxda.store`, uses).
+:mod:`captum_dualxda._core.store`, uses).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .data import ModelInputs
+from .._utils.inputs import ModelInputs, call_model, inputs_to
 from .probe import ModelProbe
 
 __all__ = [
@@ -28,6 +28,10 @@ __all__ = [
     "batch_features_and_output",
     "FeatureExtractor",
     "check_autocast",
+    "output_logits",
+    "hf_last_token",
+    "pooled_positions",
+    "predict",
 ]
 
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
@@ -94,22 +98,6 @@ def model_device(model: nn.Module) -> torch.device:
     for tensor in list(model.parameters()) + list(model.buffers()):
         return tensor.device
     return torch.device("cpu")
-
-
-def inputs_to(inputs: ModelInputs, device: torch.device, non_blocking: bool = False) -> ModelInputs:
-    """Model inputs with every tensor moved to ``device`` (tuple or dict, as given).
-
-    ``non_blocking=True`` makes copies from pinned host memory to an accelerator asynchronous
-    (a DataLoader with ``pin_memory=True``); it changes nothing for other copies.
-    """
-    if isinstance(inputs, Mapping):
-        return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-    return tuple(v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for v in inputs)
-
-
-def call_model(model: nn.Module, inputs: ModelInputs) -> Any:
-    """``model(**inputs)`` for a dict (Hugging Face), ``model(*inputs)`` for a tuple (Captum)."""
-    return model(**inputs) if isinstance(inputs, Mapping) else model(*inputs)
 
 
 def output_logits(output: Any, n_classes: Optional[int] = None) -> torch.Tensor:
@@ -339,7 +327,10 @@ def check_autocast(autocast: Any, device: torch.device, argument: str = "autocas
             f"`{argument}` must be None (the model's own precision), torch.bfloat16 or torch.float16, got {autocast!r}."
         )
     if not torch.amp.is_autocast_available(device.type):
-        raise ValueError(f"`{argument}`={autocast} is not available for a model on {device.type!r}: torch.autocast does not support it.")
+        raise ValueError(
+            f"`{argument}`={autocast} is not available for a model on {device.type!r}: torch.autocast does not "
+            "support it."
+        )
     return autocast
 
 
@@ -361,7 +352,7 @@ def forward_precision(device: torch.device, autocast: Optional[torch.dtype]) -> 
 class FeatureExtractor:
     """Context manager: ``phi`` (and the model output) of many batches through one model probe.
 
-    On entry it opens one :class:`~captum_dualxda.probe.ModelProbe` (the model's lock, eval
+    On entry it opens one :class:`~captum_dualxda._core.probe.ModelProbe` (the model's lock, eval
     mode, a pre-hook on ``layer``) for every batch of a pass, instead of one per batch; on exit
     everything is restored. Each call moves the inputs to the model's device
     (``non_blocking``, so pinned batches are copied asynchronously), runs the model under
@@ -395,12 +386,12 @@ class FeatureExtractor:
         self.autocast = check_autocast(autocast, self.device)
         self._probe = ModelProbe(model, layer, flatten=False)
 
-    def __enter__(self) -> "FeatureExtractor":
+    def __enter__(self) -> FeatureExtractor:
         self._probe.__enter__()
         return self
 
-    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> bool:
-        return self._probe.__exit__(exc_type, exc_value, traceback)
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        self._probe.__exit__(exc_type, exc_value, traceback)
 
     def __call__(self, inputs: ModelInputs) -> Tuple[torch.Tensor, Any]:
         """``(phi (N, d) on the model's device, model output)`` of one batch of model inputs.
@@ -425,12 +416,28 @@ class FeatureExtractor:
                                    hf_last_token(inputs, self.model)), output
 
 
+def predict(model: nn.Module, inputs: Any, n_classes: Optional[int] = None) -> torch.Tensor:
+    """``(N,)`` the model's predicted classes (eval mode, no grad, the model left as found).
+
+    Parameters
+    ----------
+    model : nn.Module
+    inputs : tensor, tuple or dict
+        Model inputs on the model's device (:func:`~captum_dualxda._utils.inputs.call_model`).
+    n_classes : int, optional
+        ``K``, to find the logits in an output with several tensors (:func:`output_logits`).
+    """
+    with ModelProbe(model), torch.no_grad():
+        logits = output_logits(call_model(model, inputs), n_classes)
+    return logits.argmax(dim=1)
+
+
 def batch_features_and_output(
     model: nn.Module, layer: nn.Linear, inputs: ModelInputs, autocast: Optional[torch.dtype] = None
 ) -> Tuple[torch.Tensor, Any]:
     """Features ``phi`` of one batch and the model's output, from one forward pass.
 
-    Same as :func:`batch_features` (a :class:`~captum_dualxda.probe.ModelProbe`: eval mode, no
+    Same as :func:`batch_features` (a :class:`~captum_dualxda._core.probe.ModelProbe`: eval mode, no
     grad, the model left as found), also returning what the model returned (e.g. ``(N, K)``
     logits, or a Hugging Face ``ModelOutput``).
 
@@ -453,11 +460,13 @@ def batch_features_and_output(
         return extract(inputs)
 
 
-def batch_features(model: nn.Module, layer: nn.Linear, inputs: ModelInputs, autocast: Optional[torch.dtype] = None) -> torch.Tensor:
+def batch_features(
+    model: nn.Module, layer: nn.Linear, inputs: ModelInputs, autocast: Optional[torch.dtype] = None
+) -> torch.Tensor:
     """Features ``phi`` of one batch: the input of ``layer``, one vector per sample.
 
     The model runs in eval mode under ``no_grad`` on its own device (inputs are moved there),
-    through a :class:`~captum_dualxda.probe.ModelProbe`: every submodule's training flag and
+    through a :class:`~captum_dualxda._core.probe.ModelProbe`: every submodule's training flag and
     every parameter's ``requires_grad`` are restored afterwards, and concurrent calls from
     several threads never mix their features. A head applied to every position (decoder
     classifiers) gives the input at the position the model classifies

@@ -37,17 +37,15 @@ from typing import Dict, List, Optional, Set, Tuple
 import torch
 from torch import nn
 
-__all__ = ["ModelChangedError", "WeightsRecord", "push_entry_view", "pop_entry_view"]
+from ..exceptions import ModelChangedError
+
+__all__ = ["WeightsRecord", "push_entry_view", "pop_entry_view"]
 
 _View = List[Tuple[str, torch.Tensor, torch.Tensor]]
 """``(name, the Parameter or buffer object, a tensor with its values)`` of every model tensor."""
 
-_ENTRY_VIEWS: "weakref.WeakKeyDictionary[nn.Module, List[_View]]" = weakref.WeakKeyDictionary()
+_ENTRY_VIEWS: weakref.WeakKeyDictionary[nn.Module, List[_View]] = weakref.WeakKeyDictionary()
 _ENTRY_VIEWS_GUARD = threading.Lock()
-
-
-class ModelChangedError(RuntimeError):
-    """The model's parameters or buffers hold other values than when the fit was made."""
 
 
 def _live_view(model: nn.Module) -> _View:
@@ -122,14 +120,14 @@ def _digest(tensor: torch.Tensor) -> Optional[str]:
 class _Entry:
     """What the record knows of one tensor."""
 
-    owner: "weakref.ref[torch.Tensor]"
+    owner: weakref.ref[torch.Tensor]
     key: Tuple[int, int, torch.dtype, torch.Size]
     """Version counter, storage address, dtype and shape (a move to another device or dtype
     gives new storage)."""
     digest: Optional[str]
 
     @classmethod
-    def of(cls, owner: torch.Tensor, values: torch.Tensor, digest: Optional[str]) -> "_Entry":
+    def of(cls, owner: torch.Tensor, values: torch.Tensor, digest: Optional[str]) -> _Entry:
         return cls(weakref.ref(owner), (values._version, values.data_ptr(), values.dtype, values.shape), digest)
 
     def unchanged(self, owner: torch.Tensor, values: torch.Tensor) -> bool:
@@ -212,7 +210,8 @@ class WeightsRecord:
         what = (f"{shown} of its parameters and buffers differ from the fit's" if changed
                 else "on another rank of the process group; every rank stops")
         return (
-            f"`{call}`: the model changed after this DualDA was fitted ({what}). The fit's support vectors and dual variables belong to the old weights; "
+            f"`{call}`: the model changed after this DualDA was fitted ({what}). The fit's support vectors and dual "
+            "variables belong to the old weights; "
             "scoring with the changed model's features would mix the two and give wrong scores. Refit for the "
             "current weights: `DualDA(model, ...)` again (with `cache_dir`, every set of weights is cached under "
             "its own key). Or, to keep using this fit, put the weights it was made with back into the model "

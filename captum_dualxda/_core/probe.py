@@ -29,9 +29,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from ..exceptions import FeaturesReached
+
 __all__ = ["ModelProbe", "ModelState", "model_lock"]
 
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 _MISSING = object()
 
@@ -54,10 +56,6 @@ def model_lock(model: nn.Module) -> threading.RLock:
             lock = threading.RLock()
             _LOCKS[model] = lock
         return lock
-
-
-class FeaturesReached(Exception):
-    """Raised by a stopping probe's hook once ``phi`` is captured, to end the forward pass early."""
 
 
 class ModelState:
@@ -98,7 +96,9 @@ class ModelState:
             for module, params, buffers, shadowed in self.objects:
                 for name in [n for n in vars(module) if (n in params or n in buffers) and n not in shadowed]:
                     object.__delattr__(module, name)  # a plain attribute now hiding a parameter
-                for name in [n for n in list(module._parameters) + list(module._buffers) if n not in params and n not in buffers]:
+                for name in [
+                    n for n in list(module._parameters) + list(module._buffers) if n not in params and n not in buffers
+                ]:
                     delattr(module, name)  # added since the record
                 for name, value in params.items():
                     if module._parameters.get(name, _MISSING) is not value:
@@ -188,7 +188,7 @@ class ModelProbe:
         if self.stop:
             raise FeaturesReached
 
-    def __enter__(self) -> "ModelProbe":
+    def __enter__(self) -> ModelProbe:
         self._lock.acquire()
         try:
             self._thread = threading.get_ident()
@@ -202,9 +202,8 @@ class ModelProbe:
             raise
         return self
 
-    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         self._release()
-        return False
 
     def _release(self) -> None:
         try:

@@ -1,17 +1,5 @@
-"""Figures for DualDA / XDA explanations, and small image helpers.
+"""The explanation figure: a test sample, its proponents and opponents, and their XDA heatmaps."""
 
-Everything here returns data (NumPy arrays) or a :class:`matplotlib.figure.Figure`; nothing is
-saved or shown.  Figures are built without ``pyplot`` (no global state, no GUI backend needed):
-display one in a notebook by leaving it as the cell's value, or save it with
-``fig.savefig("explanation.png")``.
-
-Colour convention for heatmaps: red = the pixel supports the prediction, blue = it opposes it,
-white = neutral, on a scale symmetric around zero.
-
-Heatmaps are coloured with NumPy and :func:`zennit.image.palette`, not with
-:func:`zennit.image.imgify`: with Pillow 13, images produced by ``imgify`` fail on
-``.convert("RGB")``, ``.save()`` and ``imshow`` (the palette is passed as an array).
-"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,206 +10,17 @@ import torch
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 from matplotlib.gridspec import GridSpec
-from zennit.image import palette as zennit_palette
 
-from ._validation import check_flag, check_integer, check_positive
-from .deprecation import renamed_arguments
-from .features import model_device
-from .probe import ModelProbe
+from .._core.features import model_device
+from .._core.probe import ModelProbe
+from .._utils.validation import check_flag, check_integer, check_positive
+from ..dualda import DualDA
+from ..xda import XDA, xda_pairs
+from .images import OPPOSE_COLOUR, SUPPORT_COLOUR, ArrayLike, Denormalize, heatmap_rgb, image_for_display, to_numpy
 
-__all__ = [
-    "to_captum_image",
-    "heatmap_rgb",
-    "image_for_display",
-    "InfluentialSamples",
-    "plot_explanation",
-    "explain_figure", "text_pair_records", "show_text_pair", "plot_text_pair"]
-
-ArrayLike = Union[torch.Tensor, np.ndarray]
-Denormalize = Optional[Tuple[Union[float, Sequence[float]], Union[float, Sequence[float]]]]
-
-SUPPORT_COLOUR = "#b2182b"   # red: supports the prediction
-OPPOSE_COLOUR = "#2166ac"    # blue: opposes the prediction
+__all__ = ["InfluentialSamples", "plot_explanation", "explain_figure"]
 
 
-def _to_numpy(x: Any, argument: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    if isinstance(x, np.ndarray):
-        return x
-    try:
-        return np.asarray(x)
-    except Exception:  # pragma: no cover - defensive
-        raise TypeError(f"`{argument}` must be a tensor or array, got {type(x).__name__}.") from None
-
-
-# --------------------------------------------------------------------------------------------
-# Conversions
-# --------------------------------------------------------------------------------------------
-def to_captum_image(x: ArrayLike) -> np.ndarray:
-    """Channel-last NumPy image(s), as Captum's ``visualize_image_attr`` expects.
-
-    Captum's ``visualization.visualize_image_attr(attr, original_image, ...)`` wants
-    ``(H, W, C)`` arrays; given ``(C, H, W)`` it silently sums over the wrong axis.
-
-    Parameters
-    ----------
-    x : torch.Tensor or numpy.ndarray
-        ``(H, W)`` (one greyscale map), ``(C, H, W)`` or ``(N, C, H, W)``, any float dtype.
-        Tensors are detached and moved to the CPU.
-
-    Returns
-    -------
-    numpy.ndarray
-        float64: ``(H, W, 1)`` for ``(H, W)``, ``(H, W, C)`` for ``(C, H, W)``,
-        ``(N, H, W, C)`` for ``(N, C, H, W)``.
-
-    Raises
-    ------
-    ValueError
-        ``x`` has fewer than 2 or more than 4 axes.
-
-    Examples
-    --------
-    >>> from captum.attr import visualization as viz                      # doctest: +SKIP
-    >>> viz.visualize_image_attr(to_captum_image(heat), to_captum_image(img),
-    ...                          "blended_heat_map", sign="all", use_pyplot=False)
-    """
-    array = _to_numpy(x, "x").astype(np.float64)
-    if array.ndim == 2:
-        return array[:, :, None]
-    if array.ndim == 3:
-        return np.transpose(array, (1, 2, 0))
-    if array.ndim == 4:
-        return np.transpose(array, (0, 2, 3, 1))
-    raise ValueError(f"`x` must have shape (H, W), (C, H, W) or (N, C, H, W), got {tuple(array.shape)}.")
-
-
-def _palette(cmap: Union[str, Colormap, Any], level: float) -> np.ndarray:
-    """(256, 3) uint8 colour table from a zennit colour map (name/code/ColorMap) or a matplotlib one."""
-    if isinstance(cmap, Colormap):
-        return np.round(cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
-    return np.asarray(zennit_palette(cmap, level), dtype=np.uint8).reshape(256, 3)
-
-
-def _reduce_channels(array: np.ndarray, batched: bool) -> np.ndarray:
-    # (C, H, W) -> (H, W); (N, C, H, W) -> (N, H, W)
-    return array.sum(axis=1 if batched else 0)
-
-
-def heatmap_rgb(
-    relevance: ArrayLike,
-    cmap: Union[str, Colormap, Any] = "bwr",
-    vmax: Optional[float] = None,
-    level: float = 1.0,
-) -> np.ndarray:
-    """Colour relevance maps on a zero-centred, symmetric scale (red > 0, blue < 0 with ``bwr``).
-
-    Channels are summed (the usual way to show LRP heatmaps of RGB inputs), the map is scaled to
-    ``[-vmax, vmax] -> [0, 255]`` exactly as ``zennit.image.imgify(..., symmetric=True)`` does, and
-    looked up in the colour table with NumPy, so this works with any Pillow version.
-
-    Parameters
-    ----------
-    relevance : torch.Tensor or numpy.ndarray
-        ``(H, W)``, ``(C, H, W)`` or ``(N, C, H, W)`` float.
-    cmap : str or zennit.cmap.ColorMap or matplotlib.colors.Colormap
-        A zennit colour map name (``"bwr"``, ``"coldnhot"``, ``"france"``, ``"seismic"``, ...), a
-        zennit colour-map code, or a matplotlib colormap object.
-    vmax : float, optional
-        The magnitude mapped to the ends of the scale (shared across maps when given).  Default:
-        ``max |relevance|`` of each map (an all-zero map becomes the centre colour).
-    level : float
-        zennit palette level (1.0 = plain colour map).
-
-    Returns
-    -------
-    numpy.ndarray
-        uint8 ``(H, W, 3)``, or ``(N, H, W, 3)`` for a batch.
-
-    Raises
-    ------
-    ValueError
-        Wrong number of axes, non-finite relevance, or ``vmax <= 0``.
-    """
-    array = _to_numpy(relevance, "relevance").astype(np.float64)
-    if not np.isfinite(array).all():
-        raise ValueError("`relevance` contains NaN or inf; a heatmap with non-finite relevance cannot be coloured.")
-    if array.ndim == 2:
-        maps, batched = array[None], False
-    elif array.ndim == 3:
-        maps, batched = _reduce_channels(array, False)[None], False
-    elif array.ndim == 4:
-        maps, batched = _reduce_channels(array, True), True
-    else:
-        raise ValueError(
-            f"`relevance` must have shape (H, W), (C, H, W) or (N, C, H, W), got {tuple(array.shape)}."
-        )
-    if vmax is None:
-        scale = np.abs(maps).max(axis=(1, 2), keepdims=True)
-        scale[scale == 0] = 1.0
-    else:
-        scale = np.full((maps.shape[0], 1, 1), check_positive(vmax, "vmax"))
-    unit = (maps + scale) / (2 * scale)                       # [-vmax, vmax] -> [0, 1]
-    index = (unit * 255).clip(0, 255).astype(np.uint8)        # same quantisation as imgify
-    rgb = _palette(cmap, level)[index]
-    return rgb if batched else rgb[0]
-
-
-def image_for_display(image: ArrayLike, denormalize: Denormalize = None) -> np.ndarray:
-    """Turn a model input into something ``imshow`` shows faithfully.
-
-    Parameters
-    ----------
-    image : torch.Tensor or numpy.ndarray
-        ``(H, W)``, ``(1, H, W)`` (greyscale) or ``(3, H, W)`` (RGB) float.
-    denormalize : (mean, std), optional
-        Undo ``transforms.Normalize(mean, std)``: ``x * std + mean`` per channel (scalars or
-        sequences of length C).
-
-    Returns
-    -------
-    numpy.ndarray
-        float64 in ``[0, 1]``: ``(H, W)`` for greyscale, ``(H, W, 3)`` for RGB.  Values already in
-        ``[0, 1]`` are kept (clipped); any other range is min-max scaled.
-
-    Raises
-    ------
-    ValueError
-        Unsupported shape, or ``denormalize`` not matching the channels.
-    """
-    array = _to_numpy(image, "image").astype(np.float64)
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim != 3 or array.shape[0] not in (1, 3):
-        raise ValueError(
-            f"`image` must have shape (H, W), (1, H, W) or (3, H, W), got {tuple(array.shape)}."
-        )
-    if denormalize is not None:
-        channels = array.shape[0]
-        try:
-            mean, std = denormalize
-            mean = np.asarray(mean, dtype=np.float64).reshape(-1, 1, 1)
-            std = np.asarray(std, dtype=np.float64).reshape(-1, 1, 1)
-        except (TypeError, ValueError):
-            mean = std = None
-        if mean is None or mean.shape[0] not in (1, channels) or std.shape[0] not in (1, channels):
-            raise ValueError(
-                f"`denormalize` must be (mean, std) with a scalar or {channels} value(s) each for this "
-                f"{channels}-channel image, got {denormalize!r}."
-            )
-        array = array * std + mean
-    low, high = float(array.min()), float(array.max())
-    tol = 1e-3
-    if low < -tol or high > 1 + tol:
-        array = (array - low) / (high - low) if high > low else np.zeros_like(array)
-    array = array.clip(0.0, 1.0)
-    return array[0] if array.shape[0] == 1 else np.transpose(array, (1, 2, 0))
-
-
-# --------------------------------------------------------------------------------------------
-# The explanation figure
-# --------------------------------------------------------------------------------------------
 @dataclass
 class InfluentialSamples:
     """Training samples to show next to a test sample (proponents or opponents).
@@ -309,9 +108,12 @@ def _strip(ax: Any) -> None:
         spine.set_visible(False)
 
 
-def _column_plan(non_empty: List[Tuple[str, InfluentialSamples]]) -> Tuple[List[Tuple[str, Optional[InfluentialSamples], int]], List[float]]:
+_Column = Tuple[str, Optional["InfluentialSamples"], int]
+
+
+def _column_plan(non_empty: List[Tuple[str, InfluentialSamples]]) -> Tuple[List[_Column], List[float]]:
     """Columns ``test | gap | proponents | gap | opponents`` as ``(kind, group, m)`` and their widths."""
-    columns: List[Tuple[str, Optional[InfluentialSamples], int]] = [("test", None, 0)]
+    columns: List[_Column] = [("test", None, 0)]
     widths = [1.0]
     for argument, group in non_empty:
         columns.append(("gap", None, 0))
@@ -322,12 +124,14 @@ def _column_plan(non_empty: List[Tuple[str, InfluentialSamples]]) -> Tuple[List[
     return columns, widths
 
 
-def _heatmap_scales(non_empty: List[Tuple[str, InfluentialSamples]], heatmap_scale: str) -> Dict[Tuple[str, int], Tuple[float, float]]:
+def _heatmap_scales(
+    non_empty: List[Tuple[str, InfluentialSamples]], heatmap_scale: str
+) -> Dict[Tuple[str, int], Tuple[float, float]]:
     """``(group, m) -> (vmax training heatmap, vmax test heatmap)`` for the chosen ``heatmap_scale``."""
     def peak(rel: Any) -> float:
-        return float(np.abs(_to_numpy(rel, "relevance").astype(np.float64).sum(0)).max())
+        return float(np.abs(to_numpy(rel, "relevance").astype(np.float64).sum(0)).max())
 
-    scales = {(argument, m): (peak(group.train_relevance[m]), peak(group.test_relevance[m]))
+    scales = {(argument, m): (peak(_relevance(group.train_relevance)[m]), peak(_relevance(group.test_relevance)[m]))
               for argument, group in non_empty for m in range(len(group))}
     if heatmap_scale == "figure":
         top = max([max(v) for v in scales.values()] + [0.0])
@@ -337,7 +141,6 @@ def _heatmap_scales(non_empty: List[Tuple[str, InfluentialSamples]], heatmap_sca
     return scales
 
 
-@renamed_arguments(predicted_class="targets")
 def plot_explanation(
     test_image: ArrayLike,
     targets: int,
@@ -367,7 +170,7 @@ def plot_explanation(
     test_image : torch.Tensor or numpy.ndarray
         ``(C, H, W)``, ``(1, C, H, W)`` or ``(H, W)`` float, C = 1 (greyscale) or 3 (RGB).
     targets : int
-        The class explained (normally the network's prediction; formerly ``predicted_class``).
+        The class explained (normally the network's prediction).
     proponents : InfluentialSamples or None
         Training samples with positive scores (may be empty or None).
     opponents : InfluentialSamples, optional
@@ -406,7 +209,7 @@ def plot_explanation(
     if heatmap_scale not in ("pair", "panel", "figure"):
         raise ValueError(f"`heatmap_scale` must be 'pair', 'panel' or 'figure', got {heatmap_scale!r}.")
     panel_size = check_positive(panel_size, "panel_size")
-    test = torch.as_tensor(_to_numpy(test_image, "test_image"))
+    test = torch.as_tensor(to_numpy(test_image, "test_image"))
     if test.ndim == 4:
         if test.shape[0] != 1:
             raise ValueError(f"`test_image` must be one sample, got a batch of {test.shape[0]}.")
@@ -453,7 +256,7 @@ def plot_explanation(
         label += f"\ntrue: {_class_name(test_label, class_names)}"
     ax.set_title(label, fontsize=9, fontweight="bold")
 
-    first_heat_axes = {}
+    first_heat_axes: Dict[int, Any] = {}
     for col, (argument, group, m) in enumerate(columns):
         if group is None:
             continue
@@ -470,16 +273,17 @@ def plot_explanation(
         ax.set_title(f"#{idx}  label {_class_name(lab, class_names)}{note}\nτ = {score:+.3g}", fontsize=8, color=colour)
         if with_heat:
             v_tr, v_te = scales[(argument, m)]
-            for row, rel, vmax in ((0, group.train_relevance[m], v_tr), (2, group.test_relevance[m], v_te)):
+            heat = ((0, _relevance(group.train_relevance)[m], v_tr), (2, _relevance(group.test_relevance)[m], v_te))
+            for row, rel, vmax in heat:
                 hax = fig.add_subplot(grid[row, col])
                 hax.imshow(heatmap_rgb(rel, cmap=cmap, vmax=vmax if vmax > 0 else None), interpolation="nearest")
                 _strip(hax)
                 first_heat_axes.setdefault(row, hax)
                 if row == 0:
-                    hax.set_title(f"sum = {float(_to_numpy(rel, 'relevance').sum()):+.3g}", fontsize=7)
+                    hax.set_title(f"sum = {float(to_numpy(rel, 'relevance').sum()):+.3g}", fontsize=7)
 
     # Group headers and legends
-    for argument, group in non_empty:
+    for argument, _group in non_empty:
         cols = [c for c, (a, g, _) in enumerate(columns) if a == argument]
         left = grid[0, cols[0]].get_position(fig).x0
         right = grid[0, cols[-1]].get_position(fig).x1
@@ -506,13 +310,25 @@ def _to_tensor(x: Any) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 
 
-@renamed_arguments(target="targets")
+def _first_input(dualda: DualDA, indices: Any) -> torch.Tensor:
+    """The first model input (the images) of training samples ``indices``."""
+    inputs: Any = dualda.train_inputs(indices)
+    return _to_tensor(inputs[0])
+
+
+def _relevance(relevance: Optional[torch.Tensor]) -> torch.Tensor:
+    """Heatmaps that are there (``_heatmap_scales`` runs only when the samples carry them)."""
+    if relevance is None:
+        raise ValueError("The influential samples carry no heatmaps (`train_relevance` / `test_relevance`).")
+    return relevance
+
+
 def explain_figure(
-    dualda: Any,
+    dualda: DualDA,
     test_input: torch.Tensor,
     targets: Optional[int] = None,
     k: int = 4,
-    xda: Optional[Any] = None,
+    xda: Optional[XDA] = None,
     *,
     test_label: Optional[int] = None,
     class_names: Optional[Sequence[str]] = None,
@@ -534,7 +350,7 @@ def explain_figure(
     test_input : torch.Tensor
         ``(C, H, W)`` or ``(1, C, H, W)`` float, one model input.
     targets : int, optional
-        Class to explain; default: the model's prediction (formerly ``target``).
+        Class to explain; default: the model's prediction.
     k : int
         Number of proponents and of opponents (each).
     xda : XDA, optional
@@ -564,13 +380,11 @@ def explain_figure(
     ValueError
         ``k < 1`` or ``test_input`` is a batch of more than one sample.
     """
-    from .xda import xda_pairs  # local import: visualization works without XDA
-
     k = check_integer(k, "k", low=1)
     skip_zero = check_flag(skip_zero, "skip_zero")
     show_progress = check_flag(show_progress, "show_progress")
     x = _to_tensor(test_input)
-    sample_ndim = _to_tensor(dualda.train_inputs([0])[0]).ndim
+    sample_ndim = _first_input(dualda, [0]).ndim
     if x.ndim == sample_ndim - 1:
         x = x[None]
     if x.ndim != sample_ndim or x.shape[0] != 1:
@@ -604,10 +418,7 @@ def explain_figure(
     for argument in ("proponents", "opponents"):
         idx, scores = groups[argument]
         n = idx.numel()
-        if n:
-            images = _to_tensor(dualda.train_inputs(idx)[0]).detach().cpu()
-        else:
-            images = torch.zeros(0, *x.shape[1:])
+        images = _first_input(dualda, idx).detach().cpu() if n else torch.zeros(0, *x.shape[1:])
         samples[argument] = InfluentialSamples(
             indices=idx,
             scores=scores,
@@ -628,148 +439,3 @@ def explain_figure(
         denormalize=denormalize,
         **plot_kwargs,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Text: token heatmaps of a (test, training) pair
-# --------------------------------------------------------------------------------------------
-def _token_relevance(tokens: Sequence[str], relevance: ArrayLike, argument: str) -> np.ndarray:
-    values = _to_numpy(relevance, argument).astype(np.float64).reshape(-1)
-    if values.shape[0] < len(tokens):
-        raise ValueError(f"`{argument}` has {values.shape[0]} scores for {len(tokens)} tokens.")
-    values = values[: len(tokens)]  # right padding beyond the tokens carries no relevance
-    if not np.isfinite(values).all():
-        raise ValueError(f"`{argument}` contains NaN or inf; a heatmap with non-finite relevance cannot be drawn.")
-    return values
-
-
-def text_pair_records(
-    test_tokens: Sequence[str],
-    test_relevance: ArrayLike,
-    train_tokens: Sequence[str],
-    train_relevance: ArrayLike,
-    score: float,
-    target: Any,
-    *,
-    train_index: Optional[int] = None,
-    train_label: Any = None,
-    test_label: Any = None,
-) -> List[Any]:
-    """Captum ``VisualizationDataRecord``s of an XDA pair of texts, for ``visualize_text``.
-
-    Both rows share one colour scale (the pair's largest ``|relevance|``), so the test text and
-    the training text can be compared; red supports the prediction, blue opposes it.
-
-    Parameters
-    ----------
-    test_tokens, train_tokens : sequence of str
-        The tokens shown (e.g. ``tokenizer.convert_ids_to_tokens(ids)`` without padding).
-    test_relevance, train_relevance : array-like
-        ``(T,)`` token relevance from :func:`~captum_dualxda.xda_pairs` (scores past the tokens,
-        right padding, are dropped).
-    score : float
-        The DualDA score ``tau`` of the pair.
-    target : Any
-        The class explained.
-    train_index : int, optional
-        The training sample's index, shown in the table.
-    train_label, test_label : Any, optional
-        Labels shown in Captum's "True Label" column.
-
-    Returns
-    -------
-    list of captum.attr.visualization.VisualizationDataRecord
-        ``[test row, training row]``; pass it to :func:`show_text_pair` or Captum's
-        ``visualize_text``.
-    """
-    from captum.attr import visualization as viz
-
-    test = _token_relevance(test_tokens, test_relevance, "test_relevance")
-    train = _token_relevance(train_tokens, train_relevance, "train_relevance")
-    scale = max(float(np.abs(test).max(initial=0.0)), float(np.abs(train).max(initial=0.0))) or 1.0
-    name = "training" if train_index is None else f"training #{train_index}"
-    return [
-        viz.VisualizationDataRecord(torch.as_tensor(test / scale), float("nan"), target,
-                                    "" if test_label is None else test_label, "test", float(test.sum()),
-                                    list(test_tokens), float(score)),
-        viz.VisualizationDataRecord(torch.as_tensor(train / scale), float("nan"), target,
-                                    "" if train_label is None else train_label, name, float(train.sum()),
-                                    list(train_tokens), float(score)),
-    ]
-
-
-def show_text_pair(*args: Any, **kwargs: Any) -> Any:
-    """Captum's HTML table of an XDA text pair (in a notebook it displays itself).
-
-    Takes the arguments of :func:`text_pair_records`; returns ``captum.attr.visualization.
-    visualize_text(records)``.
-    """
-    from captum.attr import visualization as viz
-
-    return viz.visualize_text(text_pair_records(*args, **kwargs))
-
-
-def plot_text_pair(
-    test_tokens: Sequence[str],
-    test_relevance: ArrayLike,
-    train_tokens: Sequence[str],
-    train_relevance: ArrayLike,
-    score: float,
-    *,
-    title: Optional[str] = None,
-    cmap: Union[str, Colormap, Any] = "bwr",
-    width: float = 9.0,
-) -> Figure:
-    """A matplotlib figure of an XDA text pair: each token on a box coloured by its relevance.
-
-    Top row: the test text, bottom row: the training text; one symmetric colour scale for both
-    (red supports the prediction, blue opposes it). For files; :func:`show_text_pair` gives
-    Captum's HTML view.
-
-    Parameters
-    ----------
-    test_tokens, test_relevance, train_tokens, train_relevance, score
-        As for :func:`text_pair_records`.
-    title : str, optional
-    cmap : str or colormap
-        As for :func:`heatmap_rgb`.
-    width : float
-        Figure width in inches; tokens wrap onto further lines.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-    """
-    rows = [("test", list(test_tokens), _token_relevance(test_tokens, test_relevance, "test_relevance")),
-            ("training", list(train_tokens), _token_relevance(train_tokens, train_relevance, "train_relevance"))]
-    scale = max(float(np.abs(values).max(initial=0.0)) for _, _, values in rows) or 1.0
-    palette = _palette(cmap, 1.0)
-    chars_per_line = max(20, int(width * 11))
-    lines = []
-    for name, tokens, values in rows:
-        line, used = [], 0
-        for token, value in zip(tokens, values):
-            if used + len(token) + 1 > chars_per_line and line:
-                lines.append((name, line))
-                line, used, name = [], 0, ""
-            line.append((token, value))
-            used += len(token) + 1
-        lines.append((name, line))
-    fig = Figure(figsize=(width, 0.42 * len(lines) + (0.5 if title else 0.25)))
-    ax = fig.add_axes([0, 0, 1, 1])
-    ax.set_axis_off()
-    step = 1.0 / (len(lines) + (1.2 if title else 0.6))
-    if title:
-        ax.text(0.01, 1 - 0.6 * step, title, fontsize=10, va="center")
-    for row, (name, line) in enumerate(lines):
-        y = 1 - (row + (1.6 if title else 1.0)) * step
-        ax.text(0.01, y, name, fontsize=8, va="center", fontweight="bold")
-        x = 0.11
-        for token, value in line:
-            colour = palette[int(np.clip((value / scale + 1) / 2 * 255, 0, 255))] / 255.0
-            text = ax.text(x, y, token, fontsize=9, va="center", family="monospace",
-                           bbox=dict(boxstyle="square,pad=0.15", facecolor=colour, edgecolor="none"))
-            x += (len(token) + 1) / chars_per_line * 0.88
-            text.set_gid(f"{value:+.4g}")
-    ax.text(0.99, 0.02, f"tau = {score:+.3g}", fontsize=8, ha="right", va="bottom")
-    return fig

@@ -14,13 +14,15 @@ import tempfile
 import types
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, Optional
 
 import numpy as np
 import torch
 from filelock import FileLock, Timeout
 from torch import nn
 from tqdm import tqdm
+
+from ..exceptions import UnreadableState
 
 __all__ = ["Fingerprint", "atomic_save", "load_cache", "check_writable_dir", "entry_lock"]
 
@@ -31,15 +33,6 @@ _ATOMS = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.
 
 _MAX_DEPTH = 64
 """How deep :meth:`Fingerprint.update` follows objects inside objects before refusing."""
-
-
-class _Unreadable(Exception):
-    """An object in the data whose state cannot be read; ``owners``: the objects holding it, inner first."""
-
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(kind)
-        self.kind, self.reason = kind, reason
-        self.owners: List[str] = []
 
 
 class Fingerprint:
@@ -53,7 +46,7 @@ class Fingerprint:
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
 
-    def update(self, *values: Any) -> "Fingerprint":
+    def update(self, *values: Any) -> Fingerprint:
         """Mix values in, each by everything it holds.
 
         Tensors by dtype, shape and bytes; NumPy arrays likewise; lists, tuples and mappings
@@ -74,7 +67,7 @@ class Fingerprint:
         for value in values:
             try:
                 self._mix(value, set(), 0)
-            except _Unreadable as error:
+            except UnreadableState as error:
                 inside = "".join(f" inside a {owner}" for owner in error.owners)
                 raise TypeError(
                     f"Cannot fingerprint an object of type {error.kind}{inside} in the data for the cache key: its "
@@ -149,7 +142,7 @@ class Fingerprint:
         try:
             reduced = value.__reduce_ex__(4)
         except Exception as error:
-            raise _Unreadable(name, str(error)) from None
+            raise UnreadableState(name, str(error)) from None
         self._hash.update(f"R{name};".encode())
         if isinstance(reduced, str):  # a global object, pickled by its name
             self._hash.update(reduced.encode())
@@ -160,11 +153,11 @@ class Fingerprint:
                 if isinstance(part, Iterator):  # list and dict items of the reduction
                     part = list(part)
                 self._mix(part, path, depth)
-        except _Unreadable as error:
+        except UnreadableState as error:
             error.owners.append(name)
             raise
 
-    def update_module(self, model: nn.Module) -> "Fingerprint":
+    def update_module(self, model: nn.Module) -> Fingerprint:
         """Mix in the architecture and the whole state of ``model``.
 
         The architecture is each submodule's dotted name, class (module and qualified name)
@@ -191,7 +184,7 @@ class Fingerprint:
                     self.update("attribute", name, attribute, value)
         return self
 
-    def update_batches(self, batches: Iterable[Any]) -> "Fingerprint":
+    def update_batches(self, batches: Iterable[Any]) -> Fingerprint:
         """Mix in every batch of a data iterable (inputs and labels)."""
         for batch in batches:
             self.update(batch)
@@ -227,10 +220,8 @@ def atomic_save(obj: Dict[str, Any], path: str) -> None:
             os.fsync(stream.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 
@@ -268,7 +259,9 @@ def entry_lock(path: str, show_progress: bool = False) -> Iterator[None]:
         lock.acquire(timeout=0)
     except Timeout:
         if show_progress:
-            tqdm.write(f"DualDA: another process is fitting this configuration ({os.path.basename(path)}); waiting for it.")
+            tqdm.write(
+                f"DualDA: another process is fitting this configuration ({os.path.basename(path)}); waiting for it."
+            )
         lock.acquire()
     try:
         yield

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ._validation import check_integer
+from .._utils.validation import check_integer
 
 __all__ = [
     "is_distributed",
@@ -29,6 +29,9 @@ __all__ = [
     "stable_topk",
     "topk_of_candidates",
     "merge_topk",
+    "broadcast_object",
+    "write_strided_rows",
+    "all_reduce_sum",
 ]
 
 

@@ -31,14 +31,21 @@ from torch.utils.data import (
 )
 from torch.utils.data.dataloader import default_collate
 
-from ._validation import check_integer
+from .._utils.inputs import LABEL_KEYS, ModelInputs, input_batches
+from .._utils.validation import check_integer
 from .distributed import shard_indices
 
-__all__ = ["as_dataloader", "split_batch", "iterate_batches", "dataset_items", "CheckedCollate"]
+__all__ = [
+    "as_dataloader",
+    "split_batch",
+    "iterate_batches",
+    "dataset_items",
+    "CheckedCollate",
+    "model_input_batches",
+    "shard_loader",
+]
 
 Batch = Union[Tuple[Any, ...], List[Any], Mapping[str, Any]]
-ModelInputs = Union[Tuple[Any, ...], Dict[str, Any]]
-"""Positional model inputs ``model(*inputs)`` or keyword inputs ``model(**inputs)``."""
 
 
 _RANDOM_STATES = (torch.Generator, np.random.Generator, np.random.RandomState, random.Random)
@@ -71,7 +78,8 @@ def _private_copy(sampler: Any, depth: int = 2) -> Any:
         return sampler
     if clone is sampler:
         return clone
-    names = list(getattr(clone, "__dict__", {})) + [n for n in copyreg._slotnames(type(clone)) if hasattr(clone, n)]
+    slots = copyreg._slotnames(type(clone))  # type: ignore[attr-defined]
+    names = list(getattr(clone, "__dict__", {})) + [n for n in slots if hasattr(clone, n)]
     for name in names:
         value = getattr(clone, name)
         if isinstance(value, _RANDOM_STATES):
@@ -119,7 +127,9 @@ def _sampler_order(loader: DataLoader, n: int) -> Optional[str]:
         return None
     if isinstance(sampler, RandomSampler):
         if sampler.replacement or sampler.num_samples != n:
-            return f"its RandomSampler draws {sampler.num_samples} samples" + (" with replacement" if sampler.replacement else "")
+            return f"its RandomSampler draws {sampler.num_samples} samples" + (
+                " with replacement" if sampler.replacement else ""
+            )
         return None
     if isinstance(sampler, WeightedRandomSampler):
         return "its WeightedRandomSampler draws samples with weights and replacement"
@@ -255,10 +265,6 @@ def _reordered(loader: DataLoader, batch_size: int, dataset: Optional[Dataset] =
     return DataLoader(loader.dataset if dataset is None else dataset, **options)
 
 
-LABEL_KEYS = ("labels", "label")
-"""Keys under which a dict batch holds its labels (Hugging Face's convention), in this order."""
-
-
 def split_batch(batch: Any, argument: str = "inputs") -> Tuple[ModelInputs, torch.Tensor]:
     """Split a batch into model inputs and the classes to explain (or the training labels).
 
@@ -270,7 +276,7 @@ def split_batch(batch: Any, argument: str = "inputs") -> Tuple[ModelInputs, torc
     Returns
     -------
     inputs : tuple or dict
-        The model inputs (see :func:`~captum_dualxda.features.call_model`).
+        The model inputs (see :func:`~captum_dualxda._utils.inputs.call_model`).
     targets : torch.Tensor
         ``(N,)`` int64.
 
@@ -332,7 +338,7 @@ class CheckedCollate:
         self.argument = argument
 
     @classmethod
-    def wrap(cls, collate_fn: Callable[[List[Any]], Any], argument: str = "train_dataset") -> "CheckedCollate":
+    def wrap(cls, collate_fn: Callable[[List[Any]], Any], argument: str = "train_dataset") -> CheckedCollate:
         """``collate_fn`` checked (itself when it already is a :class:`CheckedCollate`)."""
         return collate_fn if isinstance(collate_fn, cls) else cls(collate_fn, argument)
 
@@ -567,6 +573,16 @@ def iterate_batches(inputs: Union[Batch, DataLoader], argument: str = "inputs") 
     else:
         split_batch(inputs, argument)  # validate before any work
         yield inputs
+
+
+def model_input_batches(inputs: Any, batch_size: int, argument: str = "inputs") -> Iterator[ModelInputs]:
+    """Batches of model inputs (labels dropped) from a Tensor, a tuple or dict of model inputs
+    (:func:`~captum_dualxda._utils.inputs.input_batches`), or a DataLoader of Captum batches."""
+    if isinstance(inputs, DataLoader):
+        for batch in inputs:
+            yield split_batch(batch, argument)[0]
+        return
+    yield from input_batches(inputs, batch_size, argument)
 
 
 def shard_loader(loader: DataLoader, rank: int, world_size: int) -> Tuple[DataLoader, int]:

@@ -18,9 +18,9 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from .._utils.chunking import row_chunk
+from ..solver.sparse_dual import DualVariables, RowSparseDual, dual_rows
 from .distributed import stable_topk, topk_of_candidates
-from .solver.problem import row_chunk
-from .solver.sparse_dual import DualVariables, RowSparseDual, dual_rows
 
 __all__ = ["SupportSet", "warn_absent"]
 
@@ -61,7 +61,9 @@ class SupportSet:
         self.n_classes = int(n_classes)
 
     @classmethod
-    def from_dual(cls, alpha: DualVariables, support: torch.Tensor, features: Optional[torch.Tensor], n_classes: int) -> "SupportSet":
+    def from_dual(
+        cls, alpha: DualVariables, support: torch.Tensor, features: Optional[torch.Tensor], n_classes: int
+    ) -> SupportSet:
         """The support rows of solver dual variables, compressed in 32 MiB chunks.
 
         Parameters
@@ -93,19 +95,26 @@ class SupportSet:
     def device(self) -> torch.device:
         return self.values.device
 
-    def to(self, device: Union[str, torch.device]) -> "SupportSet":
+    def to(self, device: Union[str, torch.device]) -> SupportSet:
         """A copy on ``device`` (``self`` if already there)."""
         device = torch.device(device)
         if device == self.device and (self.features is None or self.features.device == device):
             return self
         features = None if self.features is None else self.features.to(device)
-        return SupportSet(self.indices.to(device), self.values.to(device), self.classes.to(device), features, self.n_train, self.n_classes)
+        return SupportSet(
+            self.indices.to(device),
+            self.values.to(device),
+            self.classes.to(device),
+            features,
+            self.n_train,
+            self.n_classes,
+        )
 
-    def with_features(self, features: Optional[torch.Tensor]) -> "SupportSet":
+    def with_features(self, features: Optional[torch.Tensor]) -> SupportSet:
         """The same support vectors holding ``features`` ``(n_sv, d)`` (None: lookups only)."""
         return SupportSet(self.indices, self.values, self.classes, features, self.n_train, self.n_classes)
 
-    def shard(self, rank: int, world: int) -> "SupportSet":
+    def shard(self, rank: int, world: int) -> SupportSet:
         """The support vectors ``j`` with ``j % world == rank`` (a rank's part of a distributed fit).
 
         Parameters
@@ -121,7 +130,9 @@ class SupportSet:
             return self
         owned = (self.indices % world == rank).nonzero().flatten()
         features = None if self.features is None else self.features[owned]
-        return SupportSet(self.indices[owned], self.values[owned], self.classes[owned], features, self.n_train, self.n_classes)
+        return SupportSet(
+            self.indices[owned], self.values[owned], self.classes[owned], features, self.n_train, self.n_classes
+        )
 
     # ------------------------------------------------------------------ coefficients
     def coefficients_for(self, targets: torch.Tensor) -> torch.Tensor:
@@ -155,7 +166,9 @@ class SupportSet:
     def dense_coefficients(self) -> torch.Tensor:
         """``(n_train, K)`` float32 coefficients, zero rows off the support (``4 n K`` bytes)."""
         dense = torch.zeros(self.n_train, self.n_classes, dtype=torch.float32, device=self.device)
-        dense[self.indices] = torch.zeros(len(self), self.n_classes, device=self.device).scatter_add_(1, self.classes, self.values)
+        dense[self.indices] = torch.zeros(len(self), self.n_classes, device=self.device).scatter_add_(
+            1, self.classes, self.values
+        )
         return dense
 
     def self_influence(self, labels: torch.Tensor, squared_norms: torch.Tensor) -> torch.Tensor:
@@ -168,7 +181,9 @@ class SupportSet:
         squared_norms : torch.Tensor
             ``(n_train,)`` ``||phi(x_i)||^2``.
         """
-        return self.coefficients_at(torch.arange(self.n_train, device=self.device), labels.to(self.device)) * squared_norms.to(self.device)
+        return self.coefficients_at(
+            torch.arange(self.n_train, device=self.device), labels.to(self.device)
+        ) * squared_norms.to(self.device)
 
     # ------------------------------------------------------------------ scores
     def scores(self, phi: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -218,7 +233,9 @@ class SupportSet:
         zero = off_support.nonzero().flatten()[:zeros].to(self.device)
         return torch.sort(torch.cat([self.indices, zero])).values
 
-    def top_k(self, phi: torch.Tensor, targets: torch.Tensor, k: int, largest: bool, candidates: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def top_k(
+        self, phi: torch.Tensor, targets: torch.Tensor, k: int, largest: bool, candidates: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """The ``k`` largest (or smallest) scores among ``candidates`` (see :meth:`candidates`).
 
         Top-k order: by score, ties to the lower training index (:func:`~.distributed.stable_topk`).

@@ -55,7 +55,7 @@ def load_state_dict_checkpoint(model: nn.Module, path: str) -> float:
     return learning_rate
 
 
-def checkpoint_paths(checkpoints: Union[str, Iterable[str]], name: str = "checkpoints") -> List[str]:
+def checkpoint_paths(checkpoints: Union[str, os.PathLike, Iterable[str]], name: str = "checkpoints") -> List[str]:
     """The checkpoint files, in order: a directory's files sorted by name, or the given paths.
 
     Parameters
@@ -93,13 +93,13 @@ def checkpoint_paths(checkpoints: Union[str, Iterable[str]], name: str = "checkp
 def weights_restored(model: nn.Module) -> Iterator[None]:
     """Load checkpoints into ``model`` in the block as you like; it comes back as it was on exit.
 
-    Holds the model's lock (:func:`~captum_dualxda.probe.model_lock`) for the block, so no other
+    Holds the model's lock (:func:`~captum_dualxda._core.probe.model_lock`) for the block, so no other
     thread of this package runs the model with a checkpoint loaded. On exit, also after an
     exception, every module holds the very submodules, Parameter and buffer objects it held on entry (a
     loader calling ``load_state_dict(..., assign=True)`` replaces them; an optimiser built before
     keeps training the model), each with the value it had on entry (written back in place only
     where it changed), and every training flag and ``requires_grad`` is as on entry
-    (:class:`~captum_dualxda.probe.ModelState`). The values are copied once on entry, however
+    (:class:`~captum_dualxda._core.probe.ModelState`). The values are copied once on entry, however
     many checkpoints the block loads.
 
     Parameters

@@ -1,53 +1,26 @@
-"""Quality metrics for training-data attribution, usable on any score matrix.
+"""Quality measures on score arrays: no model is run, any attribution method's output will do.
 
 Every function here accepts torch tensors or NumPy arrays (or anything ``np.asarray`` takes) and
-returns NumPy arrays or Python floats, so the same code scores DualDA, Captum's ``TracInCP*``,
-``ArnoldiInfluenceFunction``, or another library's output. Conventions follow Captum: a score
-matrix has shape ``(n_test, n_train)`` and ``[i, j]`` is the score of training sample ``j`` for
-test sample ``i``; higher means "more supporting".
-
-Mislabel detection (per training sample scores, higher = more suspicious):
-    :func:`mislabel_auc`, :func:`mislabel_detection_curve`; score sources
-    :func:`mislabel_scores` (DualDA self-influence or surrogate hinge loss) and the baseline
-    :func:`training_loss` (the network's own cross-entropy on its training labels).
-Class detection:
-    :func:`class_detection`, :func:`class_detection_from_indices`,
-    :func:`random_class_detection` (the exact expectation of a random ranking).
-Sparsity of attributions:
-    :func:`zero_fraction`, :func:`hoyer_sparsity`.
-Counterfactual quality (do the scores predict retraining?):
-    :func:`lds` (linear datamodeling score) and its result :class:`LDSResult`.
-Surrogate fidelity (does the SVM on ``phi`` behave like the network?):
-    :func:`logit_fidelity` (two logit matrices), :func:`surrogate_fidelity` (a DualDA + inputs).
-
-Choosing ``C`` lives in :mod:`captum_dualxda.choose_c` (``sweep_C``, ``SweepRow``,
-``format_markdown``; also importable from here).
+returns NumPy arrays or Python floats. A score matrix has shape ``(n_test, n_train)`` and
+``[i, j]`` is the score of training sample ``j`` for test sample ``i`` (Captum's convention);
+higher means "more supporting".
 """
+
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, NamedTuple, Tuple, Union
 
 import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from ._validation import check_flag, check_integer
-from .data import as_dataloader, split_batch
-from .deprecation import renamed_arguments
-from .features import batch_features_and_output, call_model, inputs_to, model_device, output_logits
-from .fit import surrogate_logits
-from .probe import ModelProbe
+from .._utils.arrays import ArrayLike, flag_mask, sample_mask, to_numpy
+from .._utils.validation import check_integer
 
 __all__ = [
     "mislabel_auc",
     "mislabel_detection_curve",
-    "mislabel_scores",
-    "training_loss",
     "class_detection",
     "class_detection_from_indices",
     "random_class_detection",
@@ -57,87 +30,7 @@ __all__ = [
     "lds",
     "Fidelity",
     "logit_fidelity",
-    "surrogate_fidelity",
 ]
-
-ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[Any]]
-
-
-def _numpy(values: Any, name: str, ndim: Optional[int] = None) -> np.ndarray:
-    """``values`` as a NumPy array (tensors are detached and moved to the CPU)."""
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu()
-        if values.dtype in (torch.bfloat16, torch.float16):
-            values = values.float()
-        array = values.numpy()
-    else:
-        array = np.asarray(values)
-    if ndim is not None and array.ndim != ndim:
-        raise ValueError(f"`{name}` must be {ndim}-D, got shape {tuple(array.shape)}.")
-    return array
-
-
-def _mask_or_indices(array: np.ndarray, n: int, name: str, where: str = "") -> np.ndarray:
-    """Boolean ``(n,)`` mask from a 1-D boolean mask, a 0/1 vector or an array of distinct indices.
-
-    The rule, the same for every argument of this module that takes a set of training samples:
-
-    - a boolean vector (NumPy ``bool``, ``torch.bool``) is a mask and must have ``n`` entries;
-    - a vector with ``n`` entries, all 0 or 1, is a mask too (scikit-learn's ``y_true``
-      convention: ``flags.astype(int)``, ``(noisy != clean).long()``), whatever its numeric
-      dtype; such a vector could also be read as a list of indices only when its entries are
-      distinct, i.e. for ``n <= 2`` (``[0, 1]``, ``[1, 0]``, ``[0]``), which is refused as
-      ambiguous;
-    - any other integer vector lists indices in ``0..n-1``, each at most once (a repeated index
-      is refused: it is what a 0/1 vector of the wrong length looks like);
-    - an empty vector selects nothing.
-    """
-    if array.dtype == bool:
-        if array.shape[0] != n:
-            raise ValueError(f"`{name}` is a mask with {array.shape[0]} entries, but there are {n} samples{where}.")
-        return array
-    mask = np.zeros(n, dtype=bool)
-    if array.size == 0:
-        return mask
-    integer = np.issubdtype(array.dtype, np.integer)
-    if not integer and not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"`{name}` must be a boolean mask or an array of integer indices, got dtype {array.dtype}.")
-    if array.shape[0] == n and bool(np.isin(array, (0, 1)).all()):
-        if integer and np.unique(array).size == array.size:
-            raise ValueError(
-                f"`{name}` = {array.tolist()} is ambiguous: with {n} sample(s) it reads both as a 0/1 mask and as "
-                f"the indices {sorted(set(array.tolist()))}. Pass a boolean mask (`flags.astype(bool)`, "
-                "`flags.bool()`) or the indices (`np.flatnonzero(flags)`)."
-            )
-        return array.astype(bool)
-    if not integer:
-        raise ValueError(
-            f"`{name}` must be a boolean mask, a 0/1 vector with one entry per sample ({n}{where}) or an array of "
-            f"integer indices, got dtype {array.dtype} with {array.shape[0]} entries."
-        )
-    if array.min() < 0 or array.max() >= n:
-        raise ValueError(
-            f"`{name}` has indices outside 0..{n - 1}{where}: found {int(array.min())}..{int(array.max())}."
-        )
-    indices = array.astype(np.int64)
-    if np.unique(indices).size != indices.size:
-        values, counts = np.unique(indices, return_counts=True)
-        zero_one = bool(np.isin(array, (0, 1)).all())
-        hint = (
-            f" It holds only 0 and 1: as a 0/1 mask it would need one entry per sample ({n}{where}), not "
-            f"{array.shape[0]}." if zero_one else ""
-        )
-        raise ValueError(
-            f"`{name}` repeats a training index ({int(values[counts > 1][0])}); indices list each sample once.{hint} "
-            "Pass a boolean mask with one entry per sample, or distinct indices."
-        )
-    mask[indices] = True
-    return mask
-
-
-def _flags(flipped: ArrayLike, n: int, name: str = "flipped") -> np.ndarray:
-    """Boolean ``(n,)`` mask of ``flipped``: a mask, a 0/1 vector or indices (:func:`_mask_or_indices`)."""
-    return _mask_or_indices(_numpy(flipped, name, 1), n, name, " (one per score)")
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:
@@ -185,10 +78,10 @@ def mislabel_auc(scores: ArrayLike, flipped: ArrayLike) -> float:
         when ``flipped`` is not a mask of ``n_train`` entries or distinct indices in range (the
         message says how to pass a mask or indices).
     """
-    values = _numpy(scores, "scores", 1).astype(np.float64)
+    values = to_numpy(scores, "scores", 1).astype(np.float64)
     if np.isnan(values).any():
         raise ValueError("`scores` contains NaN.")
-    mask = _flags(flipped, values.shape[0])
+    mask = flag_mask(flipped, values.shape[0])
     n_pos = int(mask.sum())
     n_neg = values.shape[0] - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -228,8 +121,8 @@ def mislabel_detection_curve(scores: ArrayLike, flipped: ArrayLike) -> Tuple[np.
         If no sample is flipped (the fraction found is undefined), on mismatched shapes, repeated
         or out-of-range indices, or an ambiguous ``flipped``.
     """
-    values = _numpy(scores, "scores", 1).astype(np.float64)
-    mask = _flags(flipped, values.shape[0])
+    values = to_numpy(scores, "scores", 1).astype(np.float64)
+    mask = flag_mask(flipped, values.shape[0])
     n = values.shape[0]
     if not mask.any():
         raise ValueError("`flipped` marks no sample.")
@@ -239,86 +132,15 @@ def mislabel_detection_curve(scores: ArrayLike, flipped: ArrayLike) -> Tuple[np.
     return inspected, found
 
 
-def mislabel_scores(dualda: Any, kind: str = "self_influence") -> torch.Tensor:
-    """Per-training-sample mislabel scores from a fitted :class:`~captum_dualxda.DualDA`.
-
-    Parameters
-    ----------
-    dualda : DualDA
-    kind : {"self_influence", "hinge_loss"}
-        ``"self_influence"`` (the paper's choice): ``a_i^{y_i} ||phi(x_i)||^2``, the diagonal of
-        the attribution matrix. ``"hinge_loss"``: the surrogate SVM's Crammer-Singer hinge loss
-        ``max_m (1 - [m == y_i] + s_m(x_i)) - s_{y_i}(x_i)`` on each training sample
-        (``DualDA.train_hinge_loss``, computed during the fit at no extra cost). Which one finds
-        flipped labels better depends on ``C`` and the data; ``benchmarks/peers.py`` measures
-        both. Both are non-negative; a sample with zero score is not a support vector / is
-        fitted with margin.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(n_train,)`` float32 on the CPU, higher = more suspicious.
-    """
-    if kind == "self_influence":
-        return dualda.self_influence().detach().float().cpu()
-    if kind == "hinge_loss":
-        return dualda.train_hinge_loss.detach().float().cpu()
-    raise ValueError(f"`kind` must be 'self_influence' or 'hinge_loss', got {kind!r}.")
-
-
-def _forward_batches(model: nn.Module, data: Union[Dataset, DataLoader], batch_size: int, show_progress: bool = False):
-    """Yield ``(logits, labels)`` of every Captum batch ``(x_1, ..., x_m, labels)``, in dataset order."""
-    loader = as_dataloader(data, batch_size, "data")
-    device = model_device(model)
-    for batch in tqdm(loader, desc="training loss", disable=not show_progress, leave=False):
-        inputs, labels = split_batch(batch, "data")
-        with ModelProbe(model), torch.no_grad():
-            logits = output_logits(call_model(model, inputs_to(inputs, device)))
-        yield logits, labels.to(device)
-
-
-def training_loss(model: nn.Module, train_dataset: Union[Dataset, DataLoader], batch_size: int = 256,
-                  show_progress: bool = False) -> torch.Tensor:
-    """Baseline mislabel scores: the network's cross-entropy on each sample's own label.
-
-    The cheapest mislabel detector there is (one forward pass); any attribution-based score
-    should be compared with it. With possibly flipped labels, ``label`` is the label the network
-    was trained on.
-
-    Parameters
-    ----------
-    model : nn.Module
-        A classifier returning logits ``(N, K)``; run in eval mode under ``no_grad`` (its mode
-        is restored).
-    train_dataset : Dataset or DataLoader
-        Yields ``(x_1, ..., x_m, label)``; read in dataset order (a shuffling loader too).
-    batch_size : int
-    show_progress : bool
-        A tqdm bar over the batches.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(n_train,)`` float32 on the CPU, higher = more suspicious.
-    """
-    show_progress = check_flag(show_progress, "show_progress")
-    losses = [
-        nn.functional.cross_entropy(logits.float(), labels, reduction="none").cpu()
-        for logits, labels in _forward_batches(model, train_dataset, batch_size, show_progress)
-    ]
-    return torch.cat(losses)
-
-
 # ---------------------------------------------------------------------------- class detection
 def _labels_of(train_labels: ArrayLike, targets: ArrayLike, n_test: int) -> Tuple[np.ndarray, np.ndarray]:
-    labels = _numpy(train_labels, "train_labels", 1).astype(np.int64)
-    explained = _numpy(targets, "targets").reshape(-1).astype(np.int64)
+    labels = to_numpy(train_labels, "train_labels", 1).astype(np.int64)
+    explained = to_numpy(targets, "targets").reshape(-1).astype(np.int64)
     if explained.shape[0] != n_test:
         raise ValueError(f"`targets` has {explained.shape[0]} entries for {n_test} test samples.")
     return labels, explained
 
 
-@renamed_arguments(classes="targets")
 def class_detection_from_indices(
     indices: ArrayLike, train_labels: ArrayLike, targets: ArrayLike, reduction: str = "mean"
 ) -> Union[float, np.ndarray]:
@@ -332,7 +154,7 @@ def class_detection_from_indices(
     train_labels : array-like
         ``(n_train,)`` integer training labels (the labels the model was trained on).
     targets : array-like
-        ``(n_test,)`` explained classes, normally the network's predictions (formerly ``classes``).
+        ``(n_test,)`` explained classes, normally the network's predictions.
     reduction : {"mean", "none"}
         ``"mean"``: the average over test samples (a float); ``"none"``: ``(n_test,)`` float64.
 
@@ -342,7 +164,7 @@ def class_detection_from_indices(
     """
     if not isinstance(indices, (torch.Tensor, np.ndarray)) and hasattr(indices, "indices"):
         indices = indices.indices  # KMostInfluentialResults (a torch.Tensor has an .indices() method)
-    top = _numpy(indices, "indices", 2).astype(np.int64)
+    top = to_numpy(indices, "indices", 2).astype(np.int64)
     labels, explained = _labels_of(train_labels, targets, top.shape[0])
     if top.size and (top.min() < 0 or top.max() >= labels.shape[0]):
         raise ValueError(f"`indices` must lie in 0..{labels.shape[0] - 1}.")
@@ -350,7 +172,6 @@ def class_detection_from_indices(
     return _reduce(per_sample, reduction)
 
 
-@renamed_arguments(classes="targets")
 def class_detection(
     scores: ArrayLike, train_labels: ArrayLike, targets: ArrayLike, k: int = 5, reduction: str = "mean"
 ) -> Union[float, np.ndarray]:
@@ -369,7 +190,7 @@ def class_detection(
     train_labels : array-like
         ``(n_train,)`` integer training labels.
     targets : array-like
-        ``(n_test,)`` explained classes, normally the network's predictions (formerly ``classes``).
+        ``(n_test,)`` explained classes, normally the network's predictions.
     k : int
         Number of proponents per test sample (clipped to ``n_train``).
     reduction : {"mean", "none"}
@@ -379,14 +200,15 @@ def class_detection(
     float or np.ndarray
         The mean over test samples, or ``(n_test,)`` float64 with ``reduction="none"``.
     """
-    matrix = _numpy(scores, "scores", 2).astype(np.float64)
+    matrix = to_numpy(scores, "scores", 2).astype(np.float64)
     k = min(check_integer(k, "k", low=1), matrix.shape[1])
     top = np.argsort(-matrix, axis=1, kind="stable")[:, :k]
     return class_detection_from_indices(top, train_labels, targets, reduction)
 
 
-@renamed_arguments(classes="targets")
-def random_class_detection(train_labels: ArrayLike, targets: ArrayLike, reduction: str = "mean") -> Union[float, np.ndarray]:
+def random_class_detection(
+    train_labels: ArrayLike, targets: ArrayLike, reduction: str = "mean"
+) -> Union[float, np.ndarray]:
     """Expected class detection of a random ranking: the frequency of each explained class.
 
     Parameters
@@ -394,7 +216,7 @@ def random_class_detection(train_labels: ArrayLike, targets: ArrayLike, reductio
     train_labels : array-like
         ``(n_train,)`` integer training labels.
     targets : array-like
-        ``(n_test,)`` explained classes (formerly ``classes``).
+        ``(n_test,)`` explained classes.
     reduction : {"mean", "none"}
 
     Returns
@@ -403,9 +225,10 @@ def random_class_detection(train_labels: ArrayLike, targets: ArrayLike, reductio
         Exact expectation (for any ``k``) of :func:`class_detection` under a uniformly random
         order of the training set.
     """
-    labels = _numpy(train_labels, "train_labels", 1).astype(np.int64)
-    explained = _numpy(targets, "targets").reshape(-1).astype(np.int64)
-    frequency = np.bincount(labels, minlength=max(int(labels.max()), int(explained.max(initial=0))) + 1) / labels.shape[0]
+    labels = to_numpy(train_labels, "train_labels", 1).astype(np.int64)
+    explained = to_numpy(targets, "targets").reshape(-1).astype(np.int64)
+    n_classes = max(int(labels.max()), int(explained.max(initial=0))) + 1
+    frequency = np.bincount(labels, minlength=n_classes) / labels.shape[0]
     return _reduce(frequency[explained], reduction)
 
 
@@ -431,7 +254,7 @@ def zero_fraction(scores: ArrayLike) -> np.ndarray:
     np.ndarray
         ``(n_test,)`` float64 in ``[0, 1]``; 1 means the row is all zero.
     """
-    matrix = _numpy(scores, "scores", 2)
+    matrix = to_numpy(scores, "scores", 2)
     if matrix.shape[1] == 0:
         raise ValueError("`scores` has no columns.")
     return (matrix == 0).mean(1).astype(np.float64)
@@ -456,7 +279,7 @@ def hoyer_sparsity(scores: ArrayLike) -> np.ndarray:
         all-zero row counts as maximally sparse (1.0, no training sample is credited, matching
         :func:`zero_fraction` = 1), and so does every row when ``n_train == 1``.
     """
-    matrix = _numpy(scores, "scores", 2).astype(np.float64)
+    matrix = to_numpy(scores, "scores", 2).astype(np.float64)
     n = matrix.shape[1]
     if n == 0:
         raise ValueError("`scores` has no columns.")
@@ -494,14 +317,16 @@ class LDSResult(NamedTuple):
 def _subset_masks(subsets: Any, n_train: int) -> np.ndarray:
     """``(M, n_train)`` bool masks from masks, a 2-D index array or a sequence of index arrays.
 
-    Each row follows :func:`_mask_or_indices`'s rule.
+    Each row follows :func:`~captum_dualxda._utils.arrays.sample_mask`'s rule.
     """
     if isinstance(subsets, (torch.Tensor, np.ndarray)):
-        rows = list(_numpy(subsets, "subsets", 2))
+        rows = list(to_numpy(subsets, "subsets", 2))
     elif isinstance(subsets, (list, tuple)):
-        rows = [_numpy(row, f"subsets[{m}]", 1) for m, row in enumerate(subsets)]
+        rows = [to_numpy(row, f"subsets[{m}]", 1) for m, row in enumerate(subsets)]
     else:
-        raise TypeError(f"`subsets` must be an array, a tensor or a list of index arrays, got {type(subsets).__name__}.")
+        raise TypeError(
+            f"`subsets` must be an array, a tensor or a list of index arrays, got {type(subsets).__name__}."
+        )
     masks = np.zeros((len(rows), n_train), dtype=bool)
     for m, row in enumerate(rows):
         if row.dtype == bool and row.shape[0] != n_train:  # the likely cause: a transposed score matrix
@@ -510,7 +335,7 @@ def _subset_masks(subsets: Any, n_train: int) -> np.ndarray:
                 f"{n_train} columns; `scores` must be (n_test, n_train) (dattri's attributors return "
                 f"(n_train, n_test): pass the transpose)."
             )
-        masks[m] = _mask_or_indices(row, n_train, f"subsets[{m}]", " (the columns of `scores`)")
+        masks[m] = sample_mask(row, n_train, f"subsets[{m}]", " (the columns of `scores`)")
     return masks
 
 
@@ -568,8 +393,8 @@ def lds(scores: ArrayLike, subsets: Any, margins: ArrayLike) -> LDSResult:
 
     ``benchmarks/lds.py`` builds ``subsets`` and ``margins`` by retraining a CNN 100 times.
     """
-    matrix = _numpy(scores, "scores", 2).astype(np.float64)
-    targets = _numpy(margins, "margins", 2).astype(np.float64)
+    matrix = to_numpy(scores, "scores", 2).astype(np.float64)
+    targets = to_numpy(margins, "margins", 2).astype(np.float64)
     n_test, n_train = matrix.shape
     if not np.isfinite(matrix).all():
         raise ValueError("`scores` contains NaN or infinite values.")
@@ -637,8 +462,8 @@ def logit_fidelity(network_logits: ArrayLike, surrogate_logits: ArrayLike) -> Fi
     Fidelity
         Argmax ties resolve to the lower class index, as in ``torch.argmax``/``np.argmax``.
     """
-    a = _numpy(network_logits, "network_logits", 2).astype(np.float64)
-    b = _numpy(surrogate_logits, "surrogate_logits", 2).astype(np.float64)
+    a = to_numpy(network_logits, "network_logits", 2).astype(np.float64)
+    b = to_numpy(surrogate_logits, "surrogate_logits", 2).astype(np.float64)
     if a.shape != b.shape:
         raise ValueError(f"Logit shapes differ: {a.shape} vs {b.shape}.")
     if a.shape[0] == 0:
@@ -649,61 +474,3 @@ def logit_fidelity(network_logits: ArrayLike, surrogate_logits: ArrayLike) -> Fi
     ok = norms > 0
     cos[ok] = (a[ok] * b[ok]).sum(1) / norms[ok]
     return Fidelity(agreement=agreement, cosine=float(cos.mean()), per_sample_cosine=cos, n=int(a.shape[0]))
-
-
-def _model_input_batches(inputs: Any, batch_size: int):
-    """Batches of model inputs from a Tensor, a tuple or dict of model inputs, or a DataLoader."""
-    if isinstance(inputs, DataLoader):
-        for batch in inputs:
-            yield split_batch(batch, "inputs")[0]
-        return
-    if isinstance(inputs, torch.Tensor):
-        inputs = (inputs,)
-    if isinstance(inputs, Mapping) and inputs:
-        n = next(v for v in inputs.values() if isinstance(v, torch.Tensor)).shape[0]
-        for start in range(0, n, batch_size):
-            yield {k: v[start : start + batch_size] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        return
-    if not isinstance(inputs, (tuple, list)) or not inputs:
-        raise TypeError("`inputs` must be a Tensor, a tuple or dict of model inputs, or a DataLoader.")
-    n = inputs[0].shape[0]
-    for start in range(0, n, batch_size):
-        yield tuple(v[start : start + batch_size] if isinstance(v, torch.Tensor) else v for v in inputs)
-
-
-def surrogate_fidelity(dualda: Any, inputs: Any, batch_size: int = 256) -> Fidelity:
-    """Agreement between DualDA's SVM surrogate and the network on the given inputs.
-
-    The surrogate logits are ``phi(x) @ dualda.weight.T + dualda.intercept``; the network
-    logits are ``model(x)``. DualDA explains the network through the surrogate, so low
-    agreement means the attributions describe a model that predicts differently (raise ``C``).
-
-    Parameters
-    ----------
-    dualda : DualDA
-    inputs : Tensor, tuple, dict or DataLoader
-        A Tensor ``x`` (``model(x)``), a tuple of model inputs (``model(*inputs)``, no labels), a
-        dict of model inputs (``model(**inputs)``), or a DataLoader of batches (labels ignored).
-    batch_size : int
-        Batch size for a Tensor or tuple.
-
-    Returns
-    -------
-    Fidelity
-    """
-    batch_size = check_integer(batch_size, "batch_size", low=1)
-    net, sur = [], []
-    for batch in _model_input_batches(inputs, batch_size):
-        phi, output = batch_features_and_output(dualda.model, dualda.final_fc_layer, batch)
-        net.append(output_logits(output, dualda.final_fc_layer.out_features).detach().double().cpu())
-        sur.append(surrogate_logits(phi, dualda.weight, dualda.intercept))
-    return logit_fidelity(torch.cat(net), torch.cat(sur))
-
-
-def __getattr__(name: str) -> Any:
-    """``sweep_C``, ``SweepRow`` and ``format_markdown`` moved to :mod:`captum_dualxda.choose_c`."""
-    if name in ("sweep_C", "SweepRow", "format_markdown"):
-        from . import choose_c
-
-        return getattr(choose_c, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,12 +11,11 @@ The rules follow the spirit of scikit-learn's ``check_scalar``:
   is not False);
 - NaN is always refused for real numbers, infinity unless the range allows it.
 
-A value of the wrong type raises :class:`ArgumentTypeError` (a ``TypeError`` that is also a
-``ValueError``: the package raised ``ValueError`` for such values before, and code that catches
-it keeps working); a value of the right type outside its range raises ``ValueError``. Every
-message names the argument, shows what was passed and says what is expected.
-
-This module imports nothing from the rest of the package.
+A value of the wrong type raises :class:`~captum_dualxda.exceptions.ArgumentTypeError` (a
+``TypeError`` that is also a ``ValueError``: the package raised ``ValueError`` for such values
+before, and code that catches it keeps working); a value of the right type outside its range
+raises ``ValueError``. Every message names the argument, shows what was passed and says what is
+expected.
 """
 from __future__ import annotations
 
@@ -26,8 +25,9 @@ from typing import Any, Literal, Optional, overload
 
 import numpy as np
 
+from ..exceptions import ArgumentTypeError
+
 __all__ = [
-    "ArgumentTypeError",
     "check_real",
     "check_positive",
     "check_non_negative",
@@ -39,10 +39,6 @@ __all__ = [
 
 #: Seeds every solver backend accepts: the range of ``torch.Generator.manual_seed``.
 SEED_RANGE = (-(2**63), 2**64 - 1)
-
-
-class ArgumentTypeError(TypeError, ValueError):
-    """An argument of the wrong type (a ``TypeError`` that is also a ``ValueError``)."""
 
 
 def _shown(value: Any) -> str:
@@ -219,7 +215,12 @@ def check_integer(
         expected = f"None or {expected}"
     given, value = value, _unwrap(value)
     if _is_bool(value) or not isinstance(value, numbers.Integral):
-        whole = isinstance(value, numbers.Real) and not _is_bool(value) and math.isfinite(value) and value == int(value)
+        whole = (
+            isinstance(value, numbers.Real)
+            and not _is_bool(value)
+            and math.isfinite(value)
+            and float(value).is_integer()
+        )
         hint = f" (pass int({value!r}))" if whole else ""
         raise ArgumentTypeError(f"`{name}` must be {expected}, got {_shown(given)}{hint}.")
     number = int(value)

@@ -19,15 +19,17 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
+from .._utils.chunking import row_chunk
 from .data import shard_loader, split_batch
 from .distributed import assemble_strided, gather_strided, rank_and_world_size, shard_indices, write_strided_rows
 from .features import FeatureExtractor
-from .solver.problem import row_chunk
 
 __all__ = ["FeatureStore", "extract_features", "scratch_path"]
 
 
-def scratch_path(directory: Optional[str], key: Optional[str], loader: DataLoader, d: int, memory_budget: Optional[int]) -> Optional[str]:
+def scratch_path(
+    directory: Optional[str], key: Optional[str], loader: DataLoader, d: int, memory_budget: Optional[int]
+) -> Optional[str]:
     """Where to memory-map the training features, or None when they fit in ``memory_budget``.
 
     The name belongs to this process alone (key prefix, process id, random suffix): two processes
@@ -79,7 +81,9 @@ class FeatureStore:
         The memory-mapped file behind ``features``, removed by :meth:`close`.
     """
 
-    def __init__(self, features: torch.Tensor, n_train: int, rank: int = 0, world: int = 1, path: Optional[str] = None) -> None:
+    def __init__(
+        self, features: torch.Tensor, n_train: int, rank: int = 0, world: int = 1, path: Optional[str] = None
+    ) -> None:
         self.features = features
         self.n_train = int(n_train)
         self.rank = int(rank)
@@ -99,7 +103,8 @@ class FeatureStore:
         *,
         autocast: Optional[torch.dtype] = None,
         observe: Optional[Callable[[Any], Any]] = None,
-    ) -> Tuple["FeatureStore", torch.Tensor]:
+        desc: str = "DualDA features",
+    ) -> Tuple[FeatureStore, torch.Tensor]:
         """Extract the features of ``loader`` (see :func:`extract_features`).
 
         Returns
@@ -113,8 +118,18 @@ class FeatureStore:
         rank, world = rank_and_world_size() if distributed else (0, 1)
         path = _local_path(out_path, rank)
         try:
-            features, labels = extract_features(model, layer, loader, device, show_progress, distributed=distributed,
-                                                out_path=out_path, autocast=autocast, observe=observe)
+            features, labels = extract_features(
+                model,
+                layer,
+                loader,
+                device,
+                show_progress,
+                desc,
+                distributed=distributed,
+                out_path=out_path,
+                autocast=autocast,
+                observe=observe,
+            )
         except BaseException:
             cls._remove(path)
             raise
@@ -138,7 +153,9 @@ class FeatureStore:
             local = indices
         else:
             if bool((indices % self.world != self.rank).any()):
-                raise ValueError(f"Rank {self.rank} of {self.world} holds only the samples j with j % {self.world} == {self.rank}.")
+                raise ValueError(
+                    f"Rank {self.rank} of {self.world} holds only the samples j with j % {self.world} == {self.rank}."
+                )
             local = torch.div(indices - self.rank, self.world, rounding_mode="floor")
         return self.features[local.to(self.features.device)].float()
 
@@ -202,7 +219,7 @@ def extract_features(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Features and labels of every batch of ``loader``, in loader order.
 
-    One pass through the model under one :class:`~captum_dualxda.features.FeatureExtractor`:
+    One pass through the model under one :class:`~captum_dualxda._core.features.FeatureExtractor`:
     ``torch.no_grad()``, eval mode, batches moved to the model's device with
     ``non_blocking=True`` (asynchronous from a loader with ``pin_memory=True``). Each batch's
     features are written straight into storage allocated once when the number of rows is known
@@ -224,7 +241,7 @@ def extract_features(
         Each rank ``r`` of the initialised process group (``W`` ranks) extracts the strided shard
         ``r, r + W, ...`` of ``loader.dataset`` (a map-style Dataset) and keeps it locally; rank
         0 then receives the other shards in bounded chunks
-        (:func:`~captum_dualxda.distributed.assemble_strided`). No rank but 0 ever holds more
+        (:func:`~captum_dualxda._core.distributed.assemble_strided`). No rank but 0 ever holds more
         than its own shard, and nothing is written to a file two ranks share. Collective: call
         it on every rank. A no-op without a process group.
     out_path : str, optional
@@ -239,7 +256,7 @@ def extract_features(
         ``torch.autocast`` (mixed precision); the features are stored in float32 all the same.
     observe : callable, optional
         Called with every batch as the loader yields it, before the model sees it (e.g.
-        :meth:`~captum_dualxda.cache.Fingerprint.update`: a fingerprint taken in the same pass).
+        :meth:`~captum_dualxda._core.cache.Fingerprint.update`: a fingerprint taken in the same pass).
 
     Returns
     -------
@@ -344,7 +361,12 @@ class _HostCopies:
     def submit(self, rows: torch.Tensor, place: Callable[[torch.Tensor], None]) -> None:
         """Start copying ``rows`` (on a CUDA device) to the host; ``place(host_rows)`` follows later."""
         buffer = self.buffers[self.turn]
-        if buffer is None or buffer.shape[0] < rows.shape[0] or buffer.shape[1:] != rows.shape[1:] or buffer.dtype != rows.dtype:
+        if (
+            buffer is None
+            or buffer.shape[0] < rows.shape[0]
+            or buffer.shape[1:] != rows.shape[1:]
+            or buffer.dtype != rows.dtype
+        ):
             buffer = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
             self.buffers[self.turn] = buffer
         host = buffer[: rows.shape[0]]
@@ -428,11 +450,12 @@ class _RowSink:
     def result(self, assembled: bool = False) -> torch.Tensor:
         """The features: the file re-opened memory-mapped, the filled tensor, or the blocks."""
         self.flush()
-        if isinstance(self.target, np.ndarray):
+        if isinstance(self.target, np.memmap):
+            assert self.path is not None  # a memory-mapped target is a file
             self.target.flush()
             self.target = None
             return torch.from_numpy(np.load(self.path, mmap_mode="r+"))
-        if self.target is not None:
+        if isinstance(self.target, torch.Tensor):
             return self.target if assembled else self.target[: self.written]
         if self.blocks:
             return torch.cat(self.blocks)
