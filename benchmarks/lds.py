@@ -79,6 +79,7 @@ that the subset determines, and ``sqrt(rho)`` the correlation of the best possib
 predictor ``E[y | S]`` with ``y``. Both are reported, averaged over test samples (Spearman
 correlations over the ``--n-second`` subsets).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -125,8 +126,9 @@ def settings_key(settings: Dict[str, Any]) -> str:
     functions: editing any of them starts a new cache.
     """
     keep = {k: settings[k] for k in ("data_seed", "epochs", "fraction", "subset_seed", "n_test")}
-    code = "".join(inspect.getsource(f) for f in (load_digits_data, DigitsCNN, train_cnn, draw_subsets,
-                                                  correct_class_margin))
+    code = "".join(
+        inspect.getsource(f) for f in (load_digits_data, DigitsCNN, train_cnn, draw_subsets, correct_class_margin)
+    )
     text = json.dumps({**keep, "torch": torch.__version__, "code": code}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -170,13 +172,18 @@ def prepare(settings: Dict[str, Any], show_progress: bool) -> Dict[str, Any]:
     jobs: List[Tuple[int, Optional[int], str]] = []
     for seed in settings["ensemble_seeds"]:
         jobs.append((seed, None, checkpoint_path(cache, seed, epochs)))
-    jobs += [(1000 + m, m, os.path.join(cache, "margins", f"seed{1000 + m}-subset{m}.pt"))
-             for m in range(settings["n_subsets"])]
-    jobs += [(2000 + m, m, os.path.join(cache, "margins", f"seed{2000 + m}-subset{m}.pt"))
-             for m in range(settings["n_second"])]
+    jobs += [
+        (1000 + m, m, os.path.join(cache, "margins", f"seed{1000 + m}-subset{m}.pt"))
+        for m in range(settings["n_subsets"])
+    ]
+    jobs += [
+        (2000 + m, m, os.path.join(cache, "margins", f"seed{2000 + m}-subset{m}.pt"))
+        for m in range(settings["n_second"])
+    ]
     todo = [job for job in jobs if not os.path.exists(job[2])]
-    for seed, m, path in tqdm(todo, desc="training models", unit="model", file=sys.stderr,
-                              disable=not show_progress or not todo):
+    for seed, m, path in tqdm(
+        todo, desc="training models", unit="model", file=sys.stderr, disable=not show_progress or not todo
+    ):
         if m is None:  # a full model, its state after every epoch (the first seed's checkpoints are used)
             paths = [checkpoint_path(cache, seed, e) for e in range(1, epochs + 1)]
             tmp = [f"{p}.tmp{os.getpid()}" for p in paths]
@@ -189,8 +196,14 @@ def prepare(settings: Dict[str, Any], show_progress: bool) -> Dict[str, Any]:
         net = train_cnn(x_train[torch.from_numpy(idx)], y_train[torch.from_numpy(idx)], epochs=epochs, seed=seed)
         elapsed = time.perf_counter() - start
         tmp = f"{path}.tmp{os.getpid()}"
-        torch.save({"margin": torch.from_numpy(correct_class_margin(net, x_test, y_test)), "seconds": elapsed,
-                    "subset": torch.from_numpy(idx)}, tmp)
+        torch.save(
+            {
+                "margin": torch.from_numpy(correct_class_margin(net, x_test, y_test)),
+                "seconds": elapsed,
+                "subset": torch.from_numpy(idx),
+            },
+            tmp,
+        )
         os.replace(tmp, path)
 
     margins: Dict[Tuple[int, int], np.ndarray] = {}
@@ -200,17 +213,25 @@ def prepare(settings: Dict[str, Any], show_progress: bool) -> Dict[str, Any]:
             continue
         saved = torch.load(path)
         if not np.array_equal(saved["subset"].numpy(), np.flatnonzero(subsets[m])):
-            raise RuntimeError(f"{path} was trained on another subset than this run draws (numpy changed?); "
-                               f"delete {cache} to retrain.")
+            raise RuntimeError(
+                f"{path} was trained on another subset than this run draws (numpy changed?); delete {cache} to retrain."
+            )
         margins[seed, m] = saved["margin"].numpy().astype(np.float64)
         seconds.append(float(saved["seconds"]))
     first = np.stack([margins[1000 + m, m] for m in range(settings["n_subsets"])])
-    second = (np.stack([margins[2000 + m, m] for m in range(settings["n_second"])])
-              if settings["n_second"] else None)
+    second = np.stack([margins[2000 + m, m] for m in range(settings["n_second"])]) if settings["n_second"] else None
     return dict(
-        cache=cache, key=key, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
-        subsets=subsets, margins=first, margins_second=second,
-        retrain_seconds=float(np.median(seconds)), n_trained_now=len(todo),
+        cache=cache,
+        key=key,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        subsets=subsets,
+        margins=first,
+        margins_second=second,
+        retrain_seconds=float(np.median(seconds)),
+        n_trained_now=len(todo),
     )
 
 
@@ -289,9 +310,13 @@ class DualDARuns:
         runner_up = surrogate.scatter(1, ctx["y_test"][:, None], float("-inf")).argmax(1)
         other, explain_other = _median_timing(lambda: dualda.influence((ctx["x_test"], runner_up)), 5)
         self.runs[key] = dict(
-            scores=scores.double().numpy(), margin_scores=(scores.double() - other.double()).numpy(),
-            precompute=precompute, explain=explain, explain_margin=explain + explain_other,
-            n_support=int(dualda.support_indices.numel()), converged=bool(dualda.fit_stats["converged"]),
+            scores=scores.double().numpy(),
+            margin_scores=(scores.double() - other.double()).numpy(),
+            precompute=precompute,
+            explain=explain,
+            explain_margin=explain + explain_other,
+            n_support=int(dualda.support_indices.numel()),
+            converged=bool(dualda.fit_stats["converged"]),
         )
         return self.runs[key]
 
@@ -326,8 +351,14 @@ def tracin_scores(ctx: Dict[str, Any], epochs: Sequence[int]) -> Tuple[np.ndarra
     net = load_model(ctx["cache"], seed, epochs[-1])
     train_set = TensorDataset(ctx["x_train"], ctx["y_train"])
     with Timing() as precompute:
-        explainer = TracInCPFast(net, net.fc, train_set, [checkpoint_path(ctx["cache"], seed, e) for e in epochs],
-                                 loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=256)
+        explainer = TracInCPFast(
+            net,
+            net.fc,
+            train_set,
+            [checkpoint_path(ctx["cache"], seed, e) for e in epochs],
+            loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+            batch_size=256,
+        )
     with Timing() as explain:
         scores = explainer.influence((ctx["x_test"], ctx["y_test"]))
     return scores.double().numpy(), precompute, explain
@@ -385,9 +416,12 @@ def trak_scores(
 
     checkpoints = [checkpoint_path(ctx["cache"], s, e) for s, e in models]
     task = AttributionTask(loss_func=output_fn, model=net, checkpoints=checkpoints, checkpoints_load_func=load)
-    attributor = TRAKAttributor(task=task, correct_probability_func=probability_fn, device="cpu",
-                                projector_kwargs={"proj_dim": proj_dim, "proj_max_batch_size": 32, "proj_seed": 0,
-                                                  "device": "cpu"})
+    attributor = TRAKAttributor(
+        task=task,
+        correct_probability_func=probability_fn,
+        device="cpu",
+        projector_kwargs={"proj_dim": proj_dim, "proj_max_batch_size": 32, "proj_seed": 0, "device": "cpu"},
+    )
     train_loader = DataLoader(TensorDataset(ctx["x_train"], ctx["y_train"]), batch_size=128, shuffle=False)
     test_loader = DataLoader(TensorDataset(ctx["x_test"], ctx["y_test"]), batch_size=100, shuffle=False)
     with _quiet_tqdm(), Timing() as precompute:
@@ -460,19 +494,34 @@ def evaluate(ctx: Dict[str, Any], include_dattri: bool, show_progress: bool) -> 
 
     jobs: List[Callable[[], None]] = []
     for C in CS:
+
         def single(C: float = C) -> None:
             run = runs.get(seed0, last, C)
-            add(f"DualDA C={C:g}", run["scores"], run["precompute"], run["explain"], n_support=run["n_support"],
-                converged=run["converged"])
+            add(
+                f"DualDA C={C:g}",
+                run["scores"],
+                run["precompute"],
+                run["explain"],
+                n_support=run["n_support"],
+                converged=run["converged"],
+            )
             add(f"DualDA margin C={C:g}", run["margin_scores"], run["precompute"], run["explain_margin"])
+
         jobs.append(single)
     for label, models in groups.items():
         for C in CS:
+
             def ensemble(C: float = C, label: str = label, models: List[Tuple[int, int]] = models) -> None:
                 member = [runs.get(s, e, C) for s, e in models]
-                add(f"DualDA {label} C={C:g}", np.mean([r["scores"] for r in member], 0),
-                    sum((r["precompute"] for r in member), Timing()), sum((r["explain"] for r in member), Timing()),
-                    members=len(models), converged=all(r["converged"] for r in member))
+                add(
+                    f"DualDA {label} C={C:g}",
+                    np.mean([r["scores"] for r in member], 0),
+                    sum((r["precompute"] for r in member), Timing()),
+                    sum((r["explain"] for r in member), Timing()),
+                    members=len(models),
+                    converged=all(r["converged"] for r in member),
+                )
+
             jobs.append(ensemble)
     ckpts = [e for _, e in groups["ckpts x3"]]
     jobs.append(lambda: add("TracInCPFast (final ckpt)", *tracin_scores(ctx, [last])))
@@ -483,6 +532,7 @@ def evaluate(ctx: Dict[str, Any], include_dattri: bool, show_progress: bool) -> 
     def random_scores() -> None:
         rng = np.random.default_rng(0)
         add("random", rng.standard_normal((len(ctx["y_test"]), len(ctx["y_train"]))), Timing(), Timing())
+
     jobs.append(random_scores)
     if include_dattri:
         proj = settings["trak_proj_dim"]
@@ -502,8 +552,9 @@ def evaluate(ctx: Dict[str, Any], include_dattri: bool, show_progress: bool) -> 
         from dattri.metric import lds as dattri_lds
 
         indices = torch.from_numpy(np.stack([np.flatnonzero(mask) for mask in ctx["subsets"]]))
-        theirs = dattri_lds(torch.from_numpy(runs.get(seed0, last, 1e-3)["scores"]).T,
-                            (torch.from_numpy(ctx["margins"]), indices))[0].numpy()
+        theirs = dattri_lds(
+            torch.from_numpy(runs.get(seed0, last, 1e-3)["scores"]).T, (torch.from_numpy(ctx["margins"]), indices)
+        )[0].numpy()
         ours = next(r for r in rows if r["name"] == REFERENCE)["per_sample"]
         ctx["dattri_lds_max_diff"] = float(np.nanmax(np.abs(theirs - ours)))
     return rows
@@ -526,8 +577,12 @@ def ceiling(ctx: Dict[str, Any]) -> Dict[str, float]:
         return {}
     first = ctx["margins"][: second.shape[0]]
     # lds with singleton "subsets" {m} and an identity score matrix: Spearman of first vs second per column
-    rho = np.array([lds(first[:, [t]].T, np.eye(len(first), dtype=bool), second[:, [t]]).per_sample[0]
-                    for t in range(first.shape[1])])
+    rho = np.array(
+        [
+            lds(first[:, [t]].T, np.eye(len(first), dtype=bool), second[:, [t]]).per_sample[0]
+            for t in range(first.shape[1])
+        ]
+    )
     rho = rho[~np.isnan(rho)]
     return dict(
         two_seed=float(rho.mean()),
@@ -555,21 +610,26 @@ def _diff(rows: Dict[str, Dict[str, Any]], name: str, reference: str) -> str:
 def main_table(rows: List[Dict[str, Any]], settings: Dict[str, Any]) -> str:
     by_name = {r["name"]: r for r in rows}
     shown_ensembles = {f"DualDA {label} C={C:g}" for label in ensembles(settings) for C in (1e-4, 1e-3)}
-    lines = ["| method | LDS | SE | diff vs DualDA C=1e-3 (paired SE) | precompute [s] | ms / test | "
-             "precompute CPU [s] | CPU ms / test |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | LDS | SE | diff vs DualDA C=1e-3 (paired SE) | precompute [s] | ms / test | "
+        "precompute CPU [s] | CPU ms / test |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in rows:
         name = row["name"]
-        if name.startswith("DualDA margin") or (name.startswith("DualDA ") and "x" in name.split("C=")[0]
-                                                 and name not in shown_ensembles):
+        if name.startswith("DualDA margin") or (
+            name.startswith("DualDA ") and "x" in name.split("C=")[0] and name not in shown_ensembles
+        ):
             continue
         values = row["per_sample"][~np.isnan(row["per_sample"])]
         se = values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else float("nan")
         label = name + (f" ({row['n_support']} SV)" if "n_support" in row else "")
         diff = "(reference)" if name == REFERENCE else _diff(by_name, name, REFERENCE)
-        lines.append(f"| {label} | {row['lds']:.3f} | {se:.3f} | {diff} | {_num(row['precompute_s'], '.2f')} | "
-                     f"{_num(row['ms_per_test'], '.3g')} | {_num(row['precompute_cpu_s'], '.2f')} | "
-                     f"{_num(row['cpu_ms_per_test'], '.3g')} |")
+        lines.append(
+            f"| {label} | {row['lds']:.3f} | {se:.3f} | {diff} | {_num(row['precompute_s'], '.2f')} | "
+            f"{_num(row['ms_per_test'], '.3g')} | {_num(row['precompute_cpu_s'], '.2f')} | "
+            f"{_num(row['cpu_ms_per_test'], '.3g')} |"
+        )
     return "\n".join(lines)
 
 
@@ -587,8 +647,11 @@ def ensemble_table(rows: List[Dict[str, Any]], settings: Dict[str, Any]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for C in CS:
         single = f"DualDA C={C:g}"
-        cells = [f"{C:g}", f"{by_name[single]['lds']:.3f}",
-                 f"{by_name[f'DualDA margin C={C:g}']['lds']:.3f} ({_diff(by_name, f'DualDA margin C={C:g}', single)})"]
+        cells = [
+            f"{C:g}",
+            f"{by_name[single]['lds']:.3f}",
+            f"{by_name[f'DualDA margin C={C:g}']['lds']:.3f} ({_diff(by_name, f'DualDA margin C={C:g}', single)})",
+        ]
         for label in labels:
             name = f"DualDA {label} C={C:g}"
             cells.append(f"{by_name[name]['lds']:.3f} ({_diff(by_name, name, single)})")
@@ -624,9 +687,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.n_subsets >= 2 or not 0 <= args.n_second <= args.n_subsets:
         parser.error("need --n-subsets >= 2 and 0 <= --n-second <= --n-subsets")
     torch.set_num_threads(1)  # fastest for this tiny CNN (see captum_dualxda.demo.run_demo)
-    settings = dict(n_subsets=args.n_subsets, n_second=args.n_second, n_test=args.n_test, fraction=0.5,
-                    subset_seed=args.subset_seed, data_seed=0, epochs=args.epochs,
-                    ensemble_seeds=list(ENSEMBLE_SEEDS), trak_proj_dim=args.trak_proj_dim)
+    settings = dict(
+        n_subsets=args.n_subsets,
+        n_second=args.n_second,
+        n_test=args.n_test,
+        fraction=0.5,
+        subset_seed=args.subset_seed,
+        data_seed=0,
+        epochs=args.epochs,
+        ensemble_seeds=list(ENSEMBLE_SEEDS),
+        trak_proj_dim=args.trak_proj_dim,
+    )
     load_start = os.getloadavg()
     with Timing() as t_prepare:
         ctx = prepare(settings, not args.quiet)
@@ -655,20 +726,34 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"({1000 * ctx['forward'].cpu / len(ctx['y_test']):.3g} ms CPU)."
     )
     tables = [main_table(rows, settings), ensemble_table(rows, settings)]
-    lines = [header, "", tables[0], "",
-             "DualDA ensembles: LDS (paired difference to the single final model at the same C ± SE); "
-             "last columns: ensemble minus TRAK on the same models (± paired SE).", "", tables[1], ""]
+    lines = [
+        header,
+        "",
+        tables[0],
+        "",
+        "DualDA ensembles: LDS (paired difference to the single final model at the same C ± SE); "
+        "last columns: ensemble minus TRAK on the same models (± paired SE).",
+        "",
+        tables[1],
+        "",
+    ]
     if ceil:
         lines.append(
             f"Seed-noise ceiling ({ceil['n_subsets']} subsets trained with two seeds): Spearman correlation of the "
             f"two seeds' margins {ceil['two_seed']:.3f} (SE {ceil['two_seed_se']:.3f}); ceiling for a subset-only "
             f"predictor sqrt(rho) {ceil['ceiling']:.3f} (mean of per-sample values; sqrt of the mean "
-            f"{ceil['ceiling_of_mean']:.3f}).")
+            f"{ceil['ceiling_of_mean']:.3f})."
+        )
     text = "\n".join(lines)
     print(text)
     if args.out:
-        report = dict(header=header, settings=settings, ceiling=ceil, markdown=text,
-                      rows=[{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()} for r in rows])
+        report = dict(
+            header=header,
+            settings=settings,
+            ceiling=ceil,
+            markdown=text,
+            rows=[{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()} for r in rows],
+        )
         with open(args.out, "w") as handle:
             json.dump(report, handle, indent=1)
     return 0

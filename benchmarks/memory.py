@@ -17,6 +17,7 @@ Usage::
     python benchmarks/memory.py --solver-scale --device cuda        # the big case on a GPU
     python benchmarks/memory.py --quick         # small smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -104,18 +105,32 @@ def child(n: int, d: int, k: int, out_of_core: bool, data_path: str) -> dict:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dualda = DualDA(model, "1", data, C=1e-3, batch_size=4096, max_iter=5,
-                        cache_dir=cache if out_of_core else None,
-                        memory_budget=0 if out_of_core else None)
+        dualda = DualDA(
+            model,
+            "1",
+            data,
+            C=1e-3,
+            batch_size=4096,
+            max_iter=5,
+            cache_dir=cache if out_of_core else None,
+            memory_budget=0 if out_of_core else None,
+        )
     elapsed = time.perf_counter() - start
     sampler.stop.set()
     sampler.join()
     n_sv = int(dualda.support_indices.numel())
     predicted = 4 * n * d * (0 if out_of_core else 1) + 12 * n * k + 4 * n_sv * d
     return {
-        "n": n, "d": d, "K": k, "out_of_core": out_of_core, "n_sv": n_sv,
-        "peak_anon_mb": (sampler.anon - base) / 1024, "peak_file_mb": sampler.file / 1024,
-        "predicted_mb": predicted / 2**20, "features_mb": 4 * n * d / 2**20, "seconds": elapsed,
+        "n": n,
+        "d": d,
+        "K": k,
+        "out_of_core": out_of_core,
+        "n_sv": n_sv,
+        "peak_anon_mb": (sampler.anon - base) / 1024,
+        "peak_file_mb": sampler.file / 1024,
+        "predicted_mb": predicted / 2**20,
+        "features_mb": 4 * n * d / 2**20,
+        "seconds": elapsed,
     }
 
 
@@ -200,10 +215,20 @@ def solver_scale(n: int, d: int, k: int, passes: int, sparse: bool, device: str 
     capacity = getattr(res.alpha, "capacity", None)
     alpha_bytes = 12 * n * capacity if sparse else 8 * n * k
     return {
-        "n": n, "d": d, "K": k, "passes": passes, "sparse": sparse, "capacity": capacity,
-        "wall_s": elapsed, "solver_s": res.time, "gap": res.gap,
-        "features_mb": 4 * n * d / 2**20, "peak_anon_mb": peak, "device": str(x.device),
-        "alpha_mb": alpha_bytes / 2**20, "n_sv": int(res.support_indices.numel()),
+        "n": n,
+        "d": d,
+        "K": k,
+        "passes": passes,
+        "sparse": sparse,
+        "capacity": capacity,
+        "wall_s": elapsed,
+        "solver_s": res.time,
+        "gap": res.gap,
+        "features_mb": 4 * n * d / 2**20,
+        "peak_anon_mb": peak,
+        "device": str(x.device),
+        "alpha_mb": alpha_bytes / 2**20,
+        "n_sv": int(res.support_indices.numel()),
     }
 
 
@@ -228,14 +253,18 @@ def main() -> None:
 
         r = solver_scale(args.n, args.d, args.k, args.passes, not args.dense, args.device)
         where = r["device"] if r["device"] != "cpu" else f"{torch.get_num_threads()} CPU threads"
-        print(f"# bdcd (the GPU backend) on {where}, C=1e-3, "
-              f"{time.strftime('%Y-%m-%d')}; wall time includes input checks and the final exact certificate")
+        print(
+            f"# bdcd (the GPU backend) on {where}, C=1e-3, "
+            f"{time.strftime('%Y-%m-%d')}; wall time includes input checks and the final exact certificate"
+        )
         memory = "peak CUDA memory above features MB" if r["device"] != "cpu" else "peak anon above features MB"
         print(f"| n | d | K | alpha | passes | wall s | features MB | alpha MB | {memory} | relative gap |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         layout = f"row-sparse, {r['capacity']} slots" if r["sparse"] else "dense"
-        print(f"| {r['n']:,} | {r['d']} | {r['K']} | {layout} | {r['passes']} | {r['wall_s']:.1f} | "
-              f"{r['features_mb']:.0f} | {r['alpha_mb']:.0f} | {r['peak_anon_mb']:.0f} | {r['gap']:.3g} |")
+        print(
+            f"| {r['n']:,} | {r['d']} | {r['K']} | {layout} | {r['passes']} | {r['wall_s']:.1f} | "
+            f"{r['features_mb']:.0f} | {r['alpha_mb']:.0f} | {r['peak_anon_mb']:.0f} | {r['gap']:.3g} |"
+        )
         return
     if args.epoch_time:
         epoch_time(20_000 if args.quick else 200_000, 512, 100)
@@ -245,8 +274,10 @@ def main() -> None:
         if args.quick
         else [(50_000, 256), (100_000, 256), (100_000, 512), (200_000, 512)]
     )
-    print(f"# DualDA fit memory, K=10, C=1e-3, 5 solver passes; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"# DualDA fit memory, K=10, C=1e-3, 5 solver passes; {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}"
+    )
     print(f"# prediction: {PREDICT_DOC} (out of core: without the 4nd term)")
     print("| n | d | features MB | path | peak anon MB | predicted MB | peak mapped-file MB | s |")
     print("|---|---|---|---|---|---|---|---|")

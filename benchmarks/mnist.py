@@ -65,6 +65,7 @@ Metrics (implemented here after quanda 0.5's definitions, on the dense score mat
 method and variant) bound the run; whatever did not run or finish within them is listed under
 the tables. Training the networks is not counted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,8 +94,18 @@ for _path in (HERE, ROOT):
 
 from mnist_cnn import SHORTCUT_CLASS, VARIANTS, load_checkpoint, make_variant, trained_checkpoints  # noqa: E402
 
-METHODS = ("DualDA C=1e-05", "DualDA C=0.001", "DualDA C=0.1", "DualDA ensemble x3 C=0.001", "TracInCPFast",
-           "TRAK-1", "TRAK-3", "RPS", "Grad-Cos", "random")
+METHODS = (
+    "DualDA C=1e-05",
+    "DualDA C=0.001",
+    "DualDA C=0.1",
+    "DualDA ensemble x3 C=0.001",
+    "TracInCPFast",
+    "TRAK-1",
+    "TRAK-3",
+    "RPS",
+    "Grad-Cos",
+    "random",
+)
 TRAK_LAYERS = ["classifier.weight", "classifier.bias"]
 TOP_K = 10
 PAPER_DUALDA_TOTAL_S = 11.0  # the paper's figure: DualDA, 2,000 MNIST explanations, their GPU (read off the figure)
@@ -124,8 +135,9 @@ def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((precision * hits).sum() / hits.sum())
 
 
-def shortcut_detection(scores: torch.Tensor, marked: torch.Tensor, true_test: torch.Tensor,
-                       predicted: torch.Tensor) -> Tuple[float, int]:
+def shortcut_detection(
+    scores: torch.Tensor, marked: torch.Tensor, true_test: torch.Tensor, predicted: torch.Tensor
+) -> Tuple[float, int]:
     """Mean AP for the marked training samples over test rows with true label != 2 predicted as 2; and the row count."""
     rows = torch.nonzero((true_test != SHORTCUT_CLASS) & (predicted == SHORTCUT_CLASS)).flatten()
     positive = np.zeros(scores.shape[1], dtype=bool)
@@ -169,16 +181,17 @@ def _peak_mb() -> float:
     return _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _grad_parts(net: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                batch: int = 2000) -> Tuple[torch.Tensor, torch.Tensor]:
+def _grad_parts(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 2000
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Final-layer gradient factors: ``r = softmax - onehot(y)`` ``(N, K)``, ``[phi, 1]`` ``(N, d + 1)``, float64."""
     rs, phis = [], []
     with torch.no_grad():
         for i in range(0, len(y), batch):
-            phi = net.features(x[i:i + batch])
+            phi = net.features(x[i : i + batch])
             logits = net.classifier(phi)
             r = torch.softmax(logits.double(), 1)
-            r[torch.arange(len(r)), y[i:i + batch]] -= 1
+            r[torch.arange(len(r)), y[i : i + batch]] -= 1
             rs.append(r)
             phis.append(torch.cat([phi.double(), torch.ones(len(phi), 1, dtype=torch.float64)], 1))
     return torch.cat(rs), torch.cat(phis)
@@ -209,8 +222,9 @@ def worker(method: str, variant: str, result_path: str) -> None:
 
     if method.startswith("DualDA"):  # load the compiled solver from numba's disk cache outside the timed phases
         rng = np.random.default_rng(0)
-        fit_crammer_singer(torch.tensor(rng.random((50, 4)), dtype=torch.float32), torch.tensor(rng.integers(0, 3, 50)),
-                           C=0.1)
+        fit_crammer_singer(
+            torch.tensor(rng.random((50, 4)), dtype=torch.float32), torch.tensor(rng.integers(0, 3, 50)), C=0.1
+        )
     if method.startswith("TRAK") or method == "RPS":
         import dattri  # noqa: F401
     result["baseline_mb"] = _reset_peak()
@@ -229,9 +243,13 @@ def worker(method: str, variant: str, result_path: str) -> None:
             else:
                 explainer = DualDA(net, "classifier", train_set, C=C, batch_size=1000)
                 stats = explainer.fit_stats
-                result.update(n_support=int(explainer.support_indices.numel()), converged=bool(stats["converged"]),
-                              extraction_s=stats.get("extraction_time"), solve_s=stats.get("time"),
-                              passes=stats.get("n_iter"))
+                result.update(
+                    n_support=int(explainer.support_indices.numel()),
+                    converged=bool(stats["converged"]),
+                    extraction_s=stats.get("extraction_time"),
+                    solve_s=stats.get("time"),
+                    passes=stats.get("n_iter"),
+                )
     elif method == "TracInCPFast":
         from captum.influence import TracInCPFast
 
@@ -239,16 +257,26 @@ def worker(method: str, variant: str, result_path: str) -> None:
             model.load_state_dict(torch.load(path))
             return 1.0
 
-        explainer = TracInCPFast(net, net.classifier, train_set, paths, loss_fn=nn.CrossEntropyLoss(reduction="sum"),
-                                 batch_size=1000, checkpoints_load_func=load)
+        explainer = TracInCPFast(
+            net,
+            net.classifier,
+            train_set,
+            paths,
+            loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+            batch_size=1000,
+            checkpoints_load_func=load,
+        )
     elif method.startswith("TRAK"):
         explainer = _trak(net, variant, paths[-1:] if method == "TRAK-1" else paths, x, y)
     elif method == "RPS":
         from dattri.algorithm.rps import RPSAttributor
         from dattri.task import AttributionTask
 
-        task = AttributionTask(loss_func=lambda pre, labels: nn.functional.cross_entropy(pre, labels), model=net,
-                               checkpoints=net.state_dict())
+        task = AttributionTask(
+            loss_func=lambda pre, labels: nn.functional.cross_entropy(pre, labels),
+            model=net,
+            checkpoints=net.state_dict(),
+        )
         explainer = RPSAttributor(task=task, final_linear_layer_name="classifier", device="cpu")
         explainer.cache(torch.utils.data.DataLoader(train_set, batch_size=1000, shuffle=False))
     elif method == "Grad-Cos":
@@ -270,15 +298,24 @@ def worker(method: str, variant: str, result_path: str) -> None:
                 scores = explainer.attribute(test_loader).T
         elif method == "RPS":
             loader = torch.utils.data.DataLoader
-            scores = explainer.attribute(loader(train_set, batch_size=1000), loader(TensorDataset(xt, predicted),
-                                                                                      batch_size=500)).T
+            scores = explainer.attribute(
+                loader(train_set, batch_size=1000), loader(TensorDataset(xt, predicted), batch_size=500)
+            ).T
         elif method == "Grad-Cos":
             r, phi = explainer
             rt, phit = _grad_parts(net, xt, predicted)
             norm_train = (r.norm(dim=1) * phi.norm(dim=1)).clamp_min(1e-30)
             norm_test = (rt.norm(dim=1) * phit.norm(dim=1)).clamp_min(1e-30)
-            scores = torch.cat([(((rt[i:i + 200] @ r.T) * (phit[i:i + 200] @ phi.T)) / norm_test[i:i + 200, None]
-                                 / norm_train[None, :]).float() for i in range(0, len(rt), 200)])
+            scores = torch.cat(
+                [
+                    (
+                        ((rt[i : i + 200] @ r.T) * (phit[i : i + 200] @ phi.T))
+                        / norm_test[i : i + 200, None]
+                        / norm_train[None, :]
+                    ).float()
+                    for i in range(0, len(rt), 200)
+                ]
+            )
         else:
             scores = torch.from_numpy(np.random.default_rng(0).standard_normal((len(xt), len(y)), dtype=np.float32))
         result["explain_s"], result["explain_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
@@ -350,9 +387,13 @@ def _trak(net: nn.Module, variant: str, paths: Sequence[str], x: torch.Tensor, y
         return model.eval()
 
     task = AttributionTask(loss_func=f, model=net, checkpoints=list(paths), checkpoints_load_func=load)
-    attributor = TRAKAttributor(task=task, correct_probability_func=m, device="cpu", layer_name=TRAK_LAYERS,
-                                projector_kwargs={"proj_dim": 512, "proj_max_batch_size": 32, "proj_seed": 0,
-                                                  "device": "cpu"})
+    attributor = TRAKAttributor(
+        task=task,
+        correct_probability_func=m,
+        device="cpu",
+        layer_name=TRAK_LAYERS,
+        projector_kwargs={"proj_dim": 512, "proj_max_batch_size": 32, "proj_seed": 0, "device": "cpu"},
+    )
     attributor.cache(torch.utils.data.DataLoader(TensorDataset(x, y), batch_size=500, shuffle=False))
     return attributor
 
@@ -405,16 +446,25 @@ def prepare(variants: Sequence[str]) -> Dict[str, Any]:
             with torch.no_grad():
                 t0, c0 = time.perf_counter(), time.process_time()
                 for i in range(0, len(data.y_train), 1000):
-                    net(data.x_train[i:i + 1000])
+                    net(data.x_train[i : i + 1000])
                 entry["forward_60k_s"], entry["forward_60k_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
         if variant == "corrupt":
             with torch.no_grad():
-                pred = torch.cat([net(data.x_train[i:i + 1000]).argmax(1) for i in range(0, len(data.y_train), 1000)])
+                pred = torch.cat([net(data.x_train[i : i + 1000]).argmax(1) for i in range(0, len(data.y_train), 1000)])
             flipped = data.special
             entry["fits_flipped"] = float((pred[flipped] == data.y_train[flipped]).double().mean())
-            loss = torch.cat([nn.functional.cross_entropy(net(data.x_train[i:i + 1000]), data.y_train[i:i + 1000],
-                                                          reduction="none").detach()
-                              for i in range(0, len(data.y_train), 1000)]).double().numpy()
+            loss = (
+                torch.cat(
+                    [
+                        nn.functional.cross_entropy(
+                            net(data.x_train[i : i + 1000]), data.y_train[i : i + 1000], reduction="none"
+                        ).detach()
+                        for i in range(0, len(data.y_train), 1000)
+                    ]
+                )
+                .double()
+                .numpy()
+            )
             from captum_dualxda.metrics import mislabel_auc
 
             entry["loss_mislabel_score"] = mislabel_curve_score(loss, flipped.numpy())
@@ -423,9 +473,18 @@ def prepare(variants: Sequence[str]) -> Dict[str, Any]:
             with torch.no_grad():
                 pred = net(data.x_test).argmax(1)
             entry["shortcut_rows"] = int(((data.true_test_labels != SHORTCUT_CLASS) & (pred == SHORTCUT_CLASS)).sum())
-        torch.save({"x_train": data.x_train, "y_train": data.y_train, "x_test": data.x_test,
-                    "true_train_labels": data.true_train_labels, "true_test_labels": data.true_test_labels,
-                    "special": data.special, "info": entry}, os.path.join(WORK, f"{variant}.pt"))
+        torch.save(
+            {
+                "x_train": data.x_train,
+                "y_train": data.y_train,
+                "x_test": data.x_test,
+                "true_train_labels": data.true_train_labels,
+                "true_test_labels": data.true_test_labels,
+                "special": data.special,
+                "info": entry,
+            },
+            os.path.join(WORK, f"{variant}.pt"),
+        )
         info[variant] = entry
     return info
 
@@ -452,24 +511,33 @@ def tables(results: List[Dict[str, Any]], info: Dict[str, Any], methods: Sequenc
             return "error"
         return "n/a" if r.get("done") else "–"
 
-    lines = ["| method | class det. (top-1) | subclass det. (top-1) | shortcut det. (AP) | mislabel det. (quanda) | "
-             "mislabel ROC AUC | top-10 cardinality | zero scores | Hoyer |", "|---|" + "---:|" * 8]
+    lines = [
+        "| method | class det. (top-1) | subclass det. (top-1) | shortcut det. (AP) | mislabel det. (quanda) | "
+        "mislabel ROC AUC | top-10 cardinality | zero scores | Hoyer |",
+        "|---|" + "---:|" * 8,
+    ]
     for m in methods:
-        lines.append(f"| {m} | {cell(m, 'std', 'class_detection')} | {cell(m, 'group', 'subclass_detection')} | "
-                     f"{cell(m, 'mark', 'shortcut_detection')} | {cell(m, 'corrupt', 'mislabel_score')} | "
-                     f"{cell(m, 'corrupt', 'mislabel_auc')} | {cell(m, 'std', 'topk_cardinality')} | "
-                     f"{cell(m, 'std', 'zero_fraction')} | {cell(m, 'std', 'hoyer')} |")
+        lines.append(
+            f"| {m} | {cell(m, 'std', 'class_detection')} | {cell(m, 'group', 'subclass_detection')} | "
+            f"{cell(m, 'mark', 'shortcut_detection')} | {cell(m, 'corrupt', 'mislabel_score')} | "
+            f"{cell(m, 'corrupt', 'mislabel_auc')} | {cell(m, 'std', 'topk_cardinality')} | "
+            f"{cell(m, 'std', 'zero_fraction')} | {cell(m, 'std', 'hoyer')} |"
+        )
     if "corrupt" in info:
         c = info["corrupt"]
-        lines.append(f"| network's training loss (baseline) | | | | {_f(c['loss_mislabel_score'])} | "
-                     f"{_f(c['loss_mislabel_auc'])} | | | |")
+        lines.append(
+            f"| network's training loss (baseline) | | | | {_f(c['loss_mislabel_score'])} | "
+            f"{_f(c['loss_mislabel_auc'])} | | | |"
+        )
     quality = "\n".join(lines)
 
     fwd = info.get("std", {}).get("forward_60k_s")
     fwd_cpu = info.get("std", {}).get("forward_60k_cpu_s")
-    lines = ["| method | fit [s] | explain 2,000 [s] | total [s] | total / forward pass over 60k | fit CPU [s] | "
-             "explain CPU [s] | total CPU / forward CPU | peak memory +MB | top-10 both signs [s] (CPU) | note |",
-             "|---|" + "---:|" * 9 + "---|"]
+    lines = [
+        "| method | fit [s] | explain 2,000 [s] | total [s] | total / forward pass over 60k | fit CPU [s] | "
+        "explain CPU [s] | total CPU / forward CPU | peak memory +MB | top-10 both signs [s] (CPU) | note |",
+        "|---|" + "---:|" * 9 + "---|",
+    ]
     for m in methods:
         r = by.get((m, "std"))
         if r is None:
@@ -479,8 +547,10 @@ def tables(results: List[Dict[str, Any]], info: Dict[str, Any], methods: Sequenc
         total = fit + explain if fit is not None and explain is not None else None
         note = []
         if "n_support" in r:
-            note.append(f"{r['n_support']:,} SV, {r.get('passes')} passes, extraction "
-                        f"{_f(r.get('extraction_s'), '.1f')} s + solve {_f(r.get('solve_s'), '.1f')} s")
+            note.append(
+                f"{r['n_support']:,} SV, {r.get('passes')} passes, extraction "
+                f"{_f(r.get('extraction_s'), '.1f')} s + solve {_f(r.get('solve_s'), '.1f')} s"
+            )
         if r.get("timed_out"):
             note.append("stopped at the method budget")
         if r.get("error"):
@@ -489,17 +559,23 @@ def tables(results: List[Dict[str, Any]], info: Dict[str, Any], methods: Sequenc
         total_c = fit_c + explain_c if fit_c is not None and explain_c is not None else None
         top = r.get("top10_both_s")
         top_text = f"{_f(top, '.2f')} ({_f(r.get('top10_both_cpu_s'), '.2f')})" if top is not None else "–"
-        lines.append(f"| {m} | {_f(fit, '.1f')} | {_f(explain, '.1f')} | {_f(total, '.1f')} | "
-                     f"{_f(total / fwd if total and fwd else None, '.2f')} | {_f(fit_c, '.1f')} | "
-                     f"{_f(explain_c, '.1f')} | "
-                     f"{_f(total_c / fwd_cpu if total_c and fwd_cpu else None, '.2f')} | "
-                     f"{_f(r.get('explain_peak_mb', r.get('peak_mb')), '.0f')} | "
-                     f"{top_text} | {'; '.join(note)} |")
-    lines.append(f"| DualDA (the paper's figure, their GPU) | | | ≈ {PAPER_DUALDA_TOTAL_S:.0f} | | | | | | | "
-                 "read off the figure |")
+        lines.append(
+            f"| {m} | {_f(fit, '.1f')} | {_f(explain, '.1f')} | {_f(total, '.1f')} | "
+            f"{_f(total / fwd if total and fwd else None, '.2f')} | {_f(fit_c, '.1f')} | "
+            f"{_f(explain_c, '.1f')} | "
+            f"{_f(total_c / fwd_cpu if total_c and fwd_cpu else None, '.2f')} | "
+            f"{_f(r.get('explain_peak_mb', r.get('peak_mb')), '.0f')} | "
+            f"{top_text} | {'; '.join(note)} |"
+        )
+    lines.append(
+        f"| DualDA (the paper's figure, their GPU) | | | ≈ {PAPER_DUALDA_TOTAL_S:.0f} | | | | | | | "
+        "read off the figure |"
+    )
     if fwd is not None:
-        lines.append(f"| one plain forward pass over the 60,000 training images | | | {fwd:.1f} | 1 | | | "
-                     f"{'1' if fwd_cpu else '–'} | | | CPU {_f(fwd_cpu, '.1f')} s |")
+        lines.append(
+            f"| one plain forward pass over the 60,000 training images | | | {fwd:.1f} | 1 | | | "
+            f"{'1' if fwd_cpu else '–'} | | | CPU {_f(fwd_cpu, '.1f')} s |"
+        )
     return quality + "\n\n" + "\n".join(lines)
 
 
@@ -550,9 +626,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--method-budget", type=float, default=1800.0, help="seconds per method and variant")
     parser.add_argument("--out", default=None, help="write all results as JSON")
     parser.add_argument("--write-readme", action="store_true", help="replace the tables in benchmarks/README.md")
-    parser.add_argument("--merge", nargs="+", metavar="JSON",
-                        help="only build the tables from the --out files of earlier runs (e.g. one run per variant, "
-                             "run side by side), then exit")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="only build the tables from the --out files of earlier runs (e.g. one run per variant, "
+        "run side by side), then exit",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -606,10 +686,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"{load1[0]:.1f} / {load1[1]:.1f} / {load1[2]:.1f} at the end; methods {time.perf_counter() - t_start:.0f} s. "
         + "Test accuracy on the 2,000 explained images: "
         + ", ".join(f"{v} {info[v]['test_accuracy']:.3f}" for v in variants)
-        + (f"; the corrupt network fits {info['corrupt']['fits_flipped']:.1%} of its flipped labels"
-           if "corrupt" in info else "")
-        + (f"; {info['mark']['shortcut_rows']} marked test images of other classes are predicted as 2 (the shortcut "
-           f"rows)" if "mark" in info else "")
+        + (
+            f"; the corrupt network fits {info['corrupt']['fits_flipped']:.1%} of its flipped labels"
+            if "corrupt" in info
+            else ""
+        )
+        + (
+            f"; {info['mark']['shortcut_rows']} marked test images of other classes are predicted as 2 (the shortcut "
+            f"rows)"
+            if "mark" in info
+            else ""
+        )
         + (f". One plain forward pass over the 60,000 training images: {std['forward_60k_s']:.1f} s." if std else ".")
     )
     text = header + "\n\n" + tables(results, info, methods)

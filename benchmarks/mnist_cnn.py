@@ -39,6 +39,7 @@ the tables' headers).
 The explained test samples: ``N_EXPLAIN = 2000`` test images, the first 2,000 of a seeded
 permutation of the 10,000 (``explain_indices``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -61,8 +62,17 @@ if HERE not in sys.path:
 from realdata import load_mnist, normalize_mnist  # noqa: E402
 
 __all__ = [
-    "MNISTCNN", "VARIANTS", "N_EXPLAIN", "Variant", "make_variant", "explain_indices", "mark_images",
-    "trained_checkpoints", "load_checkpoint", "cache_dir", "VARIANT_EPOCHS",
+    "MNISTCNN",
+    "VARIANTS",
+    "N_EXPLAIN",
+    "Variant",
+    "make_variant",
+    "explain_indices",
+    "mark_images",
+    "trained_checkpoints",
+    "load_checkpoint",
+    "cache_dir",
+    "VARIANT_EPOCHS",
 ]
 
 CACHE_ROOT = os.path.join(HERE, ".cache", "mnist")
@@ -86,8 +96,17 @@ class MNISTCNN(nn.Module):
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 5, 3), nn.ReLU(), nn.Conv2d(5, 10, 3), nn.ReLU(), nn.Conv2d(10, 5, 3), nn.ReLU(),
-            nn.Flatten(), nn.Linear(2420, 500), nn.ReLU(), nn.Linear(500, 100), nn.ReLU(),
+            nn.Conv2d(1, 5, 3),
+            nn.ReLU(),
+            nn.Conv2d(5, 10, 3),
+            nn.ReLU(),
+            nn.Conv2d(10, 5, 3),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(2420, 500),
+            nn.ReLU(),
+            nn.Linear(500, 100),
+            nn.ReLU(),
         )
         self.classifier = nn.Linear(100, num_classes)
 
@@ -142,7 +161,7 @@ def mark_images(images_uint8: np.ndarray) -> np.ndarray:
     out[:, -2:, :] = 255
     out[:, :, :2] = 255
     out[:, :, -2:] = 255
-    out[:, mid - 3:mid + 3, mid - 3:mid + 3] = 255
+    out[:, mid - 3 : mid + 3, mid - 3 : mid + 3] = 255
     return out
 
 
@@ -187,13 +206,31 @@ def make_variant(name: str, seed: int = 0, n_explain: int = N_EXPLAIN) -> Varian
         y_train = y_true.clone()
         y_train[idx] = torch.from_numpy((y_true.numpy()[idx] + shift) % 10)
         special = torch.from_numpy(idx.astype(np.int64))
-    return Variant(name, num_classes, normalize_mnist(train_np), y_train, y_true, normalize_mnist(test_u8),
-                   y_test, yt_true, special)
+    return Variant(
+        name,
+        num_classes,
+        normalize_mnist(train_np),
+        y_train,
+        y_true,
+        normalize_mnist(test_u8),
+        y_test,
+        yt_true,
+        special,
+    )
 
 
 # ------------------------------------------------------------------------------------ training cache
-def _train(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int, batch_size: int, lr: float,
-           paths: List[str], show_progress: bool) -> None:
+def _train(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    seed: int,
+    batch_size: int,
+    lr: float,
+    paths: List[str],
+    show_progress: bool,
+) -> None:
     """Adam with a cosine-decayed learning rate; ``len(paths) / epochs`` evenly spaced states saved per epoch."""
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     steps_per_epoch = math.ceil(len(y) / batch_size)
@@ -206,7 +243,7 @@ def _train(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: 
         order = torch.randperm(len(y), generator=gen)
         for b in range(steps_per_epoch):
             net.train()
-            idx = order[b * batch_size:(b + 1) * batch_size]
+            idx = order[b * batch_size : (b + 1) * batch_size]
             opt.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
             loss.backward()
@@ -220,8 +257,12 @@ def _train(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: 
                 torch.save(net.state_dict(), tmp)
                 os.replace(tmp, save_at[step])
                 if show_progress:
-                    print(f"  step {step}/{total_steps}: mean loss {running / step:.4f} "
-                          f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+                    print(
+                        f"  step {step}/{total_steps}: mean loss {running / step:.4f} "
+                        f"({time.perf_counter() - start:.0f} s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     net.eval()
 
 
@@ -234,13 +275,24 @@ def cache_dir(name: str, epochs: Optional[int] = None, seed: int = 0) -> str:
     """Cache directory of a variant's run: a hash of the settings, the torch version and this file's code."""
     epochs = VARIANT_EPOCHS[name] if epochs is None else epochs
     code = "".join(inspect.getsource(f) for f in (MNISTCNN, make_variant, mark_images, _train, explain_indices))
-    text = json.dumps(dict(name=name, epochs=epochs, seed=seed, torch=torch.__version__, code=code,
-                           per_epoch=CHECKPOINTS_PER_EPOCH[name], **TRAIN_SETTINGS), sort_keys=True)
+    text = json.dumps(
+        dict(
+            name=name,
+            epochs=epochs,
+            seed=seed,
+            torch=torch.__version__,
+            code=code,
+            per_epoch=CHECKPOINTS_PER_EPOCH[name],
+            **TRAIN_SETTINGS,
+        ),
+        sort_keys=True,
+    )
     return os.path.join(CACHE_ROOT, f"{name}-e{epochs}-s{seed}-{hashlib.sha256(text.encode()).hexdigest()[:12]}")
 
 
-def trained_checkpoints(name: str, epochs: Optional[int] = None, seed: int = 0, show_progress: bool = True,
-                        data: Optional[Variant] = None) -> List[str]:
+def trained_checkpoints(
+    name: str, epochs: Optional[int] = None, seed: int = 0, show_progress: bool = True, data: Optional[Variant] = None
+) -> List[str]:
     """Paths of the per-epoch states of a variant's network, training it first if not cached.
 
     Parameters
@@ -274,8 +326,7 @@ def trained_checkpoints(name: str, epochs: Optional[int] = None, seed: int = 0, 
     if show_progress:
         print(f"training the {name} MNIST CNN ({epochs} epochs) into {root}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    _train(net, data.x_train, data.y_train, epochs, seed, paths=paths, show_progress=show_progress,
-           **TRAIN_SETTINGS)
+    _train(net, data.x_train, data.y_train, epochs, seed, paths=paths, show_progress=show_progress, **TRAIN_SETTINGS)
     with open(os.path.join(root, "train.json"), "w") as handle:
         json.dump(dict(seconds=time.perf_counter() - start, threads=torch.get_num_threads(), **TRAIN_SETTINGS), handle)
     return paths

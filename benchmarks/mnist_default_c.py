@@ -24,6 +24,7 @@ set of a user with ``n`` images), solved with DualDA's solver and settings
 * LDS is not available at these sizes (it needs retrained models); ``mnist_lds.py`` measures it
   against C in dattri's setting (n = 5,000).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,7 +58,7 @@ NS = (5000, 20000, 60000)
 
 def features(net: torch.nn.Module, x: torch.Tensor, batch: int = 2000) -> torch.Tensor:
     """``(N, 100)`` float32 inputs of ``net.classifier``."""
-    return torch.cat([batch_features(net, net.classifier, (x[i:i + batch],)) for i in range(0, len(x), batch)])
+    return torch.cat([batch_features(net, net.classifier, (x[i : i + batch],)) for i in range(0, len(x), batch)])
 
 
 def sweep(ns: List[int], Cs: List[float], show_progress: bool = True) -> Dict[str, Any]:
@@ -74,7 +75,7 @@ def sweep(ns: List[int], Cs: List[float], show_progress: bool = True) -> Dict[st
     x_test, y_test = load_mnist("test")
     phi_test = features(net, x_test)
     with torch.no_grad():
-        net_pred = torch.cat([net(x_test[i:i + 2000]).argmax(1) for i in range(0, len(x_test), 2000)])
+        net_pred = torch.cat([net(x_test[i : i + 2000]).argmax(1) for i in range(0, len(x_test), 2000)])
     flipped_all = np.zeros(len(corrupt.y_train), dtype=bool)
     flipped_all[corrupt.special.numpy()] = True
     rows = []
@@ -95,12 +96,21 @@ def sweep(ns: List[int], Cs: List[float], show_progress: bool = True) -> Dict[st
             own = scores[torch.arange(n), y_c]
             other = scores.scatter(1, y_c[:, None], float("-inf")).max(1).values
             hinge = torch.clamp(1 - own + other, min=0)
-            row = dict(n=n, C=C, agreement=float((surrogate == net_pred).double().mean()),
-                       surrogate_acc=float((surrogate == y_test).double().mean()), n_support=n_sv,
-                       zero_scores=1 - n_sv / n, passes=int(fit.n_iter), fit_s=float(fit.time),
-                       converged=bool(fit.converged), passes_corrupt=int(fit_c.n_iter), fit_corrupt_s=float(fit_c.time),
-                       self_influence_auc=float(mislabel_auc(self_inf.numpy(), flipped_all[:n])),
-                       hinge_auc=float(mislabel_auc(hinge.numpy(), flipped_all[:n])))
+            row = dict(
+                n=n,
+                C=C,
+                agreement=float((surrogate == net_pred).double().mean()),
+                surrogate_acc=float((surrogate == y_test).double().mean()),
+                n_support=n_sv,
+                zero_scores=1 - n_sv / n,
+                passes=int(fit.n_iter),
+                fit_s=float(fit.time),
+                converged=bool(fit.converged),
+                passes_corrupt=int(fit_c.n_iter),
+                fit_corrupt_s=float(fit_c.time),
+                self_influence_auc=float(mislabel_auc(self_inf.numpy(), flipped_all[:n])),
+                hinge_auc=float(mislabel_auc(hinge.numpy(), flipped_all[:n])),
+            )
             rows.append(row)
             if show_progress:
                 print(json.dumps(row), file=sys.stderr, flush=True)
@@ -115,16 +125,20 @@ def table(report: Dict[str, Any]) -> str:
     ns = {r["n"] for r in rows}
     best_agree = {n: max((r for r in rows if r["n"] == n), key=lambda r: r["agreement"])["C"] for n in ns}
     best_auc = {n: max((r for r in rows if r["n"] == n), key=lambda r: r["self_influence_auc"])["C"] for n in ns}
-    lines = ["| n | C | n·C | agreement | surrogate acc | SV | zero scores | passes | fit [s] | label-error AUC "
-             "(self-influence) | label-error AUC (hinge) | passes / fit [s] (corrupt) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| n | C | n·C | agreement | surrogate acc | SV | zero scores | passes | fit [s] | label-error AUC "
+        "(self-influence) | label-error AUC (hinge) | passes / fit [s] (corrupt) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         a = f"**{r['agreement']:.4f}**" if best_agree[r["n"]] == r["C"] else f"{r['agreement']:.4f}"
-        s = (f"**{r['self_influence_auc']:.3f}**" if best_auc[r["n"]] == r["C"] else f"{r['self_influence_auc']:.3f}")
+        s = f"**{r['self_influence_auc']:.3f}**" if best_auc[r["n"]] == r["C"] else f"{r['self_influence_auc']:.3f}"
         conv = "" if r["converged"] else " (not converged)"
-        lines.append(f"| {r['n']:,} | {r['C']:g} | {r['n'] * r['C']:g} | {a} | {r['surrogate_acc']:.4f} | "
-                     f"{r['n_support']:,} | {r['zero_scores']:.3f} | {r['passes']}{conv} | {r['fit_s']:.2f} | {s} | "
-                     f"{r['hinge_auc']:.3f} | {r['passes_corrupt']} / {r['fit_corrupt_s']:.2f} |")
+        lines.append(
+            f"| {r['n']:,} | {r['C']:g} | {r['n'] * r['C']:g} | {a} | {r['surrogate_acc']:.4f} | "
+            f"{r['n_support']:,} | {r['zero_scores']:.3f} | {r['passes']}{conv} | {r['fit_s']:.2f} | {s} | "
+            f"{r['hinge_auc']:.3f} | {r['passes_corrupt']} / {r['fit_corrupt_s']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -141,12 +155,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     t0 = time.perf_counter()
     report = sweep([int(n) for n in args.ns.split(",")], [float(c) for c in args.Cs.split(",")], not args.quiet)
     load1 = os.getloadavg()
-    header = (f"{start:%Y-%m-%d %H:%M}, `python benchmarks/mnist_default_c.py {' '.join(argv or sys.argv[1:])}`, "
-              f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; load average "
-              f"{load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f} at the start, {load1[0]:.1f} / {load1[1]:.1f} / "
-              f"{load1[2]:.1f} at the end; {time.perf_counter() - t0:.0f} s. Network test accuracy "
-              f"{report['network_test_accuracy']:.4f}; features of 2 x 60,000 images extracted once "
-              f"({report['extraction_s']:.0f} s). Bold: the best C per n.")
+    header = (
+        f"{start:%Y-%m-%d %H:%M}, `python benchmarks/mnist_default_c.py {' '.join(argv or sys.argv[1:])}`, "
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; load average "
+        f"{load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f} at the start, {load1[0]:.1f} / {load1[1]:.1f} / "
+        f"{load1[2]:.1f} at the end; {time.perf_counter() - t0:.0f} s. Network test accuracy "
+        f"{report['network_test_accuracy']:.4f}; features of 2 x 60,000 images extracted once "
+        f"({report['extraction_s']:.0f} s). Bold: the best C per n."
+    )
     text = header + "\n\n" + table(report)
     print(text)
     if args.out:

@@ -57,6 +57,7 @@ Harness for other scripts (see ``benchmarks/README.md``)::
     result = H.score(scores, gt)                           # scores: (n_test, n_train) array
     H.paired(result_a.per_sample, result_b.per_sample)     # mean difference and its SE
 """
+
 from __future__ import annotations
 
 import argparse
@@ -91,10 +92,28 @@ CACHE_ROOT = os.path.join(HERE, ".cache", "mnist_lds")
 N_TRAIN, N_TEST, N_SUBSETS = 5000, 500, 100
 N_FULL = 5  # models trained on all 5,000 images (seeds 1000..1004)
 PUBLISHED = {  # dattri's README figure "LDS of ... on MNIST-10" (read from the bars)
-    "mlp": {"TRAK-1": 0.11, "TRAK-10": 0.33, "TRAK-50": 0.45, "IF (CG)": 0.26, "IF (LiSSA)": 0.14, "TracIn": 0.15,
-            "Grad-Dot": 0.10, "Grad-Cos": 0.12, "RPS": 0.10},
-    "lr": {"TRAK-1": 0.42, "TRAK-10": 0.64, "TRAK-50": 0.68, "IF (CG)": 0.80, "IF (explicit)": 0.80, "TracIn": 0.33,
-           "Grad-Dot": 0.33, "Grad-Cos": 0.19, "RPS": 0.19},
+    "mlp": {
+        "TRAK-1": 0.11,
+        "TRAK-10": 0.33,
+        "TRAK-50": 0.45,
+        "IF (CG)": 0.26,
+        "IF (LiSSA)": 0.14,
+        "TracIn": 0.15,
+        "Grad-Dot": 0.10,
+        "Grad-Cos": 0.12,
+        "RPS": 0.10,
+    },
+    "lr": {
+        "TRAK-1": 0.42,
+        "TRAK-10": 0.64,
+        "TRAK-50": 0.68,
+        "IF (CG)": 0.80,
+        "IF (explicit)": 0.80,
+        "TracIn": 0.33,
+        "Grad-Dot": 0.33,
+        "Grad-Cos": 0.19,
+        "RPS": 0.19,
+    },
 }
 
 
@@ -152,8 +171,14 @@ SETTINGS = {
 States = List[Dict[str, torch.Tensor]]
 
 
-def train_models(setting: Setting, x: torch.Tensor, y: torch.Tensor, subsets: Sequence[np.ndarray],
-                 seeds: Sequence[int], save_epochs: Sequence[int] = ()) -> Tuple[States, Dict[int, States]]:
+def train_models(
+    setting: Setting,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    subsets: Sequence[np.ndarray],
+    seeds: Sequence[int],
+    save_epochs: Sequence[int] = (),
+) -> Tuple[States, Dict[int, States]]:
     """Train one model per (subset, seed) with dattri's recipe, all at once (vectorised over the models).
 
     Each model is what ``train_model`` gives for its subset and seed: initialised after
@@ -208,10 +233,14 @@ def train_models(setting: Setting, x: torch.Tensor, y: torch.Tensor, subsets: Se
     for epoch in range(1, setting.epochs + 1):
         orders = torch.stack([torch.randperm(n, generator=g) for g in gens])
         for start in range(0, n, setting.batch_size):
-            idx = pool.gather(1, orders[:, start:start + setting.batch_size])  # (M, b) indices into x
+            idx = pool.gather(1, orders[:, start : start + setting.batch_size])  # (M, b) indices into x
             logits = forward(params, flat[idx])  # (M, b, K)
-            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[idx].reshape(-1),
-                                               reduction="none").reshape(idx.shape).mean(1).sum()
+            loss = (
+                nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[idx].reshape(-1), reduction="none")
+                .reshape(idx.shape)
+                .mean(1)
+                .sum()
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -259,8 +288,15 @@ def cache_dir(setting: Setting) -> str:
     functions = (setting.model, train_models, load_data, subset_indices, test_outputs)
     code = "".join(inspect.getsource(f) for f in functions)
     # the fields by name (not repr): the same key whether this file runs as a script or is imported
-    fields = dict(name=setting.name, model=setting.model.__name__, final_layer=setting.final_layer,
-                  epochs=setting.epochs, batch_size=setting.batch_size, lr=setting.lr, momentum=setting.momentum)
+    fields = dict(
+        name=setting.name,
+        model=setting.model.__name__,
+        final_layer=setting.final_layer,
+        epochs=setting.epochs,
+        batch_size=setting.batch_size,
+        lr=setting.lr,
+        momentum=setting.momentum,
+    )
     text = json.dumps(dict(s=fields, torch=torch.__version__, code=code), sort_keys=True)
     root = os.path.join(CACHE_ROOT, f"{setting.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}")
     os.makedirs(root, exist_ok=True)
@@ -276,12 +312,17 @@ def test_outputs(net: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor) -> 
 
 
 def _progress(done: int, total: int, what: str, start: float) -> None:
-    print(f"\r{what}: {done}/{total} ({time.perf_counter() - start:.0f} s)", end="" if done < total else "\n",
-          file=sys.stderr, flush=True)
+    print(
+        f"\r{what}: {done}/{total} ({time.perf_counter() - start:.0f} s)",
+        end="" if done < total else "\n",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
-def full_model_paths(setting: Setting, n: int, data: Optional[Tuple[torch.Tensor, ...]] = None,
-                     show_progress: bool = True) -> List[str]:
+def full_model_paths(
+    setting: Setting, n: int, data: Optional[Tuple[torch.Tensor, ...]] = None, show_progress: bool = True
+) -> List[str]:
     """Final states of ``n`` models trained on all 5,000 images (seeds 1000 + k), training the missing ones.
 
     Model 0 also keeps its states after 1/3 and 2/3 of the epochs (:func:`epoch_checkpoint_paths`).
@@ -293,8 +334,14 @@ def full_model_paths(setting: Setting, n: int, data: Optional[Tuple[torch.Tensor
     todo = [k for k, path in enumerate(paths) if not os.path.exists(path)]
     if todo:
         start = time.perf_counter()
-        finals, saved = train_models(setting, x_train, y_train, [np.arange(len(y_train))] * len(todo),
-                                     [1000 + k for k in todo], _epoch_marks(setting) if 0 in todo else ())
+        finals, saved = train_models(
+            setting,
+            x_train,
+            y_train,
+            [np.arange(len(y_train))] * len(todo),
+            [1000 + k for k in todo],
+            _epoch_marks(setting) if 0 in todo else (),
+        )
         for j, k in enumerate(todo):
             if k == 0:
                 for epoch, states in saved.items():
@@ -348,8 +395,14 @@ class GroundTruth(NamedTuple):
     seconds_per_model: float
 
 
-def ground_truth(setting: Setting, data: Optional[Tuple[torch.Tensor, ...]] = None, n_subsets: int = N_SUBSETS,
-                 n_second: int = 20, show_progress: bool = True, chunk: int = 40) -> GroundTruth:
+def ground_truth(
+    setting: Setting,
+    data: Optional[Tuple[torch.Tensor, ...]] = None,
+    n_subsets: int = N_SUBSETS,
+    n_second: int = 20,
+    show_progress: bool = True,
+    chunk: int = 40,
+) -> GroundTruth:
     """Retrain (or load) the M subset models and the second-seed runs; collect their test outputs.
 
     Trains ``chunk`` models at a time (:func:`train_models`); each is saved as soon as its chunk is done.
@@ -362,17 +415,19 @@ def ground_truth(setting: Setting, data: Optional[Tuple[torch.Tensor, ...]] = No
     todo = [job for job in jobs if not os.path.exists(job[2])]
     start = time.perf_counter()
     for first in range(0, len(todo), chunk):
-        group = todo[first:first + chunk]
+        group = todo[first : first + chunk]
         t0 = time.perf_counter()
-        finals, _ = train_models(setting, x_train, y_train, [subset_indices(i) for i, _, _ in group],
-                                 [seed for _, seed, _ in group])
+        finals, _ = train_models(
+            setting, x_train, y_train, [subset_indices(i) for i, _, _ in group], [seed for _, seed, _ in group]
+        )
         seconds = (time.perf_counter() - t0) / len(group)
         for (i, _seed, path), state in zip(group, finals):
             net = setting.model()
             net.load_state_dict(state)
             out = test_outputs(net.eval(), x_test, y_test)
-            _atomic_save({"state": state, "subset": torch.from_numpy(subset_indices(i)), "seconds": seconds, **out},
-                         path)
+            _atomic_save(
+                {"state": state, "subset": torch.from_numpy(subset_indices(i)), "seconds": seconds, **out}, path
+            )
         if show_progress:
             _progress(first + len(group), len(todo), f"retraining {setting.name} on half subsets", start)
     loaded = {path: torch.load(path) for _, _, path in jobs}
@@ -388,11 +443,14 @@ def ground_truth(setting: Setting, data: Optional[Tuple[torch.Tensor, ...]] = No
     first = [loaded[p] for _, _, p in jobs[:n_subsets]]
     second = [loaded[p] for _, _, p in jobs[n_subsets:]]
     return GroundTruth(
-        masks=masks, indices=indices,
-        target=np.stack([r["target"].numpy() for r in first]), logits=np.stack([r["logits"].numpy() for r in first]),
+        masks=masks,
+        indices=indices,
+        target=np.stack([r["target"].numpy() for r in first]),
+        logits=np.stack([r["logits"].numpy() for r in first]),
         second_target=np.stack([r["target"].numpy() for r in second]) if second else None,
         second_logits=np.stack([r["logits"].numpy() for r in second]) if second else None,
-        half_paths=half_paths, seconds_per_model=float(np.median([r["seconds"] for r in loaded.values()])),
+        half_paths=half_paths,
+        seconds_per_model=float(np.median([r["seconds"] for r in loaded.values()])),
     )
 
 
@@ -427,15 +485,19 @@ def seed_ceiling(gt: GroundTruth) -> Dict[str, float]:
     m = len(gt.second_target)
     rho = np.array([spearmanr(gt.target[:m, t], gt.second_target[:, t]).correlation for t in range(gt.target.shape[1])])
     rho = rho[~np.isnan(rho)]
-    return dict(rho=float(rho.mean()), rho_se=float(rho.std(ddof=1) / np.sqrt(rho.size)),
-                ceiling=float(np.sqrt(np.clip(rho, 0, None)).mean()), n=m)
+    return dict(
+        rho=float(rho.mean()),
+        rho_se=float(rho.std(ddof=1) / np.sqrt(rho.size)),
+        ceiling=float(np.sqrt(np.clip(rho, 0, None)).mean()),
+        n=m,
+    )
 
 
 # --------------------------------------------------------------------------------------------- methods
 class Timed(NamedTuple):
     scores: np.ndarray  # (n_test, n_train)
-    fit_s: float        # everything before the first explanation
-    explain_s: float    # explaining the n_test images
+    fit_s: float  # everything before the first explanation
+    explain_s: float  # explaining the n_test images
     note: str = ""
 
 
@@ -483,9 +545,15 @@ def tracin_fast_scores(setting: Setting, paths: Sequence[str], data: Tuple[torch
     x_train, y_train, x_test, y_test = data
     net = load_model(setting, paths[-1])
     t0 = _clock()
-    explainer = TracInCPFast(net, getattr(net, setting.final_layer), TensorDataset(x_train, y_train), list(paths),
-                             loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=1000,
-                             checkpoints_load_func=_load_state_lr1)
+    explainer = TracInCPFast(
+        net,
+        getattr(net, setting.final_layer),
+        TensorDataset(x_train, y_train),
+        list(paths),
+        loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+        batch_size=1000,
+        checkpoints_load_func=_load_state_lr1,
+    )
     t1 = _clock()
     s = explainer.influence((x_test, y_test)).double().numpy()
     return Timed(s, t1 - t0, _clock() - t1)
@@ -548,9 +616,12 @@ def trak_scores(setting: Setting, paths: Sequence[str], data: Tuple[torch.Tensor
         return torch.exp(-nn.functional.cross_entropy(yhat, label.unsqueeze(0)))
 
     task = AttributionTask(loss_func=f, model=net, checkpoints=list(paths), checkpoints_load_func=_load_state)
-    attributor = TRAKAttributor(task=task, correct_probability_func=m, device="cpu",
-                                projector_kwargs={"proj_dim": proj_dim, "proj_max_batch_size": 32, "proj_seed": 0,
-                                                  "device": "cpu"})
+    attributor = TRAKAttributor(
+        task=task,
+        correct_probability_func=m,
+        device="cpu",
+        projector_kwargs={"proj_dim": proj_dim, "proj_max_batch_size": 32, "proj_seed": 0, "device": "cpu"},
+    )
     with _QuietTqdm():
         t0 = _clock()
         attributor.cache(_loader(x_train, y_train, 500))
@@ -560,8 +631,13 @@ def trak_scores(setting: Setting, paths: Sequence[str], data: Tuple[torch.Tensor
     return Timed(s.T.double().numpy(), t1 - t0, _clock() - t1)
 
 
-def rps_scores(setting: Setting, path: str, data: Tuple[torch.Tensor, ...],
-               l2s: Sequence[float] = (1, 1e-1, 1e-2, 1e-3, 1e-4), gt: Optional[GroundTruth] = None) -> Timed:
+def rps_scores(
+    setting: Setting,
+    path: str,
+    data: Tuple[torch.Tensor, ...],
+    l2s: Sequence[float] = (1, 1e-1, 1e-2, 1e-3, 1e-4),
+    gt: Optional[GroundTruth] = None,
+) -> Timed:
     """dattri's RPS with dattri's l2 search (the best LDS is kept, as its benchmark does)."""
     from dattri.algorithm.rps import RPSAttributor
     from dattri.task import AttributionTask
@@ -571,10 +647,18 @@ def rps_scores(setting: Setting, path: str, data: Tuple[torch.Tensor, ...],
     best_lds, fit_s, explain_s = -np.inf, 0.0, 0.0
     for l2 in l2s:
         net = load_model(setting, path)
-        task = AttributionTask(loss_func=lambda pre, labels: nn.functional.cross_entropy(pre, labels), model=net,
-                               checkpoints=net.state_dict())
-        attributor = RPSAttributor(task=task, final_linear_layer_name=setting.final_layer, normalize_preactivate=True,
-                                   l2_strength=l2, device="cpu")
+        task = AttributionTask(
+            loss_func=lambda pre, labels: nn.functional.cross_entropy(pre, labels),
+            model=net,
+            checkpoints=net.state_dict(),
+        )
+        attributor = RPSAttributor(
+            task=task,
+            final_linear_layer_name=setting.final_layer,
+            normalize_preactivate=True,
+            l2_strength=l2,
+            device="cpu",
+        )
         with _QuietTqdm():
             t0 = _clock()
             attributor.cache(_loader(x_train, y_train, 64))
@@ -589,8 +673,13 @@ def rps_scores(setting: Setting, path: str, data: Tuple[torch.Tensor, ...],
     return Timed(best.scores, fit_s, explain_s, best.note + f" (best of {len(l2s)})")
 
 
-def if_cg_scores(setting: Setting, path: str, data: Tuple[torch.Tensor, ...], gt: GroundTruth,
-                 regs: Sequence[float] = (1e0, 1e-1, 1e-2, 5e-3, 1e-3, 1e-4, 1e-5)) -> Timed:
+def if_cg_scores(
+    setting: Setting,
+    path: str,
+    data: Tuple[torch.Tensor, ...],
+    gt: GroundTruth,
+    regs: Sequence[float] = (1e0, 1e-1, 1e-2, 5e-3, 1e-3, 1e-4, 1e-5),
+) -> Timed:
     """dattri's influence function with conjugate gradients (10 iterations), dattri's regularisation search."""
     from dattri.algorithm.influence_function import IFAttributorCG
     from dattri.task import AttributionTask
@@ -633,8 +722,15 @@ def dattri_available() -> bool:
 
 
 # --------------------------------------------------------------------------------------------- the benchmark
-def run(setting: Setting, budget: float, Cs: Sequence[float], trak_ks: Sequence[int], with_if: bool,
-        show_progress: bool = True, only: Sequence[str] = ()) -> Dict[str, Any]:
+def run(
+    setting: Setting,
+    budget: float,
+    Cs: Sequence[float],
+    trak_ks: Sequence[int],
+    with_if: bool,
+    show_progress: bool = True,
+    only: Sequence[str] = (),
+) -> Dict[str, Any]:
     """Every method's LDS and time in one run; methods that would start after ``budget`` s are skipped.
 
     ``only``: if given, run just the methods whose name contains one of these strings.
@@ -670,20 +766,35 @@ def run(setting: Setting, budget: float, Cs: Sequence[float], trak_ks: Sequence[
             rows.append(dict(name=name, family=family, error=f"{type(error).__name__}: {error}"))
             return
         result = score(out.scores, gt)
-        rows.append(dict(name=name, family=family, lds=result.mean, per_sample=result.per_sample,
-                         fit_s=out.fit_s, explain_s=out.explain_s, note=out.note,
-                         ms_per_test=1000 * (out.fit_s + out.explain_s) / N_TEST))
+        rows.append(
+            dict(
+                name=name,
+                family=family,
+                lds=result.mean,
+                per_sample=result.per_sample,
+                fit_s=out.fit_s,
+                explain_s=out.explain_s,
+                note=out.note,
+                ms_per_test=1000 * (out.fit_s + out.explain_s) / N_TEST,
+            )
+        )
 
     for C in Cs:
         add(f"DualDA C={C:g}", lambda C=C: dualda_scores(setting, full[:1], C, data), "DualDA")
     for k in (3, N_FULL):
         add(f"DualDA seeds x{k} C=1e-3", lambda k=k: dualda_scores(setting, full[:k], 1e-3, data), "DualDA ensemble")
-    add("DualDA epochs x3 C=1e-3", lambda: dualda_scores(setting, epoch_checkpoint_paths(setting), 1e-3, data),
-        "DualDA ensemble")
+    add(
+        "DualDA epochs x3 C=1e-3",
+        lambda: dualda_scores(setting, epoch_checkpoint_paths(setting), 1e-3, data),
+        "DualDA ensemble",
+    )
     for k in trak_ks:
         if k > 1:
-            add(f"DualDA half x{k} C=1e-3", lambda k=k: dualda_scores(setting, gt.half_paths[:k], 1e-3, data),
-                "DualDA ensemble")
+            add(
+                f"DualDA half x{k} C=1e-3",
+                lambda k=k: dualda_scores(setting, gt.half_paths[:k], 1e-3, data),
+                "DualDA ensemble",
+            )
     add("TracInCPFast (Captum), final layer, full model 0", lambda: tracin_fast_scores(setting, full[:1], data), "peer")
     add("label-signed cosine similarity", lambda: similarity_scores(setting, full[0], data), "baseline")
     rng = np.random.default_rng(0)
@@ -697,10 +808,18 @@ def run(setting: Setting, budget: float, Cs: Sequence[float], trak_ks: Sequence[
             add("dattri IF (CG) (full model 0)", lambda: if_cg_scores(setting, full[0], data, gt), "peer")
     else:
         skipped.append("dattri TRAK / RPS / IF (dattri not installed: pip install -e '.[benchmarks]')")
-    return dict(setting=setting.name, rows=rows, skipped=skipped, ceiling=seed_ceiling(gt), prep_s=prep_s,
-                forward_ms_per_test=1000 * forward_s / N_TEST, retrain_s_per_model=gt.seconds_per_model,
-                n_subsets=len(gt.masks), n_second=0 if gt.second_target is None else len(gt.second_target),
-                test_accuracy=float((load_model(setting, full[0])(data[2]).argmax(1) == data[3]).float().mean()))
+    return dict(
+        setting=setting.name,
+        rows=rows,
+        skipped=skipped,
+        ceiling=seed_ceiling(gt),
+        prep_s=prep_s,
+        forward_ms_per_test=1000 * forward_s / N_TEST,
+        retrain_s_per_model=gt.seconds_per_model,
+        n_subsets=len(gt.masks),
+        n_second=0 if gt.second_target is None else len(gt.second_target),
+        test_accuracy=float((load_model(setting, full[0])(data[2]).argmax(1) == data[3]).float().mean()),
+    )
 
 
 def table(report: Dict[str, Any], reference: str = "DualDA C=0.001") -> str:
@@ -708,21 +827,32 @@ def table(report: Dict[str, Any], reference: str = "DualDA C=0.001") -> str:
     rows = [r for r in report["rows"] if "lds" in r]
     by_name = {r["name"]: r for r in rows}
     published = PUBLISHED[report["setting"]]
-    lines = ["| method | LDS | SE | vs DualDA C=1e-3 (paired SE) | dattri's published | fit [s] | explain 500 [s] | "
-             "total ms / test | note |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| method | LDS | SE | vs DualDA C=1e-3 (paired SE) | dattri's published | fit [s] | explain 500 [s] | "
+        "total ms / test | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         values = r["per_sample"][~np.isnan(r["per_sample"])]
         se = values.std(ddof=1) / np.sqrt(values.size)
-        diff = "(reference)" if r["name"] == reference else (
-            "{:+.3f} ± {:.3f}".format(*paired(r["per_sample"], by_name[reference]["per_sample"]))
-            if reference in by_name else "–")
+        diff = (
+            "(reference)"
+            if r["name"] == reference
+            else (
+                "{:+.3f} ± {:.3f}".format(*paired(r["per_sample"], by_name[reference]["per_sample"]))
+                if reference in by_name
+                else "–"
+            )
+        )
         pub = next((f"{v:.2f}" for k, v in published.items() if r["name"].startswith(f"dattri {k} ")), "")
         if r["name"].startswith("dattri RPS"):
             pub = f"{published['RPS']:.2f}"
         if r["name"].startswith("dattri IF (CG)"):
             pub = f"{published['IF (CG)']:.2f}"
-        lines.append(f"| {r['name']} | {r['lds']:.3f} | {se:.3f} | {diff} | {pub} | {r['fit_s']:.2f} | "
-                     f"{r['explain_s']:.2f} | {r['ms_per_test']:.3g} | {r['note']} |")
+        lines.append(
+            f"| {r['name']} | {r['lds']:.3f} | {se:.3f} | {diff} | {pub} | {r['fit_s']:.2f} | "
+            f"{r['explain_s']:.2f} | {r['ms_per_test']:.3g} | {r['note']} |"
+        )
     for r in report["rows"]:
         if "error" in r:
             lines.append(f"| {r['name']} | – | | | | | | | failed: {r['error'][:120]} |")
@@ -732,12 +862,17 @@ def table(report: Dict[str, Any], reference: str = "DualDA C=0.001") -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=sorted(SETTINGS), default="mlp")
-    parser.add_argument("--budget", type=float, default=3600.0,
-                        help="seconds of scoring after which no further method is started (default 3600)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=3600.0,
+        help="seconds of scoring after which no further method is started (default 3600)",
+    )
     parser.add_argument("--Cs", default="1e-5,1e-4,1e-3,1e-2,1e-1")
     parser.add_argument("--trak", default="1,10,50", help="TRAK-k on the first k half-data models (default 1,10,50)")
-    parser.add_argument("--if-cg", choices=("auto", "yes", "no"), default="auto",
-                        help="dattri's IF (CG): auto = for the LR only")
+    parser.add_argument(
+        "--if-cg", choices=("auto", "yes", "no"), default="auto", help="dattri's IF (CG): auto = for the LR only"
+    )
     parser.add_argument("--out", default=None, help="also write the report as JSON")
     parser.add_argument("--prepare-only", action="store_true", help="only train (or find) the models, then exit")
     parser.add_argument("--only", default="", help="comma-separated name parts: run only the matching methods")
@@ -752,33 +887,52 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     load0 = os.getloadavg()
     t0 = time.perf_counter()
-    report = run(setting, args.budget, [float(c) for c in args.Cs.split(",")], [int(k) for k in args.trak.split(",")],
-                 args.if_cg == "yes" or (args.if_cg == "auto" and setting.name == "lr"), not args.quiet,
-                 [part for part in args.only.split(",") if part])
+    report = run(
+        setting,
+        args.budget,
+        [float(c) for c in args.Cs.split(",")],
+        [int(k) for k in args.trak.split(",")],
+        args.if_cg == "yes" or (args.if_cg == "auto" and setting.name == "lr"),
+        not args.quiet,
+        [part for part in args.only.split(",") if part],
+    )
     load1 = os.getloadavg()
     ceil = report["ceiling"]
-    header = (f"{datetime.datetime.now():%Y-%m-%d %H:%M}, `python benchmarks/mnist_lds.py --model {setting.name}`, "
-              f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch "
-              f"{torch.__version__} ({torch.get_num_threads()} threads); load average {load0[0]:.1f} at start, "
-              f"{load1[0]:.1f} at end; total {time.perf_counter() - t0:.0f} s (retraining/loading "
-              f"{report['prep_s']:.0f} s, "
-              f"{report['retrain_s_per_model']:.1f} s per retrained model). M = {report['n_subsets']} subsets of 2,500 "
-              f"of the first 5,000 training images; 500 test images; full model 0's test accuracy "
-              f"{report['test_accuracy']:.3f}; its forward pass over the 500 test images "
-              f"{report['forward_ms_per_test']:.3g} ms per image.")
+    header = (
+        f"{datetime.datetime.now():%Y-%m-%d %H:%M}, `python benchmarks/mnist_lds.py --model {setting.name}`, "
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch "
+        f"{torch.__version__} ({torch.get_num_threads()} threads); load average {load0[0]:.1f} at start, "
+        f"{load1[0]:.1f} at end; total {time.perf_counter() - t0:.0f} s (retraining/loading "
+        f"{report['prep_s']:.0f} s, "
+        f"{report['retrain_s_per_model']:.1f} s per retrained model). M = {report['n_subsets']} subsets of 2,500 "
+        f"of the first 5,000 training images; 500 test images; full model 0's test accuracy "
+        f"{report['test_accuracy']:.3f}; its forward pass over the 500 test images "
+        f"{report['forward_ms_per_test']:.3g} ms per image."
+    )
     text = header + "\n\n" + table(report)
     if ceil:
-        text += (f"\n\nSeed-noise ceiling ({ceil['n']} subsets trained with a second seed): Spearman correlation "
-                 f"of the two seeds' targets {ceil['rho']:.3f} ± {ceil['rho_se']:.3f} per test image; a subset-only "
-                 f"predictor reaches at most about sqrt(rho) = {ceil['ceiling']:.3f}.")
+        text += (
+            f"\n\nSeed-noise ceiling ({ceil['n']} subsets trained with a second seed): Spearman correlation "
+            f"of the two seeds' targets {ceil['rho']:.3f} ± {ceil['rho_se']:.3f} per test image; a subset-only "
+            f"predictor reaches at most about sqrt(rho) = {ceil['ceiling']:.3f}."
+        )
     if report["skipped"]:
         text += "\n\nNot run within the budget: " + "; ".join(report["skipped"]) + "."
     print(text)
     if args.out:
         with open(args.out, "w") as handle:
-            json.dump({**report, "markdown": text,
-                       "rows": [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
-                                for r in report["rows"]]}, handle, indent=1)
+            json.dump(
+                {
+                    **report,
+                    "markdown": text,
+                    "rows": [
+                        {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
+                        for r in report["rows"]
+                    ],
+                },
+                handle,
+                indent=1,
+            )
     return 0
 
 

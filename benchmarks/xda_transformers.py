@@ -31,6 +31,7 @@ summed embeddings and a random order.
 module keeps (``sum R_out - sum R_in`` over ``tau``, relevance = input times modified gradient
 at the module's boundary), summed over layers, median over heatmaps.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,12 @@ from test_transformers import Texts, bert, gpt2, llama, stacked  # noqa: E402
 from captum_dualxda import XDA, DualDA, transformer_composite, xda_pairs  # noqa: E402
 from captum_dualxda.lrp.composites import TransformerComposite  # noqa: E402
 
-VARIANTS = {"cp": {"attention": "cp"}, "cp, biases kept": {"attention": "cp", "zero_params": None},
-            "attnlrp": {"attention": "attnlrp"}, "attnlrp, biases kept": {"attention": "attnlrp", "zero_params": None}}
+VARIANTS = {
+    "cp": {"attention": "cp"},
+    "cp, biases kept": {"attention": "cp", "zero_params": None},
+    "attnlrp": {"attention": "attnlrp"},
+    "attnlrp, biases kept": {"attention": "attnlrp", "zero_params": None},
+}
 """Table label -> keyword arguments of ``transformer_composite`` (default: ``zero_params="bias"``)."""
 
 
@@ -125,8 +130,9 @@ def tiny_vit(trained: bool, data) -> nn.Module:
     import torchvision
 
     torch.manual_seed(0)
-    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
-                                               mlp_dim=64, num_classes=10)
+    vit = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
+    )
     if trained:
         x, y = data[0], data[1]
         optimizer = torch.optim.Adam(vit.parameters(), lr=2e-3)
@@ -169,8 +175,14 @@ def minilm():
     def make(n):
         labels = [i % 3 for i in range(n)]
         random.shuffle(labels)
-        texts = [" ".join(filter(None, [random.choice(topics[names[y]][0]), random.choice(topics[names[y]][1]),
-                                        random.choice(when)])) for y in labels]
+        texts = [
+            " ".join(
+                filter(
+                    None, [random.choice(topics[names[y]][0]), random.choice(topics[names[y]][1]), random.choice(when)]
+                )
+            )
+            for y in labels
+        ]
         return texts, labels
 
     train_texts, labels = make(300)
@@ -217,10 +229,12 @@ def vit_shares(vit: nn.Module, head: str, x: torch.Tensor, u: torch.Tensor, vari
     h, g = seen["x"], seen["g"]
     kept = conv.bias is not None and variant.get("zero_params", "bias") is None  # else the pixels get its share
     bias = conv.bias.detach().double() if kept else torch.zeros(h.shape[-1], dtype=torch.float64)
-    parts = {"class-token position": (h[:, 0] * g[:, 0]).sum(1),
-             "position embeddings (patches)": (pos.detach().double()[:, 1:] * g[:, 1:]).flatten(1).sum(1),
-             "patch-embedding bias": (bias * g[:, 1:]).flatten(1).sum(1),
-             "pixels (heatmap sum)": relevance.double().flatten(1).sum(1)}
+    parts = {
+        "class-token position": (h[:, 0] * g[:, 0]).sum(1),
+        "position embeddings (patches)": (pos.detach().double()[:, 1:] * g[:, 1:]).flatten(1).sum(1),
+        "patch-embedding bias": (bias * g[:, 1:]).flatten(1).sum(1),
+        "pixels (heatmap sum)": relevance.double().flatten(1).sum(1),
+    }
     rest = tau - sum(parts.values())
     return " | ".join(f"{float((v / tau).median()):.3f}" for v in (*parts.values(), rest))
 
@@ -239,6 +253,7 @@ def ledger(model: nn.Module, head: str, inputs, u: torch.Tensor, variant: dict) 
 
         def hook(g):
             sums[key] += (view.detach().double() * g.double()).transpose(0, batch_dim).flatten(1).sum(1)
+
         view.register_hook(hook)
         return view
 
@@ -277,8 +292,16 @@ def ledger(model: nn.Module, head: str, inputs, u: torch.Tensor, variant: dict) 
 
 
 # ----------------------------------------------------------------------------------- faithfulness
-def token_deletion(dualda: DualDA, collator, train_rows: list, test_rows: list, indices: torch.Tensor,
-                   targets: torch.Tensor, heatmaps: dict, seed: int = 0) -> dict:
+def token_deletion(
+    dualda: DualDA,
+    collator,
+    train_rows: list,
+    test_rows: list,
+    indices: torch.Tensor,
+    targets: torch.Tensor,
+    heatmaps: dict,
+    seed: int = 0,
+) -> dict:
     """Delete word tokens most relevant first; area under ``tau'/tau`` per order, side and both.
 
     For each pair (test row ``i``, partner ``j``) and side, the word tokens (not ``[CLS]`` /
@@ -298,12 +321,14 @@ def token_deletion(dualda: DualDA, collator, train_rows: list, test_rows: list, 
     def features(rows: list) -> torch.Tensor:
         out = []
         for start in range(0, len(rows), 64):
-            batch = collator([{"input_ids": r, "attention_mask": [1] * len(r)} for r in rows[start:start + 64]])
+            batch = collator([{"input_ids": r, "attention_mask": [1] * len(r)} for r in rows[start : start + 64]])
             out.append(dualda.test_features(dict(batch)).double())
         return torch.cat(out)
 
-    texts = {"train": [[train_rows[int(indices[i, m])]["input_ids"] for m in range(k)] for i in range(n_test)],
-             "test": [[test_rows[i]["input_ids"]] * k for i in range(n_test)]}
+    texts = {
+        "train": [[train_rows[int(indices[i, m])]["input_ids"] for m in range(k)] for i in range(n_test)],
+        "test": [[test_rows[i]["input_ids"]] * k for i in range(n_test)],
+    }
     phi_fixed = {
         "train": features([r["input_ids"] for r in test_rows]),  # the other side's phi
         "test": features([train_rows[int(j)]["input_ids"] for j in indices.reshape(-1)]).reshape(n_test, k, -1),
@@ -333,7 +358,7 @@ def token_deletion(dualda: DualDA, collator, train_rows: list, test_rows: list, 
             area, offset = [], 0
             for i, m, n in where:
                 other = phi_fixed[side][i] if side == "train" else phi_fixed[side][i, m]
-                curve = coef[i, m] * (phi[offset:offset + n + 1] @ other) / scores[i, m]
+                curve = coef[i, m] * (phi[offset : offset + n + 1] @ other) / scores[i, m]
                 offset += n + 1
                 area.append(float(torch.trapezoid(curve, dx=1.0 / n)) if n else float(curve[0]))
             areas[side] = torch.tensor(area, dtype=torch.float64)
@@ -392,18 +417,25 @@ def main() -> None:
     parser.add_argument("--ledger", action="store_true", help="per-module loss tables (MiniLM and trained ViT)")
     parser.add_argument("--minilm-only", action="store_true", help="only the fine-tuned all-MiniLM-L6-v2")
     parser.add_argument("--deletion", action="store_true", help="token-deletion faithfulness on the fine-tuned MiniLM")
-    parser.add_argument("--timing", action="store_true",
-                        help="only: time the variants interleaved on the pretrained all-MiniLM-L6-v2 (no fine-tuning)")
+    parser.add_argument(
+        "--timing",
+        action="store_true",
+        help="only: time the variants interleaved on the pretrained all-MiniLM-L6-v2 (no fine-tuning)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     print()
     if args.timing:
         timing()
         return
-    print("| model | variant | median rel. error | 90th percentile | max | sign of sum = sign of tau (train / test) "
-          "| finite | ms per pair (both heatmaps) |")
+    print(
+        "| model | variant | median rel. error | 90th percentile | max | sign of sum = sign of tau (train / test) "
+        "| finite | ms per pair (both heatmaps) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     if args.minilm_only:
         args.skip_minilm = False
@@ -462,18 +494,29 @@ def main() -> None:
             variants["gradient x input"] = None
         heatmaps = {}
         for label, kwargs in variants.items():
-            composite = (transformer_composite(model, **kwargs) if kwargs is not None
-                         else TransformerComposite([], transformer_composite(model).attribution_module))
+            composite = (
+                transformer_composite(model, **kwargs)
+                if kwargs is not None
+                else TransformerComposite([], transformer_composite(model).attribution_module)
+            )
             xda = XDA(model, "classifier", composite)
             t0 = time.perf_counter()
             pairs = xda_pairs(dualda, xda, dict(test), preds, top.indices)
             heatmaps[label] = pairs
-            print(row(f"all-MiniLM-L6-v2, fine-tuned ({seconds:.0f} s)", label, pairs,
-                      1000 * (time.perf_counter() - t0) / top.indices.numel()))
+            print(
+                row(
+                    f"all-MiniLM-L6-v2, fine-tuned ({seconds:.0f} s)",
+                    label,
+                    pairs,
+                    1000 * (time.perf_counter() - t0) / top.indices.numel(),
+                )
+            )
         if args.deletion:
             print()
-            print("Token deletion, fine-tuned all-MiniLM-L6-v2 (area under tau'/tau over the deleted fraction of "
-                  "word tokens, most relevant first; lower = more faithful; mean over 100 pairs +- standard error):")
+            print(
+                "Token deletion, fine-tuned all-MiniLM-L6-v2 (area under tau'/tau over the deleted fraction of "
+                "word tokens, most relevant first; lower = more faithful; mean over 100 pairs +- standard error):"
+            )
             print()
             print("| order | train side | test side | both | both, paired difference to 'cp, biases kept' |")
             print("|---|---|---|---|---|")
@@ -481,6 +524,7 @@ def main() -> None:
 
             def mean_se(a: torch.Tensor) -> str:
                 return f"{float(a.mean()):.3f} +- {float(a.std() / len(a) ** 0.5):.3f}"
+
             for label, (train_side, test_side) in areas.items():
                 both = (train_side + test_side) / 2
                 reference = sum(areas["cp, biases kept"]) / 2
@@ -493,8 +537,10 @@ def main() -> None:
         print()
         print("Where tau goes at a ViT's encoder input (test side, top-1 proponent, median share of tau):")
         print()
-        print("| model | variant | class-token position | position embeddings (patches) | patch-embedding bias "
-              "| pixels (heatmap sum) | rest (biases, LayerNorm shifts, softmax) |")
+        print(
+            "| model | variant | class-token position | position embeddings (patches) | patch-embedding bias "
+            "| pixels (heatmap sum) | rest (biases, LayerNorm shifts, softmax) |"
+        )
         print("|---|---|---|---|---|---|---|")
     for name, vit, head, x, y, train in (
         ()
@@ -519,19 +565,35 @@ def main() -> None:
             print(f"| {name} | {label} | {vit_shares(vit, head, x, u, kwargs)} |")
 
     if args.ledger:
-        cases = [] if args.minilm_only else [
-            ("torchvision ViT, trained", vits["trained"], "heads.head", x_test, y_test,
-             DualDA(vits["trained"], "heads.head", images, C=0.1, batch_size=64), lambda j: (digits[0][j],))]
+        cases = (
+            []
+            if args.minilm_only
+            else [
+                (
+                    "torchvision ViT, trained",
+                    vits["trained"],
+                    "heads.head",
+                    x_test,
+                    y_test,
+                    DualDA(vits["trained"], "heads.head", images, C=0.1, batch_size=64),
+                    lambda j: (digits[0][j],),
+                )
+            ]
+        )
         if not args.skip_minilm:
+
             def rows_of(j):
                 return collator([{k: v for k, v in train_rows[int(i)].items() if k != "label"} for i in j])
+
             cases.append(("all-MiniLM-L6-v2, fine-tuned", model, "classifier", dict(test), preds, dualda, rows_of))
         for name, net, head, x, y, dualda, partners in cases:
             u = partner_gradient(dualda, {**x, "labels": y} if isinstance(x, dict) else x, y, partners)
             tables = {label: ledger(net, head, x, u, kwargs) for label, kwargs in VARIANTS.items()}
             print()
-            print(f"Share of tau kept per module, {name} (test side, top-1 proponent; median over 20 heatmaps, "
-                  "layers summed; rows with |share| < 0.001 under every variant left out):")
+            print(
+                f"Share of tau kept per module, {name} (test side, top-1 proponent; median over 20 heatmaps, "
+                "layers summed; rows with |share| < 0.001 under every variant left out):"
+            )
             print()
             print("| module | type | " + " | ".join(VARIANTS) + " |")
             print("|---|---|" + "---|" * len(VARIANTS))

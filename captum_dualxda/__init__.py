@@ -11,6 +11,7 @@
   yes/no flag (:class:`LabelIssues`).
 - :mod:`captum_dualxda.visualization`: figures of proponents, opponents and heatmaps.
 """
+
 from .dualda import DualDA
 from .label_issues import LabelIssues, rank_label_issues
 from .lrp.composites import transformer_composite

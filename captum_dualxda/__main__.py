@@ -4,6 +4,7 @@ The summary table goes to stdout, progress bars to stderr; ``--no-progress`` tur
 Exit codes: 0 success, 2 invalid arguments (including an ``--out`` that is not a writable
 directory or holds files the demo did not write), checked before any training.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,22 +46,54 @@ def build_parser() -> argparse.ArgumentParser:
             "self_influence.csv into --out."
         ),
     )
-    demo.add_argument("--out", default="demo_out", metavar="DIR",
-                      help="directory for figures and self_influence.csv (created; default: demo_out); must be "
-                           "empty or hold only an earlier demo run's outputs, which are replaced")
-    demo.add_argument("--flip-rate", type=float, default=0.1, metavar="R",
-                      help="fraction of training labels flipped, in [0, 1) (default: 0.1)")
-    demo.add_argument("--C", type=float, default=DEFAULT_C, dest="C",
-                      help=f"SVM regularisation of DualDA, > 0 (default: {DEFAULT_C:g})")
-    demo.add_argument("--k", type=_integer, default=4,
-                      help="proponents and opponents shown per explained test sample, >= 1 (default: 4)")
+    demo.add_argument(
+        "--out",
+        default="demo_out",
+        metavar="DIR",
+        help="directory for figures and self_influence.csv (created; default: demo_out); must be "
+        "empty or hold only an earlier demo run's outputs, which are replaced",
+    )
+    demo.add_argument(
+        "--flip-rate",
+        type=float,
+        default=0.1,
+        metavar="R",
+        help="fraction of training labels flipped, in [0, 1) (default: 0.1)",
+    )
+    demo.add_argument(
+        "--C",
+        type=float,
+        default=DEFAULT_C,
+        dest="C",
+        help=f"SVM regularisation of DualDA, > 0 (default: {DEFAULT_C:g})",
+    )
+    demo.add_argument(
+        "--k",
+        type=_integer,
+        default=4,
+        help="proponents and opponents shown per explained test sample, >= 1 (default: 4)",
+    )
     demo.add_argument("--seed", type=_integer, default=0, help="random seed, in 0..2**63-1 (default: 0)")
-    demo.add_argument("--n-explain", type=_integer, default=3, metavar="N",
-                      help="test samples explained with an XDA figure, >= 0 (default: 3)")
-    demo.add_argument("--epochs", type=_integer, default=DEFAULT_EPOCHS,
-                      help=f"training epochs of the CNN, >= 1 (default: {DEFAULT_EPOCHS})")
-    demo.add_argument("--n-train", type=_integer, default=None, metavar="N",
-                      help="use only the first N training samples (default: all 1348)")
+    demo.add_argument(
+        "--n-explain",
+        type=_integer,
+        default=3,
+        metavar="N",
+        help="test samples explained with an XDA figure, >= 0 (default: 3)",
+    )
+    demo.add_argument(
+        "--epochs",
+        type=_integer,
+        default=DEFAULT_EPOCHS,
+        help=f"training epochs of the CNN, >= 1 (default: {DEFAULT_EPOCHS})",
+    )
+    demo.add_argument(
+        "--n-train",
+        type=_integer,
+        default=None,
+        metavar="N",
+        help="use only the first N training samples (default: all 1348)",
+    )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     demo.set_defaults(parser=demo)  # errors then show the demo's own usage line
     return parser
@@ -130,8 +163,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         start = time.perf_counter()
         result = run_demo(
-            args.out, flip_rate=args.flip_rate, C=args.C, k=args.k, seed=args.seed,
-            n_explain=args.n_explain, epochs=args.epochs, n_train=args.n_train,
+            args.out,
+            flip_rate=args.flip_rate,
+            C=args.C,
+            k=args.k,
+            seed=args.seed,
+            n_explain=args.n_explain,
+            epochs=args.epochs,
+            n_train=args.n_train,
             show_progress=not args.no_progress,
         )
         print(result.summary())

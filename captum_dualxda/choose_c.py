@@ -8,6 +8,7 @@ same pipeline (:mod:`captum_dualxda._core.pipeline`) and scores with the same su
 (:class:`~captum_dualxda._core.support.SupportSet`) as :class:`~captum_dualxda.DualDA`, so each
 row is exactly what ``DualDA(..., C=C)`` would give.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -162,8 +163,9 @@ def sweep_C(
     values = sorted(check_Cs(Cs))
     k = check_integer(k, "k", low=1)
     baselines = check_flag(baselines, "baselines")
-    settings = SolverSettings(C=values[0], fit_intercept=fit_intercept, tol=tol, max_iter=max_iter, seed=seed,
-                              backend=backend)
+    settings = SolverSettings(
+        C=values[0], fit_intercept=fit_intercept, tol=tol, max_iter=max_iter, seed=seed, backend=backend
+    )
     show_progress = check_flag(show_progress, "show_progress")
     layer = resolve_linear_layer(model, final_fc_layer)
     loader = as_dataloader(train_dataset, batch_size)
@@ -192,8 +194,9 @@ def sweep_C(
         test_phi, test_logits = torch.cat(phis), torch.cat(logits)
         test_pred = test_logits.argmax(1)
 
-    results = solve(features, labels, layer.out_features, settings, device=device, show_progress=show_progress,
-                    Cs=values)
+    results = solve(
+        features, labels, layer.out_features, settings, device=device, show_progress=show_progress, Cs=values
+    )
     squared_norms = row_squared_norms(features).float()
     rows: List[SweepRow] = []
     for C, result in zip(values, results):

@@ -203,8 +203,9 @@ class DualDA(DataInfluence):
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}.")
-        self.settings = SolverSettings(C=C, fit_intercept=fit_intercept, tol=tol, max_iter=max_iter, seed=seed,
-                                       backend=backend)
+        self.settings = SolverSettings(
+            C=C, fit_intercept=fit_intercept, tol=tol, max_iter=max_iter, seed=seed, backend=backend
+        )
         show_progress = check_flag(show_progress, "show_progress")
         distributed = check_flag(distributed, "distributed", optional=True)
         memory_budget = check_integer(memory_budget, "memory_budget", low=0, optional=True, what="a number of bytes")
@@ -247,7 +248,9 @@ class DualDA(DataInfluence):
                 autocast=autocast,
             )
             self._ensemble = CheckpointEnsemble.fit(
-                model, checkpoints, checkpoints_load_func,
+                model,
+                checkpoints,
+                checkpoints_load_func,
                 lambda: DualDA(model, self.final_fc_layer, train_dataset, show_progress=show_progress, **settings),
                 show_progress,
             )
@@ -256,8 +259,19 @@ class DualDA(DataInfluence):
         if checkpoints_load_func is not None:
             raise ValueError("`checkpoints_load_func` needs `checkpoints`.")
         self._weights = WeightsRecord(self.model)  # what `influence` checks the model against
-        job = FitJob(self.model, self.final_fc_layer, self.layer_name, self.train_dataloader, self.settings,
-                     self.device, self.autocast, self.cache_dir, self.memory_budget, self.distributed, self._weights)
+        job = FitJob(
+            self.model,
+            self.final_fc_layer,
+            self.layer_name,
+            self.train_dataloader,
+            self.settings,
+            self.device,
+            self.autocast,
+            self.cache_dir,
+            self.memory_budget,
+            self.distributed,
+            self._weights,
+        )
         self._fit = job.run(show_progress)
         self.cache_path = job.cache_path
         self.fit_stats = dict(self._fit.stats)
@@ -445,9 +459,7 @@ class DualDA(DataInfluence):
             )
         phi = self._test_features(inputs)
         if phi.shape[0] != targets.shape[0]:
-            raise ValueError(
-                f"`inputs` has {phi.shape[0]} samples but {targets.shape[0]} targets in its last element."
-            )
+            raise ValueError(f"`inputs` has {phi.shape[0]} samples but {targets.shape[0]} targets in its last element.")
         if phi.shape[1] != self.weight.shape[1]:
             raise ValueError(
                 f"Test features have dimension {phi.shape[1]}, the training features {self.weight.shape[1]}."
@@ -457,19 +469,29 @@ class DualDA(DataInfluence):
 
     def _batches(self, inputs: Any, show_progress: bool) -> Any:
         return tqdm(
-            iterate_batches(inputs), desc="DualDA influence", disable=not show_progress, leave=False,
+            iterate_batches(inputs),
+            desc="DualDA influence",
+            disable=not show_progress,
+            leave=False,
             total=len(inputs) if isinstance(inputs, DataLoader) else 1,
         )
 
     @overload  # type: ignore[override]
     def influence(
-        self, inputs: Union[tuple[Any, ...], DataLoader], k: None = None, proponents: bool = True,
+        self,
+        inputs: Union[tuple[Any, ...], DataLoader],
+        k: None = None,
+        proponents: bool = True,
         show_progress: bool = False,
     ) -> torch.Tensor: ...
 
     @overload
     def influence(
-        self, inputs: Union[tuple[Any, ...], DataLoader], k: int, proponents: bool = True, show_progress: bool = False,
+        self,
+        inputs: Union[tuple[Any, ...], DataLoader],
+        k: int,
+        proponents: bool = True,
+        show_progress: bool = False,
     ) -> KMostInfluentialResults: ...
 
     def influence(
@@ -527,8 +549,11 @@ class DualDA(DataInfluence):
     def _influence(self, inputs: Any, show_progress: bool = False) -> torch.Tensor:
         """All scores, ``(n_test, n_train)``; distributed, the disjoint per-rank parts are summed."""
         if self._ensemble is not None:
-            return torch.cat(self._ensemble.mean_scores(self._batches(inputs, show_progress), DualDA._dense_scores,
-                                                        lambda scores: scores))
+            return torch.cat(
+                self._ensemble.mean_scores(
+                    self._batches(inputs, show_progress), DualDA._dense_scores, lambda scores: scores
+                )
+            )
         rows = []
         for batch in self._batches(inputs, show_progress):
             dense = self._dense_scores(batch)
@@ -546,8 +571,11 @@ class DualDA(DataInfluence):
         ``k`` lowest samples that are no support vector on any rank (added on rank 0) are candidates."""
         k = min(k, self.n_train)
         if self._ensemble is not None:
-            top = self._ensemble.mean_scores(self._batches(inputs, show_progress), DualDA._dense_scores,
-                                             lambda scores: stable_topk(scores, k, proponents))
+            top = self._ensemble.mean_scores(
+                self._batches(inputs, show_progress),
+                DualDA._dense_scores,
+                lambda scores: stable_topk(scores, k, proponents),
+            )
             return KMostInfluentialResults(torch.cat([t[1] for t in top]), torch.cat([t[0] for t in top]))
         local = self._single("influence").local
         candidates = local.candidates(k if self._rank == 0 else 0, self.support_indices)
@@ -621,10 +649,11 @@ class DualDA(DataInfluence):
 
     def __repr__(self) -> str:
         if self._ensemble is not None:
-            return (f"DualDA(layer={self.layer_name!r}, C={self.C:g}, n_train={self.n_train}, "
-                    f"checkpoints={len(self._ensemble)})")
+            return (
+                f"DualDA(layer={self.layer_name!r}, C={self.C:g}, n_train={self.n_train}, "
+                f"checkpoints={len(self._ensemble)})"
+            )
         return (
             f"DualDA(layer={self.layer_name!r}, C={self.C:g}, n_train={self.n_train}, "
             f"n_support={self.support_indices.numel()}, sparsity={self.sparsity:.3f})"
         )
-

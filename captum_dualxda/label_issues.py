@@ -15,6 +15,7 @@ even when the network has memorised them. ``benchmarks/label_errors.py`` measure
 network's training loss and cleanlab, when the network has and has not memorised its flipped
 labels (results in ``benchmarks/README.md``).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
@@ -139,8 +140,14 @@ def rank_label_issues(dualda: DualDA, *, C: Optional[float] = None, show_progres
 def _refit_hinge_loss(dualda: DualDA, C: float, show_progress: bool) -> torch.Tensor:
     """``(n_train,)`` float64 hinge loss of an SVM fitted at ``C`` on freshly extracted features."""
     store, labels = extract(
-        dualda.model, dualda.final_fc_layer, dualda.train_dataloader, device=dualda.device, autocast=dualda.autocast,
-        memory_budget=dualda.memory_budget, scratch_dir=dualda.cache_dir, show_progress=show_progress,
+        dualda.model,
+        dualda.final_fc_layer,
+        dualda.train_dataloader,
+        device=dualda.device,
+        autocast=dualda.autocast,
+        memory_budget=dualda.memory_budget,
+        scratch_dir=dualda.cache_dir,
+        show_progress=show_progress,
     )
     try:
         if not torch.equal(labels.cpu(), dualda.train_labels.cpu()):
@@ -148,8 +155,14 @@ def _refit_hinge_loss(dualda: DualDA, C: float, show_progress: bool) -> torch.Te
                 "`dualda`'s training data yields other labels than at its fit (a dataset that changed "
                 "or draws randomly); refit DualDA, or pass `C=dualda.C` to rank with its own fit."
             )
-        (result,) = solve(store.features, labels, dualda.n_classes, dualda.settings.replace(C=C),
-                          device=dualda.device, show_progress=show_progress)
+        (result,) = solve(
+            store.features,
+            labels,
+            dualda.n_classes,
+            dualda.settings.replace(C=C),
+            device=dualda.device,
+            show_progress=show_progress,
+        )
         return hinge_loss(store.features, labels, result.weight, result.intercept)
     finally:
         store.close()

@@ -35,6 +35,7 @@ never does. quanda 0.5.0 cannot be installed consistently as published (it pins
 (pip warns about quanda's captum pin; quanda works with captum 0.9). The exact versions tested
 in CI are in ``ci/quanda-requirements.txt``.
 """
+
 from __future__ import annotations
 
 from typing import Any, List, Optional, Union

@@ -133,8 +133,7 @@ class XDA(Attributor):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
         if composite is not None and not isinstance(composite, Composite):
             raise TypeError(
-                "`composite` must be a zennit Composite (e.g. EpsilonPlus()) or None, "
-                f"got {type(composite).__name__}."
+                f"`composite` must be a zennit Composite (e.g. EpsilonPlus()) or None, got {type(composite).__name__}."
             )
         super().__init__(model=model, composite=composite, attr_output=attr_output)
         self.final_fc_layer: nn.Linear = resolve_linear_layer(model, final_fc_layer, argument="final_fc_layer")
@@ -288,9 +287,7 @@ class XDA(Attributor):
             logits = output_logits(output, self.final_fc_layer.out_features)
         return pooled_positions(self.final_fc_layer, layer_input.detach(), logits, hf_last_token(input, self.model))
 
-    def forward(
-        self, input: Any, attr_output_fn: Callable[[torch.Tensor], Any]
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input: Any, attr_output_fn: Callable[[torch.Tensor], Any]) -> Tuple[torch.Tensor, torch.Tensor]:
         """One attribution pass (the composite must already be registered, or be None).
 
         Called by ``__call__``; it does not register the composite itself.
@@ -368,7 +365,7 @@ class XDA(Attributor):
                     relevance_out = torch.where(nonzero, relevance_out / safe, torch.zeros_like(phi))
                 leaf = leaves[0]
                 try:
-                    relevance, = torch.autograd.grad((phi,), (leaf,), grad_outputs=(relevance_out,))
+                    (relevance,) = torch.autograd.grad((phi,), (leaf,), grad_outputs=(relevance_out,))
                 except RuntimeError as error:
                     if self.composite is None or "hook" not in str(error):
                         raise
@@ -443,8 +440,15 @@ class XDAPairs(NamedTuple):
     coefficients: torch.Tensor
 
 
-def _ensemble_pairs(dualda: DualDA, xda: XDA, test_inputs: Any, targets: Any, train_indices: Any,
-                    feature_batch_size: int, show_progress: bool) -> XDAPairs:
+def _ensemble_pairs(
+    dualda: DualDA,
+    xda: XDA,
+    test_inputs: Any,
+    targets: Any,
+    train_indices: Any,
+    feature_batch_size: int,
+    show_progress: bool,
+) -> XDAPairs:
     """:func:`xda_pairs` of a checkpoint ensemble: the mean of the pairs of every checkpoint."""
     ensemble = dualda.ensemble
     assert ensemble is not None
@@ -457,11 +461,19 @@ def _ensemble_pairs(dualda: DualDA, xda: XDA, test_inputs: Any, targets: Any, tr
         )
     if targets is None:
         x = single_input(test_inputs, "test_inputs")
-        targets = predict(xda.model, inputs_to(x, model_device(xda.model), detach=True),
-                          xda.final_fc_layer.out_features).cpu()
+        targets = predict(
+            xda.model, inputs_to(x, model_device(xda.model), detach=True), xda.final_fc_layer.out_features
+        ).cpu()
     parts = ensemble.over_checkpoints(
-        lambda member: xda_pairs(member, xda, test_inputs, targets, train_indices,
-                                 feature_batch_size=feature_batch_size, show_progress=show_progress)
+        lambda member: xda_pairs(
+            member,
+            xda,
+            test_inputs,
+            targets,
+            train_indices,
+            feature_batch_size=feature_batch_size,
+            show_progress=show_progress,
+        )
     )
     return mean_of_tuples(parts, same=("train_indices", "targets"))
 
@@ -583,8 +595,7 @@ def xda_pairs(
         targets_t = targets_t.long().cpu()
     if int(targets_t.min()) < 0 or int(targets_t.max()) >= n_classes:
         raise ValueError(
-            f"`targets` must lie in [0, {n_classes}), got values in "
-            f"[{int(targets_t.min())}, {int(targets_t.max())}]."
+            f"`targets` must lie in [0, {n_classes}), got values in [{int(targets_t.min())}, {int(targets_t.max())}]."
         )
 
     sample = single_input(dualda.train_inputs(idx[0, :1]), "dualda.train_inputs(...)")
@@ -601,7 +612,7 @@ def xda_pairs(
     flat = idx.reshape(-1)
     phi_train_parts = []
     for start in range(0, flat.numel(), feature_batch_size):
-        batch_idx = flat[start:start + feature_batch_size]
+        batch_idx = flat[start : start + feature_batch_size]
         x_tr = single_input(dualda.train_inputs(batch_idx), "dualda.train_inputs(...)")
         phi_train_parts.append(xda.features(inputs_to(x_tr, device, detach=True)))
     phi_train = torch.cat(phi_train_parts).reshape(n_test, k, -1)
@@ -612,7 +623,7 @@ def xda_pairs(
         )
     dtype = phi_test.dtype
     coef = dualda.coefficients_at(idx, targets_t[:, None]).to(device=device, dtype=dtype)  # (n_test, k)
-    feature_relevance = coef[..., None] * phi_train * phi_test[:, None, :]        # (n_test, k, d)
+    feature_relevance = coef[..., None] * phi_train * phi_test[:, None, :]  # (n_test, k, d)
     scores = feature_relevance.sum(-1)
 
     train_heat: List[torch.Tensor] = []
@@ -620,9 +631,9 @@ def xda_pairs(
 
     def run_all() -> None:
         for i in tqdm(range(n_test), desc="XDA pairs", disable=not show_progress, leave=False):
-            a_i = coef[i][:, None]                                            # (k, 1)
-            partner_for_train = a_i * phi_test[i][None, :]                     # (k, d)
-            partner_for_test = a_i * phi_train[i]                              # (k, d)
+            a_i = coef[i][:, None]  # (k, 1)
+            partner_for_train = a_i * phi_test[i][None, :]  # (k, d)
+            partner_for_test = a_i * phi_train[i]  # (k, d)
             x_tr = inputs_to(single_input(dualda.train_inputs(idx[i]), "dualda.train_inputs(...)"), device, detach=True)
             _, r_tr = xda(x_tr, _times(partner_for_train))
             _, r_te = xda(repeat_row(x, i, k), _times(partner_for_test))

@@ -5,6 +5,7 @@ every process, waits until START_FILE exists (so that all processes fit at once)
 (``memory_budget=0``: the features go to a memory-mapped scratch file in CACHE_DIR), and saves
 ``from_cache`` and the score matrix of a few test inputs to OUT_FILE.
 """
+
 import os
 import sys
 import time

@@ -1,4 +1,5 @@
 """Shared fixtures: small synthetic problems and a digits CNN trained in a few seconds."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,8 +43,12 @@ class DigitsCNN(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 32), nn.ReLU())
         self.fc = nn.Linear(32, 10)

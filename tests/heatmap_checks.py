@@ -1,4 +1,5 @@
 """Shared assertion for XDA heatmaps of text models: each heatmap adds up to its pair's ``tau``."""
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@
 The final linear layer is ``final_fc_layer`` everywhere, the classes to explain are ``targets``,
 every slow call takes ``show_progress``; parameters after the first three are keyword-only.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -31,12 +32,24 @@ def test_one_name_for_the_layer_and_for_the_classes_to_explain():
 
     for function in (DualDA, XDA, sweep_C):
         assert params(function)[1] == "final_fc_layer", function
-    for function, position in ((xda_pairs, 3), (explain_figure, 2), (plot_explanation, 1),
-                               (metrics.class_detection, 2), (metrics.class_detection_from_indices, 2),
-                               (metrics.random_class_detection, 1)):
+    for function, position in (
+        (xda_pairs, 3),
+        (explain_figure, 2),
+        (plot_explanation, 1),
+        (metrics.class_detection, 2),
+        (metrics.class_detection_from_indices, 2),
+        (metrics.random_class_detection, 1),
+    ):
         assert params(function)[position] == "targets", function
-    for function in (DualDA, sweep_C, xda_pairs, explain_figure, DualDA.influence, DualDA.self_influence,
-                     metrics.training_loss):
+    for function in (
+        DualDA,
+        sweep_C,
+        xda_pairs,
+        explain_figure,
+        DualDA.influence,
+        DualDA.self_influence,
+        metrics.training_loss,
+    ):
         assert "show_progress" in params(function), function
     assert "device" in params(sweep_C)
 

@@ -1,4 +1,5 @@
 """The GPU benchmark runs at toy sizes on a CPU, so it is ready whenever a GPU is."""
+
 import importlib.util
 import os
 import re
@@ -21,8 +22,23 @@ def _load(name: str):
 def gpu_run(tmp_path_factory):
     gpu = _load("gpu")
     out = tmp_path_factory.mktemp("gpu") / "gpu.md"
-    rows = gpu.main(["--tiny", "--device", "cpu", "--Cs", "1e-3", "--fit-budget", "0.5", "--cpu-budget", "120",
-                     "--cpu-parallel", "2", "--out", str(out)])
+    rows = gpu.main(
+        [
+            "--tiny",
+            "--device",
+            "cpu",
+            "--Cs",
+            "1e-3",
+            "--fit-budget",
+            "0.5",
+            "--cpu-budget",
+            "120",
+            "--cpu-parallel",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     return gpu, rows, out.read_text()
 
 

@@ -1,4 +1,5 @@
 """The MNIST benchmarks' building blocks on tiny generated data (no MNIST files, nothing downloaded)."""
+
 import gzip
 import importlib.util
 import os
@@ -55,8 +56,9 @@ def test_shortcut_mark_is_the_frame_and_the_centre_square():
 
 def test_vectorised_retraining_equals_training_each_model_alone():
     harness = _load("mnist_lds")
-    setting = harness.Setting("tiny", harness.LogisticRegressionMnist, "linear", epochs=2, batch_size=8, lr=0.05,
-                              momentum=0.9)
+    setting = harness.Setting(
+        "tiny", harness.LogisticRegressionMnist, "linear", epochs=2, batch_size=8, lr=0.05, momentum=0.9
+    )
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(24, 1, 28, 28, generator=gen), torch.randint(0, 10, (24,), generator=gen)
     subsets = [np.arange(0, 24, 2), np.arange(1, 24, 2), np.arange(12)]
@@ -79,7 +81,7 @@ def test_downstream_metrics_match_brute_force():
     # quanda's mislabel score: trapezoid area under the cumulative fraction of flipped samples found
     self_inf, flipped = rng.standard_normal(50), np.array([3, 7, 11, 40])
     order = np.argsort(-self_inf)
-    found = np.array([np.isin(order[:i + 1], flipped).sum() / 4 for i in range(50)])
+    found = np.array([np.isin(order[: i + 1], flipped).sum() / 4 for i in range(50)])
     area = sum((found[i] + found[i + 1]) / 2 for i in range(49)) / 50
     assert mnist.mislabel_curve_score(self_inf, flipped) == pytest.approx(area)
 

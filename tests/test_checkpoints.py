@@ -1,4 +1,5 @@
 """Checkpoint ensembles: DualDA(..., checkpoints=...) against independent per-checkpoint fits."""
+
 import os
 
 import pytest
@@ -12,8 +13,9 @@ from captum_dualxda._core.checkpoints import checkpoint_paths, weights_restored
 
 def make_net(seed: int, bias: bool = True) -> nn.Sequential:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 12, bias=bias), nn.ReLU(), nn.Linear(12, 8, bias=bias), nn.ReLU(),
-                         nn.Linear(8, 3, bias=bias))
+    return nn.Sequential(
+        nn.Linear(6, 12, bias=bias), nn.ReLU(), nn.Linear(12, 8, bias=bias), nn.ReLU(), nn.Linear(8, 3, bias=bias)
+    )
 
 
 @pytest.fixture()

@@ -4,6 +4,7 @@ A collate_fn that drops, adds or reorders samples, a loader over ready-made batc
 that can be read only once end in the right answer or a clear error; checking a custom sampler
 never advances the generators it owns.
 """
+
 from __future__ import annotations
 
 import random
@@ -63,8 +64,12 @@ def _by_label_then_brightness(items):
 
 @pytest.mark.parametrize("setting", ["in memory", "workers", "memory-mapped"])
 def test_a_collate_fn_that_skips_unreadable_samples_is_refused(setting, train_set, digits_cnn, tmp_path):
-    loader = DataLoader(_Unreadable(train_set, 40), batch_size=32, collate_fn=_skip_unreadable,
-                        num_workers=2 if setting == "workers" else 0)
+    loader = DataLoader(
+        _Unreadable(train_set, 40),
+        batch_size=32,
+        collate_fn=_skip_unreadable,
+        num_workers=2 if setting == "workers" else 0,
+    )
     kwargs = dict(cache_dir=str(tmp_path), memory_budget=0) if setting == "memory-mapped" else {}
     with pytest.raises(ValueError, match="made a batch of 31 samples from 32 dataset items") as info:
         DualDA(digits_cnn, "fc", loader, C=0.01, **kwargs)
@@ -87,8 +92,9 @@ def test_a_collate_fn_that_adds_samples_is_refused(train_set):
 
 
 @pytest.mark.parametrize("collate, found", [(_skip_unreadable, "yields 199"), (_twice, "yields at least 300")])
-def test_extraction_refuses_a_loader_that_yields_another_number_of_samples_than_its_dataset(collate, found, train_set,
-                                                                                            digits_cnn):
+def test_extraction_refuses_a_loader_that_yields_another_number_of_samples_than_its_dataset(
+    collate, found, train_set, digits_cnn
+):
     dataset = _Unreadable(train_set, 150) if collate is _skip_unreadable else train_set
     loader = DataLoader(dataset, batch_size=50, collate_fn=collate)  # not through as_dataloader: unchecked batches
     with pytest.raises(ValueError, match=found + " samples but its dataset has 200 items"):
@@ -126,6 +132,7 @@ def _padding_collate(side, sort):
             where = slice(0, n) if side == "right" else slice(width - n, width)
             ids[i, where], mask[i, where] = torch.tensor(item["input_ids"]), 1
         return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([item["label"] for item in items])}
+
     return collate
 
 

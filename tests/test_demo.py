@@ -1,4 +1,5 @@
 """The main job: ``python -m captum_dualxda demo`` and :func:`captum_dualxda.demo.run_demo`."""
+
 from __future__ import annotations
 
 import os
@@ -87,7 +88,8 @@ def test_label_issue_rows_match_returned_data(small_run):
     printed = [line for line in result.summary().splitlines() if "rank_label_issues: flagged" in line]
     assert len(printed) == 1
     assert printed[0].endswith(
-        f"{int(flags.sum())}, {100 * result.issues_precision:.1f} % / {100 * result.issues_recall:.1f} %")
+        f"{int(flags.sum())}, {100 * result.issues_precision:.1f} % / {100 * result.issues_recall:.1f} %"
+    )
 
 
 def test_run_demo_is_deterministic(small_run, tmp_path):
@@ -154,7 +156,7 @@ def test_flip_rate_zero_reports_na_instead_of_crashing(tmp_path):
     assert result.n_flipped == 0 and not result.flipped.any()
     for name in ("auc", "found_top10", "random_auc", "loss_auc", "loss_found_top10"):
         assert np.isnan(getattr(result, name)), name
-    assert set(result.files) == {"mislabel_suspects", "self_influence"}   # no detection curve
+    assert set(result.files) == {"mislabel_suspects", "self_influence"}  # no detection curve
     summary = result.summary()
     for row in ("mislabel detection ROC AUC (self-influence)", "flipped labels found in top 10 % of ranking"):
         line = [line for line in summary.splitlines() if line.startswith(row)]
@@ -165,11 +167,11 @@ def test_flip_rate_zero_reports_na_instead_of_crashing(tmp_path):
 def test_undefined_auc_and_recall_are_nan():
     scores = np.array([0.9, 0.1, 0.8, 0.2])
     assert np.isnan(demo_report.auc_or_nan(scores, np.zeros(4, bool)))
-    assert np.isnan(demo_report.auc_or_nan(scores, np.ones(4, bool)))      # no clean sample either
+    assert np.isnan(demo_report.auc_or_nan(scores, np.ones(4, bool)))  # no clean sample either
     assert np.isnan(demo_report.found_in_top(scores, np.zeros(4, bool), 0.5))
     positives = np.array([True, False, False, True])
     assert demo_report.auc_or_nan(scores, positives) == pytest.approx(roc_auc_score(positives, scores))
-    assert demo_report.found_in_top(scores, positives, 0.5) == 0.5           # top 2: indices 0 and 2
+    assert demo_report.found_in_top(scores, positives, 0.5) == 0.5  # top 2: indices 0 and 2
 
 
 def test_load_digits_data_flips_deterministically():
@@ -191,9 +193,16 @@ def test_cli_prints_table_and_exits_zero(tmp_path, capsys):
     code = main(["demo", "--out", str(tmp_path / "out"), *SMALL_ARGS])
     captured = capsys.readouterr()
     assert code == 0
-    for row in ("CNN test accuracy", "SVM surrogate agrees with CNN", "support vectors", "sparsity",
-                "fit time", "DualDA ms per test sample", "mislabel detection ROC AUC",
-                "flipped labels found in top 10 %"):
+    for row in (
+        "CNN test accuracy",
+        "SVM surrogate agrees with CNN",
+        "support vectors",
+        "sparsity",
+        "fit time",
+        "DualDA ms per test sample",
+        "mislabel detection ROC AUC",
+        "flipped labels found in top 10 %",
+    ):
         assert row in captured.out, row
     # progress bars go to stderr, never into the table
     assert "training CNN" in captured.err and "training CNN" not in captured.out
@@ -218,12 +227,22 @@ def test_cli_unwritable_out_is_a_clear_error(make_out, tmp_path, capsys, monkeyp
     assert "--out" in err and str(blocker) in err
 
 
-@pytest.mark.parametrize("args, word", [
-    (["--flip-rate", "1"], "--flip-rate"), (["--flip-rate", "-0.5"], "--flip-rate"),
-    (["--C", "0"], "--C"), (["--C", "-1"], "--C"), (["--C", "nan"], "--C"),
-    (["--k", "0"], "--k"), (["--k", "two"], "--k"), (["--epochs", "0"], "--epochs"),
-    (["--seed", "-1"], "--seed"), (["--seed", str(2**63)], "--seed"), (["--seed", str(2**64)], "--seed"),
-])
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        (["--flip-rate", "1"], "--flip-rate"),
+        (["--flip-rate", "-0.5"], "--flip-rate"),
+        (["--C", "0"], "--C"),
+        (["--C", "-1"], "--C"),
+        (["--C", "nan"], "--C"),
+        (["--k", "0"], "--k"),
+        (["--k", "two"], "--k"),
+        (["--epochs", "0"], "--epochs"),
+        (["--seed", "-1"], "--seed"),
+        (["--seed", str(2**63)], "--seed"),
+        (["--seed", str(2**64)], "--seed"),
+    ],
+)
 def test_cli_rejects_bad_arguments(args, word, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(demo_run, "train_cnn", lambda *a, **k: pytest.fail("trained despite bad arguments"))
     assert main(["demo", "--out", str(tmp_path), *args]) == 2
@@ -231,9 +250,19 @@ def test_cli_rejects_bad_arguments(args, word, tmp_path, capsys, monkeypatch):
 
 
 def test_run_demo_accepts_numpy_settings_and_a_large_seed(tmp_path):
-    result = demo.run_demo(str(tmp_path), **{**SMALL, "n_train": np.int64(60), "epochs": np.int64(1),
-                                             "n_explain": np.int64(0), "k": np.int64(2), "seed": 2**63 - 1,
-                                             "C": np.float32(0.5), "flip_rate": np.float32(0.25)})
+    result = demo.run_demo(
+        str(tmp_path),
+        **{
+            **SMALL,
+            "n_train": np.int64(60),
+            "epochs": np.int64(1),
+            "n_explain": np.int64(0),
+            "k": np.int64(2),
+            "seed": 2**63 - 1,
+            "C": np.float32(0.5),
+            "flip_rate": np.float32(0.25),
+        },
+    )
     assert result.n_train == 60 and result.seed == 2**63 - 1 and result.C == 0.5
 
 
@@ -243,8 +272,12 @@ def test_out_holding_other_files_is_refused_before_training(kind, tmp_path, caps
     monkeypatch.setattr(demo_run, "train_cnn", lambda *a, **k: pytest.fail("trained despite a used --out"))
     out = tmp_path / "out"
     out.mkdir()
-    name = {"same_name": "self_influence.csv", "other_name": "notes.txt", "subfolder": "figures",
-            "link": "mislabel_suspects.png"}[kind]
+    name = {
+        "same_name": "self_influence.csv",
+        "other_name": "notes.txt",
+        "subfolder": "figures",
+        "link": "mislabel_suspects.png",
+    }[kind]
     if kind == "subfolder":
         (out / name).mkdir()
     elif kind == "link":
@@ -291,8 +324,12 @@ def test_cli_help_and_missing_command(capsys):
 def test_python_dash_m_exit_code(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    proc = subprocess.run([sys.executable, "-m", "captum_dualxda", "demo", "--out", str(blocker)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "captum_dualxda", "demo", "--out", str(blocker)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "--out" in proc.stderr and proc.stdout == ""
 
@@ -305,8 +342,9 @@ def test_annotate_marks_flipped_labels_in_explanation_titles():
     flipped = torch.nonzero(data.flipped).flatten()[:2]
     clean = torch.nonzero(~data.flipped).flatten()[:1]
     idx = torch.cat([flipped, clean])
-    samples = InfluentialSamples(indices=idx, scores=torch.tensor([3.0, 2.0, 1.0]),
-                                 images=data.x_train[idx], labels=data.y_train[idx])
+    samples = InfluentialSamples(
+        indices=idx, scores=torch.tensor([3.0, 2.0, 1.0]), images=data.x_train[idx], labels=data.y_train[idx]
+    )
 
     def was(j):
         return f" (was {int(data.y_train_clean[j])})" if bool(data.flipped[j]) else ""

@@ -1,4 +1,5 @@
 """Scale-out paths: sharded extraction, distributed scoring, out-of-core features (gloo, 2 CPU processes)."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 The top-k order is by score, ties (above all the exact zeros of the samples off the support) broken
 towards the lower training index. The reference is a stable sort of the dense score matrix.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,9 +55,11 @@ def synthetic_support_sets():
     indices ``0 mod 6`` (some ranks hold none), none at all."""
     g = torch.Generator().manual_seed(2)
     sets = {}
-    for name, indices in (("dense", torch.arange(0, N_TRAIN, 1)[torch.rand(N_TRAIN, generator=g) < 0.7]),
-                          ("idle_ranks", torch.arange(0, N_TRAIN, 6)),
-                          ("empty", torch.zeros(0, dtype=torch.long))):
+    for name, indices in (
+        ("dense", torch.arange(0, N_TRAIN, 1)[torch.rand(N_TRAIN, generator=g) < 0.7]),
+        ("idle_ranks", torch.arange(0, N_TRAIN, 6)),
+        ("empty", torch.zeros(0, dtype=torch.long)),
+    ):
         n_sv = indices.numel()
         features = torch.randint(-1, 2, (n_sv, 3), generator=g).float()
         values = torch.tensor([0.0, 0.5, -0.5, 1.0, -2.0])[torch.randint(0, 5, (n_sv, 2), generator=g)]
@@ -97,12 +100,17 @@ def worker(rank, out_dir):
         init = os.path.join(out_dir, f"init{world}")
         dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
         try:
-            result = {"random_net": dualda_top_k(random_net_problem, KS),
-                      "idle_rank": dualda_top_k(idle_rank_problem, FEW_KS)}
+            result = {
+                "random_net": dualda_top_k(random_net_problem, KS),
+                "idle_rank": dualda_top_k(idle_rank_problem, FEW_KS),
+            }
             sets, phi, targets = synthetic_support_sets()
             for name, support in sets.items():
-                result[name] = {(k, largest): sharded_top_k(support, phi, targets, k, largest, rank, world)[::-1]
-                                for k in FEW_KS for largest in (True, False)}
+                result[name] = {
+                    (k, largest): sharded_top_k(support, phi, targets, k, largest, rank, world)[::-1]
+                    for k in FEW_KS
+                    for largest in (True, False)
+                }
             torch.save(result, os.path.join(out_dir, f"world{world}-rank{rank}.pt"))
         finally:
             dist.destroy_process_group()
@@ -112,8 +120,10 @@ def worker(rank, out_dir):
 def spawned(tmp_path_factory):
     out = tmp_path_factory.mktemp("topk")
     mp.spawn(worker, args=(str(out),), nprocs=3, join=True)
-    return {world: [torch.load(out / f"world{world}-rank{r}.pt", weights_only=False) for r in range(world)]
-            for world in (2, 3)}
+    return {
+        world: [torch.load(out / f"world{world}-rank{r}.pt", weights_only=False) for r in range(world)]
+        for world in (2, 3)
+    }
 
 
 def reference_top_k(scores, k, largest):

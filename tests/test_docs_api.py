@@ -4,6 +4,7 @@ The pages in ``docs/api/`` are written by hand (grouped by task), so a name adde
 module's ``__all__`` must be added there too; this test says which one is missing. It reads the
 pages as text (Sphinx not needed); the docs build itself (``-W``) checks that each entry imports.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,8 +16,13 @@ import pytest
 import captum_dualxda
 
 API = Path(__file__).resolve().parents[1] / "docs" / "api"
-PUBLIC_MODULES = ["captum_dualxda.metrics", "captum_dualxda.solver", "captum_dualxda.choose_c",
-                  "captum_dualxda.visualization", "captum_dualxda.xda"]
+PUBLIC_MODULES = [
+    "captum_dualxda.metrics",
+    "captum_dualxda.solver",
+    "captum_dualxda.choose_c",
+    "captum_dualxda.visualization",
+    "captum_dualxda.xda",
+]
 DIRECTIVE = re.compile(r"^\.\. auto(?:function|class|exception|data|method|attribute):: (\S+)", re.MULTILINE)
 
 
@@ -33,8 +39,11 @@ def test_every_top_level_name_is_documented_at_the_top_level():
 def test_every_public_name_of_a_module_is_documented(module):
     names = documented()
     top_level = set(captum_dualxda.__all__)
-    missing = [name for name in importlib.import_module(module).__all__
-               if f"{module}.{name}" not in names and not (name in top_level and f"captum_dualxda.{name}" in names)]
+    missing = [
+        name
+        for name in importlib.import_module(module).__all__
+        if f"{module}.{name}" not in names and not (name in top_level and f"captum_dualxda.{name}" in names)
+    ]
     assert not missing, f"add to docs/api/*.rst: {[f'{module}.{name}' for name in missing]}"
 
 

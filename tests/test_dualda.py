@@ -1,4 +1,5 @@
 """DualDA as a Captum DataInfluence: conventions, exact formulas, cache, errors."""
+
 from __future__ import annotations
 
 import os
@@ -283,8 +284,9 @@ def test_bad_inputs(setup, digits, digits_cnn, tmp_path):
         dualda.train_inputs([600])
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no GPU"))])
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+)
 def test_device_argument_moves_tensors(device, digits_cnn, digits):
     x, y, xt, _ = digits
     train = TensorDataset(x[:200], y[:200])

@@ -1,4 +1,5 @@
 """Training-feature extraction: exact features, loader settings, mixed precision, the cache key."""
+
 from __future__ import annotations
 
 import copy
@@ -135,8 +136,10 @@ def test_dualda_with_autocast_scores_with_autocast_features(train, digits, digit
 def test_autocast_is_part_of_the_cache_key(train, digits_cnn, tmp_path):
     loader = DataLoader(train, batch_size=100)
     settings = SolverSettings(C=0.01)
-    keys = {dtype: fit_fingerprint(digits_cnn, "fc", loader, settings, autocast=dtype)
-            for dtype in (None, torch.bfloat16, torch.float16)}
+    keys = {
+        dtype: fit_fingerprint(digits_cnn, "fc", loader, settings, autocast=dtype)
+        for dtype in (None, torch.bfloat16, torch.float16)
+    }
     assert len(set(keys.values())) == 3
     assert keys[None] == fit_fingerprint(digits_cnn, "fc", loader, settings)  # full-precision keys are unchanged
     full = DualDA(digits_cnn, "fc", train, C=0.01, cache_dir=str(tmp_path))

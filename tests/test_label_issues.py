@@ -1,4 +1,5 @@
 """``rank_label_issues``: the hinge-loss ranking of label errors and its yes/no flag."""
+
 from __future__ import annotations
 
 import glob
@@ -51,8 +52,9 @@ def sklearn_hinge(x, y, C):
     """Brute-force Crammer-Singer hinge loss and predictions of scikit-learn's (LIBLINEAR's) fit."""
     svm = LinearSVC(multi_class="crammer_singer", C=C, tol=1e-8, max_iter=1_000_000).fit(x, y)
     s = svm.decision_function(x)
-    loss = np.array([max(max(1.0 + s[i, m] for m in range(s.shape[1]) if m != y[i]) - s[i, y[i]], 0.0)
-                     for i in range(len(y))])
+    loss = np.array(
+        [max(max(1.0 + s[i, m] for m in range(s.shape[1]) if m != y[i]) - s[i, y[i]], 0.0) for i in range(len(y))]
+    )
     return loss, s.argmax(1)
 
 
@@ -86,7 +88,7 @@ def test_ranking_is_a_stable_descending_order(problem):
     # The flag is scores > 1, hence a prefix of the ranking.
     flags = issues.is_issue.numpy()
     np.testing.assert_array_equal(flags, issues.scores.numpy() > 1)
-    assert flags[: flags.sum()].all() and not flags[flags.sum():].any()
+    assert flags[: flags.sum()].all() and not flags[flags.sum() :].any()
 
 
 def count_forward_calls(net):

@@ -1,4 +1,5 @@
 """captum_dualxda.metrics: hand-computed examples, sklearn agreement, DualDA consistency."""
+
 from __future__ import annotations
 
 import math
@@ -89,11 +90,21 @@ def _planted_flags(n=400, seed=0):
     return rng.normal(size=n) + 3 * flags, flags
 
 
-@pytest.mark.parametrize("spell", [
-    lambda f: f.astype(int), lambda f: f.astype(np.int8), lambda f: f.astype(np.uint8), lambda f: f.astype(float),
-    lambda f: torch.from_numpy(f).long(), lambda f: torch.from_numpy(f).float(), lambda f: f.astype(int).tolist(),
-    lambda f: torch.from_numpy(f), lambda f: np.flatnonzero(f), lambda f: torch.from_numpy(np.flatnonzero(f)),
-])
+@pytest.mark.parametrize(
+    "spell",
+    [
+        lambda f: f.astype(int),
+        lambda f: f.astype(np.int8),
+        lambda f: f.astype(np.uint8),
+        lambda f: f.astype(float),
+        lambda f: torch.from_numpy(f).long(),
+        lambda f: torch.from_numpy(f).float(),
+        lambda f: f.astype(int).tolist(),
+        lambda f: torch.from_numpy(f),
+        lambda f: np.flatnonzero(f),
+        lambda f: torch.from_numpy(np.flatnonzero(f)),
+    ],
+)
 def test_mislabel_metrics_read_01_flags_as_a_mask_like_sklearn(spell):
     """scikit-learn's ``y_true`` convention: a 0/1 vector with one entry per sample is a mask."""
     from sklearn.metrics import roc_auc_score
@@ -136,8 +147,12 @@ def test_lds_reads_01_rows_with_the_same_rule():
     masks = rng.random((6, 8)) < 0.5
     margins = rng.normal(size=(6, 3))
     expected = lds(scores, masks, margins)
-    for spelled in (masks.astype(int), torch.from_numpy(masks).long(), [row.astype(int) for row in masks],
-                    [np.flatnonzero(row) for row in masks]):
+    for spelled in (
+        masks.astype(int),
+        torch.from_numpy(masks).long(),
+        [row.astype(int) for row in masks],
+        [np.flatnonzero(row) for row in masks],
+    ):
         np.testing.assert_array_equal(lds(scores, spelled, margins).per_sample, expected.per_sample)
 
 
@@ -166,8 +181,9 @@ def test_sweep_C_reads_01_flags_as_a_mask_and_refuses_bad_ones_before_extraction
     assert reference[0].auc_hinge_loss > 0.9
     for spelled in (flags.astype(int), torch.from_numpy(flags).long(), np.flatnonzero(flags)):
         rows = sweep_C(net, "fc", train, Cs=[0.1], flipped=spelled)
-        assert [(r.auc_self_influence, r.auc_hinge_loss, r.auc) for r in rows] == \
-            [(r.auc_self_influence, r.auc_hinge_loss, r.auc) for r in reference]
+        assert [(r.auc_self_influence, r.auc_hinge_loss, r.auc) for r in rows] == [
+            (r.auc_self_influence, r.auc_hinge_loss, r.auc) for r in reference
+        ]
     calls = []
     handle = net.register_forward_pre_hook(lambda module, args: calls.append(1))
     try:

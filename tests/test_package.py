@@ -18,30 +18,75 @@ NAME = "captum_dualxda"
 # ---------------------------------------------------------------------------------------- public paths
 PUBLIC = {
     "captum_dualxda": [
-        "DualDA", "XDA", "XDAPairs", "xda_pairs", "transformer_composite", "fit_crammer_singer",
-        "CrammerSingerResult", "rank_label_issues", "LabelIssues",
+        "DualDA",
+        "XDA",
+        "XDAPairs",
+        "xda_pairs",
+        "transformer_composite",
+        "fit_crammer_singer",
+        "CrammerSingerResult",
+        "rank_label_issues",
+        "LabelIssues",
     ],
     "captum_dualxda.solver": [
-        "fit_crammer_singer", "fit_crammer_singer_path", "available_backends", "ConvergenceWarning", "DEFAULT_C",
-        "CrammerSingerProblem", "CrammerSingerResult", "make_problem", "support_mask", "project_crammer_singer",
-        "RowSparseDual", "dual_rows", "dual_to_dense", "evaluate_optimality", "primal_objective",
+        "fit_crammer_singer",
+        "fit_crammer_singer_path",
+        "available_backends",
+        "ConvergenceWarning",
+        "DEFAULT_C",
+        "CrammerSingerProblem",
+        "CrammerSingerResult",
+        "make_problem",
+        "support_mask",
+        "project_crammer_singer",
+        "RowSparseDual",
+        "dual_rows",
+        "dual_to_dense",
+        "evaluate_optimality",
+        "primal_objective",
     ],
     "captum_dualxda.metrics": [
-        "mislabel_auc", "mislabel_detection_curve", "mislabel_scores", "training_loss", "class_detection",
-        "class_detection_from_indices", "random_class_detection", "zero_fraction", "hoyer_sparsity", "LDSResult",
-        "lds", "Fidelity", "logit_fidelity", "surrogate_fidelity",
+        "mislabel_auc",
+        "mislabel_detection_curve",
+        "mislabel_scores",
+        "training_loss",
+        "class_detection",
+        "class_detection_from_indices",
+        "random_class_detection",
+        "zero_fraction",
+        "hoyer_sparsity",
+        "LDSResult",
+        "lds",
+        "Fidelity",
+        "logit_fidelity",
+        "surrogate_fidelity",
     ],
     "captum_dualxda.choose_c": ["sweep_C", "SweepRow", "format_markdown"],
     "captum_dualxda.visualization": [
-        "to_captum_image", "heatmap_rgb", "image_for_display", "InfluentialSamples", "plot_explanation",
-        "explain_figure", "text_pair_records", "show_text_pair", "plot_text_pair",
+        "to_captum_image",
+        "heatmap_rgb",
+        "image_for_display",
+        "InfluentialSamples",
+        "plot_explanation",
+        "explain_figure",
+        "text_pair_records",
+        "show_text_pair",
+        "plot_text_pair",
     ],
     "captum_dualxda.xda": ["XDA", "XDAPairs", "xda_pairs", "UnsupportedModelError"],
     "captum_dualxda.dualda": ["DualDA"],
     "captum_dualxda.label_issues": ["rank_label_issues", "LabelIssues", "LABEL_ISSUES_C"],
     "captum_dualxda.demo": [
-        "DigitsData", "DigitsCNN", "DemoResult", "load_digits_data", "train_cnn", "run_demo",
-        "check_demo_arguments", "check_out_dir", "DEFAULT_C", "DEFAULT_EPOCHS",
+        "DigitsData",
+        "DigitsCNN",
+        "DemoResult",
+        "load_digits_data",
+        "train_cnn",
+        "run_demo",
+        "check_demo_arguments",
+        "check_out_dir",
+        "DEFAULT_C",
+        "DEFAULT_EPOCHS",
     ],
     "captum_dualxda.__main__": ["main", "build_parser"],
     "captum_dualxda.exceptions": ["UnsupportedModelError", "ModelChangedError", "ConvergenceWarning"],
@@ -72,7 +117,11 @@ def test_the_top_level_names_are_the_same_objects_as_their_homes():
     from captum_dualxda.xda import XDA as xda_home
 
     assert (DualDA, XDA, fit_crammer_singer, rank_label_issues) == (
-        dualda_home, xda_home, solver_home, label_issues_home)
+        dualda_home,
+        xda_home,
+        solver_home,
+        label_issues_home,
+    )
 
 
 # ---------------------------------------------------------------------------------------- import cycles
@@ -122,7 +171,7 @@ def _cycle(graph: Dict[str, Set[str]]) -> Optional[List[str]]:
         stack.append(node)
         for target in sorted(graph[node]):
             if state.get(target) == 1:
-                return stack[stack.index(target):] + [target]
+                return stack[stack.index(target) :] + [target]
             if target not in state:
                 found = visit(target)
                 if found:
@@ -159,8 +208,11 @@ def test_the_utilities_import_nothing_else_from_the_package():
     modules = _modules()
     for name, path in modules.items():
         if name.startswith(f"{NAME}._utils"):
-            outside = {t for t in _imports(name, path, modules)
-                       if not t.startswith(f"{NAME}._utils") and t != f"{NAME}.exceptions"}
+            outside = {
+                t
+                for t in _imports(name, path, modules)
+                if not t.startswith(f"{NAME}._utils") and t != f"{NAME}.exceptions"
+            }
             assert not outside, f"{name} imports {outside}"
 
 
@@ -175,8 +227,10 @@ def test_the_solver_imports_nothing_from_the_layers_above_it():
 
 def test_the_core_imports_no_public_face_or_tool():
     modules = _modules()
-    faces = {f"{NAME}.{m}" for m in ("dualda", "xda", "label_issues", "choose_c", "quanda", "metrics",
-                                    "visualization", "demo", "__main__")}
+    faces = {
+        f"{NAME}.{m}"
+        for m in ("dualda", "xda", "label_issues", "choose_c", "quanda", "metrics", "visualization", "demo", "__main__")
+    }
     for name, path in modules.items():
         if name.startswith((f"{NAME}._core", f"{NAME}.lrp")):
             above = {t for t in _imports(name, path, modules) if t in faces or t.rsplit(".", 1)[0] in faces}

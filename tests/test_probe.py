@@ -1,5 +1,6 @@
 """The model through this package's passes: what the final layer sees, what the model returns,
 and the model given back so that the user's training goes on (optimizer, cached tensors)."""
+
 from __future__ import annotations
 
 import functools
@@ -110,8 +111,9 @@ class NoLogitShapedOutput(Net):
         return h, self.head.fc(h)[:, :2]
 
 
-@pytest.mark.parametrize("model, found", [(TwoLogitShapedOutputs(), r"2 \(\[0\], \[1\]\) have"),
-                                          (NoLogitShapedOutput(), "none has")])
+@pytest.mark.parametrize(
+    "model, found", [(TwoLogitShapedOutputs(), r"2 \(\[0\], \[1\]\) have"), (NoLogitShapedOutput(), "none has")]
+)
 def test_a_tuple_without_one_logit_shaped_element_is_a_clear_error(model, found, data):
     _, _, train, _ = data
     with pytest.raises(ValueError, match=rf"returns a tuple of 2 elements .*{found} the logits' shape \(N, 3\)"):
@@ -131,8 +133,11 @@ def test_a_head_that_sees_more_rows_than_samples_says_what_it_found(data):
         def forward(self, x):
             return self.head.fc(self.body(x.reshape(-1, 3))).reshape(x.shape[0], 2, 3).mean(1)
 
-    with pytest.raises(ValueError, match=r"`final_fc_layer` received 128 rows .* logits of shape \(64, 3\), for 64 "
-                                         r"samples.*\(N\*T, d\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"`final_fc_layer` received 128 rows .* logits of shape \(64, 3\), for 64 "
+        r"samples.*\(N\*T, d\)",
+    ):
         DualDA(Flattened(), "head.fc", train, C=1.0, batch_size=64)
 
 
@@ -147,8 +152,10 @@ def _sgd_step_moves_every_parameter(model, optimizer, x, y):
     nn.functional.cross_entropy(model(x), y).backward()
     optimizer.step()
     lr = optimizer.param_groups[0]["lr"]
-    moved = all(p.grad is not None and torch.allclose(p.detach(), before[name] - lr * p.grad, atol=1e-7)
-                for name, p in model.named_parameters())
+    moved = all(
+        p.grad is not None and torch.allclose(p.detach(), before[name] - lr * p.grad, atol=1e-7)
+        for name, p in model.named_parameters()
+    )
     return moved and any(not torch.equal(p.detach(), before[name]) for name, p in model.named_parameters())
 
 
@@ -251,8 +258,18 @@ class Caching(Net):
         return self.head.fc(self.body(x) * self.cached())
 
 
-@pytest.mark.parametrize("where", ["submodule attribute", "list", "tuple in a dict", "buffer counted in place",
-                                   "class attribute", "global dict", "lru_cache"])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "submodule attribute",
+        "list",
+        "tuple in a dict",
+        "buffer counted in place",
+        "class attribute",
+        "global dict",
+        "lru_cache",
+    ],
+)
 def test_a_model_that_caches_tensors_in_forward_trains_after_every_call(where, data):
     x, y, train, x_test = data
     _TABLES.clear()

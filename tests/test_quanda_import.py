@@ -1,4 +1,5 @@
 """``import captum_dualxda`` never imports quanda; ``captum_dualxda.quanda`` says how to install it."""
+
 from __future__ import annotations
 
 import importlib.util

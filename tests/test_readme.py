@@ -12,6 +12,7 @@ A new user copies these blocks; they must run offline on a fresh machine. Checke
   random weights. Each block runs in a fresh namespace, and the shapes its comments promise are
   checked.
 """
+
 from __future__ import annotations
 
 import re

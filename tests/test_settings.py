@@ -18,8 +18,15 @@ from captum_dualxda.choose_c import sweep_C
 from captum_dualxda.solver import DEFAULT_C, fit_crammer_singer
 from captum_dualxda.solver.settings import SolverSettings
 
-CHANGED = {"C": 0.5, "fit_intercept": False, "intercept_scaling": 2.0, "tol": 1e-3, "max_iter": 7, "seed": 3,
-           "backend": "bdcd"}
+CHANGED = {
+    "C": 0.5,
+    "fit_intercept": False,
+    "intercept_scaling": 2.0,
+    "tol": 1e-3,
+    "max_iter": 7,
+    "seed": 3,
+    "backend": "bdcd",
+}
 
 
 def test_the_defaults_are_the_solver_entry_points_defaults():
@@ -37,8 +44,16 @@ def test_settings_are_frozen_and_checked_on_construction():
     assert type(settings.C) is float and type(settings.max_iter) is int
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.C = 1.0  # type: ignore[misc]
-    for name, bad in (("C", 0.0), ("C", float("nan")), ("max_iter", True), ("max_iter", 0), ("tol", -1.0),
-                      ("fit_intercept", "yes"), ("backend", "fast"), ("intercept_scaling", float("inf"))):
+    for name, bad in (
+        ("C", 0.0),
+        ("C", float("nan")),
+        ("max_iter", True),
+        ("max_iter", 0),
+        ("tol", -1.0),
+        ("fit_intercept", "yes"),
+        ("backend", "fast"),
+        ("intercept_scaling", float("inf")),
+    ):
         with pytest.raises((TypeError, ValueError), match=name):
             SolverSettings(**{name: bad})
     with pytest.raises(ValueError, match="C"):
@@ -51,8 +66,10 @@ def test_the_cache_key_holds_every_setting_by_name():
     base = fit_fingerprint(model, "weight", batches, SolverSettings())
     assert base == fit_fingerprint(model, "weight", batches, SolverSettings())
     assert [name for name, _ in SolverSettings().key_items()] == [f.name for f in dataclasses.fields(SolverSettings)]
-    keys = {name: fit_fingerprint(model, "weight", batches, SolverSettings(**{name: value}))
-            for name, value in CHANGED.items()}
+    keys = {
+        name: fit_fingerprint(model, "weight", batches, SolverSettings(**{name: value}))
+        for name, value in CHANGED.items()
+    }
     assert base not in keys.values() and len(set(keys.values())) == len(CHANGED)
 
 
@@ -77,6 +94,7 @@ def test_dualda_sweep_c_and_label_issues_share_one_settings_object(small_fit, mo
         def solve(features, labels, n_classes, settings, **kwargs):
             seen.append(settings)
             return real(features, labels, n_classes, settings, **kwargs)
+
         return solve
 
     monkeypatch.setattr(label_issues_module, "solve", spy(label_issues_module.solve))

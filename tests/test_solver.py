@@ -1,4 +1,5 @@
 """The Crammer-Singer solver against scikit-learn, exact formulas and its own certificates."""
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,9 @@ BACKENDS = list(available_backends())
 
 
 def sklearn_fit(x, y, C, fit_intercept, tol=1e-4):
-    model = LinearSVC(multi_class="crammer_singer", C=C, tol=tol, fit_intercept=fit_intercept,
-                      random_state=0, max_iter=100000)
+    model = LinearSVC(
+        multi_class="crammer_singer", C=C, tol=tol, fit_intercept=fit_intercept, random_state=0, max_iter=100000
+    )
     model.fit(x.astype(np.float64), y)
     return torch.tensor(model.coef_), torch.tensor(model.intercept_) if fit_intercept else torch.zeros(
         len(model.classes_), dtype=torch.float64

@@ -1,4 +1,5 @@
 """Tests of the compiled sequential backend (numba) and of ``fit_crammer_singer_path``."""
+
 from __future__ import annotations
 
 import json
@@ -182,9 +183,9 @@ def test_subproblem_is_the_projection_when_the_true_class_is_active():
         )
         grad = rng.normal(size=k)
         b = grad - curvature * alpha.numpy()
-        target = project_crammer_singer(
-            (alpha - torch.from_numpy(grad) / curvature)[None], torch.tensor([y]), C
-        )[0].numpy()
+        target = project_crammer_singer((alpha - torch.from_numpy(grad) / curvature)[None], torch.tensor([y]), C)[
+            0
+        ].numpy()
         np.testing.assert_allclose(solve_subproblem(b, curvature, y, C), target, atol=1e-12 * max(1, C))
 
 
@@ -298,7 +299,15 @@ def test_screening_shrinks_only_beyond_the_rounding_margin():
     order = np.arange(2, dtype=np.int64)
     ints = np.array([0, 2, 1], dtype=np.int64)
     sequential._screen_reactivated(
-        kernels, x, 0.0, 1.0, sq, alpha, weight, np.zeros(k), (alpha_index, class_active, y_index, order, ints),
+        kernels,
+        x,
+        0.0,
+        1.0,
+        sq,
+        alpha,
+        weight,
+        np.zeros(k),
+        (alpha_index, class_active, y_index, order, ints),
         np.empty((4, k)),
     )
     # class 2 (gradient -1) is shrunk, class 1 stays: two classes left
@@ -307,7 +316,15 @@ def test_screening_shrinks_only_beyond_the_rounding_margin():
     weight[1, 0] = -3.0  # now both rivals are clearly below: one class left, the samples leave
     class_active[:] = k
     sequential._screen_reactivated(
-        kernels, x, 0.0, 1.0, sq, alpha, weight, np.zeros(k), (alpha_index, class_active, y_index, order, ints),
+        kernels,
+        x,
+        0.0,
+        1.0,
+        sq,
+        alpha,
+        weight,
+        np.zeros(k),
+        (alpha_index, class_active, y_index, order, ints),
         np.empty((4, k)),
     )
     assert class_active.tolist() == [1, 1] and ints[1] == 0
@@ -362,7 +379,11 @@ def test_agrees_with_sklearn(seed, C, fit_intercept):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sk = svm.LinearSVC(
-            multi_class="crammer_singer", C=C, tol=1e-4, max_iter=100000, random_state=0,
+            multi_class="crammer_singer",
+            C=C,
+            tol=1e-4,
+            max_iter=100000,
+            random_state=0,
             fit_intercept=fit_intercept,
         ).fit(x.numpy(), y.numpy())
     problem = make_problem(x, y, C, fit_intercept, 1.0)
@@ -377,9 +398,7 @@ def test_agrees_with_sklearn(seed, C, fit_intercept):
     bound = math.sqrt(2 * absolute_gap(ours)) + math.sqrt(2 * max(p_sk - ours.dual, 0.0))
     assert dist <= bound
     assert dist / float(w_sklearn.norm()) <= 1e-3
-    agree = (ours.weight @ x.double().T + ours.intercept[:, None]).argmax(0) == torch.from_numpy(
-        sk.predict(x.numpy())
-    )
+    agree = (ours.weight @ x.double().T + ours.intercept[:, None]).argmax(0) == torch.from_numpy(sk.predict(x.numpy()))
     assert float(agree.double().mean()) >= 0.995
 
 
@@ -602,7 +621,10 @@ def test_fresh_process_loads_cached_kernels_without_numba(tmp_path):
     package = str(Path(captum_dualxda.__file__).parent)
     done = subprocess.run(
         [sys.executable, "-c", _FRESH_PROCESS_FIT, package, str(tmp_path / "data.npz")],
-        capture_output=True, text=True, check=False, timeout=300,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     there = json.loads(done.stdout.strip().splitlines()[-1])
@@ -727,7 +749,9 @@ def test_kernel_entry_points_match_the_driver():
     assert kernels_module.ENTRY_POINTS == machine_code_module()._ENTRY_POINTS
     seq = sequential  # the driver
     assert (kernels_module._CONTINUE, kernels_module._PROPOSE_STOP, kernels_module._MAX_ITER) == (
-        seq._CONTINUE, seq._PROPOSE_STOP, seq._MAX_ITER,
+        seq._CONTINUE,
+        seq._PROPOSE_STOP,
+        seq._MAX_ITER,
     )
     assert (kernels_module.N_INTS, kernels_module.N_FLOATS) == (seq._N_INTS, seq._N_FLOATS)
     entry_points = pytest.importorskip("captum_dualxda.solver._sequential_entry_points")

@@ -1,4 +1,5 @@
 """Row-sparse dual variables: storage, restricted projection, and a sparse solve equal to dense."""
+
 from __future__ import annotations
 
 import math

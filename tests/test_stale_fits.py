@@ -1,6 +1,7 @@
 """A fit never outlives what it was made from: the cache key covers the whole model state, every
 tensor of the training data and the precision; a model changed after the fit is refused.
 """
+
 from __future__ import annotations
 
 import copy
@@ -139,8 +140,9 @@ def test_tensors_inside_batch_objects_are_hashed_in_full(kind, tmp_path, data):
     assert N // 2 * D > 1000 and "..." in repr(changed[: N // 2])  # torch abbreviates this tensor
     refit = DualDA(net, "fc", object_loader(kind, changed, y), C=0.1, cache_dir=str(tmp_path))
     assert not refit.fit_stats["from_cache"]
-    assert torch.allclose(refit.self_influence(), DualDA(net, "fc", TensorDataset(changed, y), C=0.1).self_influence(),
-                          atol=1e-6)
+    assert torch.allclose(
+        refit.self_influence(), DualDA(net, "fc", TensorDataset(changed, y), C=0.1).self_influence(), atol=1e-6
+    )
 
 
 class LockedBatch:
@@ -228,10 +230,17 @@ def test_influence_after_training_further_raises_with_the_fix(data):
     nn.functional.cross_entropy(net(x), y).backward()
     optimizer.step()
     net.eval()
-    for call in (lambda: dualda.influence((xt, t)), lambda: dualda.influence((xt, t), k=3),
-                 lambda: dualda.test_features((xt,)), lambda: xda_pairs(dualda, XDA(net, "3"), xt, t, top.indices)):
-        with pytest.raises(ModelChangedError, match=r"changed after this DualDA was fitted.*'0\.weight'.*Refit.*"
-                                                    r"`DualDA\(model, \.\.\.\)` again.*load_state_dict"):
+    for call in (
+        lambda: dualda.influence((xt, t)),
+        lambda: dualda.influence((xt, t), k=3),
+        lambda: dualda.test_features((xt,)),
+        lambda: xda_pairs(dualda, XDA(net, "3"), xt, t, top.indices),
+    ):
+        with pytest.raises(
+            ModelChangedError,
+            match=r"changed after this DualDA was fitted.*'0\.weight'.*Refit.*"
+            r"`DualDA\(model, \.\.\.\)` again.*load_state_dict",
+        ):
             call()
     # Putting the fitted weights back makes the fit usable again, with the same scores.
     net.load_state_dict(saved)
@@ -262,10 +271,11 @@ def _running_stats(net):
     net.eval()
 
 
-@pytest.mark.parametrize("change", [_load_other, _assign_module, _data_assign, _in_place, _running_stats,
-                                    lambda net: net.double()],
-                         ids=["load_state_dict", "new_module", "data_assignment", "in_place", "batchnorm_stats",
-                              "dtype"])
+@pytest.mark.parametrize(
+    "change",
+    [_load_other, _assign_module, _data_assign, _in_place, _running_stats, lambda net: net.double()],
+    ids=["load_state_dict", "new_module", "data_assignment", "in_place", "batchnorm_stats", "dtype"],
+)
 def test_every_kind_of_change_is_seen(change, data):
     net, dualda, xt = fitted(data)
     t = targets(net, xt)
@@ -404,8 +414,9 @@ def _distributed_worker(rank, init_file, out_dir):
 def test_distributed_every_rank_raises_when_one_ranks_model_changed(tmp_path):
     import torch.multiprocessing as mp
 
-    context = mp.start_processes(_distributed_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2,
-                                 join=False, start_method="spawn")
+    context = mp.start_processes(
+        _distributed_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=False, start_method="spawn"
+    )
     for _ in range(120):  # never hang the suite: at most 120 s
         if context.join(timeout=1):
             break

@@ -6,6 +6,7 @@ written out by hand: RoBERTa ``tanh(classifier.dense(h_<s>))`` (the input of
 ``classifier.out_proj``), DistilBERT ``relu(pre_classifier(h_[CLS]))``, decoders the final hidden
 state of the last token that is not padding (left and right padding).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -49,16 +50,33 @@ def stacked(dataset, indices):
 
 def roberta():
     torch.manual_seed(0)
-    config = transformers.RobertaConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                        intermediate_size=32, num_labels=K, max_position_embeddings=LENGTH + 4,
-                                        pad_token_id=PAD, bos_token_id=1, eos_token_id=2)
+    config = transformers.RobertaConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=K,
+        max_position_embeddings=LENGTH + 4,
+        pad_token_id=PAD,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     return transformers.RobertaForSequenceClassification(config).eval()
 
 
 def distilbert():
     torch.manual_seed(0)
-    config = transformers.DistilBertConfig(vocab_size=VOCAB, dim=16, n_layers=1, n_heads=2, hidden_dim=32, num_labels=K,
-                                           max_position_embeddings=32, pad_token_id=PAD)
+    config = transformers.DistilBertConfig(
+        vocab_size=VOCAB,
+        dim=16,
+        n_layers=1,
+        n_heads=2,
+        hidden_dim=32,
+        num_labels=K,
+        max_position_embeddings=32,
+        pad_token_id=PAD,
+    )
     return transformers.DistilBertForSequenceClassification(config).eval()
 
 
@@ -66,9 +84,19 @@ def _decoder(family: str, **extra):
     def make():
         torch.manual_seed(0)
         config = getattr(transformers, f"{family}Config")(
-            vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-            intermediate_size=32, num_labels=K, pad_token_id=PAD, bos_token_id=1, eos_token_id=2,
-            max_position_embeddings=32, **extra)
+            vocab_size=VOCAB,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=32,
+            num_labels=K,
+            pad_token_id=PAD,
+            bos_token_id=1,
+            eos_token_id=2,
+            max_position_embeddings=32,
+            **extra,
+        )
         return getattr(transformers, f"{family}ForSequenceClassification")(config).eval()
 
     make.__name__ = family.lower()
@@ -79,8 +107,13 @@ qwen2 = _decoder("Qwen2")  # q, k, v projections with biases
 mistral = _decoder("Mistral")
 qwen3 = _decoder("Qwen3", head_dim=8)  # RMSNorm on queries and keys
 
-HEADS = {"roberta": "classifier.out_proj", "distilbert": "classifier",
-         "qwen2": "score", "mistral": "score", "qwen3": "score"}
+HEADS = {
+    "roberta": "classifier.out_proj",
+    "distilbert": "classifier",
+    "qwen2": "score",
+    "mistral": "score",
+    "qwen3": "score",
+}
 
 
 def reference_phi(model, batch):
@@ -97,10 +130,26 @@ def reference_phi(model, batch):
     return hidden[torch.arange(ids.shape[0]), last]
 
 
-CASES = [(roberta, False), (distilbert, False), (qwen2, False), (qwen2, True), (mistral, False), (mistral, True),
-         (qwen3, False), (qwen3, True)]
-IDS = ["roberta", "distilbert", "qwen2-right", "qwen2-left", "mistral-right", "mistral-left", "qwen3-right",
-       "qwen3-left"]
+CASES = [
+    (roberta, False),
+    (distilbert, False),
+    (qwen2, False),
+    (qwen2, True),
+    (mistral, False),
+    (mistral, True),
+    (qwen3, False),
+    (qwen3, True),
+]
+IDS = [
+    "roberta",
+    "distilbert",
+    "qwen2-right",
+    "qwen2-left",
+    "mistral-right",
+    "mistral-left",
+    "qwen3-right",
+    "qwen3-left",
+]
 
 
 @pytest.mark.parametrize("make, pad_left", CASES, ids=IDS)
@@ -136,8 +185,13 @@ def _hooks(model):
 #: these random models with the default rule: about 1e-7 for every family. RoBERTa's head applies
 #: ``torch.tanh`` as a function, not a module; without the composite's canonizer for such heads its
 #: plain gradient lost 0.009 / 0.015. Bounds with margin.
-CONSERVATION = {"roberta": (1e-5, 1e-4), "distilbert": (1e-5, 1e-4), "qwen2": (1e-5, 1e-4), "mistral": (1e-5, 1e-4),
-                "qwen3": (1e-5, 1e-4)}
+CONSERVATION = {
+    "roberta": (1e-5, 1e-4),
+    "distilbert": (1e-5, 1e-4),
+    "qwen2": (1e-5, 1e-4),
+    "mistral": (1e-5, 1e-4),
+    "qwen3": (1e-5, 1e-4),
+}
 
 
 @pytest.mark.parametrize("make, pad_left", CASES[:-2] + CASES[-1:], ids=IDS[:-2] + IDS[-1:])
@@ -173,14 +227,31 @@ def _zero_biases_and_sharpen_attention(model, factor=25.0):
         for name, p in model.named_parameters():
             if name.endswith("bias"):
                 p.zero_()
-            elif any(part in name for part in ("query.weight", "key.weight", "q_lin.weight", "k_lin.weight",
-                                               "q_proj.weight", "k_proj.weight")):
+            elif any(
+                part in name
+                for part in (
+                    "query.weight",
+                    "key.weight",
+                    "q_lin.weight",
+                    "k_lin.weight",
+                    "q_proj.weight",
+                    "k_proj.weight",
+                )
+            ):
                 p.mul_(factor)
 
 
-@pytest.mark.parametrize("make", [
-    roberta, distilbert, qwen2, mistral, qwen3,
-], ids=["roberta", "distilbert", "qwen2", "mistral", "qwen3"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        roberta,
+        distilbert,
+        qwen2,
+        mistral,
+        qwen3,
+    ],
+    ids=["roberta", "distilbert", "qwen2", "mistral", "qwen3"],
+)
 def test_the_attention_rule_is_applied_cp_conserves_exactly_and_attnlrp_does_not(make):
     model = make()
     _zero_biases_and_sharpen_attention(model)
@@ -208,9 +279,17 @@ def test_models_that_compute_attention_in_their_own_code_are_refused():
     would keep the plain gradient (2.9 % conservation error on a random tiny model), so the
     composite refuses it up front and the model is untouched."""
     torch.manual_seed(0)
-    config = transformers.RoFormerConfig(vocab_size=VOCAB, hidden_size=16, embedding_size=16, num_hidden_layers=1,
-                                         num_attention_heads=2, intermediate_size=32, num_labels=K,
-                                         max_position_embeddings=32, pad_token_id=PAD)
+    config = transformers.RoFormerConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        embedding_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=K,
+        max_position_embeddings=32,
+        pad_token_id=PAD,
+    )
     model = transformers.RoFormerForSequenceClassification(config).eval()
     implementation, hooks = model.config._attn_implementation, _hooks(model)
     with pytest.raises(ValueError, match="RoFormer.*attention interface"):

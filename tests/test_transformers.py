@@ -6,6 +6,7 @@ last non-padding token), with left and right padding, half precision, and a toke
 ``DataCollatorWithPadding``. Every ``phi`` is computed independently from the model's own hidden
 states and compared with what DualDA uses.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,23 +49,49 @@ class Texts(Dataset):
 
 def bert():
     torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=32, num_labels=K, max_position_embeddings=32)
+    config = transformers.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=K,
+        max_position_embeddings=32,
+    )
     return transformers.BertForSequenceClassification(config).eval()
 
 
 def llama():
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                      num_key_value_heads=1, intermediate_size=32, num_labels=K, pad_token_id=PAD,
-                                      bos_token_id=1, eos_token_id=2, max_position_embeddings=32)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=32,
+        num_labels=K,
+        pad_token_id=PAD,
+        bos_token_id=1,
+        eos_token_id=2,
+        max_position_embeddings=32,
+    )
     return transformers.LlamaForSequenceClassification(config).eval()
 
 
 def gpt2():
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=2, num_labels=K, pad_token_id=PAD,
-                                     bos_token_id=1, eos_token_id=2, n_positions=32)
+    config = transformers.GPT2Config(
+        vocab_size=VOCAB,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        num_labels=K,
+        pad_token_id=PAD,
+        bos_token_id=1,
+        eos_token_id=2,
+        n_positions=32,
+    )
     return transformers.GPT2ForSequenceClassification(config).eval()
 
 
@@ -85,13 +112,17 @@ def stacked(dataset, indices):
     return {k: torch.stack([dataset[i][k] for i in indices]) for k in dataset[0]}
 
 
-@pytest.mark.parametrize("make, head, pad_left", [
-    (bert, "classifier", False),
-    (llama, "score", False),
-    (llama, "score", True),
-    (gpt2, "score", False),
-    (gpt2, "score", True),
-], ids=["bert", "llama-right", "llama-left", "gpt2-right", "gpt2-left"])
+@pytest.mark.parametrize(
+    "make, head, pad_left",
+    [
+        (bert, "classifier", False),
+        (llama, "score", False),
+        (llama, "score", True),
+        (gpt2, "score", False),
+        (gpt2, "score", True),
+    ],
+    ids=["bert", "llama-right", "llama-left", "gpt2-right", "gpt2-left"],
+)
 def test_scores_are_the_dual_formula_on_the_models_own_representation(make, head, pad_left):
     model = make()
     train, test = Texts(60, 0, pad_left), Texts(5, 1, pad_left)
@@ -206,8 +237,13 @@ def test_import_does_not_import_transformers():
     code = (
         "import sys, captum_dualxda, captum_dualxda.metrics, captum_dualxda.xda; print('transformers' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -223,9 +259,16 @@ from captum_dualxda import XDA, transformer_composite, xda_pairs  # noqa: E402
 CONSERVATION = {"bert": (0.01, 0.05), "llama": (0.10, 0.40), "gpt2": (0.05, 0.40)}
 
 
-@pytest.mark.parametrize("make, head, pad_left", [
-    (bert, "classifier", False), (llama, "score", False), (llama, "score", True), (gpt2, "score", True),
-], ids=["bert", "llama-right", "llama-left", "gpt2-left"])
+@pytest.mark.parametrize(
+    "make, head, pad_left",
+    [
+        (bert, "classifier", False),
+        (llama, "score", False),
+        (llama, "score", True),
+        (gpt2, "score", True),
+    ],
+    ids=["bert", "llama-right", "llama-left", "gpt2-left"],
+)
 def test_token_heatmaps_conserve_the_dualda_score(make, head, pad_left):
     model = make()
     train, test = Texts(40, 0, pad_left), Texts(4, 1, pad_left)
@@ -251,8 +294,9 @@ def tiny_torchvision_vit():
     """A randomly initialised torchvision ViT on 16x16 images, 4x4 patches, 3 classes (seed 0)."""
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
-    return torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
-                                                mlp_dim=32, num_classes=3).eval()
+    return torchvision.models.VisionTransformer(
+        image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=3
+    ).eval()
 
 
 def test_torchvision_vit_pixel_heatmaps_are_finite_and_add_up_with_the_class_token():
@@ -427,6 +471,7 @@ def test_vit_pixel_heatmaps_add_up_to_tau_minus_the_class_tokens_share_only():
     def keep(module, args):  # the encoder input (tokens + position embeddings) and its gradient
         if args[0].requires_grad:
             args[0].register_hook(lambda g: seen.__setitem__("class_token", (args[0].detach() * g)[:, 0].sum(-1)))
+
     handle = vit.encoder.dropout.register_forward_pre_hook(keep)
     errors = {}
     try:
@@ -453,7 +498,7 @@ def test_spread_bias_gives_the_bias_share_by_contribution_size_and_is_finite_whe
     y = spread_bias(x @ w.T, b, x.abs() @ w.abs().T, epsilon=1e-6)
     assert torch.allclose(y.detach(), x.detach() @ w.T + b)  # forward: z + b
     g = torch.tensor([[1.0, -2.0], [3.0, 0.5], [2.0, 1.0]])
-    grad, = torch.autograd.grad(y, x, g)
+    (grad,) = torch.autograd.grad(y, x, g)
     relevance = x.detach() * grad
     # Brute force: R_j = sum_i c_ij g_i + |c_ij| / sum_k |c_ik| * b_i g_i.
     c = x.detach()[:, None, :] * w[None]  # (N, out, in)
@@ -470,8 +515,11 @@ def test_spread_bias_gives_the_bias_share_by_contribution_size_and_is_finite_whe
     # Half precision: the share is formed in float32.
     xh = torch.zeros(2, 3, dtype=torch.bfloat16, requires_grad=True)
     wh = torch.ones(4, 3, dtype=torch.bfloat16)
-    gh, = torch.autograd.grad(spread_bias(xh @ wh.T, torch.ones(4, dtype=torch.bfloat16), xh.abs() @ wh.T), xh,
-                              torch.ones(2, 4, dtype=torch.bfloat16))
+    (gh,) = torch.autograd.grad(
+        spread_bias(xh @ wh.T, torch.ones(4, dtype=torch.bfloat16), xh.abs() @ wh.T),
+        xh,
+        torch.ones(2, 4, dtype=torch.bfloat16),
+    )
     assert torch.isfinite(gh).all()
 
 
@@ -494,10 +542,15 @@ def test_heatmaps_stay_finite_when_a_pre_activation_is_exactly_zero():
     assert float(((kept.sum(1) - tau).abs() / tau.abs()).min()) > 1e-2
 
 
-@pytest.mark.parametrize("kwargs, match", [({"zero_params": "weight"}, "`zero_params` must be 'bias' or None"),
-                                           ({"zero_params": ["bias"]}, "`zero_params` must be 'bias' or None"),
-                                           ({"epsilon": 0.0}, "`epsilon` must be a finite real number > 0"),
-                                           ({"epsilon": float("nan")}, "`epsilon` must be a finite real number > 0")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"zero_params": "weight"}, "`zero_params` must be 'bias' or None"),
+        ({"zero_params": ["bias"]}, "`zero_params` must be 'bias' or None"),
+        ({"epsilon": 0.0}, "`epsilon` must be a finite real number > 0"),
+        ({"epsilon": float("nan")}, "`epsilon` must be a finite real number > 0"),
+    ],
+)
 def test_transformer_composite_rejects_bad_zero_params_and_epsilon(kwargs, match):
     with pytest.raises(ValueError, match=match):
         transformer_composite(bert(), **kwargs)

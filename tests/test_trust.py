@@ -4,6 +4,7 @@ Training order (shuffling loaders, samplers, drop_last), the model's state after
 concurrent threads, several processes on one cache directory, classes without a training sample,
 defaults and convergence, heatmaps on models the LRP rules do not cover, and smaller pitfalls.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -83,14 +84,18 @@ def _double_inputs(samples):
     return x, torch.stack([s[1] for s in samples])
 
 
-@pytest.mark.parametrize("make_loader", [
-    lambda ds: DataLoader(ds, batch_size=32, shuffle=True),
-    lambda ds: DataLoader(ds, batch_size=32, shuffle=True, drop_last=True),
-    lambda ds: DataLoader(ds, batch_size=32, sampler=RandomSampler(ds)),
-    lambda ds: DataLoader(ds, batch_size=32, sampler=Permutation(len(ds))),
-    lambda ds: DataLoader(ds, batch_sampler=BatchSampler(Permutation(len(ds)), 32, drop_last=True)),
-    lambda ds: DataLoader(ds, batch_size=32, drop_last=True),
-], ids=["shuffle", "shuffle-drop_last", "RandomSampler", "custom-sampler", "custom-batch_sampler", "drop_last"])
+@pytest.mark.parametrize(
+    "make_loader",
+    [
+        lambda ds: DataLoader(ds, batch_size=32, shuffle=True),
+        lambda ds: DataLoader(ds, batch_size=32, shuffle=True, drop_last=True),
+        lambda ds: DataLoader(ds, batch_size=32, sampler=RandomSampler(ds)),
+        lambda ds: DataLoader(ds, batch_size=32, sampler=Permutation(len(ds))),
+        lambda ds: DataLoader(ds, batch_sampler=BatchSampler(Permutation(len(ds)), 32, drop_last=True)),
+        lambda ds: DataLoader(ds, batch_size=32, drop_last=True),
+    ],
+    ids=["shuffle", "shuffle-drop_last", "RandomSampler", "custom-sampler", "custom-batch_sampler", "drop_last"],
+)
 def test_any_loader_is_read_in_dataset_order(make_loader, train_set, digits_cnn):
     # The reference reads the Dataset in order with the same batch size (bitwise equal features).
     reference = DualDA(digits_cnn, "fc", train_set, C=0.01, batch_size=32)
@@ -120,12 +125,15 @@ def test_the_loaders_collate_fn_and_workers_are_kept(train_set, digits_cnn):
     assert loader.num_workers == 2 and loader.batch_size == 40 and not loader.drop_last
 
 
-@pytest.mark.parametrize("sampler, word", [
-    (lambda ds: SubsetRandomSampler(list(range(0, 200, 2))), "100 distinct samples of the 200"),
-    (lambda ds: WeightedRandomSampler(torch.ones(200), 200), "WeightedRandomSampler"),
-    (lambda ds: RandomSampler(ds, replacement=True), "with replacement"),
-    (lambda ds: RandomSampler(ds, num_samples=50), "draws 50 samples"),
-])
+@pytest.mark.parametrize(
+    "sampler, word",
+    [
+        (lambda ds: SubsetRandomSampler(list(range(0, 200, 2))), "100 distinct samples of the 200"),
+        (lambda ds: WeightedRandomSampler(torch.ones(200), 200), "WeightedRandomSampler"),
+        (lambda ds: RandomSampler(ds, replacement=True), "with replacement"),
+        (lambda ds: RandomSampler(ds, num_samples=50), "draws 50 samples"),
+    ],
+)
 def test_a_loader_that_leaves_samples_out_is_refused_before_any_work(sampler, word, train_set, digits_cnn, monkeypatch):
     import captum_dualxda._core.store as store_module
 
@@ -203,10 +211,12 @@ def _frozen_model(digits):
 
 
 def _state(model):
-    return ([(name, m.training) for name, m in model.named_modules()],
-            [(name, p.requires_grad) for name, p in model.named_parameters()],
-            {name: t.clone() for name, t in model.state_dict().items()},
-            [len(m._forward_pre_hooks) + len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules()])
+    return (
+        [(name, m.training) for name, m in model.named_modules()],
+        [(name, p.requires_grad) for name, p in model.named_parameters()],
+        {name: t.clone() for name, t in model.state_dict().items()},
+        [len(m._forward_pre_hooks) + len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules()],
+    )
 
 
 def _assert_state(model, state):
@@ -419,8 +429,9 @@ def test_a_vit_is_a_clear_error_naming_the_layers():
     from captum_dualxda.xda import UnsupportedModelError
 
     torch.manual_seed(0)
-    vit = torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=1, num_heads=2,
-                                               hidden_dim=8, mlp_dim=16, num_classes=3).eval()
+    vit = torchvision.models.VisionTransformer(
+        image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16, num_classes=3
+    ).eval()
     with pytest.raises(UnsupportedModelError, match="MultiheadAttention") as info:
         XDA(vit, "heads.head", EpsilonPlusFlat(zero_params="bias"))  # refused before any pass
     assert "LayerNorm" in str(info.value) and "composite=None" in str(info.value)
@@ -455,8 +466,14 @@ def test_a_figure_never_draws_nan():
 
     heat = torch.zeros(1, 1, 8, 8)
     heat[0, 0, 0, 0] = float("nan")
-    group = InfluentialSamples(torch.tensor([0]), torch.tensor([1.0]), torch.zeros(1, 1, 8, 8), torch.tensor([0]),
-                               heat, torch.zeros(1, 1, 8, 8))
+    group = InfluentialSamples(
+        torch.tensor([0]),
+        torch.tensor([1.0]),
+        torch.zeros(1, 1, 8, 8),
+        torch.tensor([0]),
+        heat,
+        torch.zeros(1, 1, 8, 8),
+    )
     with pytest.raises(ValueError, match="NaN"):
         plot_explanation(torch.zeros(1, 8, 8), 0, group)
     with pytest.raises(ValueError, match="NaN"):

@@ -1,4 +1,5 @@
 """The tutorial notebooks execute without error (small settings) and are committed with outputs."""
+
 from __future__ import annotations
 
 import os
@@ -43,14 +44,15 @@ def kernel_name(tmp_path_factory):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes(path, kernel_name, tmp_path, monkeypatch):
-    monkeypatch.setenv("DUALXDA_TUTORIAL_SMALL", "1")   # inherited by the kernel process
+    monkeypatch.setenv("DUALXDA_TUTORIAL_SMALL", "1")  # inherited by the kernel process
     monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = nbformat.read(str(path), as_version=4)
     for cell in notebook.cells:
         if cell.cell_type == "code":
             cell.outputs = []
-    client = NotebookClient(notebook, kernel_name=kernel_name, timeout=300,
-                            resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        notebook, kernel_name=kernel_name, timeout=300, resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()  # raises CellExecutionError on the first failing cell
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
@@ -63,8 +65,9 @@ def test_notebook_committed_with_outputs(path):
     notebook = nbformat.read(str(path), as_version=4)
     code = [c for c in notebook.cells if c.cell_type == "code"]
     assert code
-    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), \
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), (
         "run `python tutorials/execute.py` to refresh the committed outputs"
+    )
     outputs = [o for c in code for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert not [o for o in outputs if o.output_type == "stream" and o.name == "stderr"]

@@ -3,6 +3,7 @@
 NumPy scalars (and 0-d arrays and tensors) are numbers like Python's and give the same result;
 booleans are not numbers; flags are booleans only; every message names the argument.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,19 +35,44 @@ from captum_dualxda.visualization import heatmap_rgb
 # ------------------------------------------------------------------------------------------
 # The rules themselves
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("value", [0.25, 1, np.float32(0.25), np.float64(0.25), np.float16(0.25), np.int64(3),
-                                   np.uint8(3), np.array(0.25), torch.tensor(0.25), torch.tensor(3)])
+@pytest.mark.parametrize(
+    "value",
+    [
+        0.25,
+        1,
+        np.float32(0.25),
+        np.float64(0.25),
+        np.float16(0.25),
+        np.int64(3),
+        np.uint8(3),
+        np.array(0.25),
+        torch.tensor(0.25),
+        torch.tensor(3),
+    ],
+)
 def test_positive_accepts_every_kind_of_real_number(value):
     result = check_positive(value, "C")
     assert type(result) is float and result == float(np.asarray(value))
 
 
-@pytest.mark.parametrize("value, error", [
-    (True, TypeError), (np.True_, TypeError), (torch.tensor(True), TypeError), ("0.1", TypeError),
-    (None, TypeError), (1j, TypeError), (torch.tensor([0.1]), TypeError), ([0.1], TypeError),
-    (0.0, ValueError), (-1, ValueError), (np.float32("nan"), ValueError), (math.inf, ValueError),
-    (-math.inf, ValueError),
-])
+@pytest.mark.parametrize(
+    "value, error",
+    [
+        (True, TypeError),
+        (np.True_, TypeError),
+        (torch.tensor(True), TypeError),
+        ("0.1", TypeError),
+        (None, TypeError),
+        (1j, TypeError),
+        (torch.tensor([0.1]), TypeError),
+        ([0.1], TypeError),
+        (0.0, ValueError),
+        (-1, ValueError),
+        (np.float32("nan"), ValueError),
+        (math.inf, ValueError),
+        (-math.inf, ValueError),
+    ],
+)
 def test_positive_refuses_with_the_argument_value_and_expectation(value, error):
     with pytest.raises(error) as info:
         check_positive(value, "C")
@@ -77,10 +103,19 @@ def test_integer_accepts_numpy_and_zero_d_integers(value):
     assert type(result) is int and result == 5
 
 
-@pytest.mark.parametrize("value, error, extra", [
-    (True, TypeError, ""), (np.False_, TypeError, ""), (5.0, TypeError, "int(5.0)"), (1e5, TypeError, "int(100000.0)"),
-    (np.float32(2.5), TypeError, ""), ("5", TypeError, ""), (0, ValueError, ""), (np.int64(-3), ValueError, ""),
-])
+@pytest.mark.parametrize(
+    "value, error, extra",
+    [
+        (True, TypeError, ""),
+        (np.False_, TypeError, ""),
+        (5.0, TypeError, "int(5.0)"),
+        (1e5, TypeError, "int(100000.0)"),
+        (np.float32(2.5), TypeError, ""),
+        ("5", TypeError, ""),
+        (0, ValueError, ""),
+        (np.int64(-3), ValueError, ""),
+    ],
+)
 def test_integer_refusals_name_the_argument(value, error, extra):
     with pytest.raises(error, match="^`max_iter` must be an integer >= 1, got ") as info:
         check_integer(value, "max_iter", low=1)
@@ -177,15 +212,29 @@ def test_dualda_memory_budget_accepts_numpy_integers(small, tmp_path):
     assert torch.allclose(mapped.influence(batch), in_memory.influence(batch), atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(C=True), "C"), (dict(C="0.1"), "C"), (dict(tol=True), "tol"), (dict(max_iter=True), "max_iter"),
-    (dict(max_iter=1e5), "max_iter"), (dict(max_iter=np.float64(100)), "max_iter"),
-    (dict(memory_budget=True), "memory_budget"), (dict(memory_budget=-1), "memory_budget"),
-    (dict(memory_budget=1e9), "memory_budget"), (dict(seed=True), "seed"), (dict(seed=1.5), "seed"),
-    (dict(seed=2**64), "seed"), (dict(batch_size=True), "batch_size"), (dict(batch_size=np.int64(0)), "batch_size"),
-    (dict(fit_intercept="False"), "fit_intercept"), (dict(fit_intercept=1), "fit_intercept"),
-    (dict(show_progress="no"), "show_progress"), (dict(distributed=0), "distributed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(C=True), "C"),
+        (dict(C="0.1"), "C"),
+        (dict(tol=True), "tol"),
+        (dict(max_iter=True), "max_iter"),
+        (dict(max_iter=1e5), "max_iter"),
+        (dict(max_iter=np.float64(100)), "max_iter"),
+        (dict(memory_budget=True), "memory_budget"),
+        (dict(memory_budget=-1), "memory_budget"),
+        (dict(memory_budget=1e9), "memory_budget"),
+        (dict(seed=True), "seed"),
+        (dict(seed=1.5), "seed"),
+        (dict(seed=2**64), "seed"),
+        (dict(batch_size=True), "batch_size"),
+        (dict(batch_size=np.int64(0)), "batch_size"),
+        (dict(fit_intercept="False"), "fit_intercept"),
+        (dict(fit_intercept=1), "fit_intercept"),
+        (dict(show_progress="no"), "show_progress"),
+        (dict(distributed=0), "distributed"),
+    ],
+)
 def test_dualda_refuses_before_any_forward_pass(small, tmp_path, kwargs, name):
     net, train, _, _ = small
     calls, handle = count_forward_calls(net)
@@ -201,13 +250,19 @@ def test_influence_and_metrics_arguments(small):
     net, train, x, y = small
     dualda = DualDA(net, "fc", train, C=0.125)
     batch = (x[:6], y[:6])
-    ours, reference = dualda.influence(batch, k=np.int64(4), proponents=np.False_), dualda.influence(batch, k=4,
-                                                                                                      proponents=False)
+    ours, reference = (
+        dualda.influence(batch, k=np.int64(4), proponents=np.False_),
+        dualda.influence(batch, k=4, proponents=False),
+    )
     assert torch.equal(ours.indices, reference.indices) and torch.equal(
         ours.influence_scores, reference.influence_scores
     )
-    for kwargs, name in ((dict(k=True), "k"), (dict(k=0), "k"), (dict(k=2.0), "k"), (dict(k=3, proponents="no"),
-                                                                                      "proponents")):
+    for kwargs, name in (
+        (dict(k=True), "k"),
+        (dict(k=0), "k"),
+        (dict(k=2.0), "k"),
+        (dict(k=3, proponents="no"), "proponents"),
+    ):
         with pytest.raises(ValueError, match=f"`{name}`"):
             dualda.influence(batch, **kwargs)
     scores = dualda.influence(batch)
@@ -241,10 +296,17 @@ def test_rank_label_issues_numpy_C(small):
 
 
 @pytest.mark.filterwarnings("ignore::captum_dualxda.solver.ConvergenceWarning")  # max_iter=30 stops early
-@pytest.mark.parametrize("name, python, numpy", [
-    ("C", 0.5, np.float32(0.5)), ("tol", 1e-3, np.float32(2**-10)), ("max_iter", 30, np.int64(30)),
-    ("seed", 2, np.uint8(2)), ("intercept_scaling", 2.0, np.float16(2.0)), ("n_classes", 4, np.int64(4)),
-])
+@pytest.mark.parametrize(
+    "name, python, numpy",
+    [
+        ("C", 0.5, np.float32(0.5)),
+        ("tol", 1e-3, np.float32(2**-10)),
+        ("max_iter", 30, np.int64(30)),
+        ("seed", 2, np.uint8(2)),
+        ("intercept_scaling", 2.0, np.float16(2.0)),
+        ("n_classes", 4, np.int64(4)),
+    ],
+)
 def test_fit_crammer_singer_numpy_scalars(name, python, numpy):
     x, y = clustered_features(n=80, d=5, k=3, seed=1)
     python = 2**-10 if name == "tol" else python
@@ -294,18 +356,35 @@ def test_fit_path_numpy_Cs_and_names_the_bad_entry():
 def test_sweep_C_numpy_settings_and_refusals_before_extraction(small):
     net, train, x, _ = small
     common = dict(test_inputs=x[:20], baselines=False)
-    ours = sweep_C(net, "fc", train, Cs=np.array([0.5, 0.125], dtype=np.float32), k=np.int64(3), tol=np.float64(1e-3),
-                   max_iter=np.int64(500), seed=np.int64(1), batch_size=np.int64(40), **common)
+    ours = sweep_C(
+        net,
+        "fc",
+        train,
+        Cs=np.array([0.5, 0.125], dtype=np.float32),
+        k=np.int64(3),
+        tol=np.float64(1e-3),
+        max_iter=np.int64(500),
+        seed=np.int64(1),
+        batch_size=np.int64(40),
+        **common,
+    )
     reference = sweep_C(net, "fc", train, Cs=[0.5, 0.125], k=3, tol=1e-3, max_iter=500, seed=1, batch_size=40, **common)
     keys = ("C", "n_support", "class_detection", "agreement", "n_iter", "gap")
     assert [[getattr(r, key) for key in keys] for r in ours] == [[getattr(r, key) for key in keys] for r in reference]
     calls, handle = count_forward_calls(net)
     try:
-        for kwargs, name in ((dict(Cs=[0.1, True]), r"Cs\[1\]"), (dict(k=True), "k"), (dict(tol=-1.0), "tol"),
-                             (dict(max_iter=1e4), "max_iter"), (dict(seed=-1.5), "seed"),
-                             (dict(baselines="yes"), "baselines"), (dict(fit_intercept=1), "fit_intercept"),
-                             (dict(show_progress="no"), "show_progress"), (dict(batch_size=True), "batch_size"),
-                             (dict(flipped=np.zeros(7, dtype=bool)), "flipped")):
+        for kwargs, name in (
+            (dict(Cs=[0.1, True]), r"Cs\[1\]"),
+            (dict(k=True), "k"),
+            (dict(tol=-1.0), "tol"),
+            (dict(max_iter=1e4), "max_iter"),
+            (dict(seed=-1.5), "seed"),
+            (dict(baselines="yes"), "baselines"),
+            (dict(fit_intercept=1), "fit_intercept"),
+            (dict(show_progress="no"), "show_progress"),
+            (dict(batch_size=True), "batch_size"),
+            (dict(flipped=np.zeros(7, dtype=bool)), "flipped"),
+        ):
             with pytest.raises(ValueError, match=f"`{name}`"):
                 sweep_C(net, "fc", train, **kwargs)
     finally:
@@ -327,15 +406,25 @@ def test_other_entry_points():
     # assemble_strided in one process: chunk_rows and dst
     local = torch.arange(6.0).reshape(3, 2)
     assert torch.equal(assemble_strided(local, 3, chunk_rows=np.int64(2)), local)
-    for kwargs, name in ((dict(chunk_rows=True), "chunk_rows"), (dict(chunk_rows=0), "chunk_rows"),
-                         (dict(dst=1), "dst"), (dict(dst=True), "dst")):
+    for kwargs, name in (
+        (dict(chunk_rows=True), "chunk_rows"),
+        (dict(chunk_rows=0), "chunk_rows"),
+        (dict(dst=1), "dst"),
+        (dict(dst=True), "dst"),
+    ):
         with pytest.raises(ValueError, match=f"`{name}`"):
             assemble_strided(local, 3, **kwargs)
     # the demo's settings
-    check_demo_arguments(np.float64(0.1), np.float32(0.5), np.int64(2), np.int64(0), np.int64(1), np.int64(40),
-                         np.int64(5))
-    for args, name in (((True, 0.5, 2, 0, 1, None), "flip_rate"), ((0.1, True, 2, 0, 1, None), "C"),
-                       ((0.1, 0.5, True, 0, 1, None), "k"), ((0.1, 0.5, 2, False, 1, None), "n_explain"),
-                       ((0.1, 0.5, 2, 0, True, None), "epochs"), ((0.1, 0.5, 2, 0, 1, True), "n_train")):
+    check_demo_arguments(
+        np.float64(0.1), np.float32(0.5), np.int64(2), np.int64(0), np.int64(1), np.int64(40), np.int64(5)
+    )
+    for args, name in (
+        ((True, 0.5, 2, 0, 1, None), "flip_rate"),
+        ((0.1, True, 2, 0, 1, None), "C"),
+        ((0.1, 0.5, True, 0, 1, None), "k"),
+        ((0.1, 0.5, 2, False, 1, None), "n_explain"),
+        ((0.1, 0.5, 2, 0, True, None), "epochs"),
+        ((0.1, 0.5, 2, 0, 1, True), "n_train"),
+    ):
         with pytest.raises(ValueError, match=f"`{name}`"):
             check_demo_arguments(*args)

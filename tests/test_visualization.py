@@ -1,4 +1,5 @@
 """Figures and image helpers for DualDA / XDA explanations."""
+
 from __future__ import annotations
 
 import io
@@ -85,7 +86,7 @@ def test_heatmap_rgb_colours_and_symmetry():
     rgb = heatmap_rgb(rel)
     assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8
     assert np.array_equal(rgb[0, 0], table[255])  # most positive: red end
-    assert np.array_equal(rgb[0, 1], table[0])    # most negative: blue end
+    assert np.array_equal(rgb[0, 1], table[0])  # most negative: blue end
     assert np.array_equal(rgb[1, 0], table[127])  # zero: centre (white for bwr)
     assert rgb[0, 0, 0] > rgb[0, 0, 2] and rgb[0, 1, 2] > rgb[0, 1, 0]
     # channels are summed; a batch gives one map per sample; a shared vmax is honoured
@@ -184,13 +185,12 @@ def test_plot_explanation_panels(channels, heat):
 
 @pytest.mark.parametrize("scale", ["pair", "panel", "figure"])
 def test_plot_explanation_scales_and_partial_groups(scale):
-    fig = plot_explanation(
-        torch.rand(12, 12), 0, samples(2, 1, 1.0, seed=3), None, heatmap_scale=scale
-    )
+    fig = plot_explanation(torch.rand(12, 12), 0, samples(2, 1, 1.0, seed=3), None, heatmap_scale=scale)
     assert len(fig.axes) == 1 + 2 + 4
     check_rendered(fig)
-    empty = InfluentialSamples(torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, 1, 12, 12),
-                               torch.zeros(0, dtype=torch.long))
+    empty = InfluentialSamples(
+        torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, 1, 12, 12), torch.zeros(0, dtype=torch.long)
+    )
     only_test = plot_explanation(torch.rand(1, 1, 12, 12), 0, empty, empty)
     assert len(only_test.axes) == 1
     check_rendered(only_test)
@@ -251,8 +251,9 @@ def test_explain_figure_with_heatmaps(digit_dualda):
     bottom = dualda.influence((x[:1], pred), k=k, proponents=False).influence_scores[0]
     n_panels = int((top > 0).sum()) + int((bottom < 0).sum())
     assert n_panels > 0
-    fig = explain_figure(dualda, x[0], k=k, xda=xda, test_label=int(y[0]),
-                         class_names=[f"digit {c}" for c in range(10)])
+    fig = explain_figure(
+        dualda, x[0], k=k, xda=xda, test_label=int(y[0]), class_names=[f"digit {c}" for c in range(10)]
+    )
     assert len(fig.axes) == 1 + 3 * n_panels
     assert f"predicted: digit {int(pred)}" in fig.axes[0].get_title()
     check_rendered(fig)

@@ -9,6 +9,7 @@ rounding (float64 gives the same numbers). Hence ``rtol=1e-3`` for the default c
 With ``epsilon = stabilizer = 1e-12`` in float64 the error drops to ~1e-11, which the float64
 tests check with ``rtol=1e-8``.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -30,9 +31,7 @@ RTOL = 1e-3
 # ------------------------------------------------------------------------------------------
 def make_mlp(dtype=torch.float32, seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 15), nn.ReLU(), nn.Linear(15, 3)
-    ).to(dtype)
+    return nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 15), nn.ReLU(), nn.Linear(15, 3)).to(dtype)
 
 
 def randomize_batch_norm(model, seed=0):
@@ -52,9 +51,16 @@ def randomize_batch_norm(model, seed=0):
 def make_conv_bn(dtype=torch.float32, seed=0):
     torch.manual_seed(seed)
     net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(), nn.Linear(32, 4),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, 4),
     ).to(dtype)
     return randomize_batch_norm(net, seed)
 
@@ -225,9 +231,9 @@ def test_matches_hand_written_lrp_epsilon(zero_params):
     w, b = model[0].weight.detach(), model[0].bias.detach()
     z_full = x @ w.T + b
     h = torch.relu(z_full)
-    r_h = h * partner                                   # XDA relevance at the feature layer
-    z = x @ w.T + (b if zero_params is None else 0.0)   # the rule's pre-activation
-    stab = z + eps * (z.sign() + (z == 0).to(z))         # zennit's sign convention: +eps at 0
+    r_h = h * partner  # XDA relevance at the feature layer
+    z = x @ w.T + (b if zero_params is None else 0.0)  # the rule's pre-activation
+    stab = z + eps * (z.sign() + (z == 0).to(z))  # zennit's sign convention: +eps at 0
     expected = x * ((r_h / stab) @ w)
     assert torch.allclose(phi, h)
     assert torch.allclose(rel, expected, rtol=1e-10, atol=1e-12)
@@ -430,10 +436,10 @@ def test_pairs_batched_equals_single_pairs(dual_setup):
     j = int(idx[i, m])
     a = float(dualda.coefficients[j, targets[i]])
     x_j = dualda.train_inputs([j])[0]
-    phi_i = xda.features(x[i:i + 1])
+    phi_i = xda.features(x[i : i + 1])
     phi_j = xda.features(x_j)
     _, heat_train = xda(x_j, lambda p: p * a * phi_i)
-    _, heat_test = xda(x[i:i + 1], lambda p: p * a * phi_j)
+    _, heat_test = xda(x[i : i + 1], lambda p: p * a * phi_j)
     assert torch.allclose(res.train_relevance[i, m], heat_train[0], rtol=1e-4, atol=1e-7)
     assert torch.allclose(res.test_relevance[i, m], heat_test[0], rtol=1e-4, atol=1e-7)
 

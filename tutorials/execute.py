@@ -8,6 +8,7 @@ Usage (from the repository root)::
 The test suite runs the same notebooks with ``DUALXDA_TUTORIAL_SMALL=1`` (small settings) and
 does not write them back (tests/test_tutorials.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,9 @@ def execute(path: Path, kernel_name: str = "python3", timeout: int = 900) -> flo
     """Run every cell of ``path`` in a fresh kernel and write the notebook back; return seconds."""
     notebook = nbformat.read(str(path), as_version=4)
     start = time.perf_counter()
-    NotebookClient(notebook, kernel_name=kernel_name, timeout=timeout,
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        notebook, kernel_name=kernel_name, timeout=timeout, resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
     elapsed = time.perf_counter() - start
     for cell in notebook.cells:  # timestamps only make diffs noisy
         cell.metadata.pop("execution", None)

@@ -4,6 +4,7 @@ A cached fit is reused only when its fingerprint (model weights, layer, training
 settings) matches exactly; files are written to a temporary name in the same directory and
 renamed into place, so an interrupted write never leaves a file that later loads.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,8 +28,24 @@ from ..exceptions import UnreadableState
 __all__ = ["Fingerprint", "atomic_save", "load_cache", "check_writable_dir", "entry_lock"]
 
 
-_ATOMS = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.layout,
-          torch.memory_format, np.generic, np.dtype, enum.Enum, slice, range)
+_ATOMS = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    torch.dtype,
+    torch.device,
+    torch.layout,
+    torch.memory_format,
+    np.generic,
+    np.dtype,
+    enum.Enum,
+    slice,
+    range,
+)
 """Values whose ``repr`` shows all they hold (hashed by type name and ``repr``)."""
 
 _MAX_DEPTH = 64

@@ -8,6 +8,7 @@ learning rate for TracIn, is ignored). Unlike TracIn, the model is always given 
 parameters and buffers it had before (the same objects, with their values): :func:`weights_restored`
 puts them back on exit.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,8 +50,11 @@ def load_state_dict_checkpoint(model: nn.Module, path: str) -> float:
         if isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]
             break
-    state = {name[7:] if name.startswith("module.") else name: value for name, value in checkpoint.items()
-             if isinstance(value, torch.Tensor)}
+    state = {
+        name[7:] if name.startswith("module.") else name: value
+        for name, value in checkpoint.items()
+        if isinstance(value, torch.Tensor)
+    }
     model.load_state_dict(state)
     return learning_rate
 
@@ -116,8 +120,9 @@ def weights_restored(model: nn.Module) -> Iterator[None]:
     with model_lock(model):
         children = [(m, dict(m._modules)) for m in model.modules()]
         state = ModelState(model, objects=True)
-        tensors = {id(t): t for m in model.modules() for t in [*m._parameters.values(), *m._buffers.values()]
-                   if t is not None}
+        tensors = {
+            id(t): t for m in model.modules() for t in [*m._parameters.values(), *m._buffers.values()] if t is not None
+        }
         saved = [(t, t.detach().clone()) for t in tensors.values()]
         try:
             yield

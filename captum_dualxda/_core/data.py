@@ -5,6 +5,7 @@ read in dataset order, each sample once, whatever loader the user passes (:func:
 A batch is Captum's tuple or list whose last element holds the labels or the classes to explain,
 or Hugging Face's dict with them under ``"labels"`` (:func:`split_batch`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -243,8 +244,9 @@ def _unbatched(loader: DataLoader, argument: str) -> ValueError:
     )
 
 
-def _reordered(loader: DataLoader, batch_size: int, dataset: Optional[Dataset] = None,
-               argument: str = "train_dataset") -> DataLoader:
+def _reordered(
+    loader: DataLoader, batch_size: int, dataset: Optional[Dataset] = None, argument: str = "train_dataset"
+) -> DataLoader:
     """``loader``'s collate function (checked, :class:`CheckedCollate`) and worker settings over
     ``dataset`` (default: its own) in dataset order, no sample dropped; ``batch_size`` when the
     loader has no batch size."""

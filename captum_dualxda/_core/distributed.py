@@ -9,6 +9,7 @@ DualDA scales out with PyTorch's own engine. Every helper here is a no-op in a s
 Sharding is strided: rank ``r`` of ``W`` owns indices ``r, r + W, r + 2W, ...``, which loses or
 duplicates no sample for any world size, including sizes that do not divide ``n``.
 """
+
 from __future__ import annotations
 
 import math
@@ -311,8 +312,9 @@ def merge_topk(values: torch.Tensor, indices: torch.Tensor, k: int, largest: boo
     return top_values.to(values.device), top_indices.to(values.device)
 
 
-def topk_of_candidates(values: torch.Tensor, indices: torch.Tensor, k: int, largest: bool,
-                       empty: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def topk_of_candidates(
+    values: torch.Tensor, indices: torch.Tensor, k: int, largest: bool, empty: Optional[torch.Tensor] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """The top-``k`` of a few candidates per row, given in any order, in the top-k order.
 
     For short rows (a few times ``k``): three stable sorts of the whole row.

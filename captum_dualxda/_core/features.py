@@ -7,6 +7,7 @@ finds that layer; :func:`batch_features` captures ``phi`` of one batch through a
 batches through one probe (what extraction over a whole training set,
 :mod:`captum_dualxda._core.store`, uses).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -68,8 +69,7 @@ def resolve_linear_layer(model: nn.Module, layer: Union[str, nn.Module], argumen
         if not isinstance(module, nn.Module):
             names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
             raise ValueError(
-                f"`{argument}`={layer!r} is not a submodule of the model. "
-                f"Linear layers found: {names or 'none'}."
+                f"`{argument}`={layer!r} is not a submodule of the model. Linear layers found: {names or 'none'}."
             )
     elif isinstance(layer, nn.Module):
         module = layer
@@ -149,8 +149,11 @@ def output_logits(output: Any, n_classes: Optional[int] = None) -> torch.Tensor:
                 f"The model returns a {type(output).__name__} of {len(output)} elements (tensors {shapes}) and "
                 f"{found} the logits' shape {wanted}, so the logits cannot be told apart. Make the model return the "
                 "logits alone, e.g. a wrapper module whose forward returns `model(x)[i]`"
-                + ("; or, if one of them is the logits, `final_fc_layer` is not the layer computing them."
-                   if not fits and n_classes is not None else ".")
+                + (
+                    "; or, if one of them is the logits, `final_fc_layer` is not the layer computing them."
+                    if not fits and n_classes is not None
+                    else "."
+                )
             )
     raise TypeError(f"Cannot find the logits in a model output of type {type(output).__name__}.")
 
@@ -195,8 +198,9 @@ def check_layer_makes_the_logits(layer: nn.Linear, layer_input: torch.Tensor, ou
         )
 
 
-def pooled_features(layer: nn.Linear, layer_input: torch.Tensor, logits: torch.Tensor,
-                    hint: Optional[torch.Tensor] = None) -> torch.Tensor:
+def pooled_features(
+    layer: nn.Linear, layer_input: torch.Tensor, logits: torch.Tensor, hint: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """``(N, d)`` the representation the model classifies, from ``layer``'s input and the logits.
 
     A final layer applied to one vector per sample sees ``(N, d)``: that is ``phi``. A layer
@@ -228,8 +232,9 @@ def pooled_features(layer: nn.Linear, layer_input: torch.Tensor, logits: torch.T
     return x[torch.arange(x.shape[0], device=x.device), pooled_positions(layer, layer_input, logits, hint)]
 
 
-def pooled_positions(layer: nn.Linear, layer_input: torch.Tensor, logits: torch.Tensor,
-                     hint: Optional[torch.Tensor] = None) -> torch.Tensor:
+def pooled_positions(
+    layer: nn.Linear, layer_input: torch.Tensor, logits: torch.Tensor, hint: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """``(N,)`` int64: at which position of ``layer``'s input ``(N, T, d)`` the model classifies.
 
     The position whose head output equals the model's logits. Where several positions give the
@@ -412,8 +417,12 @@ class FeatureExtractor:
             if layer_input.ndim == 2:
                 check_layer_makes_the_logits(self.layer, layer_input, output)
                 return layer_input, output
-            return pooled_features(self.layer, layer_input, output_logits(output, self.layer.out_features),
-                                   hf_last_token(inputs, self.model)), output
+            return pooled_features(
+                self.layer,
+                layer_input,
+                output_logits(output, self.layer.out_features),
+                hf_last_token(inputs, self.model),
+            ), output
 
 
 def predict(model: nn.Module, inputs: Any, n_classes: Optional[int] = None) -> torch.Tensor:

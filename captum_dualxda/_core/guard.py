@@ -26,6 +26,7 @@ model's own forward pass rewrites (a counter), found when this package's passes 
 brings in only during the forward pass). A change made in place through ``p.data``
 (``p.data.add_(...)``) bypasses the version counter and is not seen.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -207,8 +208,11 @@ class WeightsRecord:
     def message(changed: List[str], call: str) -> str:
         """The error for ``changed`` (from :meth:`changes`; empty: another process's model), with the fix."""
         shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
-        what = (f"{shown} of its parameters and buffers differ from the fit's" if changed
-                else "on another rank of the process group; every rank stops")
+        what = (
+            f"{shown} of its parameters and buffers differ from the fit's"
+            if changed
+            else "on another rank of the process group; every rank stops"
+        )
         return (
             f"`{call}`: the model changed after this DualDA was fitted ({what}). The fit's support vectors and dual "
             "variables belong to the old weights; "

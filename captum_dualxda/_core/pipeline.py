@@ -92,8 +92,16 @@ def extract(
     """
     mmap_path = scratch_path(scratch_dir, key, loader, layer.in_features, memory_budget)
     return FeatureStore.extract(
-        model, layer, loader, device if mmap_path is None else torch.device("cpu"), show_progress,
-        distributed=distributed, out_path=mmap_path, autocast=autocast, observe=observe, desc=desc,
+        model,
+        layer,
+        loader,
+        device if mmap_path is None else torch.device("cpu"),
+        show_progress,
+        distributed=distributed,
+        out_path=mmap_path,
+        autocast=autocast,
+        observe=observe,
+        desc=desc,
     )
 
 
@@ -228,8 +236,15 @@ class Fit:
     _coefficients: Optional[torch.Tensor] = field(default=None, repr=False)
 
     @classmethod
-    def of(cls, state: DualDAState, store: Optional[FeatureStore], rank: int, world: int,
-           device: torch.device, from_cache: bool) -> Fit:
+    def of(
+        cls,
+        state: DualDAState,
+        store: Optional[FeatureStore],
+        rank: int,
+        world: int,
+        device: torch.device,
+        from_cache: bool,
+    ) -> Fit:
         """The fit of a state (a fresh fit, a cache hit, or rank 0's broadcast).
 
         Distributed, rank ``r`` keeps (and scores) the support vectors ``j`` with ``j % W == r``,
@@ -311,8 +326,12 @@ class FitJob:
         with entry_lock(self.cache_path, show_progress):
             return self._fit(show_progress, key)
 
-    def _fit(self, show_progress: bool, key: Optional[str],
-             extracted: Optional[tuple[FeatureStore, torch.Tensor, float]] = None) -> Fit:
+    def _fit(
+        self,
+        show_progress: bool,
+        key: Optional[str],
+        extracted: Optional[tuple[FeatureStore, torch.Tensor, float]] = None,
+    ) -> Fit:
         """Load the state from the cache or fit it (every rank, collectively).
 
         ``extracted``: ``(store, labels, start time)`` of features already extracted (a stream,
@@ -368,13 +387,22 @@ class FitJob:
             save_state(solved, self.cache_path)
         return fit
 
-    def _extract(self, show_progress: bool, key: Optional[str],
-                 observe: Optional[Callable[[Any], Any]] = None) -> tuple[FeatureStore, torch.Tensor]:
+    def _extract(
+        self, show_progress: bool, key: Optional[str], observe: Optional[Callable[[Any], Any]] = None
+    ) -> tuple[FeatureStore, torch.Tensor]:
         """This process's training features (in memory, or memory-mapped above ``memory_budget``) and all labels."""
         return extract(
-            self.model, self.layer, self.loader, device=self.device, autocast=self.autocast,
-            memory_budget=self.memory_budget, scratch_dir=self.cache_dir, key=key, distributed=self.distributed,
-            show_progress=show_progress and self.rank == 0, observe=observe,
+            self.model,
+            self.layer,
+            self.loader,
+            device=self.device,
+            autocast=self.autocast,
+            memory_budget=self.memory_budget,
+            scratch_dir=self.cache_dir,
+            key=key,
+            distributed=self.distributed,
+            show_progress=show_progress and self.rank == 0,
+            observe=observe,
         )
 
     def _fit_stream(self, show_progress: bool) -> Fit:
@@ -398,13 +426,20 @@ class FitJob:
         finally:
             store.close()
 
-    def _solve(self, store: FeatureStore, labels: torch.Tensor, key: Optional[str], extraction_time: float,
-               show_progress: bool) -> Union[DualDAState, Exception]:
+    def _solve(
+        self, store: FeatureStore, labels: torch.Tensor, key: Optional[str], extraction_time: float, show_progress: bool
+    ) -> Union[DualDAState, Exception]:
         """Fit on rank 0; distributed, an error is returned (to be re-raised on every rank), not raised."""
         try:
             return fit_state(
-                store.features, labels, self.n_classes, self.settings, device=self.device,
-                show_progress=show_progress, extraction_time=extraction_time, fingerprint=key,
+                store.features,
+                labels,
+                self.n_classes,
+                self.settings,
+                device=self.device,
+                show_progress=show_progress,
+                extraction_time=extraction_time,
+                fingerprint=key,
             )
         except Exception as error:  # make every rank raise instead of hanging in the broadcast
             if self.distributed:

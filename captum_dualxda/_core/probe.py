@@ -20,6 +20,7 @@ Examples
 ...         logits = model(x)
 ...     phi = probe.features()                                  # (N, d)
 """
+
 from __future__ import annotations
 
 import threading

@@ -20,8 +20,15 @@ from ..solver.settings import SolverSettings
 from .cache import Fingerprint, atomic_save, load_cache
 from .support import SupportSet
 
-__all__ = ["DualDAState", "STATE_VERSION", "fit_fingerprint", "stream_fingerprint", "cache_file", "save_state",
-           "load_state"]
+__all__ = [
+    "DualDAState",
+    "STATE_VERSION",
+    "fit_fingerprint",
+    "stream_fingerprint",
+    "cache_file",
+    "save_state",
+    "load_state",
+]
 
 STATE_VERSION = 7
 """Version of :class:`DualDAState`, of cache files and of the cache key; another version refits.
@@ -110,13 +117,25 @@ class DualDAState:
             found = data.get("version") if isinstance(data, dict) else None
             raise ValueError(f"DualDA state of version {found}, expected {STATE_VERSION}.")
         support = SupportSet(
-            data["support_indices"], data["support_values"], data["support_classes"], data["support_features"],
-            data["n_train"], data["n_classes"],
+            data["support_indices"],
+            data["support_values"],
+            data["support_classes"],
+            data["support_features"],
+            data["n_train"],
+            data["n_classes"],
         )
         return cls(
-            int(data["n_train"]), int(data["n_classes"]), support, data["train_labels"].long(),
-            data["train_squared_norms"], data["train_hinge_loss"], data["weight"], data["intercept"],
-            dict(data["stats"]), data["fingerprint"], STATE_VERSION,
+            int(data["n_train"]),
+            int(data["n_classes"]),
+            support,
+            data["train_labels"].long(),
+            data["train_squared_norms"],
+            data["train_hinge_loss"],
+            data["weight"],
+            data["intercept"],
+            dict(data["stats"]),
+            data["fingerprint"],
+            STATE_VERSION,
         )
 
 

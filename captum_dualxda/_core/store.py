@@ -7,6 +7,7 @@ training indices, :meth:`~FeatureStore.chunks` walks the held rows in bounded bl
 :meth:`~FeatureStore.close` removes a scratch file. :func:`extract_features` fills it, one batch at
 a time, with every rank writing only what it holds.
 """
+
 from __future__ import annotations
 
 import os
@@ -292,9 +293,13 @@ def extract_features(
     # `memory_budget` holds on every rank and no file is shared (the directory may be
     # node-local). Distributed, every rank keeps the layer's dtype, so assembled chunks agree.
     sink = _RowSink(
-        n_total if (world > 1 and rank == 0) else n_local, layer.in_features, step=world if rank == 0 else 1,
-        device=device, path=_local_path(out_path, rank),
-        dtype=_feature_dtype(layer) if world > 1 else None, rows_required=lambda: len(loader.dataset),  # type: ignore[arg-type]
+        n_total if (world > 1 and rank == 0) else n_local,
+        layer.in_features,
+        step=world if rank == 0 else 1,
+        device=device,
+        path=_local_path(out_path, rank),
+        dtype=_feature_dtype(layer) if world > 1 else None,
+        rows_required=lambda: len(loader.dataset),  # type: ignore[arg-type]
     )
     labels: List[torch.Tensor] = []
     try:
@@ -397,8 +402,16 @@ class _RowSink:
     :meth:`flush` after the last write.
     """
 
-    def __init__(self, rows: Optional[int], d: int, step: int, device: torch.device, path: Optional[str],
-                 dtype: Optional[torch.dtype], rows_required: Any) -> None:
+    def __init__(
+        self,
+        rows: Optional[int],
+        d: int,
+        step: int,
+        device: torch.device,
+        path: Optional[str],
+        dtype: Optional[torch.dtype],
+        rows_required: Any,
+    ) -> None:
         self.rows, self.d, self.step, self.device, self.dtype = rows, d, step, device, dtype
         self.path: Optional[str] = None
         self.target: Optional[Union[torch.Tensor, np.ndarray]] = None

@@ -11,6 +11,7 @@ for few classes) and their features ``phi(x_j)``. Every score of the method is c
 (:meth:`~SupportSet.coefficients_at`), gives the self-influence of the training samples and splits
 itself over the ranks of a distributed run (:meth:`~SupportSet.shard`).
 """
+
 from __future__ import annotations
 
 import warnings

@@ -92,7 +92,9 @@ def sample_mask(array: np.ndarray, n: int, name: str, where: str = "") -> np.nda
         zero_one = bool(np.isin(array, (0, 1)).all())
         hint = (
             f" It holds only 0 and 1: as a 0/1 mask it would need one entry per sample ({n}{where}), not "
-            f"{array.shape[0]}." if zero_one else ""
+            f"{array.shape[0]}."
+            if zero_one
+            else ""
         )
         raise ValueError(
             f"`{name}` repeats a training index ({int(values[counts > 1][0])}); indices list each sample once.{hint} "
@@ -121,9 +123,7 @@ def check_index_matrix(train_indices: Any, n_test: int, n_train: int) -> torch.T
     if torch.is_floating_point(idx) or idx.dtype == torch.bool or torch.is_complex(idx):
         raise TypeError(f"`train_indices` must hold integer indices, got dtype {idx.dtype}.")
     if idx.ndim != 2 or idx.shape[0] != n_test:
-        raise ValueError(
-            f"`train_indices` must have shape (n_test, k) = ({n_test}, k), got {tuple(idx.shape)}."
-        )
+        raise ValueError(f"`train_indices` must have shape (n_test, k) = ({n_test}, k), got {tuple(idx.shape)}.")
     if idx.shape[1] == 0:
         raise ValueError("`train_indices` has k = 0 partners per test sample; nothing to explain.")
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_train):

@@ -17,6 +17,7 @@ before, and code that catches it keeps working); a value of the right type outsi
 raises ``ValueError``. Every message names the argument, shows what was passed and says what is
 expected.
 """
+
 from __future__ import annotations
 
 import math
@@ -73,13 +74,29 @@ def _range_text(low: Optional[float], high: Optional[float], low_inclusive: bool
 
 
 @overload
-def check_real(value: Any, name: str, *, low: Optional[float] = ..., high: Optional[float] = ...,
-               low_inclusive: bool = ..., high_inclusive: bool = ..., allow_inf: bool = ...,
-               optional: Literal[False] = ...) -> float: ...
+def check_real(
+    value: Any,
+    name: str,
+    *,
+    low: Optional[float] = ...,
+    high: Optional[float] = ...,
+    low_inclusive: bool = ...,
+    high_inclusive: bool = ...,
+    allow_inf: bool = ...,
+    optional: Literal[False] = ...,
+) -> float: ...
 @overload
-def check_real(value: Any, name: str, *, low: Optional[float] = ..., high: Optional[float] = ...,
-               low_inclusive: bool = ..., high_inclusive: bool = ..., allow_inf: bool = ...,
-               optional: bool) -> Optional[float]: ...
+def check_real(
+    value: Any,
+    name: str,
+    *,
+    low: Optional[float] = ...,
+    high: Optional[float] = ...,
+    low_inclusive: bool = ...,
+    high_inclusive: bool = ...,
+    allow_inf: bool = ...,
+    optional: bool,
+) -> Optional[float]: ...
 def check_real(
     value: Any,
     name: str,
@@ -159,11 +176,19 @@ def check_non_negative(value: Any, name: str, *, optional: bool = False) -> Opti
 
 
 @overload
-def check_integer(value: Any, name: str, *, low: Optional[int] = ..., high: Optional[int] = ...,
-                  optional: Literal[False] = ..., what: str = ...) -> int: ...
+def check_integer(
+    value: Any,
+    name: str,
+    *,
+    low: Optional[int] = ...,
+    high: Optional[int] = ...,
+    optional: Literal[False] = ...,
+    what: str = ...,
+) -> int: ...
 @overload
-def check_integer(value: Any, name: str, *, low: Optional[int] = ..., high: Optional[int] = ...,
-                  optional: bool, what: str = ...) -> Optional[int]: ...
+def check_integer(
+    value: Any, name: str, *, low: Optional[int] = ..., high: Optional[int] = ..., optional: bool, what: str = ...
+) -> Optional[int]: ...
 def check_integer(
     value: Any,
     name: str,

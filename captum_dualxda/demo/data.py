@@ -97,8 +97,9 @@ def load_digits_data(
 
     check_flip_rate(flip_rate)
     seed = check_seed(seed)
-    test_fraction = check_real(test_fraction, "test_fraction", low=0.0, high=1.0, low_inclusive=False,
-                               high_inclusive=False)
+    test_fraction = check_real(
+        test_fraction, "test_fraction", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
+    )
     standardize = check_flag(standardize, "standardize")
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)

@@ -15,14 +15,16 @@ from .data import DigitsData
 __all__ = ["curve_figure", "suspects_figure"]
 
 
-def curve_figure(flipped: np.ndarray,
-                 rankings: List[Tuple[str, np.ndarray, float, Dict[str, Any]]]) -> Figure:
+def curve_figure(flipped: np.ndarray, rankings: List[Tuple[str, np.ndarray, float, Dict[str, Any]]]) -> Figure:
     """Detection curves of ``(name, scores, auc, plot style)`` rankings; needs a flipped label."""
     fig = Figure(figsize=(5.2, 4.2))
     ax = fig.add_subplot(1, 1, 1)
     for name, scores, auc, style in rankings:
-        ax.plot(*mislabel_detection_curve(scores, flipped), **style,
-                label=f"{name} (AUC {'n/a' if math.isnan(auc) else format(auc, '.3f')})")
+        ax.plot(
+            *mislabel_detection_curve(scores, flipped),
+            **style,
+            label=f"{name} (AUC {'n/a' if math.isnan(auc) else format(auc, '.3f')})",
+        )
     ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="expected for random order")
     rate = float(flipped.mean())
     ax.plot([0, rate, 1], [0, 1, 1], color="#2166ac", ls=":", lw=1, label="perfect ranking")
@@ -45,16 +47,24 @@ def suspects_figure(data: DigitsData, rankings: List[Tuple[str, np.ndarray]], n:
     for r, (name, scores) in enumerate(rankings):
         for m, j in enumerate(np.argsort(-scores, kind="stable")[:n]):
             ax = fig.add_subplot(len(rankings), cols, r * cols + m + 1)
-            ax.imshow(image_for_display(data.x_train[j], data.denormalize), cmap="gray", vmin=0, vmax=1,
-                      interpolation="nearest")
+            ax.imshow(
+                image_for_display(data.x_train[j], data.denormalize),
+                cmap="gray",
+                vmin=0,
+                vmax=1,
+                interpolation="nearest",
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             if m == 0:
                 ax.set_ylabel(name, fontsize=7)
             given, true = int(data.y_train[j]), int(data.y_train_clean[j])
             flipped = given != true
-            ax.set_title(f"#{j}: label {given}" + (f"\n(was {true})" if flipped else "\n(correct)"),
-                         fontsize=7, color="#b2182b" if flipped else "0.3")
+            ax.set_title(
+                f"#{j}: label {given}" + (f"\n(was {true})" if flipped else "\n(correct)"),
+                fontsize=7,
+                color="#b2182b" if flipped else "0.3",
+            )
     fig.suptitle("Most suspicious training labels, per ranking (red = really flipped)", fontsize=9)
     fig.tight_layout()
     return fig

@@ -26,8 +26,12 @@ class DigitsCNN(nn.Module):
     def __init__(self, n_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
             nn.MaxPool2d(2),
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU())
@@ -87,8 +91,9 @@ def train_cnn(
     generator = torch.Generator().manual_seed(seed + 1)
     checkpoint_paths = list(checkpoint_paths or [])
     first_saved = epochs - len(checkpoint_paths)
-    bar = tqdm(range(epochs), desc="training CNN", unit="epoch", file=sys.stderr,
-               disable=not show_progress, leave=False)
+    bar = tqdm(
+        range(epochs), desc="training CNN", unit="epoch", file=sys.stderr, disable=not show_progress, leave=False
+    )
     for epoch in bar:
         net.train()
         total, n = 0.0, 0
@@ -104,4 +109,3 @@ def train_cnn(
             torch.save(net.state_dict(), checkpoint_paths[epoch - first_saved])
     net.eval()
     return net
-

@@ -79,6 +79,7 @@ def check_out_dir(out_dir: str, argument: str = "out_dir") -> List[str]:
         elif _sha256(path) != recorded[name]:
             changed.append(name)
     if foreign or changed:
+
         def listed(items: List[str]) -> str:
             return ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
 
@@ -109,4 +110,3 @@ class OutputRecord:
         with open(partial, "w") as handle:
             json.dump({"written_by": "python -m captum_dualxda demo", "files": self.files}, handle, indent=1)
         os.replace(partial, target)
-

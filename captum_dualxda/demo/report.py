@@ -161,6 +161,7 @@ class DemoResult:
 
     def summary(self) -> str:
         """The printed summary table (plain text, one metric per line)."""
+
         def pct(v: float) -> str:
             return "n/a" if math.isnan(v) else f"{100 * v:.1f} %"
 
@@ -181,15 +182,23 @@ class DemoResult:
             ("XDA ms per (test, train) pair", num(self.xda_ms_per_pair, ".1f")),
             ("mislabel detection ROC AUC (self-influence)", num(self.auc, ".3f")),
             ("flipped labels found in top 10 % of ranking", pct(self.found_top10)),
-            (f"  rank_label_issues (hinge loss, C={self.issues_C:g}), AUC / top 10 %",
-             f"{num(self.hinge_auc, '.3f')} / {pct(self.hinge_found_top10)}"),
-            ("  rank_label_issues: flagged, precision / recall",
-             f"{int(self.label_issue_flags.sum())}, {pct(self.issues_precision)} / {pct(self.issues_recall)}"),
-            ("  baseline: rank by training loss, AUC / top 10 %",
-             f"{num(self.loss_auc, '.3f')} / {pct(self.loss_found_top10)}"),
+            (
+                f"  rank_label_issues (hinge loss, C={self.issues_C:g}), AUC / top 10 %",
+                f"{num(self.hinge_auc, '.3f')} / {pct(self.hinge_found_top10)}",
+            ),
+            (
+                "  rank_label_issues: flagged, precision / recall",
+                f"{int(self.label_issue_flags.sum())}, {pct(self.issues_precision)} / {pct(self.issues_recall)}",
+            ),
+            (
+                "  baseline: rank by training loss, AUC / top 10 %",
+                f"{num(self.loss_auc, '.3f')} / {pct(self.loss_found_top10)}",
+            ),
             ("  random order, AUC", num(self.random_auc, ".3f")),
-            (f"flipped labels among top-{self.k} proponents / opponents",
-             f"{pct(self.flipped_in_proponents)} / {pct(self.flipped_in_opponents)}"),
+            (
+                f"flipped labels among top-{self.k} proponents / opponents",
+                f"{pct(self.flipped_in_proponents)} / {pct(self.flipped_in_opponents)}",
+            ),
         ]
         width = max(len(name) for name, _ in rows)
         line = "-" * (width + 2 + max(len(value) for _, value in rows))
@@ -200,4 +209,3 @@ class DemoResult:
 def share(mask: torch.Tensor) -> float:
     """Mean of a bool tensor (NaN if empty)."""
     return float(mask.float().mean()) if mask.numel() else float("nan")
-

@@ -36,8 +36,9 @@ __all__ = ["DEMO_SEED_RANGE", "check_demo_arguments", "run_demo"]
 DEMO_SEED_RANGE = (0, 2**63 - 1)
 
 
-def check_demo_arguments(flip_rate: float, C: float, k: int, n_explain: int, epochs: int,
-                         n_train: Optional[int], seed: int = 0) -> None:
+def check_demo_arguments(
+    flip_rate: float, C: float, k: int, n_explain: int, epochs: int, n_train: Optional[int], seed: int = 0
+) -> None:
     """Validate :func:`run_demo` settings before any work; raise ValueError naming the bad one.
 
     ``seed`` must lie in ``0..2**63 - 1``; numbers may be NumPy scalars, booleans are refused.
@@ -149,8 +150,18 @@ def run_demo(
         return _run(out_dir, flip_rate, C, k, seed, n_explain, epochs, n_train, show_progress, dpi)
 
 
-def _run(out_dir: str, flip_rate: float, C: float, k: int, seed: int, n_explain: int, epochs: int,
-         n_train: Optional[int], show_progress: bool, dpi: int) -> DemoResult:
+def _run(
+    out_dir: str,
+    flip_rate: float,
+    C: float,
+    k: int,
+    seed: int,
+    n_explain: int,
+    epochs: int,
+    n_train: Optional[int],
+    show_progress: bool,
+    dpi: int,
+) -> DemoResult:
     data = load_digits_data(flip_rate, seed, n_train)
     net = train_cnn(data.x_train, data.y_train, epochs=epochs, seed=seed, show_progress=show_progress)
     with torch.no_grad():
@@ -215,8 +226,9 @@ class _Explanation:
     flipped_in_opponents: float
 
 
-def _explain_test_set(dualda: DualDA, data: DigitsData, test_pred: torch.Tensor, k: int,
-                      show_progress: bool) -> _Explanation:
+def _explain_test_set(
+    dualda: DualDA, data: DigitsData, test_pred: torch.Tensor, k: int, show_progress: bool
+) -> _Explanation:
     """Top-k proponents and opponents of every test prediction: time per sample, share of flipped labels."""
     test_batch = (data.x_test, test_pred)
     start = time.perf_counter()
@@ -252,8 +264,9 @@ class _Rankings:
     issues_recall: float
 
 
-def _rank_training_labels(dualda: DualDA, flipped: np.ndarray, train_loss: np.ndarray, seed: int,
-                          show_progress: bool) -> _Rankings:
+def _rank_training_labels(
+    dualda: DualDA, flipped: np.ndarray, train_loss: np.ndarray, seed: int, show_progress: bool
+) -> _Rankings:
     """Self-influence, ``rank_label_issues`` (a small-C surrogate's hinge loss), training loss, random order."""
     self_inf = dualda.self_influence().cpu().numpy()
     random_scores = np.random.default_rng(seed).random(len(self_inf))
@@ -282,9 +295,18 @@ def _rank_training_labels(dualda: DualDA, flipped: np.ndarray, train_loss: np.nd
     )
 
 
-def _write_explanations(record: OutputRecord, dualda: DualDA, net: torch.nn.Module, data: DigitsData,
-                        test_pred: torch.Tensor, explained: List[int], k: int, C: float, dpi: int,
-                        show_progress: bool) -> float:
+def _write_explanations(
+    record: OutputRecord,
+    dualda: DualDA,
+    net: torch.nn.Module,
+    data: DigitsData,
+    test_pred: torch.Tensor,
+    explained: List[int],
+    k: int,
+    C: float,
+    dpi: int,
+    show_progress: bool,
+) -> float:
     """One XDA figure per explained test sample; return milliseconds per (test, training) pair (NaN if none)."""
     from zennit.canonizers import SequentialMergeBatchNorm
     from zennit.composites import EpsilonPlus
@@ -308,13 +330,20 @@ def _write_explanations(record: OutputRecord, dualda: DualDA, net: torch.nn.Modu
         """The original label of a flipped training sample, for the figure's panel titles."""
         return f" (was {int(data.y_train_clean[j])})" if bool(data.flipped[j]) else ""
 
-    for i in tqdm(explained, desc="XDA explanations", unit="sample", file=sys.stderr,
-                  disable=not show_progress, leave=False):
+    for i in tqdm(
+        explained, desc="XDA explanations", unit="sample", file=sys.stderr, disable=not show_progress, leave=False
+    ):
         fig = explain_figure(
-            dualda, data.x_test[i], int(test_pred[i]), k=k, xda=xda, test_label=int(data.y_test[i]),
-            denormalize=data.denormalize, annotate=was_label,
+            dualda,
+            data.x_test[i],
+            int(test_pred[i]),
+            k=k,
+            xda=xda,
+            test_label=int(data.y_test[i]),
+            denormalize=data.denormalize,
+            annotate=was_label,
             title=f"Test sample {i}: why does the CNN predict {int(test_pred[i])}? (DualDA + XDA, C={C:g}; "
-                  "'was c' marks a flipped training label)",
+            "'was c' marks a flipped training label)",
         )
         path = os.path.join(record.directory, f"explanation_{i}.png")
         fig.savefig(path, dpi=dpi)
@@ -327,25 +356,51 @@ def _write_rankings(record: OutputRecord, data: DigitsData, rankings: _Rankings,
     r = rankings
     if r.flipped.any():  # flip_rate=0: nothing to detect, no curve
         path = os.path.join(record.directory, "mislabel_detection.png")
-        curve_figure(r.flipped, [
-            ("DualDA self-influence", r.self_influence, r.auc, dict(color="#b2182b", lw=2)),
-            (f"rank_label_issues (hinge loss, C={LABEL_ISSUES_C:g})", r.hinge, r.hinge_auc,
-             dict(color="#762a83", lw=1.5, ls="--")),
-            ("baseline: training loss", r.train_loss, r.loss_auc, dict(color="#e08214", lw=1.2, ls="-.")),
-            ("random order", r.random_scores, r.random_auc, dict(color="0.4", lw=1.2)),
-        ]).savefig(path, dpi=dpi)
+        curve_figure(
+            r.flipped,
+            [
+                ("DualDA self-influence", r.self_influence, r.auc, dict(color="#b2182b", lw=2)),
+                (
+                    f"rank_label_issues (hinge loss, C={LABEL_ISSUES_C:g})",
+                    r.hinge,
+                    r.hinge_auc,
+                    dict(color="#762a83", lw=1.5, ls="--"),
+                ),
+                ("baseline: training loss", r.train_loss, r.loss_auc, dict(color="#e08214", lw=1.2, ls="-.")),
+                ("random order", r.random_scores, r.random_auc, dict(color="0.4", lw=1.2)),
+            ],
+        ).savefig(path, dpi=dpi)
         record.add(path, "mislabel_detection")
     path = os.path.join(record.directory, "mislabel_suspects.png")
     suspects_figure(data, [("DualDA\nself-influence", r.self_influence), ("rank_label_issues", r.hinge)]).savefig(
-        path, dpi=dpi)
+        path, dpi=dpi
+    )
     record.add(path, "mislabel_suspects")
 
     path = os.path.join(record.directory, "self_influence.csv")
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["train_index", "given_label", "original_label", "flipped", "self_influence",
-                         "label_issue_score", "label_issue_flag"])
+        writer.writerow(
+            [
+                "train_index",
+                "given_label",
+                "original_label",
+                "flipped",
+                "self_influence",
+                "label_issue_score",
+                "label_issue_flag",
+            ]
+        )
         for j in np.argsort(-r.self_influence, kind="stable"):
-            writer.writerow([int(j), int(data.y_train[j]), int(data.y_train_clean[j]), int(r.flipped[j]),
-                             f"{float(r.self_influence[j]):.6g}", f"{float(r.hinge[j]):.6g}", int(r.issue_flags[j])])
+            writer.writerow(
+                [
+                    int(j),
+                    int(data.y_train[j]),
+                    int(data.y_train_clean[j]),
+                    int(r.flipped[j]),
+                    f"{float(r.self_influence[j]):.6g}",
+                    f"{float(r.hinge[j]):.6g}",
+                    int(r.issue_flags[j]),
+                ]
+            )
     record.add(path, "self_influence")

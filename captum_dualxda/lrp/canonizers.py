@@ -27,6 +27,7 @@ __all__ = ["ATTENTION_NAME", "ForwardCanonizer", "HFAttentionCanonizer", "transf
 ATTENTION_NAME = "captum_dualxda_lrp"
 """Name under which the LRP attention function is registered with Hugging Face transformers."""
 
+
 def _attention_name(rule: str) -> str:
     return ATTENTION_NAME if rule == "attnlrp" else f"{ATTENTION_NAME}_{rule}"
 
@@ -109,9 +110,16 @@ def _register_hf_attention(rule: str) -> None:
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import eager_mask
 
-    def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                  attention_mask: Optional[torch.Tensor], scaling: Optional[float] = None, dropout: float = 0.0,
-                  **kwargs: Any):
+    def attention(
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: Optional[torch.Tensor],
+        scaling: Optional[float] = None,
+        dropout: float = 0.0,
+        **kwargs: Any,
+    ):
         groups = getattr(module, "num_key_value_groups", 1)
         if groups > 1:  # grouped-query attention: repeat the key and value heads
             key = key.repeat_interleave(groups, dim=1)
@@ -162,8 +170,12 @@ def _linear(module: nn.Linear, x: torch.Tensor, epsilon: float = 1e-6) -> torch.
 
 def _is_hf_conv1d(module: nn.Module) -> bool:
     """Hugging Face's ``Conv1D`` (GPT-2): ``x @ weight + bias``, weight ``(in, out)``."""
-    return (type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers")
-            and _has_bias(module) and hasattr(module, "nf"))
+    return (
+        type(module).__name__ == "Conv1D"
+        and type(module).__module__.startswith("transformers")
+        and _has_bias(module)
+        and hasattr(module, "nf")
+    )
 
 
 def _hf_conv1d(module: nn.Module, x: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
@@ -236,11 +248,20 @@ def _gated_mlp(module: Any, x: torch.Tensor) -> torch.Tensor:
     return module.down_proj(half_product(module.act_fn(module.gate_proj(x)), module.up_proj(x)))
 
 
-def _multihead_attention(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                         key_padding_mask: Optional[torch.Tensor] = None, need_weights: bool = True,
-                         attn_mask: Optional[torch.Tensor] = None, average_attn_weights: bool = True,
-                         is_causal: bool = False, rule: str = "attnlrp", zero_bias: bool = False,
-                         epsilon: float = 1e-6):
+def _multihead_attention(
+    module: nn.MultiheadAttention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_padding_mask: Optional[torch.Tensor] = None,
+    need_weights: bool = True,
+    attn_mask: Optional[torch.Tensor] = None,
+    average_attn_weights: bool = True,
+    is_causal: bool = False,
+    rule: str = "attnlrp",
+    zero_bias: bool = False,
+    epsilon: float = 1e-6,
+):
     """``nn.MultiheadAttention`` (self-attention, packed projections) with an LRP gradient."""
     if module.batch_first:
         query, key, value = (t.transpose(0, 1) for t in (query, key, value))
@@ -280,8 +301,9 @@ def _is_timm_attention(module: nn.Module) -> bool:
     )
 
 
-def _timm_attention(module: Any, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, rule: str = "attnlrp",
-                    **kwargs: Any) -> torch.Tensor:
+def _timm_attention(
+    module: Any, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, rule: str = "attnlrp", **kwargs: Any
+) -> torch.Tensor:
     batch, length, channels = x.shape
     qkv = module.qkv(x).reshape(batch, length, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
@@ -312,8 +334,10 @@ def transformer_canonizers(attention: str, zero_bias: bool, epsilon: float, hugg
         ForwardCanonizer(_is_activation, _identity_activation),
         ForwardCanonizer(_is_gated_mlp, _gated_mlp),
         ForwardCanonizer(_is_classification_head, _classification_head),
-        ForwardCanonizer(lambda m: isinstance(m, nn.MultiheadAttention),
-                         functools.partial(_multihead_attention, rule=attention, zero_bias=zero_bias, epsilon=epsilon)),
+        ForwardCanonizer(
+            lambda m: isinstance(m, nn.MultiheadAttention),
+            functools.partial(_multihead_attention, rule=attention, zero_bias=zero_bias, epsilon=epsilon),
+        ),
         ForwardCanonizer(_is_timm_attention, functools.partial(_timm_attention, rule=attention)),
     ]
     if zero_bias:

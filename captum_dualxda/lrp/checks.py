@@ -16,14 +16,26 @@ from typing import Any, List, Optional, Tuple
 from torch import nn
 from zennit.core import Composite
 
-__all__ = ["unsupported_layers", "missing_canonizer", "check_attention_interface", "has_attention",
-           "unsupported_message", "registered_elsewhere"]
+__all__ = [
+    "unsupported_layers",
+    "missing_canonizer",
+    "check_attention_interface",
+    "has_attention",
+    "unsupported_message",
+    "registered_elsewhere",
+]
 
 
 #: Layer types that Zennit's built-in rules do not propagate relevance through: attention and
 #: normalisation by statistics of the input (a product of activations), smooth activations.
 _UNSUPPORTED_TYPES: Tuple[type, ...] = (
-    nn.MultiheadAttention, nn.LayerNorm, nn.GroupNorm, nn.Softmax, nn.GELU, nn.SiLU, nn.TransformerEncoderLayer,
+    nn.MultiheadAttention,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.Softmax,
+    nn.GELU,
+    nn.SiLU,
+    nn.TransformerEncoderLayer,
     nn.TransformerDecoderLayer,
 )
 _UNSUPPORTED_NAMES = ("Attention", "LayerNorm", "RMSNorm", "Softmax")
@@ -53,8 +65,11 @@ def unsupported_layers(model: nn.Module) -> List[Tuple[str, str]]:
 
 
 def has_attention(model: nn.Module) -> bool:
-    return any(isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
-               or "Attention" in type(m).__name__ for m in model.modules())
+    return any(
+        isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
+        or "Attention" in type(m).__name__
+        for m in model.modules()
+    )
 
 
 def unsupported_message(model: nn.Module, composite: Composite, what: str) -> str:
@@ -66,7 +81,8 @@ def unsupported_message(model: nn.Module, composite: Composite, what: str) -> st
         f"its rules do not cover these layers of the model: {listed}. Zennit's composites handle "
         "convolutional and fully connected networks (Linear, Conv, BatchNorm merged by a canonizer, "
         "pooling, ReLU); attention, LayerNorm and softmax need rules of their own"
-        if layers else "no layer known to be unsupported was found: check the composite's rules and epsilon"
+        if layers
+        else "no layer known to be unsupported was found: check the composite's rules and epsilon"
     )
     return (
         f"XDA with composite {type(composite).__name__} failed: {what}; {reason}. For a model that these "
@@ -104,8 +120,11 @@ def missing_canonizer(model: nn.Module, composite: Optional[Composite]) -> Optio
     if composite is None:
         return None
     canonizers = _flat_canonizers(getattr(composite, "canonizers", None))
-    blocks = [name for name, m in model.named_modules() if type(m).__name__ in ("BasicBlock", "Bottleneck")
-              and type(m).__module__.startswith("torchvision.")]
+    blocks = [
+        name
+        for name, m in model.named_modules()
+        if type(m).__name__ in ("BasicBlock", "Bottleneck") and type(m).__module__.startswith("torchvision.")
+    ]
     resnet_kinds = ("ResNetBasicBlockCanonizer", "ResNetBottleneckCanonizer")
     if blocks and not any(type(c).__name__ in resnet_kinds for c in canonizers):
         return (

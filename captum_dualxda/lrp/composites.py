@@ -94,8 +94,9 @@ ZERO_PARAMS = ("bias", None)
 """Values of ``zero_params``: biases pass their relevance on (``"bias"``) or keep it (None)."""
 
 
-def transformer_composite(model: nn.Module, attention: str = "cp", zero_params: Optional[str] = "bias",
-                          epsilon: float = 1e-6) -> TransformerComposite:
+def transformer_composite(
+    model: nn.Module, attention: str = "cp", zero_params: Optional[str] = "bias", epsilon: float = 1e-6
+) -> TransformerComposite:
     """A Zennit composite that makes XDA work on transformers (CP-LRP / AttnLRP rules).
 
     Supported: Hugging Face encoders (BERT family) and decoders (Llama family, GPT-2) through their
@@ -190,7 +191,8 @@ class CompositeFlags:
             )
         return cls(
             handles_attention=check_flag(getattr(composite, "handles_attention", False), "composite.handles_attention"),
-            gradient_times_input=check_flag(getattr(composite, "gradient_times_input", False),
-                                            "composite.gradient_times_input"),
+            gradient_times_input=check_flag(
+                getattr(composite, "gradient_times_input", False), "composite.gradient_times_input"
+            ),
             attribution_module=module,
         )

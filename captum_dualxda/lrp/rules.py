@@ -21,12 +21,20 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-__all__ = ["ATTENTION_RULES", "half_product", "half_matmul", "lrp_attention", "identity_rule", "IdentityRuleTanh",
-           "spread_bias", "SpreadBiasLinear", "affine"]
+__all__ = [
+    "ATTENTION_RULES",
+    "half_product",
+    "half_matmul",
+    "lrp_attention",
+    "identity_rule",
+    "IdentityRuleTanh",
+    "spread_bias",
+    "SpreadBiasLinear",
+    "affine",
+]
 
 ATTENTION_RULES = ("cp", "attnlrp")
 """The rules for ``softmax(q k^T) v``: CP-LRP (attention weights constant) and AttnLRP."""
-
 
 
 def half_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -39,8 +47,14 @@ def half_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 0.5 * torch.matmul(a, b.detach()) + 0.5 * torch.matmul(a.detach(), b)
 
 
-def lrp_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[torch.Tensor],
-                  scaling: float, rule: str = "attnlrp") -> torch.Tensor:
+def lrp_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    scaling: float,
+    rule: str = "attnlrp",
+) -> torch.Tensor:
     """``softmax(q k^T * scaling + mask) v`` with an LRP gradient, ``(N, heads, T, d_head)``.
 
     ``mask`` is additive (float) or boolean (True = attend), broadcastable to the scores.
@@ -139,8 +153,9 @@ class SpreadBiasLinear(torch.autograd.Function):
         return grad_x, None, None, None
 
 
-def affine(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], zero_bias: bool,
-            epsilon: float) -> torch.Tensor:
+def affine(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], zero_bias: bool, epsilon: float
+) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, the bias's relevance spread over ``x`` when ``zero_bias``."""
     if bias is None or not zero_bias:
         return nn.functional.linear(x, weight, bias)

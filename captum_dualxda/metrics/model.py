@@ -49,8 +49,9 @@ def mislabel_scores(dualda: DualDA, kind: str = "self_influence") -> torch.Tenso
     raise ValueError(f"`kind` must be 'self_influence' or 'hinge_loss', got {kind!r}.")
 
 
-def _forward_batches(model: nn.Module, data: Union[Dataset, DataLoader], batch_size: int,
-                     show_progress: bool = False) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+def _forward_batches(
+    model: nn.Module, data: Union[Dataset, DataLoader], batch_size: int, show_progress: bool = False
+) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(logits, labels)`` of every Captum batch ``(x_1, ..., x_m, labels)``, in dataset order."""
     loader = as_dataloader(data, batch_size, "data")
     device = model_device(model)
@@ -61,8 +62,9 @@ def _forward_batches(model: nn.Module, data: Union[Dataset, DataLoader], batch_s
         yield logits, labels.to(device)
 
 
-def training_loss(model: nn.Module, train_dataset: Union[Dataset, DataLoader], batch_size: int = 256,
-                  show_progress: bool = False) -> torch.Tensor:
+def training_loss(
+    model: nn.Module, train_dataset: Union[Dataset, DataLoader], batch_size: int = 256, show_progress: bool = False
+) -> torch.Tensor:
     """Baseline mislabel scores: the network's cross-entropy on each sample's own label.
 
     The cheapest mislabel detector there is (one forward pass); any attribution-based score

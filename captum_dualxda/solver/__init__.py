@@ -8,6 +8,7 @@ variables for large ``n K``), :mod:`.backend` (the contract every backend keeps)
 shrinking, CPU; its machine code cached by :mod:`.machine_code`) and :mod:`.fit` (the entry
 point).
 """
+
 from .fit import ConvergenceWarning, available_backends, fit_crammer_singer, fit_crammer_singer_path
 from .gap import evaluate_optimality, primal_objective
 from .problem import CrammerSingerProblem, CrammerSingerResult, make_problem, support_mask

@@ -15,6 +15,7 @@ positive number). The only references to numba's runtime
 left in the compiled code are on the error-reporting path of the C wrappers, which these kernels
 cannot take (``machine_code._ERROR_PATH_SYMBOLS`` lists them; the cache refuses any other).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -301,9 +302,31 @@ def _shrink_classes(alpha, alpha_index, i, grad, size, y_pos, c, threshold):  # 
 
 @njit(nogil=True, fastmath=_FAST)
 def _run_passes(
-    x, y, s, c, sq_norms, alpha, weight, bias_weight, alpha_index, class_active, y_index,
-    order, ints, floats, rng, eps, max_iter, n_passes, scratch,
-    previous, weight_previous, bias_previous, touched, touched_list, acceleration,
+    x,
+    y,
+    s,
+    c,
+    sq_norms,
+    alpha,
+    weight,
+    bias_weight,
+    alpha_index,
+    class_active,
+    y_index,
+    order,
+    ints,
+    floats,
+    rng,
+    eps,
+    max_iter,
+    n_passes,
+    scratch,
+    previous,
+    weight_previous,
+    bias_previous,
+    touched,
+    touched_list,
+    acceleration,
 ):  # pragma: no cover - compiled
     """Run up to ``n_passes`` passes of the shrinking sequential method.
 
@@ -393,8 +416,27 @@ def _run_passes(
         last = ints[_ITERATION] >= max_iter
         if acceleration and (last or not propose):
             mode = _ACCEPT if last or settled else _EXTRAPOLATE
-            _momentum(x, y, s, c, alpha, weight, bias_weight, alpha_index, class_active, y_index, ints, floats,
-                      previous, weight_previous, bias_previous, touched, touched_list, scratch, mode)
+            _momentum(
+                x,
+                y,
+                s,
+                c,
+                alpha,
+                weight,
+                bias_weight,
+                alpha_index,
+                class_active,
+                y_index,
+                ints,
+                floats,
+                previous,
+                weight_previous,
+                bias_previous,
+                touched,
+                touched_list,
+                scratch,
+                mode,
+            )
         if propose:
             return _PROPOSE_STOP
         if settled:
@@ -426,8 +468,25 @@ def _apply_row(x, y, s, alpha, weight, bias_weight, alpha_index, floats, i, size
 
 @njit(nogil=True, fastmath=_FAST)
 def _momentum(
-    x, y, s, c, alpha, weight, bias_weight, alpha_index, class_active, y_index, ints, floats,
-    previous, weight_previous, bias_previous, touched, touched_list, scratch, mode,
+    x,
+    y,
+    s,
+    c,
+    alpha,
+    weight,
+    bias_weight,
+    alpha_index,
+    class_active,
+    y_index,
+    ints,
+    floats,
+    previous,
+    weight_previous,
+    bias_previous,
+    touched,
+    touched_list,
+    scratch,
+    mode,
 ):  # pragma: no cover - compiled
     """Momentum with restarts on the pass map, at the end of a pass (docs/solver.md 2.6).
 
@@ -500,8 +559,22 @@ def _momentum(
     for q in range(count):
         i = touched_list[q]
         if _extrapolate_row(
-            x, y, s, c, alpha, weight, bias_weight, alpha_index, class_active, y_index, floats, previous, scratch, i,
-            beta, touched[i],
+            x,
+            y,
+            s,
+            c,
+            alpha,
+            weight,
+            bias_weight,
+            alpha_index,
+            class_active,
+            y_index,
+            floats,
+            previous,
+            scratch,
+            i,
+            beta,
+            touched[i],
         ):
             touched_list[kept] = i
             kept += 1
@@ -535,7 +608,21 @@ def _extrapolate_state(weight, bias_weight, weight_previous, bias_previous, beta
 
 @njit(nogil=True, inline="always")
 def _extrapolate_row(
-    x, y, s, c, alpha, weight, bias_weight, alpha_index, class_active, y_index, floats, previous, scratch, i, beta,
+    x,
+    y,
+    s,
+    c,
+    alpha,
+    weight,
+    bias_weight,
+    alpha_index,
+    class_active,
+    y_index,
+    floats,
+    previous,
+    scratch,
+    i,
+    beta,
     positions,
 ):  # pragma: no cover - compiled
     """Row ``i`` of the extrapolation: ``previous[i] = alpha[i]``, then

@@ -32,6 +32,7 @@ a pass after a restart is a plain pass. Cost per pass: one extrapolation over ``
 (many bounded and free support vectors, slow coordinate descent) this cut the passes several
 fold (benchmarks/README.md, *Block solver*); the stopping rule is unchanged.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -199,8 +200,7 @@ def solve_bdcd(
                 _assign_dual(previous, alpha)
                 if epoch % refresh_every == 0:
                     weight, bias_weight = primal_weights(problem, alpha)
-    return BackendOutput(alpha=alpha, n_iter=epoch, converged=converged,
-                         stats={"restarts": restarts, "block_size": b})
+    return BackendOutput(alpha=alpha, n_iter=epoch, converged=converged, stats={"restarts": restarts, "block_size": b})
 
 
 def _epoch(

@@ -1,4 +1,5 @@
 """``fit_crammer_singer``: the one entry point in front of every solver backend."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -248,8 +249,17 @@ def fit_crammer_singer(
         # Classes without a training sample: solve scikit-learn's problem, which knows only the
         # classes present, and give the others zero dual variables, weights and intercept.
         return _fit_present_classes(
-            problem, present, tol=tol, max_iter=max_iter, device=device, seed=seed, show_progress=show_progress,
-            backend=backend, warm_start=warm_start, sparse_alpha=sparse_alpha, **backend_options,
+            problem,
+            present,
+            tol=tol,
+            max_iter=max_iter,
+            device=device,
+            seed=seed,
+            show_progress=show_progress,
+            backend=backend,
+            warm_start=warm_start,
+            sparse_alpha=sparse_alpha,
+            **backend_options,
         )
     if device is not None:
         target = torch.device(device)
@@ -259,8 +269,15 @@ def fit_crammer_singer(
     if backend == "auto":
         on_cpu = problem.features.device.type == "cpu"
         mean_squared_norm = math.nan if on_cpu else float(problem.squared_norms().mean())
-        backend = choose_backend(problem.features.device, problem.n_samples, problem.n_features,
-                                 problem.n_classes, problem.C, mean_squared_norm, tuple(backends))
+        backend = choose_backend(
+            problem.features.device,
+            problem.n_samples,
+            problem.n_features,
+            problem.n_classes,
+            problem.C,
+            mean_squared_norm,
+            tuple(backends),
+        )
     if backend not in backends:
         raise ValueError(f"`backend` must be one of {['auto', *backends]}, got {backend!r}.")
     if sparse_alpha is None:
@@ -366,9 +383,14 @@ def _fit_present_classes(
             )
         warm_start = dataclasses.replace(warm_start, alpha=_select_classes(warm_start.alpha, present))
     result = fit_crammer_singer(
-        problem.features, relabel[problem.labels], C=problem.C, fit_intercept=problem.intercept_scaling > 0,
+        problem.features,
+        relabel[problem.labels],
+        C=problem.C,
+        fit_intercept=problem.intercept_scaling > 0,
         intercept_scaling=problem.intercept_scaling if problem.intercept_scaling > 0 else 1.0,
-        n_classes=present.numel(), warm_start=warm_start, **kwargs,
+        n_classes=present.numel(),
+        warm_start=warm_start,
+        **kwargs,
     )
     weight = torch.zeros(K, result.weight.shape[1], dtype=result.weight.dtype, device=result.weight.device)
     weight[present.to(weight.device)] = result.weight

@@ -6,6 +6,7 @@ All quantities are computed in float64 from ``alpha`` alone (``W`` is rebuilt as
 for feasible ``alpha`` the gap ``P(W(alpha)) + f(alpha)`` is ``>= 0`` and bounds
 ``||W - W*||_F <= sqrt(2 gap)``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,6 @@ __all__ = [
     "evaluate_optimality",
     "primal_objective",
 ]
-
 
 
 @dataclass
@@ -92,9 +92,7 @@ def _margin_matrix(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return grad
 
 
-def primal_objective(
-    problem: CrammerSingerProblem, weight: torch.Tensor, bias_weight: torch.Tensor
-) -> float:
+def primal_objective(problem: CrammerSingerProblem, weight: torch.Tensor, bias_weight: torch.Tensor) -> float:
     """Primal objective ``1/2 ||W||^2 + C sum_i max_m (e_i^m + w_m.x_i - w_{y_i}.x_i)``.
 
     Parameters

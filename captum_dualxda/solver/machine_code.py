@@ -64,8 +64,35 @@ _PROTOTYPES = {  # C signatures of ._sequential_entry_points.compile_entry_point
     "squared_norms": ctypes.CFUNCTYPE(None, _P, _I, _I, _F, _P),
     "rebuild_weights": ctypes.CFUNCTYPE(None, _P, _I, _I, _F, _P, _I, _P, _P),
     "run_passes": ctypes.CFUNCTYPE(
-        _I, _P, _I, _I, _P, _F, _F, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _F, _I, _I, _P,
-        _P, _P, _P, _P, _P, _I,
+        _I,
+        _P,
+        _I,
+        _I,
+        _P,
+        _F,
+        _F,
+        _P,
+        _P,
+        _I,
+        _P,
+        _P,
+        _P,
+        _P,
+        _P,
+        _P,
+        _P,
+        _P,
+        _P,
+        _F,
+        _I,
+        _I,
+        _P,
+        _P,
+        _P,
+        _P,
+        _P,
+        _P,
+        _I,
     ),
     "certificate": ctypes.CFUNCTYPE(_F, _P, _I, _I, _P, _F, _F, _P, _P, _I, _P, _P, _P, _P, _P),
     "subproblem": ctypes.CFUNCTYPE(None, _P, _F, _I, _F, _I, _P, _P),
@@ -269,8 +296,23 @@ def _link(feature_dtype: str, objects: List[bytes], symbols: Dict[str, str], ori
 # is used.
 
 _CPUINFO_FIELDS = frozenset(
-    {"vendor_id", "cpu family", "model", "model name", "stepping", "flags", "features", "cpu implementer",
-     "cpu architecture", "cpu variant", "cpu part", "cpu revision", "isa", "uarch", "cpu"}
+    {
+        "vendor_id",
+        "cpu family",
+        "model",
+        "model name",
+        "stepping",
+        "flags",
+        "features",
+        "cpu implementer",
+        "cpu architecture",
+        "cpu variant",
+        "cpu part",
+        "cpu revision",
+        "isa",
+        "uarch",
+        "cpu",
+    }
 )
 """Lines of /proc/cpuinfo that identify the CPU model and its instruction set extensions."""
 
@@ -353,8 +395,9 @@ def _c_compiler() -> Optional[str]:
     return None
 
 
-def _build_library(feature_dtype: str, module: Any, stubs: List[str], symbols: Dict[str, str],
-                   key: Dict[str, Any]) -> Optional[Kernels]:
+def _build_library(
+    feature_dtype: str, module: Any, stubs: List[str], symbols: Dict[str, str], key: Dict[str, Any]
+) -> Optional[Kernels]:
     """Link the kernels' LLVM module (position-independent code) into a cached shared library.
 
     Returns the kernels loaded from it, or None if there is no compiler driver, linking fails, or
@@ -475,8 +518,9 @@ def _save_and_reload(feature_dtype: str, entries: Dict[str, Any]) -> Optional[Ke
         library = None
     if library is not None and _same_results(library, entries):
         # this process runs the same machine code as every later one
-        return Kernels(feature_dtype, {name: getattr(library, name) for name in _ENTRY_POINTS}, "compiled",
-                        library._owners)
+        return Kernels(
+            feature_dtype, {name: getattr(library, name) for name in _ENTRY_POINTS}, "compiled", library._owners
+        )
     return kernels
 
 

@@ -5,6 +5,7 @@ The intercept is handled as LIBLINEAR does: a constant column ``s = intercept_sc
 appended to every sample and regularised like any other weight. We keep that column implicit:
 ``s = 0`` is exactly the problem without intercept.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -188,8 +189,7 @@ def make_problem(
         features = features.to(torch.float32)
     if labels.ndim != 1 or labels.shape[0] != features.shape[0]:
         raise ValueError(
-            f"`labels` must be 1-D with one entry per sample ({features.shape[0]}), "
-            f"got shape {tuple(labels.shape)}."
+            f"`labels` must be 1-D with one entry per sample ({features.shape[0]}), got shape {tuple(labels.shape)}."
         )
     if torch.is_floating_point(labels) and not bool((labels == labels.round()).all()):
         raise ValueError("`labels` must be integers in 0..K-1.")
@@ -204,9 +204,6 @@ def make_problem(
         raise ValueError(f"`labels` must lie in 0..{n_classes - 1}, found values in {lo}..{hi}.")
     n_distinct = int((class_counts(labels, n_classes) > 0).sum())
     if n_classes < 2 or n_distinct < 2:
-        raise ValueError(
-            "`labels` must contain at least 2 distinct classes for a multiclass SVM, "
-            f"found {n_distinct}."
-        )
+        raise ValueError(f"`labels` must contain at least 2 distinct classes for a multiclass SVM, found {n_distinct}.")
     s = float(intercept_scaling) if fit_intercept else 0.0
     return CrammerSingerProblem(features.contiguous(), labels, int(n_classes), float(C), s)

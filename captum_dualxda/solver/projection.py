@@ -6,6 +6,7 @@ row ``i`` is the projection of ``v = alpha_i - G_i / A_i`` onto the feasible set
 scaled simplex ``{gamma >= 0, sum gamma = C}``, projected onto by sorting (Held et al. 1974;
 Duchi et al. 2008). This is what LIBLINEAR's ``solve_sub_problem`` computes, vectorised over rows.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Union

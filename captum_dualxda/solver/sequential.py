@@ -93,9 +93,7 @@ def _address(array: np.ndarray, dtype: Any) -> int:
     return array.ctypes.data
 
 
-def solve_subproblem(
-    shifted: np.ndarray, curvature: float, y_position: int, C: float
-) -> np.ndarray:
+def solve_subproblem(shifted: np.ndarray, curvature: float, y_position: int, C: float) -> np.ndarray:
     """LIBLINEAR's per-sample subproblem (compiled), for testing and reuse.
 
     Parameters
@@ -191,23 +189,48 @@ def _rebuild_weights(
 ) -> None:
     """``weight = alpha^T x`` and ``bias_weight = s alpha.sum(0)`` in float64 (in place)."""
     kernels.rebuild_weights(
-        _address(x, kernels.features), x.shape[0], x.shape[1], s, _address(alpha, np.float64), alpha.shape[1],
-        _address(weight, np.float64), _address(bias_weight, np.float64),
+        _address(x, kernels.features),
+        x.shape[0],
+        x.shape[1],
+        s,
+        _address(alpha, np.float64),
+        alpha.shape[1],
+        _address(weight, np.float64),
+        _address(bias_weight, np.float64),
     )
 
 
 def _certificate(
-    kernels: Kernels, x: np.ndarray, y: np.ndarray, s: float, c: float, sq: np.ndarray,
-    alpha: np.ndarray, weight: np.ndarray, bias_weight: np.ndarray, residuals: np.ndarray,
+    kernels: Kernels,
+    x: np.ndarray,
+    y: np.ndarray,
+    s: float,
+    c: float,
+    sq: np.ndarray,
+    alpha: np.ndarray,
+    weight: np.ndarray,
+    bias_weight: np.ndarray,
+    residuals: np.ndarray,
 ) -> float:
     """Natural residuals into ``residuals`` (``(n,)`` float64); returns the primal's hinge-loss sum."""
     k = alpha.shape[1]
     scratch = np.empty((4, k))
     all_classes = np.arange(k, dtype=np.int32)
     return kernels.certificate(
-        _address(x, kernels.features), x.shape[0], x.shape[1], _address(y, np.int64), s, c, _address(sq, np.float64),
-        _address(alpha, np.float64), k, _address(weight, np.float64), _address(bias_weight, np.float64),
-        _address(residuals, np.float64), _address(scratch, np.float64), _address(all_classes, np.int32),
+        _address(x, kernels.features),
+        x.shape[0],
+        x.shape[1],
+        _address(y, np.int64),
+        s,
+        c,
+        _address(sq, np.float64),
+        _address(alpha, np.float64),
+        k,
+        _address(weight, np.float64),
+        _address(bias_weight, np.float64),
+        _address(residuals, np.float64),
+        _address(scratch, np.float64),
+        _address(all_classes, np.int32),
     )
 
 
@@ -254,8 +277,16 @@ def evaluate_optimality_compiled(problem: CrammerSingerProblem, alpha: torch.Ten
 
 
 def _screen_reactivated(
-    kernels: Kernels, x: np.ndarray, s: float, c: float, sq: np.ndarray, alpha: np.ndarray, weight: np.ndarray,
-    bias_weight: np.ndarray, state: Tuple[np.ndarray, ...], scratch: np.ndarray,
+    kernels: Kernels,
+    x: np.ndarray,
+    s: float,
+    c: float,
+    sq: np.ndarray,
+    alpha: np.ndarray,
+    weight: np.ndarray,
+    bias_weight: np.ndarray,
+    state: Tuple[np.ndarray, ...],
+    scratch: np.ndarray,
 ) -> None:
     """Shrink after a reactivation with all scores from one matrix product, before the next pass.
 
@@ -275,9 +306,21 @@ def _screen_reactivated(
     for start in range(0, n, rows):
         scores = np.ascontiguousarray(x[start : start + rows] @ weight_t)
         kernels.screen(
-            _address(scores, kernels.features), start, scores.shape[0], s, c, _address(sq, np.float64), n,
-            _address(alpha, np.float64), k, _address(bias_weight, np.float64), _address(alpha_index, np.int32),
-            _address(class_active, np.int64), _address(y_index, np.int64), margin, _address(scratch, np.float64),
+            _address(scores, kernels.features),
+            start,
+            scores.shape[0],
+            s,
+            c,
+            _address(sq, np.float64),
+            n,
+            _address(alpha, np.float64),
+            k,
+            _address(bias_weight, np.float64),
+            _address(alpha_index, np.int32),
+            _address(class_active, np.int64),
+            _address(y_index, np.int64),
+            margin,
+            _address(scratch, np.float64),
         )
     keep = class_active[order] > 1
     keep |= sq[order] <= 0.0  # the pass kernel keeps (and skips) samples with A_i = 0
@@ -359,15 +402,34 @@ def solve_sequential(
     residuals = np.empty(n)
     # the state arrays never move: their addresses are taken once
     state = (
-        _address(x, kernels.features), n, x.shape[1], _address(y, np.int64), s, c, _address(sq, np.float64),
-        _address(alpha, np.float64), k, _address(weight, np.float64), _address(bias_weight, np.float64),
-        _address(alpha_index, np.int32), _address(class_active, np.int64), _address(y_index, np.int64),
-        _address(order, np.int64), _address(ints, np.int64), _address(floats, np.float64), _address(rng, np.uint64),
-        float(tol), int(max_iter),
+        _address(x, kernels.features),
+        n,
+        x.shape[1],
+        _address(y, np.int64),
+        s,
+        c,
+        _address(sq, np.float64),
+        _address(alpha, np.float64),
+        k,
+        _address(weight, np.float64),
+        _address(bias_weight, np.float64),
+        _address(alpha_index, np.int32),
+        _address(class_active, np.int64),
+        _address(y_index, np.int64),
+        _address(order, np.int64),
+        _address(ints, np.int64),
+        _address(floats, np.float64),
+        _address(rng, np.uint64),
+        float(tol),
+        int(max_iter),
     )
     momentum = (
-        _address(previous, np.float64), _address(weight_previous, np.float64), _address(bias_previous, np.float64),
-        _address(touched, np.int32), _address(touched_list, np.int64), int(bool(acceleration)),
+        _address(previous, np.float64),
+        _address(weight_previous, np.float64),
+        _address(bias_previous, np.float64),
+        _address(touched, np.int32),
+        _address(touched_list, np.int64),
+        int(bool(acceleration)),
     )
     scratch_address = _address(scratch, np.float64)
     screen = float(n) * x.shape[1] * k >= _SCREEN_MIN_WORK

@@ -14,6 +14,7 @@ The functions :func:`dual_rows`, :func:`set_dual_rows`, :func:`dual_to_dense` an
 :func:`dual_row_slices` accept either a dense ``(n, K)`` tensor or a :class:`RowSparseDual`,
 so the optimality measures and the clean-up run unchanged on both.
 """
+
 from __future__ import annotations
 
 from typing import Iterator, Optional, Tuple, Union

@@ -128,11 +128,15 @@ def _heatmap_scales(
     non_empty: List[Tuple[str, InfluentialSamples]], heatmap_scale: str
 ) -> Dict[Tuple[str, int], Tuple[float, float]]:
     """``(group, m) -> (vmax training heatmap, vmax test heatmap)`` for the chosen ``heatmap_scale``."""
+
     def peak(rel: Any) -> float:
         return float(np.abs(to_numpy(rel, "relevance").astype(np.float64).sum(0)).max())
 
-    scales = {(argument, m): (peak(_relevance(group.train_relevance)[m]), peak(_relevance(group.test_relevance)[m]))
-              for argument, group in non_empty for m in range(len(group))}
+    scales = {
+        (argument, m): (peak(_relevance(group.train_relevance)[m]), peak(_relevance(group.test_relevance)[m]))
+        for argument, group in non_empty
+        for m in range(len(group))
+    }
     if heatmap_scale == "figure":
         top = max([max(v) for v in scales.values()] + [0.0])
         return {key: (top, top) for key in scales}
@@ -241,9 +245,18 @@ def plot_explanation(
     height = title_h + header_h + panel_title_h + n_rows * panel_size + (n_rows - 1) * 0.55 + legend_h
     width = panel_size * sum(widths) * 1.08 + 0.3
     fig = Figure(figsize=(width, height))
-    grid = GridSpec(n_rows, len(columns), figure=fig, width_ratios=widths, wspace=0.08,
-                    hspace=0.55 / panel_size, left=0.02, right=0.98,
-                    top=1 - (title_h + header_h + panel_title_h) / height, bottom=legend_h / height)
+    grid = GridSpec(
+        n_rows,
+        len(columns),
+        figure=fig,
+        width_ratios=widths,
+        wspace=0.08,
+        hspace=0.55 / panel_size,
+        left=0.02,
+        right=0.98,
+        top=1 - (title_h + header_h + panel_title_h) / height,
+        bottom=legend_h / height,
+    )
     header_y = 1 - (title_h + 0.05) / height
 
     scales = _heatmap_scales(non_empty, heatmap_scale) if with_heat else {}
@@ -287,20 +300,31 @@ def plot_explanation(
         cols = [c for c, (a, g, _) in enumerate(columns) if a == argument]
         left = grid[0, cols[0]].get_position(fig).x0
         right = grid[0, cols[-1]].get_position(fig).x1
-        text = "Proponents (support the prediction)" if argument == "proponents" else \
-            "Opponents (oppose the prediction)"
+        text = (
+            "Proponents (support the prediction)" if argument == "proponents" else "Opponents (oppose the prediction)"
+        )
         colour = SUPPORT_COLOUR if argument == "proponents" else OPPOSE_COLOUR
-        fig.text((left + right) / 2, header_y, text, ha="center", va="top",
-                 fontsize=10, fontweight="bold", color=colour)
+        fig.text(
+            (left + right) / 2, header_y, text, ha="center", va="top", fontsize=10, fontweight="bold", color=colour
+        )
     if with_heat:
         if 0 in first_heat_axes:
             first_heat_axes[0].set_ylabel("XDA on the\ntraining image", fontsize=7)
         if 2 in first_heat_axes:
             first_heat_axes[2].set_ylabel("XDA on the\ntest image", fontsize=7)
-        scale_text = {"pair": "one symmetric scale per pair", "panel": "symmetric scale per heatmap",
-                      "figure": "one symmetric scale for the figure"}[heatmap_scale]
-        fig.text(0.5, 0.05 / height, f"Heatmaps: red = supports, blue = opposes ({scale_text}). "
-                 "Top: training image, bottom: test image.", ha="center", va="bottom", fontsize=8)
+        scale_text = {
+            "pair": "one symmetric scale per pair",
+            "panel": "symmetric scale per heatmap",
+            "figure": "one symmetric scale for the figure",
+        }[heatmap_scale]
+        fig.text(
+            0.5,
+            0.05 / height,
+            f"Heatmaps: red = supports, blue = opposes ({scale_text}). Top: training image, bottom: test image.",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     if title is not None:
         fig.suptitle(title, fontsize=11, y=1 - 0.05 / height, va="top")
     return fig
@@ -388,9 +412,7 @@ def explain_figure(
     if x.ndim == sample_ndim - 1:
         x = x[None]
     if x.ndim != sample_ndim or x.shape[0] != 1:
-        raise ValueError(
-            f"`test_input` must be one sample, (C, H, W) or (1, C, H, W), got shape {tuple(x.shape)}."
-        )
+        raise ValueError(f"`test_input` must be one sample, (C, H, W) or (1, C, H, W), got shape {tuple(x.shape)}.")
     model = dualda.model
     x = x.to(model_device(model))
     if targets is None:
@@ -424,8 +446,8 @@ def explain_figure(
             scores=scores,
             images=images,
             labels=torch.as_tensor(dualda.train_labels)[idx].cpu(),
-            train_relevance=None if heat_train is None else heat_train[offset:offset + n],
-            test_relevance=None if heat_test is None else heat_test[offset:offset + n],
+            train_relevance=None if heat_train is None else heat_train[offset : offset + n],
+            test_relevance=None if heat_test is None else heat_test[offset : offset + n],
         )
         offset += n
 

@@ -34,8 +34,8 @@ __all__ = [
 ArrayLike = Union[torch.Tensor, np.ndarray]
 Denormalize = Optional[Tuple[Union[float, Sequence[float]], Union[float, Sequence[float]]]]
 
-SUPPORT_COLOUR = "#b2182b"   # red: supports the prediction
-OPPOSE_COLOUR = "#2166ac"    # blue: opposes the prediction
+SUPPORT_COLOUR = "#b2182b"  # red: supports the prediction
+OPPOSE_COLOUR = "#2166ac"  # blue: opposes the prediction
 
 
 def to_numpy(x: Any, argument: str) -> np.ndarray:
@@ -148,16 +148,14 @@ def heatmap_rgb(
     elif array.ndim == 4:
         maps, batched = _reduce_channels(array, True), True
     else:
-        raise ValueError(
-            f"`relevance` must have shape (H, W), (C, H, W) or (N, C, H, W), got {tuple(array.shape)}."
-        )
+        raise ValueError(f"`relevance` must have shape (H, W), (C, H, W) or (N, C, H, W), got {tuple(array.shape)}.")
     if vmax is None:
         scale = np.abs(maps).max(axis=(1, 2), keepdims=True)
         scale[scale == 0] = 1.0
     else:
         scale = np.full((maps.shape[0], 1, 1), check_positive(vmax, "vmax"))
-    unit = (maps + scale) / (2 * scale)                       # [-vmax, vmax] -> [0, 1]
-    index = (unit * 255).clip(0, 255).astype(np.uint8)        # same quantisation as imgify
+    unit = (maps + scale) / (2 * scale)  # [-vmax, vmax] -> [0, 1]
+    index = (unit * 255).clip(0, 255).astype(np.uint8)  # same quantisation as imgify
     rgb = colour_table(cmap, level)[index]
     return rgb if batched else rgb[0]
 
@@ -188,9 +186,7 @@ def image_for_display(image: ArrayLike, denormalize: Denormalize = None) -> np.n
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3 or array.shape[0] not in (1, 3):
-        raise ValueError(
-            f"`image` must have shape (H, W), (1, H, W) or (3, H, W), got {tuple(array.shape)}."
-        )
+        raise ValueError(f"`image` must have shape (H, W), (1, H, W) or (3, H, W), got {tuple(array.shape)}.")
     if denormalize is not None:
         channels = array.shape[0]
         mean: Optional[np.ndarray] = None

@@ -70,12 +70,26 @@ def text_pair_records(
     scale = max(float(np.abs(test).max(initial=0.0)), float(np.abs(train).max(initial=0.0))) or 1.0
     name = "training" if train_index is None else f"training #{train_index}"
     return [
-        viz.VisualizationDataRecord(torch.as_tensor(test / scale), float("nan"), target,
-                                    "" if test_label is None else test_label, "test", float(test.sum()),
-                                    list(test_tokens), float(score)),
-        viz.VisualizationDataRecord(torch.as_tensor(train / scale), float("nan"), target,
-                                    "" if train_label is None else train_label, name, float(train.sum()),
-                                    list(train_tokens), float(score)),
+        viz.VisualizationDataRecord(
+            torch.as_tensor(test / scale),
+            float("nan"),
+            target,
+            "" if test_label is None else test_label,
+            "test",
+            float(test.sum()),
+            list(test_tokens),
+            float(score),
+        ),
+        viz.VisualizationDataRecord(
+            torch.as_tensor(train / scale),
+            float("nan"),
+            target,
+            "" if train_label is None else train_label,
+            name,
+            float(train.sum()),
+            list(train_tokens),
+            float(score),
+        ),
     ]
 
 
@@ -121,8 +135,10 @@ def plot_text_pair(
     -------
     matplotlib.figure.Figure
     """
-    rows = [("test", list(test_tokens), _token_relevance(test_tokens, test_relevance, "test_relevance")),
-            ("training", list(train_tokens), _token_relevance(train_tokens, train_relevance, "train_relevance"))]
+    rows = [
+        ("test", list(test_tokens), _token_relevance(test_tokens, test_relevance, "test_relevance")),
+        ("training", list(train_tokens), _token_relevance(train_tokens, train_relevance, "train_relevance")),
+    ]
     scale = max(float(np.abs(values).max(initial=0.0)) for _, _, values in rows) or 1.0
     palette = colour_table(cmap, 1.0)
     chars_per_line = max(20, int(width * 11))
@@ -149,8 +165,15 @@ def plot_text_pair(
         x = 0.11
         for token, value in line:
             colour = palette[int(np.clip((value / scale + 1) / 2 * 255, 0, 255))] / 255.0
-            text = ax.text(x, y, token, fontsize=9, va="center", family="monospace",
-                           bbox=dict(boxstyle="square,pad=0.15", facecolor=colour, edgecolor="none"))
+            text = ax.text(
+                x,
+                y,
+                token,
+                fontsize=9,
+                va="center",
+                family="monospace",
+                bbox=dict(boxstyle="square,pad=0.15", facecolor=colour, edgecolor="none"),
+            )
             x += (len(token) + 1) / chars_per_line * 0.88
             text.set_gid(f"{value:+.4g}")
     ax.text(0.99, 0.02, f"tau = {score:+.3g}", fontsize=8, ha="right", va="bottom")

@@ -3,6 +3,7 @@
 The main test run ignores this folder (pyproject ``--ignore=tests/quanda_env``); run it with
 ``python -m pytest tests/quanda_env`` where quanda is installed.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -113,8 +114,12 @@ def test_shortcut_detection_runs(explainer, noisy, digits_cnn):
     shortcut = (y == shortcut_cls).nonzero().flatten()[:10]
     pred = digits_cnn(xt).argmax(1)
     metric = ShortcutDetectionMetric(
-        model=digits_cnn, train_dataset=train, shortcut_indices=shortcut.tolist(), shortcut_cls=shortcut_cls,
-        filter_by_non_shortcut=False, filter_by_shortcut_pred=False,
+        model=digits_cnn,
+        train_dataset=train,
+        shortcut_indices=shortcut.tolist(),
+        shortcut_cls=shortcut_cls,
+        filter_by_non_shortcut=False,
+        filter_by_shortcut_pred=False,
     )
     metric.update(explainer.explain(test_data=xt, targets=torch.full_like(pred, shortcut_cls)))
     score = metric.compute()["score"]
@@ -131,8 +136,9 @@ def test_checkpoint_is_loaded(tmp_path, noisy, digits_cnn):
     with torch.no_grad():
         for p in net.parameters():
             p.add_(1.0)  # a different model, fixed by loading the checkpoint
-    explainer = DualDAExplainer(model=net, train_dataset=train, final_fc_layer="fc", C=0.01, batch_size=100,
-                                checkpoints=str(path))
+    explainer = DualDAExplainer(
+        model=net, train_dataset=train, final_fc_layer="fc", C=0.01, batch_size=100, checkpoints=str(path)
+    )
     reference = DualDA(digits_cnn, "fc", train, C=0.01, batch_size=100)
     assert torch.allclose(explainer.self_influence(), reference.self_influence(), atol=1e-6)
 
