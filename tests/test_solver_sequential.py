@@ -191,7 +191,7 @@ def test_subproblem_is_the_projection_when_the_true_class_is_active():
 
 def test_closed_form_pair_subproblem_matches_liblinear_transcription():
     """Two active classes (the common case once shrinking settles) are solved in closed form."""
-    from captum_dualxda.solver._sequential_kernels import _subproblem_pair
+    from captum_dualxda.solver._kernel_primitives import _subproblem_pair
 
     rng = np.random.default_rng(2)
     out = np.empty(2)

@@ -41,7 +41,13 @@ _CACHE_FORMAT = 4
 """Version of the cache file layout and of the entry points' C signatures (bump on change)."""
 
 _KERNEL_SOURCES = tuple(
-    Path(__file__).with_name(name) for name in ("_sequential_kernels.py", "_sequential_entry_points.py")
+    Path(__file__).with_name(name)
+    for name in (
+        "_kernel_primitives.py",
+        "_momentum_kernels.py",
+        "_sequential_kernels.py",
+        "_sequential_entry_points.py",
+    )
 )
 
 _ERROR_PATH_SYMBOLS = frozenset(
