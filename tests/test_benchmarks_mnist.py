@@ -2,6 +2,7 @@
 
 import gzip
 import importlib.util
+import json
 import os
 import struct
 import sys
@@ -88,3 +89,22 @@ def test_downstream_metrics_match_brute_force():
     matrix = torch.tensor([[3.0, 1.0, 0.0, 2.0], [0.0, 5.0, 4.0, 1.0]])
     assert mnist.topk_cardinality(matrix, k=2) == pytest.approx(4 / 4)  # {0, 3} and {1, 2}
     assert mnist.top1_label_match(matrix, torch.tensor([7, 8, 9, 7]), torch.tensor([7, 9])) == 0.5
+
+
+def test_merge_drops_not_run_lines_that_a_later_run_finished(tmp_path, capsys):
+    mnist = _load("mnist")
+    first = {"header": "run 1", "info": {}, "results": [{"method": "TRAK-1", "variant": "corrupt", "timed_out": True}],
+             "not_run": ["TRAK-1 (corrupt): did not finish within 600 s", "TRAK-3 (corrupt): the run's budget was spent"]}
+    second = {"header": "run 2", "info": {}, "not_run": [],
+              "results": [{"method": "TRAK-1", "variant": "corrupt", "done": True, "mislabel_score": 0.7,
+                           "mislabel_auc": 0.8}]}
+    paths = []
+    for k, run in enumerate((first, second)):
+        paths.append(str(tmp_path / f"run{k}.json"))
+        with open(paths[-1], "w") as handle:
+            json.dump(run, handle)
+    assert mnist.merge(paths, readme=False) == 0
+    text = capsys.readouterr().out
+    assert "TRAK-1 (corrupt): did not finish" not in text  # superseded by run 2's finished result
+    assert "TRAK-3 (corrupt): the run's budget was spent" in text  # still not run anywhere
+    assert "| TRAK-1 |" in text and "0.700" in text
