@@ -609,9 +609,14 @@ def merge(paths: Sequence[str], readme: bool) -> int:
             results[result["method"], result["variant"]] = result
         not_run += run["not_run"]
     # a later run that finished a method on a variant supersedes an earlier run's "not run" line for it
-    not_run = [line for line in dict.fromkeys(not_run)
-               if not any(result.get("done") and line.startswith(f"{method} ({variant}):")
-                          for (method, variant), result in results.items())]
+    not_run = [
+        line
+        for line in dict.fromkeys(not_run)
+        if not any(
+            result.get("done") and line.startswith(f"{method} ({variant}):")
+            for (method, variant), result in results.items()
+        )
+    ]
     methods = [m for m in METHODS if any(key[0] == m for key in results)]
     text = "Runs:\n" + "\n".join(f"- {h}" for h in headers) + "\n\n" + tables(list(results.values()), info, methods)
     if not_run:

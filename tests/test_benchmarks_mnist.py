@@ -93,11 +93,20 @@ def test_downstream_metrics_match_brute_force():
 
 def test_merge_drops_not_run_lines_that_a_later_run_finished(tmp_path, capsys):
     mnist = _load("mnist")
-    first = {"header": "run 1", "info": {}, "results": [{"method": "TRAK-1", "variant": "corrupt", "timed_out": True}],
-             "not_run": ["TRAK-1 (corrupt): did not finish within 600 s", "TRAK-3 (corrupt): the run's budget was spent"]}
-    second = {"header": "run 2", "info": {}, "not_run": [],
-              "results": [{"method": "TRAK-1", "variant": "corrupt", "done": True, "mislabel_score": 0.7,
-                           "mislabel_auc": 0.8}]}
+    first = {
+        "header": "run 1",
+        "info": {},
+        "results": [{"method": "TRAK-1", "variant": "corrupt", "timed_out": True}],
+        "not_run": ["TRAK-1 (corrupt): did not finish within 600 s", "TRAK-3 (corrupt): the run's budget was spent"],
+    }
+    second = {
+        "header": "run 2",
+        "info": {},
+        "not_run": [],
+        "results": [
+            {"method": "TRAK-1", "variant": "corrupt", "done": True, "mislabel_score": 0.7, "mislabel_auc": 0.8}
+        ],
+    }
     paths = []
     for k, run in enumerate((first, second)):
         paths.append(str(tmp_path / f"run{k}.json"))
