@@ -391,14 +391,14 @@ def _input_columns(items: List[Any], inputs: ModelInputs) -> Iterator[Tuple[Any,
             yield position, value, [item[position] for item in items]
 
 
-_COMPARED = 1024
+_COMPARED = 128
 """Values compared per row and item of an input (spread over the row), so the input check costs a
-small fraction of collating."""
+small fraction of a forward pass (benchmarks/README.md, *Numbers behind the docstrings*)."""
 
 _LIST_ENDS = 64
 """Values compared at each end of a sequence that an item holds as a Python list (token ids)."""
 
-_Way = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+_Way = Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], torch.Tensor]
 
 
 def _ends(value: Any, dtype: torch.dtype, w: int) -> Optional[Tuple[int, torch.Tensor, torch.Tensor]]:
@@ -422,7 +422,7 @@ def _ways(column: Any, values: List[Any]) -> Optional[List[_Way]]:
     """How a row of a batch's input ``column`` may hold an item's value, as ``(rows, items, valid, possible)``.
 
     Row ``i`` holds item ``j``'s value in one such way when ``possible[j]`` and ``rows[i]``
-    equals ``items[j]`` wherever ``valid[j]`` (``rows``, ``items``, ``valid``: ``(m, w)``;
+    equals ``items[j]`` wherever ``valid[j]`` (``rows``, ``items``, ``valid``: ``(m, w)``; ``valid`` None: everywhere;
     ``possible``: ``(m,)``). The ways are those of a ``collate_fn`` that passes the values
     through: stacked in any shape with the same number of values (compared at up to
     :data:`_COMPARED` positions spread over the row), or 1-D sequences padded on the right or
@@ -447,12 +447,12 @@ def _ways(column: Any, values: List[Any]) -> Optional[List[_Way]]:
             return None
         if all(item.numel() == width for item in items):
             step = -(-width // _COMPARED)  # every step-th value: at most _COMPARED of them, spread over the row
-            picked = flat[:, ::step].cpu()
-            if step == 1 and all(item.shape == items[0].shape for item in items):  # small items: one copy of all
-                wanted = torch.stack(items).detach().reshape(m, -1).cpu()
+            picked = flat[:, ::step].cpu().contiguous()
+            if all(item.shape == items[0].shape for item in items):  # one copy of all, as the collate made
+                wanted = torch.stack(items).detach().reshape(m, -1)[:, ::step].cpu()
             else:
                 wanted = torch.stack([item.detach().reshape(-1)[::step].cpu() for item in items])
-            return [(picked, wanted, torch.ones_like(wanted, dtype=torch.bool), torch.ones(m, dtype=torch.bool))]
+            return [(picked, wanted, None, torch.ones(m, dtype=torch.bool))]  # valid everywhere
         window = _COMPARED
     else:
         window = _LIST_ENDS
@@ -484,7 +484,13 @@ def _holds(ways: List[_Way], row: Optional[int] = None) -> torch.Tensor:
     held = torch.zeros(ways[0][1].shape[0], dtype=torch.bool)
     for rows, items, valid, possible in ways:
         seen = rows if row is None else rows[row][None]
-        held |= ((seen == items) | ~valid).all(-1) & possible
+        if valid is None and row is None and torch.equal(seen, items):  # the common case: every row its own item
+            held |= possible
+            continue
+        same = seen == items
+        if valid is not None:
+            same |= ~valid
+        held |= same.all(-1) & possible
     return held
 
 
