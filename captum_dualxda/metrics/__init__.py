@@ -22,6 +22,7 @@ Counterfactual quality (do the scores predict retraining?):
     :func:`lds` (linear datamodeling score) and its result :class:`LDSResult`.
 Surrogate fidelity (does the SVM on ``phi`` behave like the network?):
     :func:`logit_fidelity` (two logit matrices), :func:`surrogate_fidelity` (a DualDA + inputs).
+
 Choosing ``C`` lives in :mod:`captum_dualxda.choose_c` (``sweep_C``, ``SweepRow``,
 ``format_markdown``).
 """
