@@ -37,6 +37,7 @@ __all__ = [
     "_TOUCHED",
     "_add_scaled_row",
     "_gradient_spread",
+    "_move",
     "_next_random",
     "_prefetch",
     "_prefetch_sample",
@@ -114,6 +115,16 @@ def _add_scaled_row(weight, cls, delta, x, i):  # pragma: no cover - compiled
     """``weight[cls] += delta * x[i]`` (inlined: element indexing, no array views)."""
     for j in range(x.shape[1]):
         weight[cls, j] += delta * x[i, j]
+
+
+@njit(nogil=True, inline="always")
+def _move(x, y, s, weight, bias_weight, floats, i, cls, delta):  # pragma: no cover - compiled
+    """``W[cls] += delta x_i`` (bias and the running own-class sum alike), if ``delta != 0``."""
+    if delta != 0.0:
+        _add_scaled_row(weight, cls, delta, x, i)
+        bias_weight[cls] += s * delta
+        if cls == y[i]:
+            floats[_OWN] += delta
 
 
 @njit(nogil=True, inline="always")

@@ -18,7 +18,7 @@ from ._kernel_primitives import (
     _RESTARTS,
     _SINCE_RESTART,
     _TOUCHED,
-    _add_scaled_row,
+    _move,
     _subproblem,
 )
 
@@ -233,16 +233,6 @@ def _extrapolate_row(
             alpha[i, cls] = moved[m]
             changed = True
     return changed
-
-
-@njit(nogil=True, inline="always")
-def _move(x, y, s, weight, bias_weight, floats, i, cls, delta):  # pragma: no cover - compiled
-    """``W[cls] += delta x_i`` (bias and the running own-class sum alike), if ``delta != 0``."""
-    if delta != 0.0:
-        _add_scaled_row(weight, cls, delta, x, i)
-        bias_weight[cls] += s * delta
-        if cls == y[i]:
-            floats[_OWN] += delta
 
 
 @njit(nogil=True, inline="always")

@@ -42,6 +42,7 @@ from ._kernel_primitives import (
     N_INTS,
     _add_scaled_row,
     _gradient_spread,
+    _move,
     _prefetch_sample,
     _random_below,
     _row_scores,
@@ -243,10 +244,7 @@ def _apply_row(x, y, s, alpha, weight, bias_weight, alpha_index, floats, i, size
         delta = new[m] - alpha[i, cls]
         if delta != 0.0:
             alpha[i, cls] = new[m]
-            _add_scaled_row(weight, cls, delta, x, i)
-            bias_weight[cls] += s * delta
-            if cls == y[i]:
-                floats[_OWN] += delta
+            _move(x, y, s, weight, bias_weight, floats, i, cls, delta)
             step = max(step, abs(delta))
     return step
 
