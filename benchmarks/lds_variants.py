@@ -234,7 +234,7 @@ class Runner:
             sparsity=float(np.mean(scores == 0)),
             fit_s=fit_s,
             ms_per_test=1000 * explain_s / scores.shape[0],
-            per_sample=per.tolist(),
+            per_sample=np.round(per, 5).tolist(),
         )
         self.rows.append(row)
         print(
@@ -358,6 +358,75 @@ def run_variants(
         )
 
 
+def run_extra(
+    runner: Runner,
+    m0: Model,
+    groups: Dict[str, List[Model]],
+    richer_white: Dict[str, Callable[[float], Callable[[Model], Tuple[np.ndarray, np.ndarray]]]],
+) -> None:
+    """``--part extra``: the combinations the first part pointed to (whitening at C=1e-4, whitened
+    richer features, in ensembles)."""
+    s, f_s, e_s, a, _ = single(m0, plain)
+    runner.add("reference", "plain C=1e-3", s, f_s, e_s, a)
+    for name, make in richer_white.items():
+        for r in (0.01, 0.1):
+            for C in (1e-4, 1e-3):
+                s, f_s, e_s, a, _ = single(m0, make(r), C)
+                runner.add("3+1", f"{name}, whiten r={r:g} C={C:g}", s, f_s, e_s, a)
+    for gname, models in groups.items():
+        for r, C in ((0.01, 1e-4), (0.01, 1e-3)):
+            s, f_s, e_s, a = ensemble(models, whitened(r), ("mean",), C=C)["mean"]
+            runner.add("2+1", f"{gname} whiten r={r:g} C={C:g}", s, f_s, e_s, a)
+        for name, make in richer_white.items():
+            for r, C in ((0.01, 1e-4), (0.1, 1e-4)):
+                s, f_s, e_s, a = ensemble(models, make(r), ("mean",), C=C)["mean"]
+                runner.add("2+3+1", f"{gname} {name}, whiten r={r:g} C={C:g}", s, f_s, e_s, a)
+
+
+def package_timing(repeats: int = 7) -> List[Dict[str, Any]]:
+    """``--part timing`` (MNIST-MLP, full model 0): ``DualDA(...)`` and ``influence`` on the 500 test images,
+    plain and with ``whiten=0.01`` / ``0.1``, alternating, ``repeats`` times each; medians of wall and CPU seconds,
+    and the LDS of the package's own scores (equal to the hand-made rows)."""
+    import mnist_lds as H
+
+    from captum_dualxda import DualDA
+
+    s = H.SETTINGS["mlp"]
+    data = H.load_data()
+    gt = H.ground_truth(s, data, show_progress=False)
+    net = H.load_model(s, H.full_model_paths(s, 1, data, show_progress=False)[0])
+    train = torch.utils.data.TensorDataset(data[0], data[1])
+    options: List[Optional[float]] = [None, 0.01, 0.1]
+    times: Dict[Optional[float], List[Tuple[float, float, float, float]]] = {w: [] for w in options}
+    scores: Dict[Optional[float], np.ndarray] = {}
+    DualDA(net, s.final_layer, train, C=C_REF, batch_size=1000)  # warm-up
+    for _ in range(repeats):
+        for w in options:
+            t0, c0 = time.perf_counter(), time.process_time()
+            dualda = DualDA(net, s.final_layer, train, C=C_REF, batch_size=1000, whiten=w)
+            t1, c1 = time.perf_counter(), time.process_time()
+            out = dualda.influence((data[2], data[3]))
+            times[w].append((t1 - t0, c1 - c0, time.perf_counter() - t1, time.process_time() - c1))
+            scores[w] = out.double().numpy()
+    rows = []
+    for w in options:
+        med = np.median(np.array(times[w]), 0)
+        result = H.score(scores[w], gt)
+        rows.append(
+            dict(
+                whiten=w,
+                fit_s=float(med[0]),
+                fit_cpu_s=float(med[1]),
+                explain_ms_per_test=float(1000 * med[2] / len(data[3])),
+                explain_cpu_ms_per_test=float(1000 * med[3] / len(data[3])),
+                lds=result.mean,
+                sparsity=float(np.mean(scores[w] == 0)),
+            )
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 # ------------------------------------------------------------------------------------------ settings
 def mlp(args: argparse.Namespace) -> Tuple[Runner, Dict[str, Any]]:
     import mnist_lds as H
@@ -388,6 +457,12 @@ def mlp(args: argparse.Namespace) -> Tuple[Runner, Dict[str, Any]]:
         "epochs x3": epochs,
         "seeds x5 + epochs x2": fulls + epochs[:2],
     }
+    if args.part == "extra":
+        richer_white = {
+            "concat fc3+fc2 inputs": lambda r: lambda m: whiten(*concat(m.train[:2], m.test[:2]), r),
+        }
+        run_extra(runner, m0, {"half x10": halves[:10], f"half x{args.n_half}": halves}, richer_white)
+        return runner, dict(ceiling=H.seed_ceiling(gt), target="minus the cross-entropy (dattri)", n_test=len(data[3]))
     richer = {
         "concat fc3+fc2 inputs": lambda m: concat(m.train[:2], m.test[:2]),
         "concat fc3+fc2+fc1 inputs": lambda m: concat(m.train[:3], m.test[:3]),
@@ -428,6 +503,12 @@ def digits(args: argparse.Namespace) -> Tuple[Runner, Dict[str, Any]]:
         "seeds x3": [model(s, settings["epochs"]) for s in D.ENSEMBLE_SEEDS[:3]],
         "seeds x5": [model(s, settings["epochs"]) for s in D.ENSEMBLE_SEEDS],
     }
+    if args.part == "extra":
+        richer_white = {
+            "concat fc+head inputs": lambda r: lambda m: whiten(*concat(m.train[:2], m.test[:2]), r),
+        }
+        run_extra(runner, m0, groups, richer_white)
+        return runner, dict(target="correct-class margin (lds.py)", n_test=len(data[3]))
     richer = {
         "concat fc+head inputs": lambda m: concat(m.train[:2], m.test[:2]),
         "concat fc+head inputs, whiten r=0.1": lambda m: whiten(*concat(m.train[:2], m.test[:2]), 0.1),
@@ -441,12 +522,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--setting", choices=("mlp", "digits"), default="mlp")
     parser.add_argument("--n-half", type=int, default=50, help="half-data models for the largest MNIST ensemble")
+    parser.add_argument("--part", choices=("main", "extra", "timing"), default="main")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     started = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    if args.part == "timing":
+        rows = package_timing()
+        if args.out:
+            with open(args.out, "w") as handle:
+                report = dict(started=started, load_start=load0, load_end=os.getloadavg(), rows=rows)
+                json.dump(report, handle, indent=1)
+        return 0
     runner, extra = (mlp if args.setting == "mlp" else digits)(args)
     report = dict(
         setting=args.setting,
