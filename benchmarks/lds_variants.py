@@ -463,6 +463,10 @@ def mlp(args: argparse.Namespace) -> Tuple[Runner, Dict[str, Any]]:
         }
         run_extra(runner, m0, {"half x10": halves[:10], f"half x{args.n_half}": halves}, richer_white)
         return runner, dict(ceiling=H.seed_ceiling(gt), target="minus the cross-entropy (dattri)", n_test=len(data[3]))
+    if args.part == "extra2":  # the inputs of all three layers, whitened
+        three = {"concat fc3+fc2+fc1 inputs": lambda r: lambda m: whiten(*concat(m.train[:3], m.test[:3]), r)}
+        run_extra(runner, m0, {"half x10": halves[:10]}, three)
+        return runner, dict(ceiling=H.seed_ceiling(gt), target="minus the cross-entropy (dattri)", n_test=len(data[3]))
     richer = {
         "concat fc3+fc2 inputs": lambda m: concat(m.train[:2], m.test[:2]),
         "concat fc3+fc2+fc1 inputs": lambda m: concat(m.train[:3], m.test[:3]),
@@ -522,7 +526,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--setting", choices=("mlp", "digits"), default="mlp")
     parser.add_argument("--n-half", type=int, default=50, help="half-data models for the largest MNIST ensemble")
-    parser.add_argument("--part", choices=("main", "extra", "timing"), default="main")
+    parser.add_argument("--part", choices=("main", "extra", "extra2", "timing"), default="main")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
