@@ -464,8 +464,15 @@ def mlp(args: argparse.Namespace) -> Tuple[Runner, Dict[str, Any]]:
         run_extra(runner, m0, {"half x10": halves[:10], f"half x{args.n_half}": halves}, richer_white)
         return runner, dict(ceiling=H.seed_ceiling(gt), target="minus the cross-entropy (dattri)", n_test=len(data[3]))
     if args.part == "extra2":  # the inputs of all three layers, whitened
-        three = {"concat fc3+fc2+fc1 inputs": lambda r: lambda m: whiten(*concat(m.train[:3], m.test[:3]), r)}
-        run_extra(runner, m0, {"half x10": halves[:10]}, three)
+        three = lambda r: lambda m: whiten(*concat(m.train[:3], m.test[:3]), r)  # noqa: E731
+        s0, f_s, e_s, a, _ = single(m0, plain)
+        runner.add("reference", "plain C=1e-3", s0, f_s, e_s, a)
+        for r in (0.01, 0.1):
+            for C in (1e-4, 1e-3):
+                s0, f_s, e_s, a, _ = single(m0, three(r), C)
+                runner.add("3+1", f"concat fc3+fc2+fc1 inputs, whiten r={r:g} C={C:g}", s0, f_s, e_s, a)
+        s0, f_s, e_s, a = ensemble(halves[:10], three(0.01), ("mean",), C=1e-3)["mean"]
+        runner.add("2+3+1", "half x10 concat fc3+fc2+fc1 inputs, whiten r=0.01 C=0.001", s0, f_s, e_s, a)
         return runner, dict(ceiling=H.seed_ceiling(gt), target="minus the cross-entropy (dattri)", n_test=len(data[3]))
     richer = {
         "concat fc3+fc2 inputs": lambda m: concat(m.train[:2], m.test[:2]),
