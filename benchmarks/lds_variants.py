@@ -474,6 +474,16 @@ def mlp(args: argparse.Namespace) -> Tuple[Runner, Dict[str, Any]]:
         s0, f_s, e_s, a = ensemble(halves[:10], three(0.01), ("mean",), C=1e-3)["mean"]
         runner.add("2+3+1", "half x10 concat fc3+fc2+fc1 inputs, whiten r=0.01 C=0.001", s0, f_s, e_s, a)
         return runner, dict(ceiling=H.seed_ceiling(gt), target="minus the cross-entropy (dattri)", n_test=len(data[3]))
+    if args.part == "extra3":  # all three layers' inputs at the ratio extra2 found best, and larger ratios
+        three = lambda r: lambda m: whiten(*concat(m.train[:3], m.test[:3]), r)  # noqa: E731
+        s0, f_s, e_s, a, _ = single(m0, plain)
+        runner.add("reference", "plain C=1e-3", s0, f_s, e_s, a)
+        for r in (0.3, 1.0):
+            s0, f_s, e_s, a, _ = single(m0, three(r), 1e-3)
+            runner.add("3+1", f"concat fc3+fc2+fc1 inputs, whiten r={r:g} C=0.001", s0, f_s, e_s, a)
+        s0, f_s, e_s, a = ensemble(halves[:10], three(0.1), ("mean",), C=1e-3)["mean"]
+        runner.add("2+3+1", "half x10 concat fc3+fc2+fc1 inputs, whiten r=0.1 C=0.001", s0, f_s, e_s, a)
+        return runner, dict(ceiling=H.seed_ceiling(gt), target="minus the cross-entropy (dattri)", n_test=len(data[3]))
     richer = {
         "concat fc3+fc2 inputs": lambda m: concat(m.train[:2], m.test[:2]),
         "concat fc3+fc2+fc1 inputs": lambda m: concat(m.train[:3], m.test[:3]),
@@ -533,7 +543,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--setting", choices=("mlp", "digits"), default="mlp")
     parser.add_argument("--n-half", type=int, default=50, help="half-data models for the largest MNIST ensemble")
-    parser.add_argument("--part", choices=("main", "extra", "extra2", "timing"), default="main")
+    parser.add_argument("--part", choices=("main", "extra", "extra2", "extra3", "timing"), default="main")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

@@ -678,12 +678,13 @@ class DualDA(DataInfluence):
         return dataset_items(self.train_dataloader, flat)
 
     def __repr__(self) -> str:
+        whiten = "" if self.whiten is None else f", whiten={self.whiten:g}"
         if self._ensemble is not None:
             return (
-                f"DualDA(layer={self.layer_name!r}, C={self.C:g}, n_train={self.n_train}, "
+                f"DualDA(layer={self.layer_name!r}, C={self.C:g}{whiten}, n_train={self.n_train}, "
                 f"checkpoints={len(self._ensemble)})"
             )
         return (
-            f"DualDA(layer={self.layer_name!r}, C={self.C:g}, n_train={self.n_train}, "
+            f"DualDA(layer={self.layer_name!r}, C={self.C:g}{whiten}, n_train={self.n_train}, "
             f"n_support={self.support_indices.numel()}, sparsity={self.sparsity:.3f})"
         )

@@ -116,6 +116,7 @@ def test_the_cache_keeps_whitened_and_plain_fits_apart(tmp_path, data):
     assert torch.equal(again.feature_transform, white.feature_transform)
     assert torch.equal(again.influence((xt, yt)), white.influence((xt, yt)))
     assert plain.feature_transform is None
+    assert "whiten=0.01" in repr(white) and "whiten" not in repr(plain)
     assert not torch.allclose(plain.influence((xt, yt)), white.influence((xt, yt)))
     plain_again = DualDA(net, net[2], train, C=C, cache_dir=str(tmp_path))
     assert plain_again.fit_stats["from_cache"] and plain_again.feature_transform is None
