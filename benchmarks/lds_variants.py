@@ -5,6 +5,10 @@ digits part those of ``lds.py``; both are cached and trained on first use)::
 
     python benchmarks/lds_variants.py --setting mlp --out benchmarks/results/lds_variants_mlp.json
     python benchmarks/lds_variants.py --setting digits --out benchmarks/results/lds_variants_digits.json
+    python benchmarks/lds_variants.py --setting mlp --part extra      # whitened richer features, C=1e-4 ensembles
+    python benchmarks/lds_variants.py --setting mlp --part extra2 --n-half 10   # all three layers' inputs
+    python benchmarks/lds_variants.py --setting mlp --part extra3 --n-half 10   # ... at larger ratios
+    python benchmarks/lds_variants.py --setting mlp --part timing     # the package's whiten= against plain DualDA
 
 Every variant is computed here from the features of the network (the inputs of its last layers)
 and :func:`captum_dualxda.solver.fit_crammer_singer` with DualDA's settings (C = 1e-3, intercept,
