@@ -570,6 +570,11 @@ def xda_pairs(
             "`xda` uses a different feature layer than `dualda` (xda.final_fc_layer is not dualda.final_fc_layer)."
         )
     dualda._check_model("xda_pairs")  # the coefficients belong to the weights of the fit
+    if dualda.feature_transform is not None:
+        raise ValueError(
+            "`xda_pairs` does not explain a whitened fit (`DualDA(whiten=...)`): its heatmaps add up to "
+            "a_j phi(x_j) . phi(x), not to the whitened score."
+        )
     x = single_input(test_inputs, "test_inputs")
     text = isinstance(x, Mapping)
     if isinstance(x, torch.Tensor) and x.ndim < 2:

@@ -76,3 +76,24 @@ def test_gpu_benchmark_refuses_unknown_section():
     gpu = _load("gpu")
     with pytest.raises(SystemExit):
         gpu.main(["--tiny", "--device", "cpu", "--sections", "solver,nope"])
+
+
+def test_the_lds_variants_whitening_is_the_packages():
+    """``benchmarks/lds_variants.py`` measures what ``DualDA(whiten=...)`` does: the same transform."""
+    import numpy as np
+    import torch
+
+    from captum_dualxda._core.whitening import whitening_matrix
+
+    variants = _load("lds_variants")
+    rng = np.random.default_rng(0)
+    train = rng.standard_normal((300, 6)) * np.array([0.1, 1, 1, 3, 10, 30])
+    test = rng.standard_normal((5, 6))
+    for ratio in (0.01, 1.0):
+        t = whitening_matrix(torch.from_numpy(train), ratio).numpy()
+        white_train, white_test = variants.whiten(train, test, ratio)
+        np.testing.assert_allclose(white_train, train @ t, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(white_test, test @ t, rtol=1e-8, atol=1e-10)
+        # the scores of the variant are TRAK's whitened kernel times the duals: a_i^y phi_i T T phi
+        kernel = test @ t @ t @ train.T
+        np.testing.assert_allclose(white_test @ white_train.T, kernel, rtol=1e-8, atol=1e-10)

@@ -34,6 +34,7 @@ from .state import DualDAState, cache_file, fit_fingerprint, load_state, save_st
 from .store import FeatureStore, scratch_path
 from .support import SupportSet
 from .surrogate import hinge_loss
+from .whitening import whiten_rows, whitening_matrix
 
 __all__ = ["extract", "solve", "fit_state", "Fit", "FitJob"]
 
@@ -141,6 +142,7 @@ def fit_state(
     show_progress: bool = False,
     extraction_time: float = 0.0,
     fingerprint: Optional[str] = None,
+    whiten: Optional[float] = None,
 ) -> DualDAState:
     """Fit the Crammer-Singer SVM on training features and keep what DualDA needs.
 
@@ -159,6 +161,11 @@ def fit_state(
         Seconds the features took, recorded in ``stats``.
     fingerprint : str, optional
         Cache key to record.
+    whiten : float, optional
+        Fit in whitened features ``phi T`` (:func:`~captum_dualxda._core.whitening.whitening_matrix`
+        with this ratio; an in-memory float32 copy of the features): the state's support features,
+        squared norms, hinge losses and ``feature_transform`` are those of ``phi T``, its
+        ``weight`` is ``W_T T`` (on ``phi``).
 
     Returns
     -------
@@ -184,8 +191,14 @@ def fit_state(
             f"Training labels must lie in 0..{n_classes - 1} (the outputs of `final_fc_layer`), found values in "
             f"{lo}..{hi}."
         )
+    transform = None
+    if whiten is not None:
+        transform = whitening_matrix(features, whiten)
+        features = whiten_rows(features, transform)
+        squared_norms = row_squared_norms(features)
     (result,) = solve(features, labels, n_classes, settings, device=device, show_progress=show_progress)
     support = support_mask(result.alpha, settings.C).nonzero().flatten()
+    weight = result.weight if transform is None else result.weight.to(transform) @ transform
     return DualDAState(
         n_train=features.shape[0],
         n_classes=n_classes,
@@ -193,7 +206,7 @@ def fit_state(
         train_labels=labels.cpu(),
         train_squared_norms=squared_norms.float().cpu(),
         train_hinge_loss=hinge_loss(features, labels, result.weight, result.intercept).float().cpu(),
-        weight=result.weight.float().cpu(),
+        weight=weight.float().cpu(),
         intercept=result.intercept.float().cpu(),
         stats={
             "time": result.time,
@@ -206,6 +219,7 @@ def fit_state(
             "backend": result.backend,
         },
         fingerprint=fingerprint,
+        feature_transform=None if transform is None else transform.float().cpu(),
     )
 
 
@@ -291,6 +305,8 @@ class FitJob:
     weights : WeightsRecord
         The model's weights at the fit; told about the buffers the extraction's forward passes
         rewrite (:meth:`~captum_dualxda._core.guard.WeightsRecord.absorb`).
+    whiten : float, optional
+        Fit in whitened features (:func:`fit_state`); part of the cache key. Not distributed.
     """
 
     model: nn.Module
@@ -304,6 +320,7 @@ class FitJob:
     memory_budget: Optional[int]
     distributed: bool
     weights: WeightsRecord
+    whiten: Optional[float] = None
     cache_path: Optional[str] = None
 
     def __post_init__(self) -> None:
@@ -319,7 +336,9 @@ class FitJob:
             return self._fit(show_progress, None)
         if isinstance(self.loader.dataset, IterableDataset) and not self.distributed:
             return self._fit_stream(show_progress)
-        key = fit_fingerprint(self.model, self.layer_name, self.loader, self.settings, autocast=self.autocast)
+        key = fit_fingerprint(
+            self.model, self.layer_name, self.loader, self.settings, autocast=self.autocast, whiten=self.whiten
+        )
         self.cache_path = cache_file(self.cache_dir, key)
         if self.rank != 0:  # rank 0 alone reads, writes and locks the cache
             return self._fit(show_progress, key)
@@ -418,7 +437,9 @@ class FitJob:
         store, labels = self._extract(show_progress, None, observe=data.update)
         self.weights.absorb(self.model)  # also on a cache hit: this pass ran the model
         try:
-            settings_key = fit_fingerprint(self.model, self.layer_name, (), self.settings, autocast=self.autocast)
+            settings_key = fit_fingerprint(
+                self.model, self.layer_name, (), self.settings, autocast=self.autocast, whiten=self.whiten
+            )
             key = stream_fingerprint(settings_key, data)
             self.cache_path = cache_file(self.cache_dir, key)
             with entry_lock(self.cache_path, show_progress):
@@ -440,6 +461,7 @@ class FitJob:
                 show_progress=show_progress,
                 extraction_time=extraction_time,
                 fingerprint=key,
+                whiten=self.whiten,
             )
         except Exception as error:  # make every rank raise instead of hanging in the broadcast
             if self.distributed:

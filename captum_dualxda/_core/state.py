@@ -56,7 +56,8 @@ class DualDAState:
     train_hinge_loss : torch.Tensor
         ``(n_train,)`` float32 hinge loss of the surrogate on each training sample.
     weight : torch.Tensor
-        ``(K, d)`` float32 SVM weights (zero rows for classes without a sample).
+        ``(K, d)`` float32 SVM weights on ``phi`` (zero rows for classes without a sample); for a
+        whitened fit ``W_T T``, so that ``phi @ weight.T`` is the surrogate's score either way.
     intercept : torch.Tensor
         ``(K,)`` float32.
     stats : dict
@@ -64,6 +65,9 @@ class DualDAState:
         ``converged``, ``backend``.
     fingerprint : str, optional
         The cache key the state was fitted under.
+    feature_transform : torch.Tensor, optional
+        ``(d, d)`` float32 whitening matrix ``T`` of a whitened fit (``DualDA(whiten=...)``): the
+        support features, squared norms and hinge losses are those of ``phi T``. None: plain ``phi``.
     version : int
         :data:`STATE_VERSION`.
     """
@@ -78,6 +82,7 @@ class DualDAState:
     intercept: torch.Tensor
     stats: dict[str, Any] = field(default_factory=dict)
     fingerprint: Optional[str] = None
+    feature_transform: Optional[torch.Tensor] = None
     version: int = STATE_VERSION
 
     def without_support_features(self) -> DualDAState:
@@ -102,6 +107,7 @@ class DualDAState:
             "weight": self.weight,
             "intercept": self.intercept,
             "stats": dict(self.stats),
+            "feature_transform": self.feature_transform,
         }
 
     @classmethod
@@ -135,6 +141,7 @@ class DualDAState:
             data["intercept"],
             dict(data["stats"]),
             data["fingerprint"],
+            data.get("feature_transform"),
             STATE_VERSION,
         )
 
@@ -146,6 +153,7 @@ def fit_fingerprint(
     settings: SolverSettings,
     *,
     autocast: Optional[torch.dtype] = None,
+    whiten: Optional[float] = None,
 ) -> str:
     """The cache key of a fit: state version, layer, solver settings, the forward passes' precision,
     the model (class, module tree, weights, every buffer, plain tensor attributes) and every training
@@ -164,6 +172,9 @@ def fit_fingerprint(
         The mixed-precision dtype of the forward passes, mixed in only when set: without it the
         extraction switches off any ``torch.autocast`` the caller has active, so the model's own
         precision is the only one a key without it can stand for.
+    whiten : float, optional
+        The whitening ratio of a whitened fit (``DualDA(whiten=...)``), mixed in only when set
+        (keys of plain fits stay as they were).
 
     Returns
     -------
@@ -180,6 +191,8 @@ def fit_fingerprint(
         fp.update(name, value)
     if autocast is not None:
         fp.update("autocast", str(autocast))
+    if whiten is not None:
+        fp.update("whiten", repr(float(whiten)))
     fp.update_module(model)
     fp.update_batches(loader)
     return fp.hexdigest()
