@@ -154,7 +154,7 @@ class DualDA(DataInfluence):
         ``a_i^c phi(x_i) T T phi(x)``, TRAK's last-layer kernel form. Default None (plain ``phi``).
         In dattri's MNIST setting it raises the linear datamodeling score from 0.101 to 0.175
         (``whiten=0.01``, ``C=1e-3``; 0.188 at ``C=1e-4``), above TRAK with one checkpoint (0.108),
-        at about twice the fit time, the attributions staying sparse (96 % zeros); the surrogate agrees
+        at about 1.1x the fit time, the attributions staying sparse (96 % zeros); the surrogate agrees
         with the network on 96 % instead of 99 % of the test images (``benchmarks/README.md``, *LDS
         variants*). Part of the cache key. Not with ``distributed`` or ``memory_budget``; ``xda_pairs``
         refuses whitened fits (its heatmaps explain ``phi(x_i) . phi(x)``).
