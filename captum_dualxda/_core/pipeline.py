@@ -141,6 +141,7 @@ def fit_state(
     show_progress: bool = False,
     extraction_time: float = 0.0,
     fingerprint: Optional[str] = None,
+    keep_features: bool = False,
 ) -> DualDAState:
     """Fit the Crammer-Singer SVM on training features and keep what DualDA needs.
 
@@ -159,11 +160,15 @@ def fit_state(
         Seconds the features took, recorded in ``stats``.
     fingerprint : str, optional
         Cache key to record.
+    keep_features : bool
+        Keep all of ``features`` in the state (``train_features``, on the CPU; no copy when
+        they already are), for :func:`~captum_dualxda.rank_label_issues`. FitJob asks for it
+        when the features were held in memory in one process.
 
     Returns
     -------
     DualDAState
-        On the CPU, with the support vectors' features.
+        On the CPU, with the support vectors' features (and all features with ``keep_features``).
 
     Raises
     ------
@@ -195,6 +200,7 @@ def fit_state(
         train_hinge_loss=hinge_loss(features, labels, result.weight, result.intercept).float().cpu(),
         weight=result.weight.float().cpu(),
         intercept=result.intercept.float().cpu(),
+        train_features=features.cpu() if keep_features else None,
         stats={
             "time": result.time,
             "extraction_time": extraction_time,
@@ -440,6 +446,9 @@ class FitJob:
                 show_progress=show_progress,
                 extraction_time=extraction_time,
                 fingerprint=key,
+                # All features in memory in one process: keep them (rank_label_issues needs no
+                # second forward pass). Memory-mapped (above memory_budget) or sharded: not kept.
+                keep_features=store.path is None and store.is_complete and not self.distributed,
             )
         except Exception as error:  # make every rank raise instead of hanging in the broadcast
             if self.distributed:
