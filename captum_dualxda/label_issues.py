@@ -1,19 +1,22 @@
 """Label errors: which training samples carry a label their own features contradict?
 
 :func:`rank_label_issues` orders the training set of a fitted :class:`~captum_dualxda.DualDA`
-most suspicious first, by the Crammer-Singer hinge loss of a strongly regularised SVM surrogate
-on the network's features, and flags the samples that surrogate classifies against their given
-label. It is the DualDA counterpart of cleanlab's ``find_label_issues``: one trained network and
-one SVM fit instead of K cross-fitted trainings.
+most suspicious first, by the held-out margin of a strongly regularised SVM surrogate,
+cross-fitted on the network's features (k folds of the Crammer-Singer SVM, each scoring the
+samples it did not see), and flags as many of them as confident learning estimates label errors
+(:func:`estimated_issue_count`). It is the DualDA counterpart of cleanlab's
+``find_label_issues``: one trained network and a few SVM fits on the features DualDA's fit kept
+(no forward pass) instead of K cross-fitted trainings of the network.
 
-Why the hinge loss of a small-``C`` surrogate rather than the paper's self-influence
-``a_i^{y_i} ||phi(x_i)||^2``: at small ``C`` nearly every sample is a support vector at the bound
-``a = C``, so self-influence degenerates to the feature norm, while the hinge loss
-``max_m (1 - [m == y_i] + s_m(x_i)) - s_{y_i}(x_i)`` measures how far the given label lies below
-the best other class. A heavily regularised surrogate cannot bend around a few flipped labels
-even when the network has memorised them. ``benchmarks/label_errors.py`` measures both, with the
-network's training loss and cleanlab, when the network has and has not memorised its flipped
-labels (results in ``benchmarks/README.md``).
+Why a small-``C`` surrogate rather than the paper's self-influence ``a_i^{y_i} ||phi(x_i)||^2``:
+at small ``C`` nearly every sample is a support vector at the bound ``a = C``, so self-influence
+degenerates to the feature norm, while the surrogate's margin measures how far the given label
+lies below the best other class. A heavily regularised surrogate cannot bend around a few
+flipped labels, and one that did not see the sample cannot fit its flipped label at all, even
+when the network has memorised it (its features still lean towards the true class).
+``benchmarks/label_errors.py`` measures the rule against the network's training loss,
+self-influence and cleanlab on the scikit-learn digits and on MNIST, with and without
+memorisation (results in ``benchmarks/README.md``).
 """
 
 from __future__ import annotations

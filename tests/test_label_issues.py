@@ -183,7 +183,8 @@ def test_finds_planted_flipped_labels():
     assert roc_auc_score(flipped, scores) > 0.98
     flags = in_dataset_order(issues, issues.is_issue)
     hits = (flags & flipped).sum()
-    assert hits / flags.sum() > 0.6 and hits / flipped.sum() > 0.9  # precision and recall of the flag
+    # The flag takes as many as confident learning estimates (37 of the 40 flipped here).
+    assert hits / flags.sum() > 0.9 and hits / flipped.sum() > 0.8  # precision and recall of the flag
 
 
 def test_rejects_bad_inputs_before_any_work(problem):
