@@ -284,11 +284,11 @@ def run_mnist_task(
     dualda = DualDA(net, "classifier", train_set, C=DUALDA_C, batch_size=256, seed=seed)
     dualda_seconds = time.perf_counter() - start
 
-    def ours(name: str, folds: int, old_flag: bool = False) -> np.ndarray:
+    def ours(name: str, folds: int, old_flag: bool = False, flag: str = "count") -> np.ndarray:
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            issues = rank_label_issues(dualda, folds=folds)
+            issues = rank_label_issues(dualda, folds=folds, flag=flag)
         call = time.perf_counter() - start
         scores = _in_order(issues, issues.scores)
         flags = scores > 0 if old_flag else _in_order(issues, issues.is_issue)
@@ -302,6 +302,7 @@ def run_mnist_task(
         return flags
 
     ours_flags = ours(f"rank_label_issues (new: {LABEL_ISSUES_FOLDS}-fold, count flag)", LABEL_ISSUES_FOLDS)
+    ours(f"rank_label_issues, {LABEL_ISSUES_FOLDS}-fold, flag='disagree'", LABEL_ISSUES_FOLDS, flag="disagree")
     ours("rank_label_issues, folds=1 (in-sample), count flag", 1)
     ours("rank_label_issues, old rule (in-sample hinge, flag hinge > 1)", 1, old_flag=True)
     start = time.perf_counter()
