@@ -378,10 +378,8 @@ def mnist_main(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     results = []
     for kind, rate, regime in tasks:
-        runs = [
-            run_mnist_task(kind, rate, regime, seed, args.clean and (kind, rate, regime) == MNIST_TASKS[0])
-            for seed in seeds
-        ]
+        first = (kind, rate, regime) == MNIST_TASKS[0]
+        runs = [run_mnist_task(kind, rate, regime, seed, args.clean and first, not args.cached_cv) for seed in seeds]
         results.append(runs)
         net = runs[0]["network"]
         print(

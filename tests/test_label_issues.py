@@ -88,6 +88,15 @@ def test_in_sample_scores_and_flag_match_scikit_learn(problem, C):
     assert n_flagged == confident_learning_count(s, y)
 
 
+def test_disagree_flag_is_the_surrogates_misclassifications(problem):
+    x, y, _, _, dualda = problem
+    svm = sklearn_scores(x, y, 1e-4)
+    issues = rank_label_issues(dualda, C=1e-4, folds=1, flag="disagree")
+    flags = in_dataset_order(issues, issues.is_issue)
+    assert 0 < flags.sum() < len(y)
+    np.testing.assert_array_equal(flags, svm.predict(x) != y)
+
+
 def test_cross_fitted_scores_are_held_out_scikit_learn_scores(problem):
     x, y, _, _, dualda = problem
     issues = rank_label_issues(dualda, C=1e-2, folds=3)
@@ -199,6 +208,8 @@ def test_rejects_bad_inputs_before_any_work(problem):
         for bad in (0, -1, 301, 2.5, True):
             with pytest.raises((ValueError, TypeError), match="`folds`"):
                 rank_label_issues(dualda, folds=bad)
+        with pytest.raises(ValueError, match="`flag`"):
+            rank_label_issues(dualda, flag="argmax")
     finally:
         handle.remove()
     assert calls == []
