@@ -70,7 +70,7 @@ def test_metrics_are_consistent(small_run):
     assert result.C == 1e-3 and result.flip_rate == 0.1
     assert result.solver_gap < 1e-3 and np.isfinite(result.hinge_auc)
     printed = [
-        line for line in result.summary().splitlines() if "rank_label_issues (hinge loss, C=0.0001), AUC" in line
+        line for line in result.summary().splitlines() if "rank_label_issues (held-out margin, C=0.0001), AUC" in line
     ]
     assert len(printed) == 1 and printed[0].split()[-4] == f"{result.hinge_auc:.3f}"
     assert result.fit_time > 0 and result.ms_per_test_sample > 0 and result.xda_ms_per_pair > 0
