@@ -5,6 +5,14 @@ Run from the repository root::
     python benchmarks/label_errors.py                 # seeds 0, 1, 2 (about 15 min on 2 busy cores)
     python benchmarks/label_errors.py --seeds 0       # one seed
     python benchmarks/label_errors.py --out label_errors.json
+    python benchmarks/label_errors.py --data mnist --seeds 0 --clean   # MNIST (label_tasks.py; trains and caches)
+
+``--data mnist`` runs the real-data tasks of ``label_tasks.py`` (MNIST, 10 % / 20 % flipped
+labels, uniform / class-conditional, not memorised / memorised) with the current
+``rank_label_issues`` (5-fold, count flag), its ``flag="disagree"``, ``folds=1`` and the previous
+rule (in-sample hinge loss, flag ``hinge > 1``), self-influence, the training loss, cleanlab and
+a random order; ``--clean`` adds the cleaning loop on the first task (flagged samples removed,
+the CNN retrained). The rest of this docstring describes the digits run.
 
 cleanlab is optional (``pip install "cleanlab==2.9.*"``); without it its rows read
 "cleanlab not installed".
