@@ -118,7 +118,10 @@ class DualDA(DataInfluence):
     memory_budget : int, optional
         Bytes the training features (``4 * n_train * d``) may occupy in memory; above it they are
         memory-mapped from a scratch file of this process in ``cache_dir`` (required then),
-        deleted after the fit. See ``docs/scaling.md``.
+        deleted after the fit. See ``docs/scaling.md``. Features held in memory are kept after
+        the fit (``train_features``, ``4 n_train d`` bytes, also in the cache file) for
+        :func:`~captum_dualxda.rank_label_issues`; memory-mapped ones are not, and it extracts
+        them again.
     autocast : torch.dtype, optional
         ``torch.bfloat16`` or ``torch.float16``: run the model's forward passes (training
         features and test features) under ``torch.autocast`` with that dtype; the features are
