@@ -5,6 +5,14 @@ Run from the repository root::
     python benchmarks/label_errors.py                 # seeds 0, 1, 2 (about 15 min on 2 busy cores)
     python benchmarks/label_errors.py --seeds 0       # one seed
     python benchmarks/label_errors.py --out label_errors.json
+    python benchmarks/label_errors.py --data mnist --seeds 0 --clean   # MNIST (label_tasks.py; trains and caches)
+
+``--data mnist`` runs the real-data tasks of ``label_tasks.py`` (MNIST, 10 % / 20 % flipped
+labels, uniform / class-conditional, not memorised / memorised) with the current
+``rank_label_issues`` (5-fold, count flag), its ``flag="disagree"``, ``folds=1`` and the previous
+rule (in-sample hinge loss, flag ``hinge > 1``), self-influence, the training loss, cleanlab and
+a random order; ``--clean`` adds the cleaning loop on the first task (flagged samples removed,
+the CNN retrained). The rest of this docstring describes the digits run.
 
 cleanlab is optional (``pip install "cleanlab==2.9.*"``); without it its rows read
 "cleanlab not installed".
@@ -39,21 +47,25 @@ which are pooled over seeds (all flagged samples that are flipped / all flagged,
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
+import sys
 import time
 import warnings
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # label_tasks, mnist_cnn, realdata
 from sklearn.model_selection import StratifiedKFold
 
 from captum_dualxda import DualDA
 from captum_dualxda.choose_c import sweep_C
 from captum_dualxda.demo import DEFAULT_EPOCHS, load_digits_data, train_cnn
-from captum_dualxda.label_issues import LABEL_ISSUES_C, rank_label_issues
+from captum_dualxda.label_issues import LABEL_ISSUES_C, LABEL_ISSUES_FOLDS, rank_label_issues
 from captum_dualxda.metrics import mislabel_auc, training_loss
 from captum_dualxda.solver import ConvergenceWarning, fit_crammer_singer
 
@@ -242,6 +254,172 @@ def c_table(runs: List[Dict[str, Any]], Cs: List[float]) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------ real data: MNIST
+MNIST_TASKS = (
+    ("uniform", 0.1, "not memorised"),
+    ("pairs", 0.2, "not memorised"),
+    ("uniform", 0.2, "not memorised"),
+    ("pairs", 0.1, "not memorised"),
+    ("uniform", 0.1, "memorised"),
+    ("pairs", 0.2, "memorised"),
+    ("uniform", 0.2, "memorised"),
+    ("pairs", 0.1, "memorised"),
+)
+
+
+def _in_order(issues: Any, field: torch.Tensor) -> np.ndarray:
+    out = np.empty(field.shape[0], dtype=field.numpy().dtype)
+    out[issues.indices.numpy()] = field.numpy()
+    return out
+
+
+def run_mnist_task(
+    kind: str, rate: float, regime: str, seed: int, clean: bool, train_missing: bool = True
+) -> Dict[str, Any]:
+    """Every method on one MNIST task (``label_tasks.py``); networks and cleanlab's probabilities from its cache
+    (cleanlab's trained first unless ``train_missing`` is False: then its rows are left out)."""
+    import label_tasks as lt
+    from torch.utils.data import TensorDataset
+
+    task = lt.make_task(kind, rate, regime, seed)
+    flipped = task.flipped
+    labels = task.y_noisy.numpy()
+    net, train_seconds = lt.trained_network(task)
+    network = {"train_seconds": train_seconds, **lt.network_stats(task, net)}
+    train_set = TensorDataset(task.x_train, task.y_noisy)
+    methods: Dict[str, Dict[str, Any]] = {}
+    start = time.perf_counter()
+    dualda = DualDA(net, "classifier", train_set, C=DUALDA_C, batch_size=256, seed=seed)
+    dualda_seconds = time.perf_counter() - start
+
+    def ours(name: str, folds: int, old_flag: bool = False, flag: str = "count") -> np.ndarray:
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            issues = rank_label_issues(dualda, folds=folds, flag=flag)
+        call = time.perf_counter() - start
+        scores = _in_order(issues, issues.scores)
+        flags = scores > 0 if old_flag else _in_order(issues, issues.is_issue)
+        ranked = np.maximum(1 + scores, 0) if old_flag else scores  # the old rule ranked by the hinge loss
+        methods[name] = {
+            "auc": mislabel_auc(ranked, flipped),
+            **flag_stats(flags, flipped),
+            "seconds": dualda_seconds + call,
+            "call_seconds": call,
+        }
+        return flags
+
+    ours_flags = ours(f"rank_label_issues (new: {LABEL_ISSUES_FOLDS}-fold, count flag)", LABEL_ISSUES_FOLDS)
+    ours(f"rank_label_issues, {LABEL_ISSUES_FOLDS}-fold, flag='disagree'", LABEL_ISSUES_FOLDS, flag="disagree")
+    ours("rank_label_issues, folds=1 (in-sample), count flag", 1)
+    ours("rank_label_issues, old rule (in-sample hinge, flag hinge > 1)", 1, old_flag=True)
+    start = time.perf_counter()
+    self_influence = dualda.self_influence().cpu().numpy()
+    methods[f"DualDA self-influence C={DUALDA_C:g}"] = {
+        "auc": mislabel_auc(self_influence, flipped),
+        "seconds": dualda_seconds + time.perf_counter() - start,
+    }
+    start = time.perf_counter()
+    loss = training_loss(net, train_set).numpy()
+    methods["network training loss (flag: predicts another class)"] = {
+        "auc": mislabel_auc(loss, flipped),
+        **flag_stats(lt.logits(net, task.x_train).argmax(1).numpy() != labels, flipped),
+        "seconds": time.perf_counter() - start,
+    }
+    cleanlab_flags = None
+    if cleanlab is not None and (train_missing or os.path.exists(lt._path(task, f"cv{lt.FOLDS}"))):
+        cv = lt.cross_fitted(task)
+        start = time.perf_counter()
+        quality = get_label_quality_scores(labels, cv["probs"])
+        cleanlab_flags = find_label_issues(labels, cv["probs"])
+        methods[f"cleanlab, {lt.FOLDS}-fold cross-fitted"] = {
+            "auc": mislabel_auc(-quality, flipped),
+            **flag_stats(cleanlab_flags, flipped),
+            "seconds": cv["seconds"] + time.perf_counter() - start,
+        }
+        start = time.perf_counter()
+        probs = torch.softmax(lt.logits(net, task.x_train).double(), 1).numpy()
+        methods["cleanlab, in-sample probabilities"] = {
+            "auc": mislabel_auc(-get_label_quality_scores(labels, probs), flipped),
+            **flag_stats(find_label_issues(labels, probs), flipped),
+            "seconds": time.perf_counter() - start,
+        }
+    methods["random order"] = {"auc": mislabel_auc(np.random.default_rng(seed).random(len(flipped)), flipped)}
+    cleaning: Dict[str, Any] = {}
+    if clean:
+        for tag, keep, y in (
+            ("noisy labels (all samples)", None, None),
+            ("true labels (all samples)", None, task.y_true),
+            ("rank_label_issues' flagged removed", ~ours_flags, None),
+            ("cleanlab's flagged removed", None if cleanlab_flags is None else ~cleanlab_flags, None),
+        ):
+            if tag.startswith("cleanlab") and cleanlab_flags is None:
+                continue
+            cache_tag = {"noisy labels (all samples)": "net", "true labels (all samples)": "clean"}.get(tag)
+            if cache_tag is None:
+                digest = hashlib.sha256(np.packbits(keep).tobytes()).hexdigest()[:10]
+                cache_tag = f"keep-{digest}"
+            cleaned, seconds = lt.trained_network(task, keep=keep, tag=cache_tag, labels=y)
+            stats = lt.network_stats(task, cleaned)
+            cleaning[tag] = {
+                "n_train": int(len(labels) if keep is None else keep.sum()),
+                "flipped_left": int(flipped.sum() if keep is None else (flipped & keep).sum()) if y is None else 0,
+                "test_accuracy": stats["test_accuracy"],
+                "train_seconds": seconds,
+            }
+    return {
+        "task": task.name,
+        "seed": seed,
+        "network": network,
+        "dualda_seconds": dualda_seconds,
+        "methods": methods,
+        "cleaning": cleaning,
+    }
+
+
+def mnist_main(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    tasks = [MNIST_TASKS[int(i)] for i in args.tasks.split(",")]
+    fit_crammer_singer(torch.rand(12, 3), torch.arange(12) % 3, C=1.0)  # numba compiles (or loads) once, untimed
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    results = []
+    for kind, rate, regime in tasks:
+        first = (kind, rate, regime) == MNIST_TASKS[0]
+        runs = [run_mnist_task(kind, rate, regime, seed, args.clean and first, not args.cached_cv) for seed in seeds]
+        results.append(runs)
+        net = runs[0]["network"]
+        print(
+            f"\n#### {runs[0]['task']} (seeds {seeds})\n\nNetwork: test accuracy {net['test_accuracy']:.3f}, "
+            f"accuracy on its noisy training labels {net['noisy_train_accuracy']:.3f}, flipped labels fitted "
+            f"{net['flipped_fitted']:.1%}, trained in {net['train_seconds']:.0f} s; DualDA fit (C={DUALDA_C:g}) "
+            f"{runs[0]['dualda_seconds']:.1f} s.\n",
+            flush=True,
+        )
+        print(method_table(runs), flush=True)
+        if runs[0]["cleaning"]:
+            print("\nCleaning loop (the CNN retrained with the same recipe):\n")
+            print("| training set | samples | flipped labels left | test accuracy |\n|---|---:|---:|---:|")
+            for tag, row in runs[0]["cleaning"].items():
+                print(f"| {tag} | {row['n_train']} | {row['flipped_left']} | {row['test_accuracy']:.4f} |")
+    load_after = os.getloadavg()
+    print(
+        f"\n{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, torch {torch.__version__} (1 thread), "
+        f"cleanlab {cleanlab.__version__ if cleanlab is not None else 'not installed'}, "
+        f"{(time.perf_counter() - start) / 60:.1f} min; "
+        f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (1-min), {load_after[2]:.1f} (15-min)"
+    )
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(
+                {"settings": vars(args), "load": [load_before, load_after], "results": results},
+                handle,
+                indent=1,
+                default=float,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
@@ -250,7 +428,13 @@ def main() -> None:
     parser.add_argument("--memorise-epochs", type=int, default=60, help="epochs of the memorising network")
     parser.add_argument("--folds", type=int, default=5, help="cleanlab's cross-fitting folds (= extra trainings)")
     parser.add_argument("--out", default=None, help="write every number as JSON")
+    parser.add_argument("--data", default="digits", choices=["digits", "mnist"])
+    parser.add_argument("--tasks", default="0,1,2,3,4,5,6,7", help="MNIST: which of MNIST_TASKS (indices)")
+    parser.add_argument("--clean", action="store_true", help="MNIST: the cleaning loop on the first task")
+    parser.add_argument("--cached-cv", action="store_true", help="MNIST: cleanlab only where its trainings are cached")
     args = parser.parse_args()
+    if args.data == "mnist":
+        return mnist_main(args)
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     Cs = sorted(float(c) for c in args.Cs.split(","))

@@ -118,7 +118,10 @@ class DualDA(DataInfluence):
     memory_budget : int, optional
         Bytes the training features (``4 * n_train * d``) may occupy in memory; above it they are
         memory-mapped from a scratch file of this process in ``cache_dir`` (required then),
-        deleted after the fit. See ``docs/scaling.md``.
+        deleted after the fit. See ``docs/scaling.md``. Features held in memory are kept after
+        the fit (``train_features``, ``4 n_train d`` bytes, also in the cache file) for
+        :func:`~captum_dualxda.rank_label_issues`; memory-mapped ones are not, and it extracts
+        them again.
     autocast : torch.dtype, optional
         ``torch.bfloat16`` or ``torch.float16``: run the model's forward passes (training
         features and test features) under ``torch.autocast`` with that dtype; the features are
@@ -180,6 +183,10 @@ class DualDA(DataInfluence):
         ``(n_train,)`` float32 Crammer-Singer hinge loss (slack) of each training sample under
         the fitted surrogate, ``max_m (1 - [m == y_i] + s_m(x_i)) - s_{y_i}(x_i)`` with
         ``s = weight @ phi + intercept``; a by-product of the fit.
+    train_features : torch.Tensor or None
+        ``(n_train, d)`` all training features (CPU), kept from the fit when it held them in
+        memory in one process (``4 n_train d`` bytes, also in the cache file); None above
+        ``memory_budget`` or distributed.
     fit_stats : dict
         ``time`` (solver seconds), ``extraction_time``, ``gap`` (relative duality gap),
         ``n_iter``, ``n_support``, ``converged``, ``residual``, ``backend``, ``from_cache``.
@@ -392,6 +399,17 @@ class DualDA(DataInfluence):
     def train_hinge_loss(self) -> torch.Tensor:
         """``(n_train,)`` float32 hinge loss of the surrogate on each training sample."""
         return self._single("train_hinge_loss").state.train_hinge_loss
+
+    @property
+    def train_features(self) -> Optional[torch.Tensor]:
+        """``(n_train, d)`` all training features ``phi(x_i)`` on the CPU, or None.
+
+        Kept from the fit (and in its cache file) when the fit held them in memory in one
+        process: ``4 n_train d`` bytes in float32, e.g. 24 MB for 60,000 x 100. None when they
+        were memory-mapped above ``memory_budget`` or sharded over the ranks of a distributed
+        fit (a consumer such as :func:`~captum_dualxda.rank_label_issues` then extracts them again).
+        """
+        return self._single("train_features").state.train_features
 
     @property
     def coefficients(self) -> torch.Tensor:

@@ -75,7 +75,13 @@ PUBLIC = {
     ],
     "captum_dualxda.xda": ["XDA", "XDAPairs", "xda_pairs", "UnsupportedModelError"],
     "captum_dualxda.dualda": ["DualDA"],
-    "captum_dualxda.label_issues": ["rank_label_issues", "LabelIssues", "LABEL_ISSUES_C"],
+    "captum_dualxda.label_issues": [
+        "rank_label_issues",
+        "LabelIssues",
+        "estimated_issue_count",
+        "LABEL_ISSUES_C",
+        "LABEL_ISSUES_FOLDS",
+    ],
     "captum_dualxda.demo": [
         "DigitsData",
         "DigitsCNN",

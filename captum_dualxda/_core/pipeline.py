@@ -143,6 +143,7 @@ def fit_state(
     extraction_time: float = 0.0,
     fingerprint: Optional[str] = None,
     whiten: Optional[float] = None,
+    keep_features: bool = False,
 ) -> DualDAState:
     """Fit the Crammer-Singer SVM on training features and keep what DualDA needs.
 
@@ -166,11 +167,15 @@ def fit_state(
         with this ratio; an in-memory float32 copy of the features): the state's support features,
         squared norms, hinge losses and ``feature_transform`` are those of ``phi T``, its
         ``weight`` is ``W_T T`` (on ``phi``).
+    keep_features : bool
+        Keep all of ``features`` in the state (``train_features``, on the CPU; no copy when
+        they already are), for :func:`~captum_dualxda.rank_label_issues`. FitJob asks for it
+        when the features were held in memory in one process.
 
     Returns
     -------
     DualDAState
-        On the CPU, with the support vectors' features.
+        On the CPU, with the support vectors' features (and all features with ``keep_features``).
 
     Raises
     ------
@@ -191,6 +196,7 @@ def fit_state(
             f"Training labels must lie in 0..{n_classes - 1} (the outputs of `final_fc_layer`), found values in "
             f"{lo}..{hi}."
         )
+    raw_features = features  # kept for rank_label_issues, which fits on phi itself
     transform = None
     if whiten is not None:
         transform = whitening_matrix(features, whiten)
@@ -208,6 +214,7 @@ def fit_state(
         train_hinge_loss=hinge_loss(features, labels, result.weight, result.intercept).float().cpu(),
         weight=weight.float().cpu(),
         intercept=result.intercept.float().cpu(),
+        train_features=raw_features.cpu() if keep_features else None,
         stats={
             "time": result.time,
             "extraction_time": extraction_time,
@@ -462,6 +469,9 @@ class FitJob:
                 extraction_time=extraction_time,
                 fingerprint=key,
                 whiten=self.whiten,
+                # All features in memory in one process: keep them (rank_label_issues needs no
+                # second forward pass). Memory-mapped (above memory_budget) or sharded: not kept.
+                keep_features=store.path is None and store.is_complete and not self.distributed,
             )
         except Exception as error:  # make every rank raise instead of hanging in the broadcast
             if self.distributed:

@@ -30,11 +30,12 @@ __all__ = [
     "load_state",
 ]
 
-STATE_VERSION = 7
+STATE_VERSION = 8
 """Version of :class:`DualDAState`, of cache files and of the cache key; another version refits.
 
 7: the solver settings enter the key by name (:meth:`SolverSettings.key_items`), with
-``intercept_scaling``."""
+``intercept_scaling``. 8: the state keeps all training features (``train_features``) when they
+were held in memory."""
 
 
 @dataclass
@@ -60,6 +61,11 @@ class DualDAState:
         whitened fit ``W_T T``, so that ``phi @ weight.T`` is the surrogate's score either way.
     intercept : torch.Tensor
         ``(K,)`` float32.
+    train_features : torch.Tensor, optional
+        ``(n_train, d)`` all training features ``phi`` (not whitened) on the CPU, in the extraction's dtype (float32;
+        float64 for a float64 model): ``4 n_train d`` bytes, e.g. 24 MB for 60,000 x 100. Kept
+        when the fit held them in memory in one process; None when they were memory-mapped
+        (above ``memory_budget``) or sharded over the ranks of a distributed fit.
     stats : dict
         ``time``, ``extraction_time``, ``gap``, ``residual``, ``n_iter``, ``n_support``,
         ``converged``, ``backend``.
@@ -80,14 +86,16 @@ class DualDAState:
     train_hinge_loss: torch.Tensor
     weight: torch.Tensor
     intercept: torch.Tensor
+    train_features: Optional[torch.Tensor] = None
     stats: dict[str, Any] = field(default_factory=dict)
     fingerprint: Optional[str] = None
     feature_transform: Optional[torch.Tensor] = None
     version: int = STATE_VERSION
 
     def without_support_features(self) -> DualDAState:
-        """The same state without the ``(n_sv, d)`` features (what a distributed fit broadcasts)."""
-        return dataclasses.replace(self, support=self.support.with_features(None))
+        """The same state without the ``(n_sv, d)`` support features and the training features (what a
+        distributed fit broadcasts)."""
+        return dataclasses.replace(self, support=self.support.with_features(None), train_features=None)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain tensors, numbers and strings (loadable with ``torch.load(weights_only=True)``)."""
@@ -106,6 +114,7 @@ class DualDAState:
             "train_hinge_loss": self.train_hinge_loss,
             "weight": self.weight,
             "intercept": self.intercept,
+            "train_features": self.train_features,
             "stats": dict(self.stats),
             "feature_transform": self.feature_transform,
         }
@@ -131,18 +140,19 @@ class DualDAState:
             data["n_classes"],
         )
         return cls(
-            int(data["n_train"]),
-            int(data["n_classes"]),
-            support,
-            data["train_labels"].long(),
-            data["train_squared_norms"],
-            data["train_hinge_loss"],
-            data["weight"],
-            data["intercept"],
-            dict(data["stats"]),
-            data["fingerprint"],
-            data.get("feature_transform"),
-            STATE_VERSION,
+            n_train=int(data["n_train"]),
+            n_classes=int(data["n_classes"]),
+            support=support,
+            train_labels=data["train_labels"].long(),
+            train_squared_norms=data["train_squared_norms"],
+            train_hinge_loss=data["train_hinge_loss"],
+            weight=data["weight"],
+            intercept=data["intercept"],
+            train_features=data.get("train_features"),
+            stats=dict(data["stats"]),
+            fingerprint=data["fingerprint"],
+            feature_transform=data.get("feature_transform"),
+            version=STATE_VERSION,
         )
 
 

@@ -12,8 +12,8 @@
 4. explains the predictions on the whole test set (top proponents and opponents) and, for a few
    test samples, computes XDA heatmaps and writes one figure each;
 5. ranks the training samples by DualDA self-influence (the paper's choice) and with
-   :func:`~captum_dualxda.rank_label_issues` (the hinge loss of a small-``C`` SVM surrogate, with
-   a yes/no flag), and measures how well each finds the flipped labels (ROC AUC, share found in
+   :func:`~captum_dualxda.rank_label_issues` (the held-out margin of a small-``C`` SVM
+   surrogate, with a yes/no flag), and measures how well each finds the flipped labels (ROC AUC, share found in
    the top 10 %, the flag's precision and recall, a detection curve figure).
 
 Modules: :mod:`.data` (:func:`load_digits_data`), :mod:`.model` (:class:`DigitsCNN`,

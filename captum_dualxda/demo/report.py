@@ -83,8 +83,8 @@ class DemoResult:
         The same among the top-``k`` opponents (score < 0): opponents of a correct prediction are
         often training samples of the predicted class that carry a wrong label.
     hinge_auc : float
-        The same AUC for :func:`~captum_dualxda.rank_label_issues`' ranking: the hinge loss of
-        the SVM surrogate fitted with ``C = issues_C`` on each training sample.
+        The same AUC for :func:`~captum_dualxda.rank_label_issues`' ranking: the held-out margin
+        of the SVM surrogate with ``C = issues_C``, cross-fitted in 5 folds.
     hinge_found_top10 : float
         ``found_top10`` for that ranking.
     loss_auc : float
@@ -98,8 +98,8 @@ class DemoResult:
         ``(n_train,)`` float32 :func:`~captum_dualxda.rank_label_issues` score of each training
         sample (dataset order).
     label_issue_flags : numpy.ndarray
-        ``(n_train,)`` bool, its ``is_issue`` flag (the surrogate classifies the sample against
-        its label), dataset order.
+        ``(n_train,)`` bool, its ``is_issue`` flag (the highest scores, as many as confident
+        learning estimates label errors), dataset order.
     flipped : numpy.ndarray
         ``(n_train,)`` bool, which training labels were flipped.
     explained : list of int
@@ -183,7 +183,7 @@ class DemoResult:
             ("mislabel detection ROC AUC (self-influence)", num(self.auc, ".3f")),
             ("flipped labels found in top 10 % of ranking", pct(self.found_top10)),
             (
-                f"  rank_label_issues (hinge loss, C={self.issues_C:g}), AUC / top 10 %",
+                f"  rank_label_issues (held-out margin, C={self.issues_C:g}), AUC / top 10 %",
                 f"{num(self.hinge_auc, '.3f')} / {pct(self.hinge_found_top10)}",
             ),
             (

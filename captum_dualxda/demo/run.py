@@ -267,10 +267,10 @@ class _Rankings:
 def _rank_training_labels(
     dualda: DualDA, flipped: np.ndarray, train_loss: np.ndarray, seed: int, show_progress: bool
 ) -> _Rankings:
-    """Self-influence, ``rank_label_issues`` (a small-C surrogate's hinge loss), training loss, random order."""
+    """Self-influence, ``rank_label_issues`` (a small-C surrogate's held-out margin), training loss, random order."""
     self_inf = dualda.self_influence().cpu().numpy()
     random_scores = np.random.default_rng(seed).random(len(self_inf))
-    issues = rank_label_issues(dualda, show_progress=show_progress)  # refits on the features unless C matches
+    issues = rank_label_issues(dualda, show_progress=show_progress)  # cross-fitted on the kept features
     hinge = np.empty(len(flipped), dtype=np.float32)
     hinge[issues.indices.numpy()] = issues.scores.numpy()
     issue_flags = np.zeros(len(flipped), dtype=bool)
@@ -361,7 +361,7 @@ def _write_rankings(record: OutputRecord, data: DigitsData, rankings: _Rankings,
             [
                 ("DualDA self-influence", r.self_influence, r.auc, dict(color="#b2182b", lw=2)),
                 (
-                    f"rank_label_issues (hinge loss, C={LABEL_ISSUES_C:g})",
+                    f"rank_label_issues (held-out margin, C={LABEL_ISSUES_C:g})",
                     r.hinge,
                     r.hinge_auc,
                     dict(color="#762a83", lw=1.5, ls="--"),
