@@ -150,3 +150,18 @@ def test_whiten_is_validated_and_refused_where_unsupported(tmp_path, data):
     dualda = DualDA(net, net[2], train, C=C, whiten=0.1)
     with pytest.raises(ValueError, match="whitened"):
         xda_pairs(dualda, XDA(net, net[2], EpsilonPlusFlat()), xt, yt, torch.zeros(len(xt), 1, dtype=torch.long))
+
+
+def test_label_issues_of_a_whitened_fit_rank_on_phi_itself(data):
+    """``train_features`` keeps the raw ``phi`` (not ``phi T``), so ``rank_label_issues`` gives the
+    same answer for a whitened and a plain fit of the same network: its surrogate is fitted on ``phi``."""
+    from captum_dualxda import rank_label_issues
+
+    x, y, _, _ = data
+    net = make_net()
+    plain = DualDA(net, net[2], TensorDataset(x, y), C=C, tol=1e-7)
+    white = DualDA(net, net[2], TensorDataset(x, y), C=C, whiten=0.01, tol=1e-7)
+    np.testing.assert_allclose(white.train_features.double().numpy(), features(net, x), rtol=1e-5, atol=1e-6)
+    a, b = rank_label_issues(plain, C=0.01), rank_label_issues(white, C=0.01)
+    torch.testing.assert_close(a.scores, b.scores)
+    assert torch.equal(a.is_issue, b.is_issue)
