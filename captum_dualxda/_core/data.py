@@ -28,6 +28,7 @@ from torch.utils.data import (
     SequentialSampler,
     Subset,
     SubsetRandomSampler,
+    TensorDataset,
     WeightedRandomSampler,
 )
 from torch.utils.data.dataloader import default_collate
@@ -40,6 +41,7 @@ __all__ = [
     "as_dataloader",
     "split_batch",
     "iterate_batches",
+    "loader_batches",
     "dataset_items",
     "CheckedCollate",
     "model_input_batches",
@@ -572,6 +574,78 @@ def check_batch(items: List[Any], batch: Any, argument: str = "train_dataset") -
                 f"The collate_fn of `{argument}` reorders samples: row {moved[0]} of a batch holds the model input "
                 f"({where}) of its item {sources[0]}, not of item {moved[0]} (e.g. it sorts a batch by length). {fix}"
             )
+
+
+def _sliced_batches(loader: DataLoader) -> Optional[Tuple[TensorDataset, int]]:
+    """``(dataset, batch size)`` where ``loader``'s batches are consecutive slices of a ``TensorDataset``.
+
+    That is a loader in one process (``num_workers=0``, no ``pin_memory``) over a
+    ``TensorDataset`` of plain strided tensors (its own ``__getitem__`` and ``__len__``, no
+    ``__getitems__``: a subclass that transforms its items is read item by item), whose batch
+    sampler is a ``BatchSampler`` over a ``SequentialSampler`` of that dataset keeping its last
+    batch, and whose
+    ``collate_fn`` is ``default_collate`` (checked by :class:`CheckedCollate` or not). Its batch
+    ``b`` is then ``default_collate([dataset[i] for i in range(b B, (b + 1) B)])``: a list of the
+    stacked rows of each tensor, which is the slice of each tensor, copied. None otherwise.
+    """
+    dataset = loader.dataset
+    kind = type(dataset)
+    if not (
+        isinstance(dataset, TensorDataset)
+        and kind.__getitem__ is TensorDataset.__getitem__
+        and kind.__len__ is TensorDataset.__len__
+        and getattr(kind, "__getitems__", None) is None
+        and getattr(dataset, "__getitems__", None) is None
+        and len(dataset.tensors) > 0
+        and all(type(tensor) is torch.Tensor and tensor.layout == torch.strided for tensor in dataset.tensors)
+    ):
+        return None
+    if loader.num_workers != 0 or loader.pin_memory:
+        return None
+    collate = loader.collate_fn
+    if isinstance(collate, CheckedCollate):
+        collate = collate.collate_fn
+    if collate is not default_collate:
+        return None
+    batches = loader.batch_sampler
+    if type(batches) is not BatchSampler or batches.drop_last:
+        return None
+    sampler = batches.sampler
+    if type(sampler) is not SequentialSampler or sampler.data_source is not dataset:
+        return None
+    size = batches.batch_size
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        return None
+    return dataset, size
+
+
+def loader_batches(loader: DataLoader) -> Iterator[Any]:
+    """The batches of ``loader``, as iterating it yields them, fetched whole where possible.
+
+    A loader over a ``TensorDataset`` read in order by ``default_collate`` (:func:`_sliced_batches`)
+    yields each batch as one copy of a slice of every tensor, which is bitwise what the
+    DataLoader makes from the items one by one (and what :class:`CheckedCollate` would accept
+    without comparing them); any other loader is iterated as it is. The loader, its dataset and
+    sampler are only read, and no random generator is drawn from.
+
+    Parameters
+    ----------
+    loader : DataLoader
+
+    Yields
+    ------
+    Any
+        The batches; for a ``TensorDataset``, lists of ``(m, ...)`` tensors on the dataset's
+        devices, in its dtypes, contiguous, sharing no memory with it.
+    """
+    plan = _sliced_batches(loader)
+    if plan is None:
+        yield from loader
+        return
+    dataset, size = plan
+    n = len(dataset)
+    for start in range(0, n, size):
+        yield [tensor[start : start + size].clone(memory_format=torch.contiguous_format) for tensor in dataset.tensors]
 
 
 def iterate_batches(inputs: Union[Batch, DataLoader], argument: str = "inputs") -> Iterator[Any]:

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
+from torch.utils.data import DataLoader
 
 from ..solver.settings import SolverSettings
 from .cache import Fingerprint, atomic_save, load_cache
+from .data import loader_batches
 from .support import SupportSet
 
 __all__ = [
@@ -181,7 +183,7 @@ def fit_fingerprint(
     if autocast is not None:
         fp.update("autocast", str(autocast))
     fp.update_module(model)
-    fp.update_batches(loader)
+    fp.update_batches(loader_batches(loader) if isinstance(loader, DataLoader) else loader)
     return fp.hexdigest()
 
 
