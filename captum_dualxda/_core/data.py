@@ -583,10 +583,10 @@ def _sliced_batches(loader: DataLoader) -> Optional[Tuple[TensorDataset, int]]:
     ``TensorDataset`` of plain strided tensors (its own ``__getitem__`` and ``__len__``, no
     ``__getitems__``: a subclass that transforms its items is read item by item), whose batch
     sampler is a ``BatchSampler`` over a ``SequentialSampler`` of that dataset keeping its last
-    batch, and whose
-    ``collate_fn`` is ``default_collate`` (checked by :class:`CheckedCollate` or not). Its batch
-    ``b`` is then ``default_collate([dataset[i] for i in range(b B, (b + 1) B)])``: a list of the
-    stacked rows of each tensor, which is the slice of each tensor, copied. None otherwise.
+    batch, and whose ``collate_fn`` is ``default_collate`` (checked by :class:`CheckedCollate`
+    or not). Its batch ``b`` is then ``default_collate([dataset[i] for i in range(b B, (b + 1) B)])``:
+    a list of the stacked rows of each tensor, which is the slice of each tensor, copied. None
+    otherwise.
     """
     dataset = loader.dataset
     kind = type(dataset)
