@@ -593,7 +593,7 @@ def _sliced_batches(loader: DataLoader) -> Optional[Tuple[TensorDataset, int]]:
     if not (
         isinstance(dataset, TensorDataset)
         and kind.__getitem__ is TensorDataset.__getitem__
-        and kind.__len__ is TensorDataset.__len__
+        and getattr(kind, "__len__", None) is TensorDataset.__len__
         and getattr(kind, "__getitems__", None) is None
         and getattr(dataset, "__getitems__", None) is None
         and len(dataset.tensors) > 0
