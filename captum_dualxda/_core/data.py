@@ -625,7 +625,9 @@ def loader_batches(loader: DataLoader) -> Iterator[Any]:
     A loader over a ``TensorDataset`` read in order by ``default_collate`` (:func:`_sliced_batches`)
     yields each batch as one copy of a slice of every tensor, which is bitwise what the
     DataLoader makes from the items one by one (and what :class:`CheckedCollate` would accept
-    without comparing them); any other loader is iterated as it is. The loader, its dataset and
+    without comparing them): the item-by-item fetch and the collate check were most of what a
+    fit's extraction cost above a plain forward pass on MNIST (benchmarks/README.md, *Numbers
+    behind the docstrings*). Any other loader is iterated as it is. The loader, its dataset and
     sampler are only read, and no random generator is drawn from.
 
     Parameters
