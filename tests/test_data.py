@@ -457,3 +457,20 @@ def test_the_cache_key_of_a_tensor_dataset_is_that_of_its_dataloader_batches(tra
     reference = fit_fingerprint(digits_cnn, "fc", list(loader), settings)  # the DataLoader's own batches
     assert key == reference
     assert Fingerprint().update_batches(loader).hexdigest() == Fingerprint().update_batches(list(loader)).hexdigest()
+
+
+def test_test_inputs_and_the_training_loss_read_a_tensor_dataset_whole_batches_at_a_time(
+    train_set, digits_cnn, monkeypatch
+):
+    x, y = train_set.tensors
+    dualda = DualDA(digits_cnn, "fc", train_set, C=0.01, batch_size=64)
+    test = (x[:70], y[:70])
+    scores, top = dualda.influence(test), dualda.influence(test, k=5, proponents=False)
+    loss = training_loss(digits_cnn, DataLoader(_ItemByItem(x, y), batch_size=48))
+    calls = _counting(monkeypatch)
+    loader = DataLoader(TensorDataset(*test), batch_size=32)
+    assert torch.equal(dualda.influence(loader), scores)
+    again = dualda.influence(loader, k=5, proponents=False)
+    assert torch.equal(again.indices, top.indices) and torch.equal(again.influence_scores, top.influence_scores)
+    assert torch.equal(training_loss(digits_cnn, DataLoader(train_set, batch_size=48)), loss)
+    assert calls == {"items": 0, "checks": 0}

@@ -651,9 +651,9 @@ def loader_batches(loader: DataLoader) -> Iterator[Any]:
 
 
 def iterate_batches(inputs: Union[Batch, DataLoader], argument: str = "inputs") -> Iterator[Any]:
-    """Yield Captum batches from a single batch (tuple/list) or a DataLoader of batches."""
+    """Yield Captum batches from a single batch (tuple/list) or a DataLoader of batches (:func:`loader_batches`)."""
     if isinstance(inputs, DataLoader):
-        yield from inputs
+        yield from loader_batches(inputs)
     else:
         split_batch(inputs, argument)  # validate before any work
         yield inputs
@@ -663,7 +663,7 @@ def model_input_batches(inputs: Any, batch_size: int, argument: str = "inputs") 
     """Batches of model inputs (labels dropped) from a Tensor, a tuple or dict of model inputs
     (:func:`~captum_dualxda._utils.inputs.input_batches`), or a DataLoader of Captum batches."""
     if isinstance(inputs, DataLoader):
-        for batch in inputs:
+        for batch in loader_batches(inputs):
             yield split_batch(batch, argument)[0]
         return
     yield from input_batches(inputs, batch_size, argument)
