@@ -464,11 +464,11 @@ def test_test_inputs_and_the_training_loss_read_a_tensor_dataset_whole_batches_a
 ):
     x, y = train_set.tensors
     dualda = DualDA(digits_cnn, "fc", train_set, C=0.01, batch_size=64)
-    test = (x[:70], y[:70])
-    scores, top = dualda.influence(test), dualda.influence(test, k=5, proponents=False)
+    items = DataLoader(_ItemByItem(x[:70], y[:70]), batch_size=32)  # the same batches, read item by item
+    scores, top = dualda.influence(items), dualda.influence(items, k=5, proponents=False)
     loss = training_loss(digits_cnn, DataLoader(_ItemByItem(x, y), batch_size=48))
     calls = _counting(monkeypatch)
-    loader = DataLoader(TensorDataset(*test), batch_size=32)
+    loader = DataLoader(TensorDataset(x[:70], y[:70]), batch_size=32)
     assert torch.equal(dualda.influence(loader), scores)
     again = dualda.influence(loader, k=5, proponents=False)
     assert torch.equal(again.indices, top.indices) and torch.equal(again.influence_scores, top.influence_scores)
