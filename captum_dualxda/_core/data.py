@@ -175,7 +175,9 @@ def as_dataloader(data: Union[Dataset, DataLoader], batch_size: int, argument: s
       other order).
 
     Over a map-style dataset the ``collate_fn`` is checked on every batch it makes
-    (:class:`CheckedCollate`): one row per dataset item, in order, with the item's label.
+    (:class:`CheckedCollate`): one row per dataset item, in order, with the item's label. A
+    ``TensorDataset`` with ``default_collate`` is read a whole batch at a time instead
+    (:func:`loader_batches`), which makes the same batches with nothing to check.
 
     Parameters
     ----------
