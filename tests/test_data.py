@@ -324,3 +324,153 @@ def test_a_used_up_stream_says_what_a_one_pass_stream_cannot_do(train_set, digit
         DualDA(digits_cnn, "fc", stream, C=0.01, batch_size=32)
     with pytest.raises(ValueError, match="IterableDataset.*cannot be read by index"):
         dualda.train_inputs([0])
+
+
+# ------------------------------------------------------------------------------------------
+# A TensorDataset read in order is fetched a whole batch at a time, with the same batches
+# ------------------------------------------------------------------------------------------
+class _ItemByItem(TensorDataset):
+    """A TensorDataset read through its own ``__getitem__``: the DataLoader's item-by-item path."""
+
+    def __getitem__(self, j):
+        return super().__getitem__(j)
+
+
+class _Doubled(TensorDataset):
+    """An augmenting dataset: every item's image doubled."""
+
+    def __getitem__(self, j):
+        x, y = super().__getitem__(j)
+        return 2 * x, y
+
+
+class _Batched(TensorDataset):
+    """Fetches its batches itself (``__getitems__``, which torch's DataLoader calls), the last row negated."""
+
+    def __getitems__(self, indices):
+        items = [super(_Batched, self).__getitem__(j) for j in indices]
+        return items[:-1] + [(-items[-1][0], items[-1][1])]
+
+
+def _counting(monkeypatch):
+    """Count the calls of ``TensorDataset.__getitem__`` and of the collate check."""
+    import captum_dualxda._core.data as data_module
+
+    calls = {"items": 0, "checks": 0}
+    getitem, check = TensorDataset.__getitem__, data_module.check_batch
+
+    def counted_getitem(self, j):
+        calls["items"] += 1
+        return getitem(self, j)
+
+    def counted_check(*args, **kwargs):
+        calls["checks"] += 1
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(TensorDataset, "__getitem__", counted_getitem)
+    monkeypatch.setattr(data_module, "check_batch", counted_check)
+    return calls
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_tensor_dataset_is_fetched_whole_batches_at_a_time_with_the_features_of_the_item_by_item_path(
+    shuffle, train_set, digits_cnn, monkeypatch
+):
+    x, y = train_set.tensors
+    reference = DualDA(digits_cnn, "fc", DataLoader(_ItemByItem(x, y), batch_size=48), C=0.01)
+    slow, _ = extract_features(digits_cnn, digits_cnn.fc, as_dataloader(DataLoader(_ItemByItem(x, y), 48), 8))
+    calls = _counting(monkeypatch)
+    loader = DataLoader(train_set, batch_size=48, shuffle=shuffle)  # 200 = 4 x 48 + 8: a short last batch
+    fast, labels = extract_features(digits_cnn, digits_cnn.fc, as_dataloader(loader, 8))
+    dualda = DualDA(digits_cnn, "fc", loader, C=0.01)
+    assert calls == {"items": 0, "checks": 0}  # no item read alone, nothing left to check
+    assert torch.equal(fast, slow) and torch.equal(labels, y)  # bitwise the DataLoader's batches' features
+    _same_fit(dualda, reference)
+    assert torch.equal(dualda.self_influence(), reference.self_influence())
+    assert dualda.train_dataloader.dataset is train_set and loader.dataset is train_set
+
+
+def test_the_batches_fetched_whole_are_the_dataloaders_own(train_set):
+    from captum_dualxda._core.data import loader_batches
+
+    x, y = train_set.tensors
+    wide = TensorDataset(x.double().transpose(2, 3), y.int(), torch.arange(200.0)[:, None].expand(200, 3))
+    for dataset in (train_set, wide):
+        loader = as_dataloader(DataLoader(dataset, batch_size=64), 8)
+        expected, got = list(loader), list(loader_batches(loader))
+        assert len(got) == len(expected) == 4
+        for batch, reference in zip(got, expected):
+            assert type(batch) is type(reference) is list
+            for tensor, other in zip(batch, reference):
+                assert torch.equal(tensor, other) and tensor.dtype == other.dtype and tensor.stride() == other.stride()
+        assert all(tensor.data_ptr() != source.data_ptr() for tensor, source in zip(got[0], dataset.tensors))
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda x, y: _Doubled(x, y), lambda x: 2 * x),
+        (lambda x, y: _Batched(x, y), lambda x: torch.cat([x[:-1], -x[-1:]])),
+    ],
+    ids=["augmenting __getitem__", "own __getitems__"],
+)
+def test_a_dataset_that_makes_its_own_items_is_not_sliced(make, expected, train_set, digits_cnn):
+    x, y = train_set.tensors
+    x, y = x[:50], y[:50]
+    features, _ = extract_features(digits_cnn, digits_cnn.fc, as_dataloader(DataLoader(make(x, y), 50), 8))
+    reference, _ = extract_features(digits_cnn, digits_cnn.fc, DataLoader(TensorDataset(expected(x), y), 50))
+    assert torch.equal(features, reference)
+
+
+class _InPlace(torch.nn.Module):
+    """A model that normalises its input in place."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x.sub_(0.5))
+
+
+def test_a_model_that_changes_its_input_in_place_leaves_the_dataset_alone(train_set, digits_cnn):
+    x, y = train_set.tensors
+    dataset = TensorDataset(x.clone(), y.clone())
+    DualDA(_InPlace(digits_cnn), "net.fc", DataLoader(dataset, batch_size=64), C=0.01)
+    assert torch.equal(dataset.tensors[0], x) and torch.equal(dataset.tensors[1], y)
+
+
+def test_a_fit_on_a_tensor_dataset_draws_from_no_random_generator(train_set, digits_cnn, tmp_path):
+    state = torch.get_rng_state()
+    DualDA(digits_cnn, "fc", DataLoader(train_set, batch_size=64, shuffle=True), C=0.01, cache_dir=str(tmp_path))
+    assert torch.equal(torch.get_rng_state(), state)  # a DataLoader's iterator draws a base seed from it
+
+
+def test_the_cache_key_of_a_tensor_dataset_is_that_of_its_dataloader_batches(train_set, digits_cnn):
+    from captum_dualxda._core.cache import Fingerprint
+    from captum_dualxda._core.state import fit_fingerprint
+    from captum_dualxda.solver.settings import SolverSettings
+
+    loader = as_dataloader(DataLoader(train_set, batch_size=64), 8)
+    settings = SolverSettings(C=0.01)
+    key = fit_fingerprint(digits_cnn, "fc", loader, settings)
+    reference = fit_fingerprint(digits_cnn, "fc", list(loader), settings)  # the DataLoader's own batches
+    assert key == reference
+    assert Fingerprint().update_batches(loader).hexdigest() == Fingerprint().update_batches(list(loader)).hexdigest()
+
+
+def test_test_inputs_and_the_training_loss_read_a_tensor_dataset_whole_batches_at_a_time(
+    train_set, digits_cnn, monkeypatch
+):
+    x, y = train_set.tensors
+    dualda = DualDA(digits_cnn, "fc", train_set, C=0.01, batch_size=64)
+    items = DataLoader(_ItemByItem(x[:70], y[:70]), batch_size=32)  # the same batches, read item by item
+    scores, top = dualda.influence(items), dualda.influence(items, k=5, proponents=False)
+    loss = training_loss(digits_cnn, DataLoader(_ItemByItem(x, y), batch_size=48))
+    calls = _counting(monkeypatch)
+    loader = DataLoader(TensorDataset(x[:70], y[:70]), batch_size=32)
+    assert torch.equal(dualda.influence(loader), scores)
+    again = dualda.influence(loader, k=5, proponents=False)
+    assert torch.equal(again.indices, top.indices) and torch.equal(again.influence_scores, top.influence_scores)
+    assert torch.equal(training_loss(digits_cnn, DataLoader(train_set, batch_size=48)), loss)
+    assert calls == {"items": 0, "checks": 0}

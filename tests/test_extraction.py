@@ -192,7 +192,7 @@ def test_the_fit_benchmark_runs_at_toy_size():
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
-    rows = module.run(["bert"], repeats=1, tiny=True, scores=True)
+    rows = module.run(["bert"], repeats=1, tiny=True, scores=True, explanations=True)
     timing, scores = rows
     assert timing["kind"] == "time" and timing["n_train"] == 96 and timing["converged"]
     assert timing["fit"] >= timing["extraction"] > 0 and timing["ratio"] == pytest.approx(
@@ -200,6 +200,8 @@ def test_the_fit_benchmark_runs_at_toy_size():
     )
     assert scores["kind"] == "scores" and scores["precision"] == "bfloat16"
     assert 0.9 < scores["spearman_median"] <= 1 and 0 < scores["frobenius_rel_diff"] < 0.1
+    assert timing["explain"] > 0 and timing["explain_ratio"] == pytest.approx(timing["explain"] / timing["forward"])
     assert "| BERT" in module.time_table(rows) and "| BERT" in module.score_table(rows)
+    assert "explain / forward" in module.time_table(rows)
     with pytest.raises(ValueError, match="`autocast` must be one of"):
         module.run(["bert"], autocast="fp8", tiny=True)

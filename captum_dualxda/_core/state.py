@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
+from torch.utils.data import DataLoader
 
 from ..solver.settings import SolverSettings
 from .cache import Fingerprint, atomic_save, load_cache
+from .data import loader_batches
 from .support import SupportSet
 
 __all__ = [
@@ -204,7 +206,7 @@ def fit_fingerprint(
     if whiten is not None:
         fp.update("whiten", repr(float(whiten)))
     fp.update_module(model)
-    fp.update_batches(loader)
+    fp.update_batches(loader_batches(loader) if isinstance(loader, DataLoader) else loader)
     return fp.hexdigest()
 
 

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from .._utils.chunking import row_chunk
-from .data import shard_loader, split_batch
+from .data import loader_batches, shard_loader, split_batch
 from .distributed import assemble_strided, gather_strided, rank_and_world_size, shard_indices, write_strided_rows
 from .features import FeatureExtractor
 
@@ -308,7 +308,7 @@ def extract_features(
         total = None
     rows = 0
     with FeatureExtractor(model, layer, autocast=autocast) as extract:
-        for batch in tqdm(loader, total=total, desc=desc, disable=not show_progress, leave=False):
+        for batch in tqdm(loader_batches(loader), total=total, desc=desc, disable=not show_progress, leave=False):
             if observe is not None:
                 observe(batch)
             inputs, targets = split_batch(batch, "train_dataset")

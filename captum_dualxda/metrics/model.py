@@ -3,14 +3,14 @@ baseline, and how closely the SVM surrogate follows the network."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Tuple, Union
+from typing import Any, Iterator, Optional, Tuple, Union
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .._core.data import as_dataloader, model_input_batches, split_batch
+from .._core.data import as_dataloader, loader_batches, model_input_batches, split_batch
 from .._core.features import batch_features_and_output, model_device, output_logits
 from .._core.probe import ModelProbe
 from .._core.surrogate import surrogate_logits
@@ -55,7 +55,12 @@ def _forward_batches(
     """Yield ``(logits, labels)`` of every Captum batch ``(x_1, ..., x_m, labels)``, in dataset order."""
     loader = as_dataloader(data, batch_size, "data")
     device = model_device(model)
-    for batch in tqdm(loader, desc="training loss", disable=not show_progress, leave=False):
+    try:
+        total: Optional[int] = len(loader)
+    except TypeError:  # an IterableDataset without a length
+        total = None
+    batches = loader_batches(loader)
+    for batch in tqdm(batches, total=total, desc="training loss", disable=not show_progress, leave=False):
         inputs, labels = split_batch(batch, "data")
         with ModelProbe(model), torch.no_grad():
             logits = output_logits(call_model(model, inputs_to(inputs, device)))
