@@ -304,8 +304,14 @@ def flag_stats(flags: Optional[np.ndarray], flipped: np.ndarray) -> Dict[str, An
     return {"flagged": n, "precision": hits / n if n else float("nan"), "recall": hits / int(flipped.sum())}
 
 
-def run(seed: int = 0, epochs: int = EPOCHS, folds: int = 5, log=print) -> Dict[str, Any]:
-    """Everything for one seed: the method rows, the network's numbers and the cleaning loop."""
+def run(
+    seed: int = 0, epochs: int = EPOCHS, folds: int = 5, oracle: bool = True, log=print, save=None
+) -> Dict[str, Any]:
+    """Everything for one seed: the method rows, the network's numbers and the cleaning loop.
+
+    ``oracle``: also retrain on the true labels. ``save``, if given, is called with the partial
+    result after the method rows and after every retraining (long runs keep what they have).
+    """
     texts, real = load_rotten_tomatoes()
     states, states_seconds = frozen_states(texts)
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
@@ -402,40 +408,8 @@ def run(seed: int = 0, epochs: int = EPOCHS, folds: int = 5, log=print) -> Dict[
         add(f"cleanlab ({folds}-fold cross-fitted)", -quality, flag, seconds)
     add("random order", np.random.default_rng(seed + 7).random(n), None, 0.0)
 
-    cleaning = [
-        {
-            "training labels": "noisy, no cleaning",
-            "removed": 0,
-            "flipped_left": int(flipped.sum()),
-            "test_accuracy": network["test_accuracy"],
-            "train_seconds": train_seconds,
-        }
-    ]
-    for name, flag in flags.items():
-        keep = ~flag
-        cleaned, seconds = train(keep, noisy_y, 0)
-        cleaning.append(
-            {
-                "training labels": f"noisy, {name}'s flags removed",
-                "removed": int(flag.sum()),
-                "flipped_left": int((flipped & keep).sum()),
-                "test_accuracy": test_accuracy(cleaned),
-                "train_seconds": seconds,
-            }
-        )
-        log(f"  {cleaning[-1]}")
-    oracle, seconds = train(everyone, true_y, 0)
-    cleaning.append(
-        {
-            "training labels": "true (no flips)",
-            "removed": 0,
-            "flipped_left": 0,
-            "test_accuracy": test_accuracy(oracle),
-            "train_seconds": seconds,
-        }
-    )
-    log(f"  {cleaning[-1]}")
-    return {
+    cleaning: List[Dict[str, Any]] = []
+    result = {
         "seed": seed,
         "epochs": epochs,
         "folds": folds,
@@ -446,6 +420,31 @@ def run(seed: int = 0, epochs: int = EPOCHS, folds: int = 5, log=print) -> Dict[
         "rows": rows,
         "cleaning": cleaning,
     }
+
+    def retrained(label: str, keep: np.ndarray, labels: torch.Tensor) -> None:
+        net, seconds = (net_noisy, train_seconds) if keep.all() and labels is noisy_y else train(keep, labels, 0)
+        cleaning.append(
+            {
+                "training labels": label,
+                "removed": int((~keep).sum()),
+                "flipped_left": int((flipped & keep).sum()) if labels is noisy_y else 0,
+                "test_accuracy": test_accuracy(net),
+                "train_seconds": seconds,
+            }
+        )
+        log(f"  {cleaning[-1]}")
+        if save is not None:
+            save(result)
+
+    if save is not None:
+        save(result)
+    net_noisy = net
+    retrained("noisy, no cleaning", everyone, noisy_y)
+    for name, flag in flags.items():
+        retrained(f"noisy, {name}'s flags removed", ~flag, noisy_y)
+    if oracle:
+        retrained("true (no flips)", everyone, true_y)
+    return result
 
 
 def text_rows(seed: int = 0, folds: int = 5, epochs: int = EPOCHS) -> List[Dict[str, Any]]:
@@ -497,37 +496,59 @@ def main(argv: Optional[List[str]] = None) -> None:
         "--folds", type=int, default=5, help="cleanlab's cross-fitting folds (= extra trainings); 0: none"
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-oracle", action="store_true", help="skip the retraining on the true labels")
     parser.add_argument("--out", default=RESULTS, help="JSON with every number")
+    parser.add_argument("--report", default=None, help="print the Markdown of an earlier run's JSON and exit")
     args = parser.parse_args(argv)
+    if args.report:
+        with open(args.report) as handle:
+            saved = json.load(handle)
+        print(header(saved))
+        for result in saved["results"]:
+            print(markdown(result) + "\n")
+        return
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     start = time.perf_counter()
-    results = [run(int(s), args.epochs, args.folds) for s in args.seeds.split(",")]
-    total = time.perf_counter() - start
-    load_after = os.getloadavg()
-    print(
-        f"\n{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-        f"({args.threads} threads), cleanlab {cleanlab.__version__ if cleanlab is not None else 'not installed'}, "
-        f"{total / 60:.1f} min in all (cached trainings count with their measured seconds); load average "
-        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after (1-min), {load_after[2]:.1f} (15-min)\n"
-    )
+    results: List[Dict[str, Any]] = []
+
+    def write(partial: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        saved = {
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "torch": torch.__version__,
+            "cleanlab": cleanlab.__version__ if cleanlab is not None else None,
+            "settings": vars(args),
+            "load_before": load_before,
+            "load_now": os.getloadavg(),
+            "seconds": time.perf_counter() - start,
+            "complete": partial is None,
+            "results": results + ([partial] if partial is not None else []),
+        }
+        if args.out:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out + ".tmp", "w") as handle:
+                json.dump(saved, handle, indent=1, default=float)
+            os.replace(args.out + ".tmp", args.out)
+        return saved
+
+    for seed in args.seeds.split(","):
+        results.append(run(int(seed), args.epochs, args.folds, oracle=not args.no_oracle, save=write))
+    saved = write()
+    print("\n" + header(saved))
     for result in results:
         print(markdown(result) + "\n")
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as handle:
-            json.dump(
-                {
-                    "settings": vars(args),
-                    "load_before": load_before,
-                    "load_after": load_after,
-                    "seconds": total,
-                    "results": results,
-                },
-                handle,
-                indent=1,
-                default=float,
-            )
+
+
+def header(saved: Dict[str, Any]) -> str:
+    """One line: when, where, how long, under which load."""
+    return (
+        f"{saved['date']}, {saved['machine']}, torch {saved['torch']} ({saved['settings']['threads']} threads), "
+        f"cleanlab {saved['cleanlab']}, {saved['seconds'] / 60:.1f} min in all"
+        f"{'' if saved['complete'] else ' (incomplete run)'} (cached trainings count with their measured seconds); "
+        f"load average {saved['load_before'][0]:.1f} before, {saved['load_now'][0]:.1f} at the end (1-min), "
+        f"{saved['load_now'][2]:.1f} (15-min)\n"
+    )
 
 
 if __name__ == "__main__":
