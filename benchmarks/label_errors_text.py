@@ -305,12 +305,13 @@ def flag_stats(flags: Optional[np.ndarray], flipped: np.ndarray) -> Dict[str, An
 
 
 def run(
-    seed: int = 0, epochs: int = EPOCHS, folds: int = 5, oracle: bool = True, log=print, save=None
+    seed: int = 0, epochs: int = EPOCHS, folds: int = 5, oracle: bool = True, clean: bool = True, log=print, save=None
 ) -> Dict[str, Any]:
     """Everything for one seed: the method rows, the network's numbers and the cleaning loop.
 
-    ``oracle``: also retrain on the true labels. ``save``, if given, is called with the partial
-    result after the method rows and after every retraining (long runs keep what they have).
+    ``clean``: run the cleaning loop (retrainings); ``oracle``: also retrain on the true labels.
+    ``save``, if given, is called with the partial result after the method rows and after every
+    retraining (long runs keep what they have).
     """
     texts, real = load_rotten_tomatoes()
     states, states_seconds = frozen_states(texts)
@@ -438,6 +439,8 @@ def run(
 
     if save is not None:
         save(result)
+    if not clean:
+        return result
     net_noisy = net
     retrained("noisy, no cleaning", everyone, noisy_y)
     for name, flag in flags.items():
@@ -452,7 +455,7 @@ def text_rows(seed: int = 0, folds: int = 5, epochs: int = EPOCHS) -> List[Dict[
 
     ``flagged``, ``precision`` and ``recall`` are ``None`` for a method without a yes/no flag.
     """
-    return run(seed, epochs, folds, log=lambda *_: None)["rows"]
+    return run(seed, epochs, folds, clean=False, log=lambda *_: None)["rows"]
 
 
 def _cell(value: Any, spec: str) -> str:
