@@ -22,7 +22,7 @@ import torch
 from captum.influence import DataInfluence
 from captum.influence._utils.common import KMostInfluentialResults, _influence_route_to_helpers
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm import tqdm
 
 from ._core.cache import check_writable_dir
@@ -30,7 +30,16 @@ from ._core.checkpoints import CheckpointLoader
 from ._core.data import as_dataloader, dataset_items, iterate_batches, split_batch
 from ._core.distributed import all_reduce_sum, is_distributed, merge_topk, rank_and_world_size, stable_topk
 from ._core.ensemble import CheckpointEnsemble
-from ._core.features import batch_features, check_autocast, layer_name, model_device, resolve_linear_layer
+from ._core.features import (
+    FeatureLayers,
+    batch_features,
+    batch_features_and_output,
+    check_autocast,
+    layer_name,
+    model_device,
+    resolve_feature_layers,
+    resolve_linear_layer,
+)
 from ._core.guard import WeightsRecord
 from ._core.pipeline import Fit, FitJob
 from ._core.support import warn_absent
@@ -220,6 +229,7 @@ class DualDA(DataInfluence):
         checkpoints: Optional[Union[str, Iterable[str]]] = None,
         checkpoints_load_func: Optional[CheckpointLoader] = None,
         whiten: Optional[float] = None,
+        feature_layers: Optional[Sequence[Union[nn.Module, str]]] = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}.")
@@ -249,6 +259,15 @@ class DualDA(DataInfluence):
             raise ValueError(f"`final_fc_layer` has {self.n_classes} output(s); DualDA needs >= 2 classes.")
         if self.whiten is not None and (self.distributed or memory_budget is not None):
             raise ValueError("`whiten` cannot be combined with distributed fitting or `memory_budget` (not supported).")
+        self._extra: Optional[FeatureLayers] = None
+        if feature_layers is not None:
+            if self.distributed or memory_budget is not None:
+                raise ValueError(
+                    "`feature_layers` cannot be combined with distributed fitting or `memory_budget` (not supported): "
+                    "fit in one process with the features in memory, or without `feature_layers`."
+                )
+            self._extra = resolve_feature_layers(model, self.final_fc_layer, feature_layers)
+            self._check_feature_layers()
         self._rank, self._world = rank_and_world_size() if self.distributed else (0, 1)
         self._fit: Optional[Fit] = None
         self._ensemble: Optional[CheckpointEnsemble[DualDA]] = None
@@ -270,6 +289,7 @@ class DualDA(DataInfluence):
                 memory_budget=memory_budget,
                 autocast=autocast,
                 whiten=self.whiten,
+                feature_layers=None if self._extra is None else list(self._extra.modules),
             )
             self._ensemble = CheckpointEnsemble.fit(
                 model,
@@ -296,8 +316,12 @@ class DualDA(DataInfluence):
             self.distributed,
             self._weights,
             whiten=self.whiten,
+            extra=self._extra,
         )
         self._fit = job.run(show_progress)
+        widths = self._fit.state.feature_widths
+        if self._extra is not None and self._extra.widths is None and widths is not None:
+            self._extra.widths = list(widths[1:])  # a cache hit on a stream: no pass has seen the layers
         self.cache_path = job.cache_path
         self.fit_stats = dict(self._fit.stats)
 
@@ -391,6 +415,25 @@ class DualDA(DataInfluence):
         return self._single("feature_transform").state.feature_transform
 
     @property
+    def feature_layers(self) -> Optional[list[str]]:
+        """Dotted names of the extra layers whose inputs follow ``phi`` in the SVM's features
+        (``DualDA(feature_layers=...)``); None for ``phi`` alone."""
+        return None if self._extra is None else list(self._extra.names)
+
+    @property
+    def feature_widths(self) -> Optional[list[int]]:
+        """Widths of the feature blocks, ``phi`` first, then each of ``feature_layers`` (flattened
+        input); None without ``feature_layers``."""
+        return self._single("feature_widths").state.feature_widths
+
+    @property
+    def feature_scale(self) -> Optional[torch.Tensor]:
+        """``(d,)`` float32 column scales of the concatenated features (1 on ``phi``, ``s_b`` on the
+        input of ``feature_layers[b-1]``, fitted so that every block has ``phi``'s mean squared norm over
+        the training set); None without ``feature_layers``."""
+        return self._single("feature_scale").state.feature_scale
+
+    @property
     def intercept(self) -> torch.Tensor:
         """``(K,)`` float32 SVM intercept."""
         return self._single("intercept").state.intercept
@@ -469,7 +512,7 @@ class DualDA(DataInfluence):
         return self._test_features(inputs)
 
     def _test_features(self, inputs: ModelInputs) -> torch.Tensor:
-        phi = batch_features(self.model, self.final_fc_layer, inputs, self.autocast)
+        phi = self._features_and_output(inputs)[0]
         fit = self._single("test_features")
         features = fit.local.features
         assert features is not None  # this rank's support vectors keep their features
@@ -477,6 +520,29 @@ class DualDA(DataInfluence):
         if transform is not None:
             return (phi.to(self.device, torch.float64) @ transform.to(self.device, torch.float64)).to(features.dtype)
         return phi.to(self.device, features.dtype)
+
+    def _features_and_output(self, inputs: ModelInputs) -> tuple[torch.Tensor, Any]:
+        """``(psi, output)``: the unwhitened SVM features of one batch (``phi``, or ``phi`` and the scaled
+        inputs of ``feature_layers``; the model's device) and the model output, from one forward pass."""
+        phi, output = batch_features_and_output(self.model, self.final_fc_layer, inputs, self.autocast, self._extra)
+        scale = self._single("features").state.feature_scale
+        if scale is not None:
+            phi = phi * scale.to(phi.device, phi.dtype)
+        return phi, output
+
+    def _check_feature_layers(self) -> None:
+        """Run the first training sample through the model to check ``feature_layers`` before any
+        expensive work (the extraction checks every batch again; a stream is checked there only)."""
+        loader = self.train_dataloader
+        if isinstance(loader.dataset, IterableDataset):
+            return
+        try:
+            empty = len(loader.dataset) == 0  # type: ignore[arg-type]
+        except TypeError:
+            return
+        if empty:
+            return
+        batch_features(self.model, self.final_fc_layer, dataset_items(loader, [0]), self.autocast, self._extra)
 
     def _check_model(self, call: str, collective: bool = False) -> None:
         """Raise :class:`ModelChangedError` if the model's weights differ from the fit's (single fits).
@@ -697,6 +763,8 @@ class DualDA(DataInfluence):
 
     def __repr__(self) -> str:
         whiten = "" if self.whiten is None else f", whiten={self.whiten:g}"
+        if self._extra is not None:
+            whiten += f", feature_layers={self._extra.names}"
         if self._ensemble is not None:
             return (
                 f"DualDA(layer={self.layer_name!r}, C={self.C:g}{whiten}, n_train={self.n_train}, "

@@ -279,6 +279,7 @@ def _training_features(dualda: DualDA, show_progress: bool) -> Iterator[torch.Te
         memory_budget=dualda.memory_budget,
         scratch_dir=dualda.cache_dir,
         show_progress=show_progress,
+        extra=dualda._extra,
     )
     try:
         if not torch.equal(labels.cpu(), dualda.train_labels.cpu()):

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Mapping
-from typing import Any, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -23,6 +25,9 @@ from .probe import ModelProbe
 
 __all__ = [
     "resolve_linear_layer",
+    "resolve_feature_layers",
+    "FeatureLayers",
+    "LayerTaps",
     "layer_name",
     "model_device",
     "batch_features",
@@ -91,6 +96,224 @@ def layer_name(model: nn.Module, layer: nn.Module) -> str:
         if module is layer:
             return name
     raise ValueError("`layer` is not part of `model`.")
+
+
+def resolve_feature_layers(
+    model: nn.Module, final_layer: nn.Linear, layers: Any, argument: str = "feature_layers"
+) -> FeatureLayers:
+    """Resolve ``DualDA(feature_layers=...)``: the extra layers whose inputs join ``phi``.
+
+    Parameters
+    ----------
+    model : nn.Module
+    final_layer : nn.Linear
+        The final linear layer (its input ``phi`` comes first; it cannot be listed again).
+    layers : sequence of nn.Module or str
+        Modules of ``model`` or their dotted names (like ``final_fc_layer``), in the order
+        their inputs are concatenated after ``phi``.
+    argument : str
+        Argument name used in error messages.
+
+    Returns
+    -------
+    FeatureLayers
+        The modules and their dotted names in ``model`` (widths not known yet).
+
+    Raises
+    ------
+    TypeError
+        ``layers`` is not a list or tuple, or an entry is neither a module nor a string.
+    ValueError
+        Empty; an entry not in the model, the model itself, the final layer, or listed twice.
+    """
+    if isinstance(layers, (str, nn.Module)) or not isinstance(layers, (list, tuple)):
+        raise TypeError(
+            f"`{argument}` must be a list or tuple of layers (modules or dotted names), got {type(layers).__name__}; "
+            f"e.g. `{argument}=['fc1', 'fc2']`."
+        )
+    if not layers:
+        raise ValueError(f"`{argument}` is empty: pass None for phi alone, or the layers whose inputs to add.")
+    linear_names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not final_layer]
+    modules: List[nn.Module] = []
+    names: List[str] = []
+    for layer in layers:
+        if isinstance(layer, str):
+            try:
+                module = functools.reduce(getattr, layer.split("."), model) if layer else None
+            except AttributeError:
+                module = None
+            if not isinstance(module, nn.Module):
+                raise ValueError(
+                    f"`{argument}` entry {layer!r} is not a submodule of the model. Other linear layers found: "
+                    f"{linear_names or 'none'}."
+                )
+        elif isinstance(layer, nn.Module):
+            module = layer
+            if not any(m is module for m in model.modules()):
+                raise ValueError(f"`{argument}` holds a module that is not part of `model` ({type(module).__name__}).")
+        else:
+            raise TypeError(f"`{argument}` entries must be modules or dotted names, got {type(layer).__name__}.")
+        if module is model:
+            raise ValueError(f"`{argument}` cannot hold the model itself; name the layers whose inputs to add.")
+        if module is final_layer:
+            raise ValueError(
+                f"`{argument}` holds `final_fc_layer` itself; its input phi is always the first block. List only "
+                "the earlier layers whose inputs to add."
+            )
+        if any(module is m for m in modules):
+            raise ValueError(f"`{argument}` lists {layer_name(model, module)!r} twice.")
+        modules.append(module)
+        names.append(layer_name(model, module))
+    return FeatureLayers(modules, names)
+
+
+@dataclass
+class FeatureLayers:
+    """The extra layers of ``DualDA(feature_layers=...)`` (:func:`resolve_feature_layers`).
+
+    Attributes
+    ----------
+    modules : list of nn.Module
+    names : list of str
+        Their dotted names.
+    widths : list of int, optional
+        The flattened width of each layer's input, set by the first pass that captures them
+        (:class:`LayerTaps`); every later pass must give the same widths.
+    """
+
+    modules: List[nn.Module]
+    names: List[str]
+    widths: Optional[List[int]] = None
+
+
+class LayerTaps:
+    """Forward pre-hooks capturing the inputs of ``DualDA(feature_layers=...)``'s extra layers.
+
+    Used inside a :class:`~captum_dualxda._core.probe.ModelProbe` (which holds the model's lock
+    and restores its state); :meth:`blocks` checks each pass: every layer ran exactly once,
+    before the final layer, on a tensor with one row per sample, and its flattened width is the
+    one of the first pass.
+
+    Parameters
+    ----------
+    final_layer : nn.Linear
+    spec : FeatureLayers
+        The layers; its ``widths`` are set by the first pass and checked by every later one.
+    detach : bool
+        Capture detached inputs (False keeps the autograd graph, for relevance passes).
+    """
+
+    def __init__(self, final_layer: nn.Module, spec: FeatureLayers, detach: bool = True) -> None:
+        self.final_layer = final_layer
+        self.spec = spec
+        self.layers = list(spec.modules)
+        self.names = list(spec.names)
+        self.detach = detach
+        self.events: List[Tuple[int, Any]] = []  # (layer index or -1 for the final layer, input)
+        self._handles: List[Any] = []
+        self._thread: Optional[int] = None
+
+    def _hook(self, index: int) -> Any:
+        def hook(module: nn.Module, args: Tuple[Any, ...]) -> None:
+            if threading.get_ident() != self._thread:
+                return
+            value = args[0] if args else None
+            if isinstance(value, torch.Tensor) and self.detach:
+                value = value.detach()
+            self.events.append((index, value))
+
+        return hook
+
+    def __enter__(self) -> LayerTaps:
+        self._thread = threading.get_ident()
+        self.events = []
+        try:
+            for i, layer in enumerate(self.layers):
+                self._handles.append(layer.register_forward_pre_hook(self._hook(i)))
+            self._handles.append(self.final_layer.register_forward_pre_hook(self._hook(-1)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def blocks(self, n: int, token_model: bool) -> List[torch.Tensor]:
+        """The inputs of the extra layers in this pass, each ``(n, d_b)``; clears the record.
+
+        Parameters
+        ----------
+        n : int
+            Samples in the batch (rows of ``phi``).
+        token_model : bool
+            The inputs are a dict (Hugging Face) or the final layer sees a sequence: a layer
+            input with a sequence dimension is refused.
+
+        Raises
+        ------
+        ValueError
+            A layer did not run, ran more than once, ran after the final layer, or its input has
+            another number of rows, a sequence dimension or another width than in the first pass.
+        TypeError
+            A layer's input is not a tensor.
+        """
+        events, self.events = self.events, []
+        final_at = next((k for k, (i, _) in enumerate(events) if i == -1), len(events))
+        out: List[torch.Tensor] = []
+        for i, name in enumerate(self.names):
+            seen = [k for k, (j, _) in enumerate(events) if j == i]
+            if not seen:
+                raise ValueError(
+                    f"`feature_layers` entry {name!r} did not run in the forward pass: it is not used by "
+                    "`model.forward`, so it has no input to add. Remove it from `feature_layers`."
+                )
+            if len(seen) > 1:
+                raise ValueError(
+                    f"`feature_layers` entry {name!r} ran {len(seen)} times in one forward pass: its input is no "
+                    "single vector per sample. Remove it from `feature_layers`."
+                )
+            if seen[0] > final_at:
+                raise ValueError(
+                    f"`feature_layers` entry {name!r} runs after `final_fc_layer` in the forward pass: only layers "
+                    "that compute phi (reached before the final layer) can add features. Remove it."
+                )
+            value = events[seen[0]][1]
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(
+                    f"The input of `feature_layers` entry {name!r} is a {type(value).__name__}, expected a tensor. "
+                    "Remove it from `feature_layers`."
+                )
+            if value.ndim == 0 or value.shape[0] != n:
+                raise ValueError(
+                    f"The input of `feature_layers` entry {name!r} has shape {tuple(value.shape)}, not {n} rows (one "
+                    "per sample). Remove it from `feature_layers`."
+                )
+            if token_model and value.ndim > 2:
+                raise ValueError(
+                    f"The input of `feature_layers` entry {name!r} has shape {tuple(value.shape)}, a sequence "
+                    "dimension (a token model): its width changes with the padded length, so it is no fixed feature "
+                    "vector. `feature_layers` takes layers that see one vector per sample (e.g. the layers of a "
+                    "classification head after pooling)."
+                )
+            out.append(value.reshape(n, -1))
+        widths = [b.shape[1] for b in out]
+        if self.spec.widths is None:
+            self.spec.widths = widths
+        elif widths != self.spec.widths:
+            bad = next(k for k in range(len(widths)) if widths[k] != self.spec.widths[k])
+            raise ValueError(
+                f"The input of `feature_layers` entry {self.names[bad]!r} has {widths[bad]} values per sample in this "
+                f"batch and {self.spec.widths[bad]} in the fit's (a sequence or image size that varies): it is no "
+                "fixed feature vector. Remove it from `feature_layers`."
+            )
+        return out
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -377,6 +600,9 @@ class FeatureExtractor:
         :func:`check_autocast`). The features come back in the dtype the layer saw
         (half precision); callers cast them. None: the model's own precision, also inside a
         caller's ``torch.autocast`` block (:func:`forward_precision`).
+    extra : FeatureLayers, optional
+        ``DualDA(feature_layers=...)``: the inputs of these layers (flattened, unscaled) are
+        concatenated after ``phi`` (:class:`LayerTaps` checks each pass).
 
     Examples
     --------
@@ -384,19 +610,36 @@ class FeatureExtractor:
     ...     phis = [extract(inputs)[0] for inputs in batches]
     """
 
-    def __init__(self, model: nn.Module, layer: nn.Linear, autocast: Optional[torch.dtype] = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: nn.Linear,
+        autocast: Optional[torch.dtype] = None,
+        extra: Optional[FeatureLayers] = None,
+    ) -> None:
         self.model = model
         self.layer = layer
         self.device = model_device(model)
         self.autocast = check_autocast(autocast, self.device)
         self._probe = ModelProbe(model, layer, flatten=False)
+        self._taps = None if extra is None else LayerTaps(layer, extra)
 
     def __enter__(self) -> FeatureExtractor:
         self._probe.__enter__()
+        if self._taps is not None:
+            try:
+                self._taps.__enter__()
+            except BaseException:
+                self._probe.__exit__(None, None, None)
+                raise
         return self
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
-        self._probe.__exit__(exc_type, exc_value, traceback)
+        try:
+            if self._taps is not None:
+                self._taps.remove()
+        finally:
+            self._probe.__exit__(exc_type, exc_value, traceback)
 
     def __call__(self, inputs: ModelInputs) -> Tuple[torch.Tensor, Any]:
         """``(phi (N, d) on the model's device, model output)`` of one batch of model inputs.
@@ -411,18 +654,30 @@ class FeatureExtractor:
             positions per sample and the model's logits are none of them.
         """
         self._probe.captured = []  # only this pass's calls of the layer
+        if self._taps is not None:
+            self._taps.events = []
         with torch.no_grad(), forward_precision(self.device, self.autocast):
             output = call_model(self.model, inputs_to(inputs, self.device, non_blocking=True))
             layer_input = self._probe.features()
             if layer_input.ndim == 2:
                 check_layer_makes_the_logits(self.layer, layer_input, output)
-                return layer_input, output
-            return pooled_features(
-                self.layer,
-                layer_input,
-                output_logits(output, self.layer.out_features),
-                hf_last_token(inputs, self.model),
-            ), output
+                phi = layer_input
+            else:
+                if self._taps is not None:
+                    raise ValueError(
+                        f"`final_fc_layer` sees one vector per position (input shape {tuple(layer_input.shape)}, a "
+                        "token model's head): `feature_layers` is not supported there. Fit without `feature_layers`."
+                    )
+                phi = pooled_features(
+                    self.layer,
+                    layer_input,
+                    output_logits(output, self.layer.out_features),
+                    hf_last_token(inputs, self.model),
+                )
+            if self._taps is not None:
+                blocks = self._taps.blocks(phi.shape[0], token_model=isinstance(inputs, Mapping))
+                phi = torch.cat([phi] + [b.to(phi.dtype) for b in blocks], dim=1)
+            return phi, output
 
 
 def predict(model: nn.Module, inputs: Any, n_classes: Optional[int] = None) -> torch.Tensor:
@@ -442,7 +697,11 @@ def predict(model: nn.Module, inputs: Any, n_classes: Optional[int] = None) -> t
 
 
 def batch_features_and_output(
-    model: nn.Module, layer: nn.Linear, inputs: ModelInputs, autocast: Optional[torch.dtype] = None
+    model: nn.Module,
+    layer: nn.Linear,
+    inputs: ModelInputs,
+    autocast: Optional[torch.dtype] = None,
+    extra: Optional[FeatureLayers] = None,
 ) -> Tuple[torch.Tensor, Any]:
     """Features ``phi`` of one batch and the model's output, from one forward pass.
 
@@ -457,6 +716,9 @@ def batch_features_and_output(
     inputs : tuple or dict
     autocast : torch.dtype, optional
         ``torch.bfloat16`` or ``torch.float16``: a mixed-precision forward pass.
+    extra : FeatureLayers, optional
+        ``DualDA(feature_layers=...)``: the inputs of these layers (flattened, unscaled) are
+        concatenated after ``phi`` (:class:`LayerTaps` checks each pass).
 
     Returns
     -------
@@ -465,12 +727,16 @@ def batch_features_and_output(
     output : Any
         The model output.
     """
-    with FeatureExtractor(model, layer, autocast=autocast) as extract:
+    with FeatureExtractor(model, layer, autocast=autocast, extra=extra) as extract:
         return extract(inputs)
 
 
 def batch_features(
-    model: nn.Module, layer: nn.Linear, inputs: ModelInputs, autocast: Optional[torch.dtype] = None
+    model: nn.Module,
+    layer: nn.Linear,
+    inputs: ModelInputs,
+    autocast: Optional[torch.dtype] = None,
+    extra: Optional[FeatureLayers] = None,
 ) -> torch.Tensor:
     """Features ``phi`` of one batch: the input of ``layer``, one vector per sample.
 
@@ -490,6 +756,9 @@ def batch_features(
     autocast : torch.dtype, optional
         ``torch.bfloat16`` or ``torch.float16``: a mixed-precision forward pass
         (``torch.autocast``); the features then come in that dtype.
+    extra : FeatureLayers, optional
+        ``DualDA(feature_layers=...)``: the inputs of these layers (flattened, unscaled) are
+        concatenated after ``phi`` (:class:`LayerTaps` checks each pass).
 
     Returns
     -------
@@ -504,4 +773,4 @@ def batch_features(
         The layer's outputs are not the model's logits (an inner layer), or it sees several
         positions per sample and the model's logits are none of them.
     """
-    return batch_features_and_output(model, layer, inputs, autocast)[0]
+    return batch_features_and_output(model, layer, inputs, autocast, extra)[0]

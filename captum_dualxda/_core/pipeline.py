@@ -29,12 +29,13 @@ from ..solver.fit import CONVERGENCE_ADVICE
 from ..solver.settings import SolverSettings
 from .cache import Fingerprint, entry_lock
 from .distributed import broadcast_object, rank_and_world_size
+from .features import FeatureLayers
 from .guard import WeightsRecord
 from .state import DualDAState, cache_file, fit_fingerprint, load_state, save_state, stream_fingerprint
 from .store import FeatureStore, scratch_path
 from .support import SupportSet
 from .surrogate import hinge_loss
-from .whitening import whiten_rows, whitening_matrix
+from .whitening import block_scales, whiten_rows, whitening_matrix
 
 __all__ = ["extract", "solve", "fit_state", "Fit", "FitJob"]
 
@@ -53,6 +54,7 @@ def extract(
     show_progress: bool = False,
     observe: Optional[Callable[[Any], Any]] = None,
     desc: str = "DualDA features",
+    extra: Optional[FeatureLayers] = None,
 ) -> tuple[FeatureStore, torch.Tensor]:
     """The training features of ``loader`` and all labels, read once through the model.
 
@@ -82,6 +84,9 @@ def extract(
         Called with every batch before the model sees it (a fingerprint taken in the same pass).
     desc : str
         The progress bar's label.
+    extra : FeatureLayers, optional
+        ``DualDA(feature_layers=...)``: these layers' inputs (unscaled) are concatenated after
+        ``phi`` (:func:`scale_blocks` scales them; not with ``memory_budget`` or ``distributed``).
 
     Returns
     -------
@@ -103,6 +108,7 @@ def extract(
         autocast=autocast,
         observe=observe,
         desc=desc,
+        extra=extra,
     )
 
 
@@ -144,6 +150,7 @@ def fit_state(
     fingerprint: Optional[str] = None,
     whiten: Optional[float] = None,
     keep_features: bool = False,
+    feature_widths: Optional[Sequence[int]] = None,
 ) -> DualDAState:
     """Fit the Crammer-Singer SVM on training features and keep what DualDA needs.
 
@@ -171,6 +178,11 @@ def fit_state(
         Keep all of ``features`` in the state (``train_features``, on the CPU; no copy when
         they already are), for :func:`~captum_dualxda.rank_label_issues`. FitJob asks for it
         when the features were held in memory in one process.
+    feature_widths : sequence of int, optional
+        ``DualDA(feature_layers=...)``: ``features`` are blocks of these widths side by side
+        (``phi`` first); each later block is scaled to ``phi``'s mean squared row norm
+        (:func:`~captum_dualxda._core.whitening.block_scales`) before anything else, and the state
+        keeps the scales. ``features`` must then be an in-memory tensor (scaled in place).
 
     Returns
     -------
@@ -196,7 +208,12 @@ def fit_state(
             f"Training labels must lie in 0..{n_classes - 1} (the outputs of `final_fc_layer`), found values in "
             f"{lo}..{hi}."
         )
-    raw_features = features  # kept for rank_label_issues, which fits on phi itself
+    scale = None
+    if feature_widths is not None:
+        scale = block_scales(features, list(feature_widths))
+        features.mul_(scale.to(features.device, features.dtype))  # in place: no second (n, d) copy
+        squared_norms = row_squared_norms(features)
+    raw_features = features  # kept for rank_label_issues, which fits on phi (psi) itself
     transform = None
     if whiten is not None:
         transform = whitening_matrix(features, whiten)
@@ -227,6 +244,8 @@ def fit_state(
         },
         fingerprint=fingerprint,
         feature_transform=None if transform is None else transform.float().cpu(),
+        feature_widths=None if feature_widths is None else [int(w) for w in feature_widths],
+        feature_scale=None if scale is None else scale.float(),
     )
 
 
@@ -314,6 +333,9 @@ class FitJob:
         rewrite (:meth:`~captum_dualxda._core.guard.WeightsRecord.absorb`).
     whiten : float, optional
         Fit in whitened features (:func:`fit_state`); part of the cache key. Not distributed.
+    extra : FeatureLayers, optional
+        ``DualDA(feature_layers=...)``: their inputs join ``phi`` (names in the cache key). Not
+        distributed, not with ``memory_budget``.
     """
 
     model: nn.Module
@@ -329,6 +351,7 @@ class FitJob:
     weights: WeightsRecord
     whiten: Optional[float] = None
     cache_path: Optional[str] = None
+    extra: Optional[FeatureLayers] = None
 
     def __post_init__(self) -> None:
         self.rank, self.world = rank_and_world_size() if self.distributed else (0, 1)
@@ -344,7 +367,13 @@ class FitJob:
         if isinstance(self.loader.dataset, IterableDataset) and not self.distributed:
             return self._fit_stream(show_progress)
         key = fit_fingerprint(
-            self.model, self.layer_name, self.loader, self.settings, autocast=self.autocast, whiten=self.whiten
+            self.model,
+            self.layer_name,
+            self.loader,
+            self.settings,
+            autocast=self.autocast,
+            whiten=self.whiten,
+            feature_layers=None if self.extra is None else list(self.extra.names),
         )
         self.cache_path = cache_file(self.cache_dir, key)
         if self.rank != 0:  # rank 0 alone reads, writes and locks the cache
@@ -429,6 +458,7 @@ class FitJob:
             distributed=self.distributed,
             show_progress=show_progress and self.rank == 0,
             observe=observe,
+            extra=self.extra,
         )
 
     def _fit_stream(self, show_progress: bool) -> Fit:
@@ -445,7 +475,13 @@ class FitJob:
         self.weights.absorb(self.model)  # also on a cache hit: this pass ran the model
         try:
             settings_key = fit_fingerprint(
-                self.model, self.layer_name, (), self.settings, autocast=self.autocast, whiten=self.whiten
+                self.model,
+                self.layer_name,
+                (),
+                self.settings,
+                autocast=self.autocast,
+                whiten=self.whiten,
+                feature_layers=None if self.extra is None else list(self.extra.names),
             )
             key = stream_fingerprint(settings_key, data)
             self.cache_path = cache_file(self.cache_dir, key)
@@ -453,6 +489,13 @@ class FitJob:
                 return self._fit(show_progress, key, (store, labels, start))
         finally:
             store.close()
+
+    def _widths(self, store: FeatureStore) -> Optional[list[int]]:
+        """The feature blocks' widths (``phi`` first) of a fit with ``extra`` layers, None without."""
+        if self.extra is None:
+            return None
+        extra = self.extra.widths or []
+        return [int(store.features.shape[1]) - sum(extra), *extra]
 
     def _solve(
         self, store: FeatureStore, labels: torch.Tensor, key: Optional[str], extraction_time: float, show_progress: bool
@@ -472,6 +515,7 @@ class FitJob:
                 # All features in memory in one process: keep them (rank_label_issues needs no
                 # second forward pass). Memory-mapped (above memory_budget) or sharded: not kept.
                 keep_features=store.path is None and store.is_complete and not self.distributed,
+                feature_widths=self._widths(store),
             )
         except Exception as error:  # make every rank raise instead of hanging in the broadcast
             if self.distributed:

@@ -32,12 +32,13 @@ __all__ = [
     "load_state",
 ]
 
-STATE_VERSION = 8
+STATE_VERSION = 9
 """Version of :class:`DualDAState`, of cache files and of the cache key; another version refits.
 
 7: the solver settings enter the key by name (:meth:`SolverSettings.key_items`), with
 ``intercept_scaling``. 8: the state keeps all training features (``train_features``) when they
-were held in memory."""
+were held in memory. 9: ``feature_layers`` (their names in the key; ``feature_widths`` and
+``feature_scale`` in the state)."""
 
 
 @dataclass
@@ -76,6 +77,13 @@ class DualDAState:
     feature_transform : torch.Tensor, optional
         ``(d, d)`` float32 whitening matrix ``T`` of a whitened fit (``DualDA(whiten=...)``): the
         support features, squared norms and hinge losses are those of ``phi T``. None: plain ``phi``.
+    feature_widths : list of int, optional
+        ``DualDA(feature_layers=...)``: the widths of the feature blocks, ``phi`` first, then each
+        extra layer's flattened input; the features are ``psi = [phi, s_1 f_1, ...]`` (all of the
+        state's features, ``weight`` and ``feature_transform`` refer to ``psi``). None: ``phi`` alone.
+    feature_scale : torch.Tensor, optional
+        ``(d,)`` float32 column scales of ``psi`` (1 on ``phi``, ``s_b`` on block ``b``,
+        :func:`~captum_dualxda._core.whitening.block_scales`), applied to test features too.
     version : int
         :data:`STATE_VERSION`.
     """
@@ -92,6 +100,8 @@ class DualDAState:
     stats: dict[str, Any] = field(default_factory=dict)
     fingerprint: Optional[str] = None
     feature_transform: Optional[torch.Tensor] = None
+    feature_widths: Optional[list[int]] = None
+    feature_scale: Optional[torch.Tensor] = None
     version: int = STATE_VERSION
 
     def without_support_features(self) -> DualDAState:
@@ -119,6 +129,8 @@ class DualDAState:
             "train_features": self.train_features,
             "stats": dict(self.stats),
             "feature_transform": self.feature_transform,
+            "feature_widths": None if self.feature_widths is None else [int(w) for w in self.feature_widths],
+            "feature_scale": self.feature_scale,
         }
 
     @classmethod
@@ -154,6 +166,8 @@ class DualDAState:
             stats=dict(data["stats"]),
             fingerprint=data["fingerprint"],
             feature_transform=data.get("feature_transform"),
+            feature_widths=None if data.get("feature_widths") is None else [int(w) for w in data["feature_widths"]],
+            feature_scale=data.get("feature_scale"),
             version=STATE_VERSION,
         )
 
@@ -166,6 +180,7 @@ def fit_fingerprint(
     *,
     autocast: Optional[torch.dtype] = None,
     whiten: Optional[float] = None,
+    feature_layers: Optional[list[str]] = None,
 ) -> str:
     """The cache key of a fit: state version, layer, solver settings, the forward passes' precision,
     the model (class, module tree, weights, every buffer, plain tensor attributes) and every training
@@ -187,6 +202,8 @@ def fit_fingerprint(
     whiten : float, optional
         The whitening ratio of a whitened fit (``DualDA(whiten=...)``), mixed in only when set
         (keys of plain fits stay as they were).
+    feature_layers : list of str, optional
+        The dotted names of ``DualDA(feature_layers=...)``, in order, mixed in only when set.
 
     Returns
     -------
@@ -205,6 +222,8 @@ def fit_fingerprint(
         fp.update("autocast", str(autocast))
     if whiten is not None:
         fp.update("whiten", repr(float(whiten)))
+    if feature_layers is not None:
+        fp.update("feature_layers", list(feature_layers))
     fp.update_module(model)
     fp.update_batches(loader_batches(loader) if isinstance(loader, DataLoader) else loader)
     return fp.hexdigest()

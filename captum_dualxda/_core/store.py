@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .._utils.chunking import row_chunk
 from .data import loader_batches, shard_loader, split_batch
 from .distributed import assemble_strided, gather_strided, rank_and_world_size, shard_indices, write_strided_rows
-from .features import FeatureExtractor
+from .features import FeatureExtractor, FeatureLayers
 
 __all__ = ["FeatureStore", "extract_features", "scratch_path"]
 
@@ -105,6 +105,7 @@ class FeatureStore:
         autocast: Optional[torch.dtype] = None,
         observe: Optional[Callable[[Any], Any]] = None,
         desc: str = "DualDA features",
+        extra: Optional[FeatureLayers] = None,
     ) -> Tuple[FeatureStore, torch.Tensor]:
         """Extract the features of ``loader`` (see :func:`extract_features`).
 
@@ -130,6 +131,7 @@ class FeatureStore:
                 out_path=out_path,
                 autocast=autocast,
                 observe=observe,
+                extra=extra,
             )
         except BaseException:
             cls._remove(path)
@@ -217,6 +219,7 @@ def extract_features(
     *,
     autocast: Optional[torch.dtype] = None,
     observe: Optional[Callable[[Any], Any]] = None,
+    extra: Optional[FeatureLayers] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Features and labels of every batch of ``loader``, in loader order.
 
@@ -258,6 +261,9 @@ def extract_features(
     observe : callable, optional
         Called with every batch as the loader yields it, before the model sees it (e.g.
         :meth:`~captum_dualxda._core.cache.Fingerprint.update`: a fingerprint taken in the same pass).
+    extra : FeatureLayers, optional
+        ``DualDA(feature_layers=...)``: the inputs of these layers concatenated after ``phi``
+        (unscaled; in memory, one process only).
 
     Returns
     -------
@@ -307,7 +313,7 @@ def extract_features(
     except TypeError:
         total = None
     rows = 0
-    with FeatureExtractor(model, layer, autocast=autocast) as extract:
+    with FeatureExtractor(model, layer, autocast=autocast, extra=extra) as extract:
         for batch in tqdm(loader_batches(loader), total=total, desc=desc, disable=not show_progress, leave=False):
             if observe is not None:
                 observe(batch)

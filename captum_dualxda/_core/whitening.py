@@ -14,7 +14,7 @@ import torch
 
 from .._utils.chunking import row_chunk
 
-__all__ = ["whitening_matrix", "whiten_rows"]
+__all__ = ["whitening_matrix", "whiten_rows", "block_scales"]
 
 
 def whitening_matrix(features: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -70,3 +70,39 @@ def whiten_rows(features: torch.Tensor, transform: torch.Tensor) -> torch.Tensor
         block = features[start : start + chunk].to(transform.device, torch.float64)
         out[start : start + chunk] = (block @ transform).float()
     return out
+
+
+def block_scales(features: torch.Tensor, widths: list[int]) -> torch.Tensor:
+    """Column scales that give every block of ``features`` the mean squared row norm of the first.
+
+    ``DualDA(feature_layers=...)`` concatenates ``phi`` (the first block) and the inputs of
+    earlier layers; block ``b`` is scaled by ``s_b = sqrt(mean_i ||phi_i||^2 / mean_i ||f_b,i||^2)``
+    so that no block dominates the kernel by its units alone (``s_b = 1`` where either mean is 0).
+
+    Parameters
+    ----------
+    features : torch.Tensor
+        ``(n, d)`` float training features, the blocks side by side (read in row chunks).
+    widths : list of int
+        The blocks' widths, ``phi`` first; they sum to ``d``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(d,)`` float64 on the CPU: 1 on ``phi``'s columns, ``s_b`` on block ``b``'s.
+    """
+    n, d = features.shape
+    if sum(widths) != d:
+        raise ValueError(f"Block widths {widths} do not add up to the feature dimension {d}.")
+    sums = torch.zeros(d, dtype=torch.float64)
+    for start in range(0, n, row_chunk(d)):
+        sums += features[start : start + row_chunk(d)].double().square().sum(0).cpu()
+    edges = [0]
+    for w in widths:
+        edges.append(edges[-1] + w)
+    means = [float(sums[a:b].sum()) / max(n, 1) for a, b in zip(edges[:-1], edges[1:])]
+    scale = torch.ones(d, dtype=torch.float64)
+    for b in range(1, len(widths)):
+        if means[0] > 0.0 and means[b] > 0.0:
+            scale[edges[b] : edges[b + 1]] = (means[0] / means[b]) ** 0.5
+    return scale

@@ -123,7 +123,10 @@ def surrogate_fidelity(dualda: DualDA, inputs: Any, batch_size: int = 256) -> Fi
     batch_size = check_integer(batch_size, "batch_size", low=1)
     net, sur = [], []
     for batch in model_input_batches(inputs, batch_size, "inputs"):
-        phi, output = batch_features_and_output(dualda.model, dualda.final_fc_layer, batch)
+        if dualda.feature_layers is None:
+            phi, output = batch_features_and_output(dualda.model, dualda.final_fc_layer, batch)
+        else:  # the SVM's weights are on psi = [phi, scaled inputs of the feature layers]
+            phi, output = dualda._features_and_output(batch)
         net.append(output_logits(output, dualda.final_fc_layer.out_features).detach().double().cpu())
         sur.append(surrogate_logits(phi, dualda.weight, dualda.intercept))
     return logit_fidelity(torch.cat(net), torch.cat(sur))
