@@ -25,7 +25,7 @@ covers a model, are in :mod:`captum_dualxda.lrp`.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -35,7 +35,17 @@ from zennit.attribution import Attributor
 from zennit.core import Composite
 
 from ._core.ensemble import mean_of_tuples
-from ._core.features import hf_last_token, model_device, output_logits, pooled_positions, predict, resolve_linear_layer
+from ._core.features import (
+    FeatureLayers,
+    LayerTaps,
+    hf_last_token,
+    model_device,
+    output_logits,
+    pooled_positions,
+    predict,
+    resolve_feature_layers,
+    resolve_linear_layer,
+)
 from ._core.guard import pop_entry_view, push_entry_view
 from ._core.probe import ModelProbe
 from ._utils.arrays import check_index_matrix
@@ -99,6 +109,13 @@ class XDA(Attributor):
         Default output relevance at the feature layer: a tensor broadcastable to ``(N, d)`` (used
         as a constant), a callable ``phi (N, d) -> (N, d)``, or None for the identity
         (relevance = ``phi``).  A value passed at call time overrides it.
+    feature_layers : sequence of nn.Module or str, optional
+        The same argument as DualDA's (a fit with ``feature_layers`` is explained by an XDA with
+        the same layers): the features are then ``[phi, f_1, f_2, ...]``, the inputs of these
+        layers (flattened, unscaled) after ``phi``, ``(N, d)`` with ``d`` the sum of the widths.
+        The output relevance ``(N, d)`` is split into the blocks and each block starts from its
+        layer's input; all blocks go down in one backward pass (the rules are linear in the
+        incoming relevance, so this is the sum of one pass per block). Tensor inputs only.
 
     Attributes
     ----------
@@ -128,6 +145,7 @@ class XDA(Attributor):
         final_fc_layer: Union[nn.Linear, str],
         composite: Optional[Composite] = None,
         attr_output: AttrOutput = None,
+        feature_layers: Optional[Sequence[Union[nn.Module, str]]] = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
@@ -137,6 +155,9 @@ class XDA(Attributor):
             )
         super().__init__(model=model, composite=composite, attr_output=attr_output)
         self.final_fc_layer: nn.Linear = resolve_linear_layer(model, final_fc_layer, argument="final_fc_layer")
+        self._extra: Optional[FeatureLayers] = (
+            None if feature_layers is None else resolve_feature_layers(model, self.final_fc_layer, feature_layers)
+        )
         self._flags = CompositeFlags.of(composite)
         if composite is not None and has_attention(model) and not self._flags.handles_attention:
             # Zennit's rules give zeros (zennit 1.0), NaN or a hook error on attention: refuse
@@ -272,10 +293,44 @@ class XDA(Attributor):
             ``(N, d)`` features on the model's device, dtype of the model.
         """
         input = self._prepare_input(input)
+        self._check_extra_input(input)
         with self._probe(detach=True) as probe, torch.no_grad():
-            call_model(probe.run, input)
-            raw = probe.features()
+            taps = self._taps(detach=True)
+            try:
+                call_model(probe.run, input)
+                raw = probe.features()
+                if taps is not None:
+                    return torch.cat([raw] + [b.to(raw.dtype) for b in self._blocks(taps, raw)], dim=1)
+            finally:
+                if taps is not None:
+                    taps.remove()
         return raw if raw.ndim == 2 else raw[torch.arange(raw.shape[0]), self._positions(input, raw)]
+
+    @property
+    def feature_layers(self) -> Optional[List[str]]:
+        """Dotted names of the extra feature layers (``XDA(feature_layers=...)``); None for ``phi`` alone."""
+        return None if self._extra is None else list(self._extra.names)
+
+    def _taps(self, detach: bool) -> Optional[LayerTaps]:
+        """Entered hooks on the extra feature layers (prepended: before a composite's own), or None."""
+        if self._extra is None:
+            return None
+        return LayerTaps(self.final_fc_layer, self._extra, detach=detach, prepend=True).__enter__()
+
+    def _check_extra_input(self, input: Any) -> None:
+        if self._extra is not None and isinstance(input, Mapping):
+            raise ValueError(
+                "XDA with `feature_layers` explains tensor inputs only, not dicts of model inputs (token models)."
+            )
+
+    def _blocks(self, taps: LayerTaps, raw: torch.Tensor) -> List[torch.Tensor]:
+        """The extra layers' inputs of the pass just run, each ``(N, d_b)`` (graph kept when captured so)."""
+        if raw.ndim != 2:
+            raise ValueError(
+                f"`final_fc_layer` sees one vector per position (input shape {tuple(raw.shape)}): `feature_layers` is "
+                "not supported there."
+            )
+        return taps.blocks(raw.shape[0], token_model=False)
 
     def _positions(self, input: Any, layer_input: torch.Tensor) -> torch.Tensor:
         """``(N,)`` the position each sample is classified at, for a head applied to every position.
@@ -322,6 +377,7 @@ class XDA(Attributor):
         """
         self._check_composite()
         input = self._prepare_input(input)
+        self._check_extra_input(input)
         times_input = self._flags.gradient_times_input
         text = isinstance(input, Mapping)
         target = self._flags.attribution_module if text else None
@@ -339,19 +395,30 @@ class XDA(Attributor):
         # Rules attach only when grad mode is on and the layer input requires grad: make both
         # true even when the caller sits inside torch.no_grad().
         handle = target.register_forward_hook(make_leaf) if target is not None else None
+        blocks: List[torch.Tensor] = []
         try:
             with torch.enable_grad():
                 with self._probe(detach=False) as probe:
                     if not text:
                         leaves.append(input.requires_grad_(True))
-                    call_model(probe.run, input)
-                    raw = probe.features()
+                    taps = self._taps(detach=False)
+                    try:
+                        call_model(probe.run, input)
+                        raw = probe.features()
+                        if taps is not None:
+                            blocks = self._blocks(taps, raw)
+                    finally:
+                        if taps is not None:
+                            taps.remove()
                 if handle is not None:
                     handle.remove()
                     handle = None
                 # A head applied to every position: keep the position the model classifies (found
                 # with one more pass, outside the probe that stops at the final layer).
                 phi = raw if raw.ndim == 2 else raw[torch.arange(raw.shape[0]), self._positions(input, raw)]
+                outputs = [phi] + blocks
+                if blocks:
+                    phi = torch.cat([phi] + [b.to(phi.dtype) for b in blocks], dim=1)
                 if not phi.requires_grad or not leaves:
                     raise RuntimeError(
                         "The features at `final_fc_layer` do not depend on `input` (no gradient path); "
@@ -364,8 +431,17 @@ class XDA(Attributor):
                     safe = torch.where(nonzero, phi.detach(), torch.ones_like(phi))
                     relevance_out = torch.where(nonzero, relevance_out / safe, torch.zeros_like(phi))
                 leaf = leaves[0]
+                # One block per captured layer input: each starts its part of the relevance there, all
+                # in one backward pass (the sum of one pass per block, the rules being linear in it).
+                widths = [t.shape[1] for t in outputs]
+                grads = [g.to(t.dtype) for g, t in zip(relevance_out.split(widths, dim=1), outputs)]
+                used = [(t, g) for t, g in zip(outputs, grads) if t.requires_grad]
                 try:
-                    (relevance,) = torch.autograd.grad((phi,), (leaf,), grad_outputs=(relevance_out,))
+                    (relevance,) = torch.autograd.grad(
+                        tuple(t for t, _ in used), (leaf,), grad_outputs=tuple(g for _, g in used), allow_unused=True
+                    )
+                    if relevance is None:
+                        relevance = torch.zeros_like(leaf)
                 except RuntimeError as error:
                     if self.composite is None or "hook" not in str(error):
                         raise
@@ -411,7 +487,9 @@ class XDAPairs(NamedTuple):
     ----------
     scores : torch.Tensor
         ``(n_test, k)`` DualDA scores ``tau[i, m] = a_j^{c_i} phi(x_j).phi(x_i)`` with
-        ``j = train_indices[i, m]``; dtype of the features (float32 or float64).
+        ``j = train_indices[i, m]``; dtype of the features (float32 or float64). For a fit with
+        ``whiten`` or ``feature_layers``: ``a_j^{c_i} psi(x_j)^T M psi(x_i)`` with ``psi`` the scaled
+        concatenated features and ``M = T T`` (``whiten``) or ``I``.
     train_relevance : torch.Tensor
         ``(n_test, k, *input_shape)`` heatmap of training image ``x_j``: why it supports
         (positive) or opposes (negative) the prediction on ``x_i``. For text (dict inputs):
@@ -422,7 +500,10 @@ class XDAPairs(NamedTuple):
         training image ``x_j``.
     feature_relevance : torch.Tensor
         ``(n_test, k, d)`` relevance at the feature layer, ``a_j^{c_i} phi(x_j) * phi(x_i)``
-        (sums to ``scores`` along the last axis).
+        (sums to ``scores`` along the last axis). With ``whiten`` or ``feature_layers`` the test
+        side's, ``a_j^{c_i} psi(x_i) * (M psi(x_j))`` (the training side's, ``a_j^{c_i} psi(x_j) *
+        (M psi(x_i))``, differs for a whitened fit and sums to the same score); with
+        ``feature_layers`` ``d`` is the sum of the blocks' widths, ``phi`` first.
     train_indices : torch.Tensor
         ``(n_test, k)`` int64, the training partners.
     targets : torch.Tensor
@@ -483,6 +564,36 @@ def _times(partner: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda phi: phi * partner
 
 
+def _partner(
+    phi: torch.Tensor, scale: Optional[torch.Tensor], transform: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """``scale * (M (phi * scale))`` row by row, ``M = T T`` for a whitened fit (else ``I``), in the
+    dtype of ``phi``: the vector whose product with the other side's unscaled features ``phi``
+    is that side's relevance (without the coefficient). ``phi`` itself without scale and transform.
+
+    Parameters
+    ----------
+    phi : torch.Tensor
+        ``(..., d)`` features as XDA sees them (``phi``, then the unscaled inputs of ``feature_layers``).
+    scale : torch.Tensor, optional
+        ``(d,)`` the fit's column scales (``DualDA.feature_scale``).
+    transform : torch.Tensor, optional
+        ``(d, d)`` the fit's symmetric whitening matrix ``T`` (``DualDA.feature_transform``).
+    """
+    if scale is None and transform is None:
+        return phi
+    psi = phi.double()
+    s = None if scale is None else scale.to(phi.device, torch.float64)
+    if s is not None:
+        psi = psi * s
+    if transform is not None:
+        t = transform.to(phi.device, torch.float64)
+        psi = (psi @ t) @ t
+    if s is not None:
+        psi = psi * s
+    return psi.to(phi.dtype)
+
+
 def _stack_padded(maps: List[torch.Tensor]) -> torch.Tensor:
     """Stack relevance maps; token maps of different lengths are right-padded with zeros."""
     if len({tuple(m.shape) for m in maps}) <= 1:
@@ -506,6 +617,12 @@ def xda_pairs(
     For test sample ``x_i`` (explained class ``c_i``) and partner ``x_j`` the relevance at the
     feature layer is ``R = a_j^{c_i} phi(x_j) * phi(x_i)`` (``R.sum() = tau``).  It is propagated
     into the training image (``train_relevance``) and into the test image (``test_relevance``).
+    A whitened fit (``DualDA(whiten=...)``) scores ``a_j^{c_i} psi(x_j)^T T T psi(x_i)``: the test
+    image's relevance at the features is then ``a_j^{c_i} psi(x_i) * (T T psi(x_j))`` and the
+    training image's ``a_j^{c_i} psi(x_j) * (T T psi(x_i))``, each summing to the score. A fit with
+    ``feature_layers`` (``psi = [phi, s_1 f_1, ...]``) needs an ``xda`` with the same
+    ``feature_layers``: each block of that relevance starts from its layer's input, all in one
+    backward pass, so a heatmap still sums to the score under conserving rules.
     The ``k`` partners of one test sample go through in one batched pass per side.  The
     composite is registered once for all pairs (unless it already is).
 
@@ -561,6 +678,12 @@ def xda_pairs(
         raise TypeError(f"`xda` must be an XDA attributor, got {type(xda).__name__}.")
     feature_batch_size = check_integer(feature_batch_size, "feature_batch_size", low=1)
     show_progress = check_flag(show_progress, "show_progress")
+    if xda.feature_layers != dualda.feature_layers:
+        raise ValueError(
+            f"`xda` has feature_layers={xda.feature_layers}, `dualda` {dualda.feature_layers}: explain a fit with an "
+            "XDA on the same features, `XDA(model, final_fc_layer, composite, "
+            "feature_layers=dualda.feature_layers)`."
+        )
     if dualda.ensemble is not None:
         return _ensemble_pairs(dualda, xda, test_inputs, targets, train_indices, feature_batch_size, show_progress)
     if xda.model is not dualda.model:
@@ -570,11 +693,6 @@ def xda_pairs(
             "`xda` uses a different feature layer than `dualda` (xda.final_fc_layer is not dualda.final_fc_layer)."
         )
     dualda._check_model("xda_pairs")  # the coefficients belong to the weights of the fit
-    if dualda.feature_transform is not None:
-        raise ValueError(
-            "`xda_pairs` does not explain a whitened fit (`DualDA(whiten=...)`): its heatmaps add up to "
-            "a_j phi(x_j) . phi(x), not to the whitened score."
-        )
     x = single_input(test_inputs, "test_inputs")
     text = isinstance(x, Mapping)
     if isinstance(x, torch.Tensor) and x.ndim < 2:
@@ -628,7 +746,14 @@ def xda_pairs(
         )
     dtype = phi_test.dtype
     coef = dualda.coefficients_at(idx, targets_t[:, None]).to(device=device, dtype=dtype)  # (n_test, k)
-    feature_relevance = coef[..., None] * phi_train * phi_test[:, None, :]  # (n_test, k, d)
+    # The score is a_j psi(x_j)^T M psi(x) with psi = phi * scale (feature_layers) and M = T T (whiten)
+    # or I. At the features XDA sees (phi, unscaled) the relevance of one side is its own features
+    # times the "partner" vector scale * (M psi(other side)) a_j, which sums to the score.
+    scale = dualda.feature_scale
+    transform = dualda.feature_transform
+    partner_test = _partner(phi_test, scale, transform)  # (n_test, d): scale * M psi(x_i)
+    partner_train = _partner(phi_train, scale, transform)  # (n_test, k, d): scale * M psi(x_j)
+    feature_relevance = coef[..., None] * partner_train * phi_test[:, None, :]  # (n_test, k, d), test side
     scores = feature_relevance.sum(-1)
 
     train_heat: List[torch.Tensor] = []
@@ -637,8 +762,8 @@ def xda_pairs(
     def run_all() -> None:
         for i in tqdm(range(n_test), desc="XDA pairs", disable=not show_progress, leave=False):
             a_i = coef[i][:, None]  # (k, 1)
-            partner_for_train = a_i * phi_test[i][None, :]  # (k, d)
-            partner_for_test = a_i * phi_train[i]  # (k, d)
+            partner_for_train = a_i * partner_test[i][None, :]  # (k, d)
+            partner_for_test = a_i * partner_train[i]  # (k, d)
             x_tr = inputs_to(single_input(dualda.train_inputs(idx[i]), "dualda.train_inputs(...)"), device, detach=True)
             _, r_tr = xda(x_tr, _times(partner_for_train))
             _, r_te = xda(repeat_row(x, i, k), _times(partner_for_test))

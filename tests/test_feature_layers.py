@@ -41,7 +41,9 @@ def make_net(seed: int = 0) -> nn.Module:
 def hand_blocks(net: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
     """``[phi, input of net[0], input of net[2]]`` captured with hooks of this test's own."""
     seen: dict[int, torch.Tensor] = {}
-    handles = [net[i].register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0].detach())) for i in (0, 2, 4)]
+    handles = [
+        net[i].register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0].detach())) for i in (0, 2, 4)
+    ]
     try:
         with torch.no_grad():
             net(x)
@@ -307,3 +309,110 @@ def test_conv_inputs_are_flattened_per_sample():
     dualda = DualDA(net, "3", TensorDataset(x, y), C=C, feature_layers=["0"])
     assert dualda.feature_widths == [32, 36]
     assert dualda.influence((x[:2], y[:2])).shape == (2, 30)
+
+
+# ------------------------------------------------------------------------------------------
+# XDA of fits with feature_layers
+# ------------------------------------------------------------------------------------------
+def bias_free_net(seed: int = 0) -> nn.Module:
+    """Bias-free ReLU network: gradient times input conserves exactly."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(D, H1, bias=False), nn.ReLU(), nn.Linear(H1, H2, bias=False), nn.ReLU(), nn.Linear(H2, K)
+    )
+
+
+def composites():
+    from zennit.composites import EpsilonPlusFlat
+
+    return [None, EpsilonPlusFlat(zero_params="bias")]
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_one_backward_pass_is_the_sum_of_one_pass_per_block(data, which):
+    from captum_dualxda import XDA
+
+    x = data[2][:4]
+    net = bias_free_net()
+    xda = XDA(net, "4", composites()[which], feature_layers=LAYERS)
+    feats = xda.features(x)
+    assert feats.shape == (4, H2 + D + H1)
+    np.testing.assert_allclose(feats.double().numpy(), np.concatenate(hand_blocks(net, x), 1), rtol=1e-6)
+    g = torch.Generator().manual_seed(3)
+    relevance = feats * torch.randn(4, H2 + D + H1, generator=g)  # as XDA's: zero where the feature is
+    _, full = xda(x, relevance)
+    total = torch.zeros_like(full)
+    edges = [0, H2, H2 + D, H2 + D + H1]
+    for b in range(3):
+        mask = torch.zeros(H2 + D + H1)
+        mask[edges[b] : edges[b + 1]] = 1.0
+        _, part = xda(x, relevance * mask)
+        # each block's relevance arrives whole at the input (conserving rules, bias-free network)
+        torch.testing.assert_close(part.sum(1), (relevance * mask).sum(1), rtol=1e-3, atol=1e-5)
+        total += part
+    torch.testing.assert_close(full, total, rtol=1e-4, atol=1e-6)
+    # the input block starts at the input itself: its relevance is its own (times nothing)
+    mask = torch.zeros(H2 + D + H1)
+    mask[H2 : H2 + D] = 1.0
+    _, part = xda(x, relevance * mask)
+    torch.testing.assert_close(part, relevance[:, H2 : H2 + D], rtol=1e-5, atol=1e-6)
+    assert no_hooks(net)
+
+
+@pytest.mark.parametrize("whiten", [None, 0.1])
+@pytest.mark.parametrize("which", [0, 1])
+def test_xda_pairs_of_a_feature_layers_fit_add_up_to_its_scores(data, whiten, which):
+    from captum_dualxda import XDA, xda_pairs
+
+    x, y, xt, yt = data
+    net = bias_free_net()
+    dualda = DualDA(net, "4", TensorDataset(x, y), C=C, feature_layers=LAYERS, whiten=whiten)
+    xda = XDA(net, "4", composites()[which], feature_layers=LAYERS)
+    idx = dualda.influence((xt, yt), k=3).indices
+    pairs = xda_pairs(dualda, xda, xt, yt, idx)
+    torch.testing.assert_close(pairs.scores, dualda.influence((xt, yt)).gather(1, idx), rtol=1e-4, atol=1e-6)
+    # the relevance at the features: NumPy reference a_j psi(x_i) * (M psi(x_j)) (unscaled features seen by XDA)
+    psi, psi_t, _ = hand_psi(net, x, xt)
+    m = np.eye(psi.shape[1]) if whiten is None else np.linalg.matrix_power(numpy_whitening(psi, whiten), 2)
+    alpha = dualda.coefficients.double().numpy()
+    a = alpha[idx.numpy(), yt.numpy()[:, None]]
+    reference = a[..., None] * psi_t[:, None, :] * (psi[idx.numpy()] @ m)
+    np.testing.assert_allclose(pairs.feature_relevance.double().numpy(), reference, atol=1e-4 * np.abs(reference).max())
+    assert pairs.feature_relevance.shape[-1] == H2 + D + H1
+    for heat in (pairs.train_relevance, pairs.test_relevance):
+        torch.testing.assert_close(heat.flatten(2).sum(-1), pairs.scores, rtol=1e-3, atol=1e-6)
+    assert no_hooks(net)
+
+
+def test_xda_pairs_refuse_an_xda_on_other_features(data):
+    from captum_dualxda import XDA, xda_pairs
+
+    x, y, xt, yt = data
+    net = bias_free_net()
+    dualda = DualDA(net, "4", TensorDataset(x, y), C=C, feature_layers=LAYERS)
+    idx = torch.zeros(len(xt), 1, dtype=torch.long)
+    for xda in (XDA(net, "4"), XDA(net, "4", feature_layers=["2"])):
+        with pytest.raises(ValueError, match="feature_layers=dualda.feature_layers"):
+            xda_pairs(dualda, xda, xt, yt, idx)
+    plain = DualDA(net, "4", TensorDataset(x, y), C=C)
+    with pytest.raises(ValueError, match="feature_layers"):
+        xda_pairs(plain, XDA(net, "4", feature_layers=LAYERS), xt, yt, idx)
+    with pytest.raises(ValueError, match="tensor inputs only"):
+        XDA(net, "4", feature_layers=LAYERS).features({"x": xt})
+
+
+def test_xda_pairs_of_an_ensemble_are_the_mean_of_its_members(tmp_path, data):
+    from captum_dualxda import XDA, xda_pairs
+
+    x, y, xt, yt = data
+    paths = []
+    for seed in (0, 1):
+        paths.append(str(tmp_path / f"ckpt{seed}.pt"))
+        torch.save(bias_free_net(seed).state_dict(), paths[-1])
+    net = bias_free_net(0)
+    ensemble = DualDA(net, "4", TensorDataset(x, y), C=C, feature_layers=LAYERS, whiten=0.1, checkpoints=paths)
+    idx = ensemble.influence((xt, yt), k=2).indices
+    pairs = xda_pairs(ensemble, XDA(net, "4", feature_layers=LAYERS), xt, yt, idx)
+    torch.testing.assert_close(pairs.scores, ensemble.influence((xt, yt)).gather(1, idx), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(pairs.test_relevance.flatten(2).sum(-1), pairs.scores, rtol=1e-3, atol=1e-6)
+    assert no_hooks(net)

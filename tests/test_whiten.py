@@ -147,9 +147,38 @@ def test_whiten_is_validated_and_refused_where_unsupported(tmp_path, data):
             DualDA(net, net[2], train, C=C, whiten=bad)
     with pytest.raises(ValueError, match="memory_budget"):
         DualDA(net, net[2], train, C=C, whiten=0.1, cache_dir=str(tmp_path), memory_budget=1)
-    dualda = DualDA(net, net[2], train, C=C, whiten=0.1)
-    with pytest.raises(ValueError, match="whitened"):
-        xda_pairs(dualda, XDA(net, net[2], EpsilonPlusFlat()), xt, yt, torch.zeros(len(xt), 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("composite", [None, "epsilon"])
+def test_whitened_xda_pairs_equal_a_numpy_reference_and_add_up_to_the_score(data, composite):
+    """The relevance at the features is ``a_j phi(x) * (T T phi(x_j))`` (test side) and
+    ``a_j phi(x_j) * (T T phi(x))`` (training side); each heatmap sums to the whitened score."""
+    x, y, xt, yt = data
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(D, H, bias=False), nn.ReLU(), nn.Linear(H, K))  # bias-free: x * grad conserves
+    with torch.no_grad():
+        net[0].weight.mul_(torch.logspace(-1, 1, H)[:, None])
+    dualda = DualDA(net, net[2], TensorDataset(x, y), C=C, whiten=0.01)
+    rules = None if composite is None else EpsilonPlusFlat(zero_params="bias")
+    idx = dualda.influence((xt, yt), k=3).indices
+    pairs = xda_pairs(dualda, XDA(net, net[2], rules), xt, yt, idx)
+    phi, phi_t = features(net, x), features(net, xt)
+    t = numpy_whitening(phi, 0.01)
+    alpha = dualda.coefficients.double().numpy()
+    a = alpha[idx.numpy(), yt.numpy()[:, None]]  # (n_test, k)
+    test_side = a[..., None] * phi_t[:, None, :] * (phi[idx.numpy()] @ t @ t)
+    np.testing.assert_allclose(pairs.feature_relevance.double().numpy(), test_side, atol=1e-4 * np.abs(test_side).max())
+    scores = dualda.influence((xt, yt)).gather(1, idx)
+    torch.testing.assert_close(pairs.scores, scores, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(test_side.sum(-1), a * np.sum(phi_t[:, None, :] * phi[idx.numpy()], -1), rtol=1e-2)
+    for heat in (pairs.train_relevance, pairs.test_relevance):
+        torch.testing.assert_close(heat.flatten(2).sum(-1), pairs.scores, rtol=1e-3, atol=1e-6)
+    # the training side's relevance at the features is a_j phi(x_j) * (T T phi(x)): one partner by hand
+    i, m = 1, 2
+    j = int(idx[i, m])
+    partner = torch.from_numpy(a[i, m] * (phi_t[i] @ t @ t)).float()
+    _, heat = XDA(net, net[2], rules)(x[j : j + 1], lambda f: f * partner)
+    torch.testing.assert_close(heat[0], pairs.train_relevance[i, m], rtol=1e-4, atol=1e-6)
 
 
 def test_label_issues_of_a_whitened_fit_rank_on_phi_itself(data):

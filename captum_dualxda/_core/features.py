@@ -201,14 +201,19 @@ class LayerTaps:
         The layers; its ``widths`` are set by the first pass and checked by every later one.
     detach : bool
         Capture detached inputs (False keeps the autograd graph, for relevance passes).
+    prepend : bool
+        Register the hooks before every other pre-hook of their layers: under a zennit composite
+        the captured input is then the tensor before the rule's own input node, so relevance
+        injected there adds to what the rule passes down instead of being replaced by it.
     """
 
-    def __init__(self, final_layer: nn.Module, spec: FeatureLayers, detach: bool = True) -> None:
+    def __init__(self, final_layer: nn.Module, spec: FeatureLayers, detach: bool = True, prepend: bool = False) -> None:
         self.final_layer = final_layer
         self.spec = spec
         self.layers = list(spec.modules)
         self.names = list(spec.names)
         self.detach = detach
+        self.prepend = prepend
         self.events: List[Tuple[int, Any]] = []  # (layer index or -1 for the final layer, input)
         self._handles: List[Any] = []
         self._thread: Optional[int] = None
@@ -229,8 +234,8 @@ class LayerTaps:
         self.events = []
         try:
             for i, layer in enumerate(self.layers):
-                self._handles.append(layer.register_forward_pre_hook(self._hook(i)))
-            self._handles.append(self.final_layer.register_forward_pre_hook(self._hook(-1)))
+                self._handles.append(layer.register_forward_pre_hook(self._hook(i), prepend=self.prepend))
+            self._handles.append(self.final_layer.register_forward_pre_hook(self._hook(-1), prepend=self.prepend))
         except BaseException:
             self.remove()
             raise
