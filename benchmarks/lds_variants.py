@@ -9,6 +9,7 @@ digits part those of ``lds.py``; both are cached and trained on first use)::
     python benchmarks/lds_variants.py --setting mlp --part extra2 --n-half 10   # all three layers' inputs
     python benchmarks/lds_variants.py --setting mlp --part extra3 --n-half 10   # ... at larger ratios
     python benchmarks/lds_variants.py --setting mlp --part timing     # the package's whiten= against plain DualDA
+    python benchmarks/lds_variants.py --setting mlp --part layers     # the package's feature_layers= (+ whiten=)
 
 Every variant is computed here from the features of the network (the inputs of its last layers)
 and :func:`captum_dualxda.solver.fit_crammer_singer` with DualDA's settings (C = 1e-3, intercept,
@@ -431,6 +432,119 @@ def package_timing(repeats: int = 7) -> List[Dict[str, Any]]:
     return rows
 
 
+def package_layers(n_half: int = 10, repeats: int = 1) -> Tuple[Runner, Dict[str, Any]]:
+    """``--part layers`` (MNIST-MLP): the PACKAGE's ``DualDA(feature_layers=["fc2", "fc1"], whiten=0.1)``
+    (the inputs of all three layers) on full model 0 and over TRAK's ``n_half`` half-data checkpoints
+    (``checkpoints=``), against plain ``DualDA()`` on the same models. Fit: the constructor (extraction,
+    scaling, whitening, solve; wall seconds, all checkpoints); ms / test: ``influence`` on the 500 test
+    images. Single-model rows are repeated ``repeats`` times, interleaved, and the median is taken."""
+    import mnist_lds as H
+
+    from captum_dualxda import DualDA
+    from captum_dualxda.metrics import surrogate_fidelity
+
+    s = H.SETTINGS["mlp"]
+    data = H.load_data()
+    gt = H.ground_truth(s, data, show_progress=False)
+    net = H.load_model(s, H.full_model_paths(s, 1, data, show_progress=False)[0])
+    train = torch.utils.data.TensorDataset(data[0], data[1])
+    test = (data[2], data[3])
+    runner = Runner(lambda scores: H.score(scores, gt).per_sample)
+    layers = ["fc2", "fc1"]  # phi = input of fc3 first, then fc2's and fc1's inputs (784 pixels)
+
+    def run(name: str, hypothesis: str, model: nn.Module, **options: Any) -> Dict[str, float]:
+        fit, cpu, explain = [], [], []
+        for _ in range(repeats if options.get("checkpoints") is None else 1):
+            t0, c0 = time.perf_counter(), time.process_time()
+            dualda = DualDA(model, s.final_layer, train, C=C_REF, batch_size=1000, **options)
+            fit.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+            t1 = time.perf_counter()
+            scores = dualda.influence(test).double().numpy()
+            explain.append(time.perf_counter() - t1)
+        fit_s, explain_s = float(np.median(fit)), float(np.median(explain))
+        if dualda.ensemble is not None:
+            agree = float(np.mean(dualda.ensemble.over_checkpoints(lambda m: surrogate_fidelity(m, data[2]).agreement)))
+        else:
+            agree = surrogate_fidelity(dualda, data[2]).agreement
+        runner.add(hypothesis, name, scores, fit_s, explain_s, agree)
+        return dict(fit_cpu_s=float(np.median(cpu)), fit_s=fit_s)
+
+    DualDA(net, s.final_layer, train, C=C_REF, batch_size=1000)  # warm-up
+    extra: Dict[str, Any] = {}
+    extra["plain"] = run("plain C=1e-3 (package)", "reference", net)
+    extra["layers_white"] = run(
+        "feature_layers=[fc2, fc1], whiten=0.1 (package)", "3+1", net, feature_layers=layers, whiten=0.1
+    )
+    extra["layers"] = run("feature_layers=[fc2, fc1] (package)", "3", net, feature_layers=layers)
+    paths = gt.half_paths[:n_half]
+    extra["half_plain"] = run(f"half x{n_half} plain (package, checkpoints=)", "2", net, checkpoints=paths)
+    extra["half_layers_white"] = run(
+        f"half x{n_half} feature_layers=[fc2, fc1], whiten=0.1 (package, checkpoints=)",
+        "2+3+1",
+        net,
+        checkpoints=paths,
+        feature_layers=layers,
+        whiten=0.1,
+    )
+    return runner, dict(target="minus the cross-entropy (dattri)", n_test=len(data[3]), cpu=extra)
+
+
+def whiten_lowrank(train: np.ndarray, test: np.ndarray, r: float, threshold: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Low-rank whitening: ``phi V_k diag(s / sqrt(ev_k + lambda))`` over the eigen-directions whose kernel
+    weight ``ev / (ev + lambda)`` exceeds ``threshold`` (``threshold=0``: all, the full whitening up to a
+    rotation, which leaves the kernel unchanged); ``s`` the full whitening's scale (C keeps its meaning)."""
+    g = train.T @ train / len(train)
+    d = g.shape[0]
+    evals, evecs = np.linalg.eigh(g)
+    evals = np.clip(evals, 0, None)
+    lam = r * np.trace(g) / d
+    scale = np.sqrt(np.trace(g) / np.sum(evals / (evals + lam)))
+    keep = evals / (evals + lam) > threshold
+    w = evecs[:, keep] * (scale / np.sqrt(evals[keep] + lam))
+    return train @ w, test @ w
+
+
+def lowrank(repeats: int = 3) -> Tuple[Runner, Dict[str, Any]]:
+    """``--part lowrank`` (MNIST-MLP, issue 26's speed idea): the inputs of all three layers, whitened at
+    ``r = 0.1``, ``C = 1e-3``, with the SVM in the ``k`` eigen-directions whose kernel weight ``ev/(ev+lambda)``
+    exceeds a threshold, against the full whitening (threshold 0); full model 0 (``repeats`` interleaved runs,
+    median fit seconds: transform and solve) and TRAK's 10 half-data models (once)."""
+    import mnist_lds as H
+
+    s = H.SETTINGS["mlp"]
+    data = H.load_data()
+    gt = H.ground_truth(s, data, show_progress=False)
+    full = H.full_model_paths(s, 1, data, show_progress=False)
+    runner = Runner(lambda scores: H.score(scores, gt).per_sample)
+
+    def model(path: str) -> Model:
+        net = H.load_model(s, path)
+        return Model(net, [net.fc3, net.fc2, net.fc1], data)
+
+    def make(threshold: float) -> Callable[[Model], Tuple[np.ndarray, np.ndarray]]:
+        return lambda m: whiten_lowrank(*concat(m.train[:3], m.test[:3]), 0.1, threshold)
+
+    m0 = model(full[0])
+    thresholds = (0.0, 0.01, 0.03, 0.1)
+    transform = {t: make(t) for t in thresholds}
+    dims = {t: transform[t](m0)[0].shape[1] for t in thresholds}
+    results: Dict[float, List[Tuple[np.ndarray, float, float, float]]] = {t: [] for t in thresholds}
+    for _ in range(repeats):
+        for t in thresholds:
+            results[t].append(single(m0, transform[t], C_REF)[:4])
+    for t in thresholds:
+        fit_s = float(np.median([x[1] - m0.extract_s for x in results[t]]))
+        s0, _, e_s, a = results[t][0]
+        runner.add("speed", f"model 0, 3 layers whiten r=0.1, ev/(ev+l) > {t:g}: k={dims[t]}", s0, fit_s, e_s, a)
+    halves = [model(p) for p in gt.half_paths[:10]]
+    for t in thresholds:
+        s0, f_s, e_s, a = ensemble(halves, transform[t], ("mean",), C=C_REF)["mean"]
+        f_s -= sum(m.extract_s for m in halves)
+        runner.add("speed", f"half x10, 3 layers whiten r=0.1, ev/(ev+l) > {t:g}", s0, f_s, e_s, a)
+    return runner, dict(target="minus the cross-entropy (dattri)", n_test=len(data[3]), dims=dims)
+
+
 # ------------------------------------------------------------------------------------------ settings
 def mlp(args: argparse.Namespace) -> Tuple[Runner, Dict[str, Any]]:
     import mnist_lds as H
@@ -547,7 +661,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--setting", choices=("mlp", "digits"), default="mlp")
     parser.add_argument("--n-half", type=int, default=50, help="half-data models for the largest MNIST ensemble")
-    parser.add_argument("--part", choices=("main", "extra", "extra2", "extra3", "timing"), default="main")
+    parser.add_argument(
+        "--part", choices=("main", "extra", "extra2", "extra3", "timing", "layers", "lowrank"), default="main"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="--part layers / lowrank: interleaved repeats")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -561,7 +678,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                 report = dict(started=started, load_start=load0, load_end=os.getloadavg(), rows=rows)
                 json.dump(report, handle, indent=1)
         return 0
-    runner, extra = (mlp if args.setting == "mlp" else digits)(args)
+    if args.part == "layers":
+        runner, extra = package_layers(min(args.n_half, 10) if args.n_half != 50 else 10, args.repeats)
+    elif args.part == "lowrank":
+        runner, extra = lowrank(args.repeats)
+    else:
+        runner, extra = (mlp if args.setting == "mlp" else digits)(args)
     report = dict(
         setting=args.setting,
         command=f"python benchmarks/lds_variants.py {' '.join(argv if argv is not None else sys.argv[1:])}",
