@@ -521,7 +521,8 @@ class DualDA(DataInfluence):
     def test_features(self, inputs: ModelInputs) -> torch.Tensor:
         """``(N, d)`` float32 features ``phi(x)`` of model inputs (a tuple for ``model(*inputs)``, a
         dict for ``model(**inputs)``; eval mode, no grad, ``autocast`` as in the fit), on ``self.device``;
-        ``phi(x) T`` for a fit with ``whiten`` (the features the SVM scores).
+        ``phi(x) T`` for a fit with ``whiten`` (the features the SVM scores); with ``feature_layers``
+        ``psi(x)`` (or ``psi(x) T``), ``phi`` followed by the scaled inputs of those layers.
 
         Raises :class:`~captum_dualxda.exceptions.ModelChangedError` if the model's parameters or
         buffers changed since the fit (see :meth:`influence`)."""

@@ -212,7 +212,8 @@ def fit_state(
     if feature_widths is not None:
         scale = block_scales(features, list(feature_widths))
         features.mul_(scale.to(features.device, features.dtype))  # in place: no second (n, d) copy
-        squared_norms = row_squared_norms(features)
+        if whiten is None:  # whitened, the norms are taken of phi T below
+            squared_norms = row_squared_norms(features)
     raw_features = features  # kept for rank_label_issues, which fits on phi (psi) itself
     transform = None
     if whiten is not None:
