@@ -97,3 +97,26 @@ def test_the_lds_variants_whitening_is_the_packages():
         # the scores of the variant are TRAK's whitened kernel times the duals: a_i^y phi_i T T phi
         kernel = test @ t @ t @ train.T
         np.testing.assert_allclose(white_test @ white_train.T, kernel, rtol=1e-8, atol=1e-10)
+
+
+def test_the_lds_variants_concatenation_is_the_packages_and_low_rank_keeps_the_kernel():
+    """``concat`` scales blocks as ``DualDA(feature_layers=...)`` does (``block_scales``); ``whiten_lowrank``
+    with threshold 0 has the full whitening's kernel, and dropping directions changes it little."""
+    import numpy as np
+    import torch
+
+    from captum_dualxda._core.whitening import block_scales
+
+    variants = _load("lds_variants")
+    rng = np.random.default_rng(1)
+    blocks = [rng.standard_normal((200, w)) * s for w, s in ((3, 1.0), (4, 10.0), (5, np.logspace(-3, 0, 5)))]
+    tests = [rng.standard_normal((6, w)) for w in (3, 4, 5)]
+    train, test = variants.concat(blocks, tests)
+    scale = block_scales(torch.from_numpy(np.concatenate(blocks, 1)), [3, 4, 5]).numpy()
+    np.testing.assert_allclose(train, np.concatenate(blocks, 1) * scale, rtol=1e-10)
+    np.testing.assert_allclose(test, np.concatenate(tests, 1) * scale, rtol=1e-10)
+    full_train, full_test = variants.whiten(train, test, 0.1)
+    low_train, low_test = variants.whiten_lowrank(train, test, 0.1, 0.0)
+    np.testing.assert_allclose(low_test @ low_train.T, full_test @ full_train.T, rtol=1e-8, atol=1e-10)
+    cut_train, cut_test = variants.whiten_lowrank(train, test, 0.1, 0.5)
+    assert cut_train.shape[1] < train.shape[1]
