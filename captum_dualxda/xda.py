@@ -564,9 +564,7 @@ def _times(partner: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda phi: phi * partner
 
 
-def _partner(
-    phi: torch.Tensor, scale: Optional[torch.Tensor], transform: Optional[torch.Tensor]
-) -> torch.Tensor:
+def _partner(phi: torch.Tensor, scale: Optional[torch.Tensor], transform: Optional[torch.Tensor]) -> torch.Tensor:
     """``scale * (M (phi * scale))`` row by row, ``M = T T`` for a whitened fit (else ``I``), in the
     dtype of ``phi``: the vector whose product with the other side's unscaled features ``phi``
     is that side's relevance (without the coefficient). ``phi`` itself without scale and transform.
