@@ -416,3 +416,26 @@ def test_xda_pairs_of_an_ensemble_are_the_mean_of_its_members(tmp_path, data):
     torch.testing.assert_close(pairs.scores, ensemble.influence((xt, yt)).gather(1, idx), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(pairs.test_relevance.flatten(2).sum(-1), pairs.scores, rtol=1e-3, atol=1e-6)
     assert no_hooks(net)
+
+
+class Stream(torch.utils.data.IterableDataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __iter__(self):
+        return iter(zip(self.x, self.y))
+
+
+def test_a_stream_is_checked_while_extracted_and_cached(tmp_path, data):
+    x, y, xt, yt = data
+    net = make_net()
+    ref = DualDA(net, "4", TensorDataset(x, y), C=C, feature_layers=LAYERS, whiten=0.1)
+    stream = DualDA(net, "4", Stream(x, y), C=C, feature_layers=LAYERS, whiten=0.1, cache_dir=str(tmp_path))
+    torch.testing.assert_close(stream.influence((xt, yt)), ref.influence((xt, yt)))
+    again = DualDA(net, "4", Stream(x, y), C=C, feature_layers=LAYERS, whiten=0.1, cache_dir=str(tmp_path))
+    assert again.fit_stats["from_cache"] and again.feature_widths == [H2, D, H1]
+    torch.testing.assert_close(again.influence((xt, yt)), ref.influence((xt, yt)))
+    with pytest.raises(ValueError, match="after `final_fc_layer`"):
+        model = After()
+        DualDA(model, "fc", Stream(x, y), C=C, feature_layers=["post"])
+    assert no_hooks(net) and no_hooks(model)
