@@ -432,12 +432,13 @@ def package_timing(repeats: int = 7) -> List[Dict[str, Any]]:
     return rows
 
 
-def package_layers(n_half: int = 10, repeats: int = 1) -> Tuple[Runner, Dict[str, Any]]:
+def package_layers(n_half: int = 10, repeats: int = 1, ratios: Sequence[float] = ()) -> Tuple[Runner, Dict[str, Any]]:
     """``--part layers`` (MNIST-MLP): the PACKAGE's ``DualDA(feature_layers=["fc2", "fc1"], whiten=0.1)``
     (the inputs of all three layers) on full model 0 and over TRAK's ``n_half`` half-data checkpoints
     (``checkpoints=``), against plain ``DualDA()`` on the same models. Fit: the constructor (extraction,
     scaling, whitening, solve; wall seconds, all checkpoints); ms / test: ``influence`` on the 500 test
-    images. Single-model rows are repeated ``repeats`` times, interleaved, and the median is taken."""
+    images. Single-model rows are repeated ``repeats`` times, interleaved, and the median is taken.
+    ``ratios``: further whitening ratios for the ``feature_layers`` fits (one model and the ensemble)."""
     import mnist_lds as H
 
     from captum_dualxda import DualDA
@@ -487,6 +488,18 @@ def package_layers(n_half: int = 10, repeats: int = 1) -> Tuple[Runner, Dict[str
         feature_layers=layers,
         whiten=0.1,
     )
+    for r in ratios:
+        extra[f"layers_white_{r:g}"] = run(
+            f"feature_layers=[fc2, fc1], whiten={r:g} (package)", "3+1", net, feature_layers=layers, whiten=r
+        )
+        extra[f"half_layers_white_{r:g}"] = run(
+            f"half x{n_half} feature_layers=[fc2, fc1], whiten={r:g} (package, checkpoints=)",
+            "2+3+1",
+            net,
+            checkpoints=paths,
+            feature_layers=layers,
+            whiten=r,
+        )
     return runner, dict(target="minus the cross-entropy (dattri)", n_test=len(data[3]), cpu=extra)
 
 
@@ -676,6 +689,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--part", choices=("main", "extra", "extra2", "extra3", "timing", "layers", "lowrank"), default="main"
     )
     parser.add_argument("--repeats", type=int, default=3, help="--part layers / lowrank: interleaved repeats")
+    parser.add_argument("--ratios", default="", help="--part layers: further whitening ratios, comma-separated")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -690,7 +704,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 json.dump(report, handle, indent=1)
         return 0
     if args.part == "layers":
-        runner, extra = package_layers(min(args.n_half, 10) if args.n_half != 50 else 10, args.repeats)
+        ratios = [float(r) for r in args.ratios.split(",") if r]
+        runner, extra = package_layers(min(args.n_half, 10) if args.n_half != 50 else 10, args.repeats, ratios)
     elif args.part == "lowrank":
         runner, extra = lowrank(args.repeats)
     else:
