@@ -132,23 +132,29 @@ def run_regime(seed: int, epochs: int, Cs: List[float], folds: int) -> Dict[str,
     start = time.perf_counter()
     dualda = DualDA(net, "fc", train_set, C=DUALDA_C, batch_size=256, seed=seed)
     dualda_seconds = time.perf_counter() - start
-    for C in Cs:
+
+    def ranked(name: str, C: float, layers: Optional[List[str]] = None) -> None:
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            issues = rank_label_issues(dualda, C=C)
+            issues = rank_label_issues(dualda, C=C, layers=layers)
         call = time.perf_counter() - start
         flags = np.zeros(len(flipped), dtype=bool)
         flags[issues.indices.numpy()] = issues.is_issue.numpy()
         scores = np.empty(len(flipped), dtype=np.float32)
         scores[issues.indices.numpy()] = issues.scores.numpy()
-        methods[f"rank_label_issues C={C:g}"] = {
+        methods[name] = {
             "auc": mislabel_auc(scores, flipped),
             **flag_stats(flags, flipped),
             "seconds": dualda_seconds + call,
             "call_seconds": call,
             "C": C,
         }
+
+    for C in Cs:
+        ranked(f"rank_label_issues C={C:g}", C)
+    # the input of the head's linear layer: the 512 convolutional features (DigitsCNN.head[1])
+    ranked(f"rank_label_issues C={LABEL_ISSUES_C:g}, layers=[conv]", LABEL_ISSUES_C, ["head.1"])
     start = time.perf_counter()
     self_influence = dualda.self_influence().cpu().numpy()
     methods[f"DualDA self-influence C={DUALDA_C:g}"] = {
