@@ -10,9 +10,10 @@ Run from the repository root::
 ``--data mnist`` runs the real-data tasks of ``label_tasks.py`` (MNIST, 10 % / 20 % flipped
 labels, uniform / class-conditional, not memorised / memorised) with the current
 ``rank_label_issues`` (5-fold, count flag), its ``flag="disagree"``, ``folds=1`` and the previous
-rule (in-sample hinge loss, flag ``hinge > 1``), self-influence, the training loss, cleanlab and
-a random order; ``--clean`` adds the cleaning loop on the first task (flagged samples removed,
-the CNN retrained). The rest of this docstring describes the digits run.
+rule (in-sample hinge loss, flag ``hinge > 1``), ``layers=`` (:data:`MNIST_LAYERS`: the
+convolutional features alone, the inputs of all three fully connected layers), self-influence,
+the training loss, cleanlab and a random order; ``--clean`` adds the cleaning loop on the two
+10 % uniform tasks (flagged samples removed, the CNN retrained). The rest of this docstring describes the digits run.
 
 cleanlab is optional (``pip install "cleanlab==2.9.*"``); without it its rows read
 "cleanlab not installed".
@@ -131,23 +132,29 @@ def run_regime(seed: int, epochs: int, Cs: List[float], folds: int) -> Dict[str,
     start = time.perf_counter()
     dualda = DualDA(net, "fc", train_set, C=DUALDA_C, batch_size=256, seed=seed)
     dualda_seconds = time.perf_counter() - start
-    for C in Cs:
+
+    def ranked(name: str, C: float, layers: Optional[List[str]] = None) -> None:
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            issues = rank_label_issues(dualda, C=C)
+            issues = rank_label_issues(dualda, C=C, layers=layers)
         call = time.perf_counter() - start
         flags = np.zeros(len(flipped), dtype=bool)
         flags[issues.indices.numpy()] = issues.is_issue.numpy()
         scores = np.empty(len(flipped), dtype=np.float32)
         scores[issues.indices.numpy()] = issues.scores.numpy()
-        methods[f"rank_label_issues C={C:g}"] = {
+        methods[name] = {
             "auc": mislabel_auc(scores, flipped),
             **flag_stats(flags, flipped),
             "seconds": dualda_seconds + call,
             "call_seconds": call,
             "C": C,
         }
+
+    for C in Cs:
+        ranked(f"rank_label_issues C={C:g}", C)
+    # the input of the head's linear layer: the 512 convolutional features (DigitsCNN.head[1])
+    ranked(f"rank_label_issues C={LABEL_ISSUES_C:g}, layers=[conv]", LABEL_ISSUES_C, ["head.1"])
     start = time.perf_counter()
     self_influence = dualda.self_influence().cpu().numpy()
     methods[f"DualDA self-influence C={DUALDA_C:g}"] = {
@@ -222,18 +229,20 @@ def flag_cells(rows: List[Dict[str, Any]]) -> List[str]:
 
 def method_table(runs: List[Dict[str, Any]]) -> str:
     lines = ["| method | ROC AUC | flagged | precision | recall | time [s] |", "|---|---:|---:|---:|---:|---:|"]
-    names = list(runs[0]["methods"])
+    names = list(dict.fromkeys(name for run in runs for name in run["methods"]))  # every run's, in order
     if cleanlab is None:
         names.append(NOT_INSTALLED)
     for name in names:
         if name == NOT_INSTALLED:
             lines.append(f"| cleanlab | {NOT_INSTALLED} | | | | |")
             continue
-        rows = [run["methods"][name] for run in runs]
+        rows = [run["methods"][name] for run in runs if name in run["methods"]]
         aucs = [row["auc"] for row in rows]
         auc = f"{np.median(aucs):.3f}" + (f" ({min(aucs):.3f}-{max(aucs):.3f})" if len(aucs) > 1 else "")
         cells = flag_cells(rows) + [_fmt(_median([row.get("seconds") for row in rows]), ".2f")]
         label = name + (" (default)" if name == f"rank_label_issues C={LABEL_ISSUES_C:g}" else "")
+        if len(rows) < len(runs):
+            label += f" ({len(rows)} of {len(runs)} seeds)"
         lines.append(f"| {label} | {auc} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -265,6 +274,16 @@ MNIST_TASKS = (
     ("uniform", 0.2, "memorised"),
     ("pairs", 0.1, "memorised"),
 )
+MNIST_LAYERS = (
+    ("[conv]", ["features.7"], None, True),
+    ("[conv], C=1e-3", ["features.7"], 1e-3, False),
+    ("[conv, fc1, fc2]", ["features.7", "features.9", "classifier"], None, False),
+    ("[conv, fc1, fc2], C=1e-3", ["features.7", "features.9", "classifier"], 1e-3, True),
+)
+"""``rank_label_issues(layers=..., C=...)`` rows on ``mnist_cnn.MNISTCNN`` (name, layers, C or the default,
+whether a ``flag="disagree"`` row follows): ``features.7`` is the first fully connected layer (its input:
+the 2,420 convolutional features), ``features.9`` the second (500 inputs), ``classifier`` the final layer
+(``phi``, 100)."""
 
 
 def _in_order(issues: Any, field: torch.Tensor) -> np.ndarray:
@@ -292,11 +311,18 @@ def run_mnist_task(
     dualda = DualDA(net, "classifier", train_set, C=DUALDA_C, batch_size=256, seed=seed)
     dualda_seconds = time.perf_counter() - start
 
-    def ours(name: str, folds: int, old_flag: bool = False, flag: str = "count") -> np.ndarray:
+    def ours(
+        name: str,
+        folds: int,
+        flag: str = "count",
+        layers: Optional[List[str]] = None,
+        C: Optional[float] = None,
+        old_flag: bool = False,
+    ) -> np.ndarray:
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            issues = rank_label_issues(dualda, folds=folds, flag=flag)
+            issues = rank_label_issues(dualda, folds=folds, flag=flag, layers=layers, C=C)
         call = time.perf_counter() - start
         scores = _in_order(issues, issues.scores)
         flags = scores > 0 if old_flag else _in_order(issues, issues.is_issue)
@@ -313,6 +339,11 @@ def run_mnist_task(
     ours(f"rank_label_issues, {LABEL_ISSUES_FOLDS}-fold, flag='disagree'", LABEL_ISSUES_FOLDS, flag="disagree")
     ours("rank_label_issues, folds=1 (in-sample), count flag", 1)
     ours("rank_label_issues, old rule (in-sample hinge, flag hinge > 1)", 1, old_flag=True)
+    layer_flags = {}
+    for name, layers, C, disagree in MNIST_LAYERS:
+        layer_flags[name] = ours(f"rank_label_issues, layers={name}", LABEL_ISSUES_FOLDS, layers=layers, C=C)
+        if disagree:
+            ours(f"rank_label_issues, layers={name}, flag='disagree'", LABEL_ISSUES_FOLDS, "disagree", layers, C)
     start = time.perf_counter()
     self_influence = dualda.self_influence().cpu().numpy()
     methods[f"DualDA self-influence C={DUALDA_C:g}"] = {
@@ -351,6 +382,7 @@ def run_mnist_task(
             ("noisy labels (all samples)", None, None),
             ("true labels (all samples)", None, task.y_true),
             ("rank_label_issues' flagged removed", ~ours_flags, None),
+            ("rank_label_issues(layers=[conv])' flagged removed", ~layer_flags["[conv]"], None),
             ("cleanlab's flagged removed", None if cleanlab_flags is None else ~cleanlab_flags, None),
         ):
             if tag.startswith("cleanlab") and cleanlab_flags is None:
@@ -386,8 +418,10 @@ def mnist_main(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     results = []
     for kind, rate, regime in tasks:
-        first = (kind, rate, regime) == MNIST_TASKS[0]
-        runs = [run_mnist_task(kind, rate, regime, seed, args.clean and first, not args.cached_cv) for seed in seeds]
+        clean = args.clean and (kind, rate) == ("uniform", 0.1)
+        runs = [
+            run_mnist_task(kind, rate, regime, seed, clean and seed == seeds[0], not args.cached_cv) for seed in seeds
+        ]
         results.append(runs)
         net = runs[0]["network"]
         print(

@@ -223,3 +223,108 @@ def test_refit_refuses_training_data_whose_labels_changed(problem):
     dualda._fit.state.train_features = None  # as if not kept (memory-mapped): extracted again
     with pytest.raises(ValueError, match="other labels"):
         rank_label_issues(dualda, C=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# layers=: the surrogate on the inputs of other layers (a network that memorised its labels)
+# --------------------------------------------------------------------------------------------
+class TwoLayerNet(nn.Module):
+    """``phi = relu(body(x))``; the input of ``body`` is ``x`` itself, so every block is known exactly."""
+
+    def __init__(self, d: int, h: int, k: int) -> None:
+        super().__init__()
+        self.body = nn.Linear(d, h)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(h, k)
+        self.unused = nn.Linear(d, h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(self.body(x)))
+
+
+@pytest.fixture(scope="module")
+def two_layer():
+    x, y, flipped = planted_problem(n=240, d=12, k=4, seed=5)
+    torch.manual_seed(1)
+    net = TwoLayerNet(12, 20, 4).eval()
+    train = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    dualda = DualDA(net, "fc", train, C=1e-3, tol=1e-6)
+    with torch.no_grad():
+        phi = net.act(net.body(torch.from_numpy(x))).numpy().astype(np.float64)
+    return x.astype(np.float64), y, net, train, dualda, phi
+
+
+def scaled_to(block, reference):
+    """``block`` scaled to ``reference``'s mean squared row norm (brute force)."""
+    return block * np.sqrt((reference**2).sum(1).mean() / (block**2).sum(1).mean())
+
+
+@pytest.mark.parametrize(
+    "layers, blocks",
+    [(["body"], ("x",)), (["body", "fc"], ("x", "phi")), (["fc", "body"], ("phi", "x")), (["fc"], ("phi",))],
+)
+def test_layers_rank_on_those_inputs_scaled_like_phi(two_layer, layers, blocks):
+    x, y, net, _, dualda, phi = two_layer
+    parts = {"x": scaled_to(x, phi), "phi": phi}
+    features = np.concatenate([parts[b] for b in blocks], 1)
+    issues = rank_label_issues(dualda, layers=[net.fc if name == "fc" else name for name in layers], C=1e-2, folds=1)
+    s = sklearn_scores(features, y, 1e-2).decision_function(features)
+    np.testing.assert_allclose(in_dataset_order(issues, issues.scores), margins_of(s, y), atol=2e-4)
+    assert int(issues.is_issue.sum()) == confident_learning_count(s, y)
+    assert not net._forward_hooks and not net.body._forward_pre_hooks and not net.fc._forward_pre_hooks
+
+
+def test_layers_held_by_the_fit_need_no_forward_pass(two_layer):
+    _, y, net, train, plain, _ = two_layer
+    with_body = DualDA(net, "fc", train, C=1e-3, tol=1e-6, feature_layers=["body"])
+    calls, handle = count_forward_calls(net)
+    try:
+        kept = rank_label_issues(with_body, layers=["body"], C=1e-2, folds=3)
+        phi_only = rank_label_issues(with_body, layers=["fc"], C=1e-2, folds=3)
+    finally:
+        handle.remove()
+    assert calls == []  # both blocks are in the fit's train_features
+    extracted = rank_label_issues(plain, layers=["body"], C=1e-2, folds=3)
+    torch.testing.assert_close(kept.scores, extracted.scores, rtol=0, atol=1e-5)
+    torch.testing.assert_close(phi_only.scores, rank_label_issues(plain, C=1e-2, folds=3).scores, rtol=0, atol=1e-6)
+    # layers=None on a fit with feature_layers ranks on all of its features (phi and body's input)
+    both = rank_label_issues(plain, layers=["fc", "body"], C=1e-2, folds=3)
+    torch.testing.assert_close(rank_label_issues(with_body, C=1e-2, folds=3).scores, both.scores, rtol=0, atol=1e-5)
+
+
+def test_layers_refused_with_a_clear_message_before_any_work(two_layer, tmp_path):
+    x, y, net, train, dualda, _ = two_layer
+    calls, handle = count_forward_calls(net)
+    try:
+        with pytest.raises(TypeError, match="`layers` must be a list"):
+            rank_label_issues(dualda, layers="body")
+        with pytest.raises(ValueError, match="`layers` is empty"):
+            rank_label_issues(dualda, layers=[])
+        with pytest.raises(ValueError, match="not a submodule"):
+            rank_label_issues(dualda, layers=["nope"])
+        with pytest.raises(ValueError, match="twice"):
+            rank_label_issues(dualda, layers=[net.fc, "fc"])
+        with pytest.raises(ValueError, match="twice"):
+            rank_label_issues(dualda, layers=["body", net.body])
+    finally:
+        handle.remove()
+    assert calls == []
+    with pytest.raises(ValueError, match="did not run"):
+        rank_label_issues(dualda, layers=["unused"])
+    mapped = DualDA(net, "fc", train, C=1e-3, cache_dir=str(tmp_path), memory_budget=0)
+    with pytest.raises(ValueError, match="memory_budget"):
+        rank_label_issues(mapped, layers=["body"])
+    assert not net.body._forward_pre_hooks and not net.unused._forward_pre_hooks
+
+
+def test_layers_refuse_a_model_trained_after_the_fit(two_layer):
+    from captum_dualxda.exceptions import ModelChangedError
+
+    x, y, _, _, _, _ = two_layer
+    torch.manual_seed(2)
+    net = TwoLayerNet(12, 20, 4).eval()
+    dualda = DualDA(net, "fc", TensorDataset(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y)), C=1e-3)
+    with torch.no_grad():
+        net.body.weight.add_(0.1)
+    with pytest.raises(ModelChangedError):
+        rank_label_issues(dualda, layers=["body"])
