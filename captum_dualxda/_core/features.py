@@ -44,6 +44,20 @@ AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 """The dtypes ``autocast`` accepts (those of :class:`torch.autocast`)."""
 
 
+def _submodule(model: nn.Module, name: str) -> Optional[nn.Module]:
+    """The submodule of ``model`` at the dotted ``name`` (``"classifier.1"``), or None if there is none."""
+    try:
+        module = functools.reduce(getattr, name.split("."), model) if name else None
+    except AttributeError:
+        return None
+    return module if isinstance(module, nn.Module) else None
+
+
+def _is_part_of(model: nn.Module, module: nn.Module) -> bool:
+    """Whether ``module`` is ``model`` or one of its submodules (by identity)."""
+    return any(m is module for m in model.modules())
+
+
 def resolve_linear_layer(model: nn.Module, layer: Union[str, nn.Module], argument: str = "final_fc_layer") -> nn.Linear:
     """Return the model's final linear layer given as a module or a dotted name.
 
@@ -67,18 +81,15 @@ def resolve_linear_layer(model: nn.Module, layer: Union[str, nn.Module], argumen
         The layer is not an ``nn.Linear`` (e.g. a ReLU picked by ``list(model.children())[-1]``).
     """
     if isinstance(layer, str):
-        try:
-            module = functools.reduce(getattr, layer.split("."), model) if layer else None
-        except AttributeError:
-            module = None
-        if not isinstance(module, nn.Module):
+        module = _submodule(model, layer)
+        if module is None:
             names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
             raise ValueError(
                 f"`{argument}`={layer!r} is not a submodule of the model. Linear layers found: {names or 'none'}."
             )
     elif isinstance(layer, nn.Module):
         module = layer
-        if not any(m is module for m in model.modules()):
+        if not _is_part_of(model, module):
             raise ValueError(f"`{argument}` is a module that is not part of `model`.")
     else:
         raise TypeError(f"`{argument}` must be an nn.Linear module or its dotted name, got {type(layer).__name__}.")
@@ -138,18 +149,15 @@ def resolve_feature_layers(
     names: List[str] = []
     for layer in layers:
         if isinstance(layer, str):
-            try:
-                module = functools.reduce(getattr, layer.split("."), model) if layer else None
-            except AttributeError:
-                module = None
-            if not isinstance(module, nn.Module):
+            module = _submodule(model, layer)
+            if module is None:
                 raise ValueError(
                     f"`{argument}` entry {layer!r} is not a submodule of the model. Other linear layers found: "
                     f"{linear_names or 'none'}."
                 )
         elif isinstance(layer, nn.Module):
             module = layer
-            if not any(m is module for m in model.modules()):
+            if not _is_part_of(model, module):
                 raise ValueError(f"`{argument}` holds a module that is not part of `model` ({type(module).__name__}).")
         else:
             raise TypeError(f"`{argument}` entries must be modules or dotted names, got {type(layer).__name__}.")
