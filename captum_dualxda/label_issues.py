@@ -329,11 +329,8 @@ def _select_blocks(
 ) -> torch.Tensor:
     """The columns of blocks ``wanted`` (``None``: ``phi``) of ``features``, whose blocks are ``names``
     (``phi`` first) of ``widths``, side by side in ``wanted``'s order (a copy)."""
-    edges = [0]
-    for w in widths:
-        edges.append(edges[-1] + int(w))
-    columns = [features[:, edges[names.index(b)] : edges[names.index(b) + 1]] for b in wanted]
-    return torch.cat(columns, 1) if len(columns) > 1 else columns[0].clone()
+    blocks = dict(zip(names, features.split([int(w) for w in widths], dim=1)))
+    return torch.cat([blocks[b] for b in wanted], 1)
 
 
 @contextmanager
@@ -385,7 +382,7 @@ def _training_features(
         if extra is not None:
             assert extra.widths is not None  # set by the extraction's first pass
             widths = [dualda.final_fc_layer.in_features] + list(extra.widths)
-            features = features * block_scales(features, widths).to(features.device, features.dtype)
+            features.mul_(block_scales(features, widths).to(features.device, features.dtype))  # ours: no copy
             if selection is not None:
                 features = _select_blocks(features, widths, [None] + list(extra.names), selection.blocks)
         yield features

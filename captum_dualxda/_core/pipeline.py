@@ -361,21 +361,26 @@ class FitJob:
     def n_classes(self) -> int:
         return self.layer.out_features
 
+    def _fingerprint(self, loader: Any) -> str:
+        """The fit's cache key from everything but the data's bytes (``loader``, or ``()`` for a stream,
+        whose data are fingerprinted while they are read)."""
+        return fit_fingerprint(
+            self.model,
+            self.layer_name,
+            loader,
+            self.settings,
+            autocast=self.autocast,
+            whiten=self.whiten,
+            feature_layers=None if self.extra is None else list(self.extra.names),
+        )
+
     def run(self, show_progress: bool) -> Fit:
         """The fit (every rank, collectively when distributed)."""
         if self.cache_dir is None:
             return self._fit(show_progress, None)
         if isinstance(self.loader.dataset, IterableDataset) and not self.distributed:
             return self._fit_stream(show_progress)
-        key = fit_fingerprint(
-            self.model,
-            self.layer_name,
-            self.loader,
-            self.settings,
-            autocast=self.autocast,
-            whiten=self.whiten,
-            feature_layers=None if self.extra is None else list(self.extra.names),
-        )
+        key = self._fingerprint(self.loader)
         self.cache_path = cache_file(self.cache_dir, key)
         if self.rank != 0:  # rank 0 alone reads, writes and locks the cache
             return self._fit(show_progress, key)
@@ -475,16 +480,7 @@ class FitJob:
         store, labels = self._extract(show_progress, None, observe=data.update)
         self.weights.absorb(self.model)  # also on a cache hit: this pass ran the model
         try:
-            settings_key = fit_fingerprint(
-                self.model,
-                self.layer_name,
-                (),
-                self.settings,
-                autocast=self.autocast,
-                whiten=self.whiten,
-                feature_layers=None if self.extra is None else list(self.extra.names),
-            )
-            key = stream_fingerprint(settings_key, data)
+            key = stream_fingerprint(self._fingerprint(()), data)
             self.cache_path = cache_file(self.cache_dir, key)
             with entry_lock(self.cache_path, show_progress):
                 return self._fit(show_progress, key, (store, labels, start))

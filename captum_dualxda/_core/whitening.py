@@ -97,12 +97,9 @@ def block_scales(features: torch.Tensor, widths: list[int]) -> torch.Tensor:
     sums = torch.zeros(d, dtype=torch.float64)
     for start in range(0, n, row_chunk(d)):
         sums += features[start : start + row_chunk(d)].double().square().sum(0).cpu()
-    edges = [0]
-    for w in widths:
-        edges.append(edges[-1] + w)
-    means = [float(sums[a:b].sum()) / max(n, 1) for a, b in zip(edges[:-1], edges[1:])]
+    means = [float(block.sum()) / max(n, 1) for block in sums.split(widths)]
     scale = torch.ones(d, dtype=torch.float64)
-    for b in range(1, len(widths)):
-        if means[0] > 0.0 and means[b] > 0.0:
-            scale[edges[b] : edges[b + 1]] = (means[0] / means[b]) ** 0.5
+    for block, mean in zip(scale.split(widths)[1:], means[1:]):
+        if means[0] > 0.0 and mean > 0.0:
+            block.fill_((means[0] / mean) ** 0.5)  # a view: fills scale's columns of this block
     return scale
