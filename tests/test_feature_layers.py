@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
+from whitening_reference import numpy_whitening
 
 from captum_dualxda import DualDA
 from captum_dualxda.solver import fit_crammer_singer
@@ -63,14 +64,6 @@ def hand_psi(net: nn.Module, x_train: torch.Tensor, x: torch.Tensor) -> tuple[np
         np.concatenate([b * s for b, s in zip(test, scales)], 1),
         scales,
     )
-
-
-def numpy_whitening(phi: np.ndarray, ratio: float) -> np.ndarray:
-    g = phi.T @ phi / len(phi)
-    evals, evecs = np.linalg.eigh(g)
-    lam = ratio * np.trace(g) / g.shape[0]
-    t = evecs @ np.diag(1 / np.sqrt(evals + lam)) @ evecs.T
-    return t * np.sqrt(np.trace(g) / np.mean(np.sum((phi @ t) ** 2, 1)))
 
 
 def no_hooks(net: nn.Module) -> bool:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
+from whitening_reference import numpy_whitening
 from zennit.composites import EpsilonPlusFlat
 
 from captum_dualxda import XDA, DualDA, xda_pairs
@@ -36,15 +37,6 @@ def make_net(seed: int = 0) -> nn.Module:
     with torch.no_grad():
         net[0].weight.mul_(torch.logspace(-1, 1, H)[:, None])
     return net
-
-
-def numpy_whitening(phi: np.ndarray, ratio: float) -> np.ndarray:
-    """``s (G + ratio tr(G)/d I)^{-1/2}`` by eigendecomposition, ``s`` keeping the mean squared norm."""
-    g = phi.T @ phi / len(phi)
-    evals, evecs = np.linalg.eigh(g)
-    lam = ratio * np.trace(g) / g.shape[0]
-    t = evecs @ np.diag(1 / np.sqrt(evals + lam)) @ evecs.T
-    return t * np.sqrt(np.trace(g) / np.mean(np.sum((phi @ t) ** 2, 1)))
 
 
 def features(net: nn.Module, x: torch.Tensor) -> np.ndarray:
